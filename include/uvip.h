@@ -1,0 +1,276 @@
+/* uvip: hold very many TCP connections on one machine with libuv and a pool
+ * of virtual IP addresses (VIPs).
+ *
+ * SPDX-License-Identifier: MIT
+ *
+ * Conventions (the same as libuv's):
+ *  - Every function that can fail returns 0 or a negative libuv error code
+ *    (UV_EINVAL, UV_EADDRNOTAVAIL, ...), so uv_strerror() and uv_err_name()
+ *    work on it.
+ *  - Objects are opaque and created by uvip_x_new(..., uvip_x_t **out).
+ *  - Every function checks its arguments first and returns UV_EINVAL for a
+ *    NULL object or an out-of-range value.
+ *  - Objects bound to a uv_loop_t must only be used from that loop's thread.
+ *  - If a function that takes a callback fails, the callback never runs.
+ *  - Closing is asynchronous: the close callback is the last call the library
+ *    makes about an object; the object's memory is released right after that
+ *    callback returns, so the pointer must not be used from then on.
+ */
+#ifndef UVIP_H
+#define UVIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UVIP_VERSION_MAJOR 0
+#define UVIP_VERSION_MINOR 1
+#define UVIP_VERSION_PATCH 0
+#define UVIP_VERSION_HEX                                                       \
+  ((UVIP_VERSION_MAJOR << 16) | (UVIP_VERSION_MINOR << 8) | UVIP_VERSION_PATCH)
+
+/* The version of the library linked at run time, as UVIP_VERSION_HEX. */
+unsigned int uvip_version(void);
+
+/* The version of the library linked at run time, as "MAJOR.MINOR.PATCH". */
+const char *uvip_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Address lists and address specs                                          */
+/* ------------------------------------------------------------------------ */
+
+/* The most addresses one spec (and one list) may expand to. */
+#define UVIP_ADDRS_MAX 65536
+
+/* Room for any address uvip_addr_format() writes, with its NUL. */
+#define UVIP_ADDRSTRLEN 56
+
+/* An ordered list of distinct socket addresses (IPv4 or IPv6 plus port). */
+typedef struct uvip_addrs_s uvip_addrs_t;
+
+/* Creates an empty list. Returns 0, UV_EINVAL or UV_ENOMEM. */
+int uvip_addrs_new(uvip_addrs_t **out);
+
+/* Frees a list. NULL is allowed and ignored. */
+void uvip_addrs_free(uvip_addrs_t *addrs);
+
+/* Parses an address spec and appends its addresses to the list.
+ *
+ * A spec is a comma-separated list of items; each item is one of
+ *   A            one address, IPv4 ("10.0.0.1") or IPv6 ("fd00::1")
+ *   A/N          every address of the prefix; for IPv4 prefixes shorter
+ *                than /31 the network and broadcast addresses are left out
+ *   A-B          every address from A to B inclusive, same family, A <= B
+ *   A:PORT       IPv4 with a port
+ *   [V6]         IPv6 in brackets, [V6]:PORT with a port
+ * A port written in the item wins over default_port (0..65535). A trailing
+ * ":PORT" applies to prefixes and ranges too ("10.0.0.0/30:80").
+ *
+ * All or nothing: on any error the list is left exactly as it was. Errors:
+ * UV_EINVAL (malformed spec), UV_EEXIST (an address:port is already in the
+ * list or repeated in the spec), UV_E2BIG (the list would exceed
+ * UVIP_ADDRS_MAX addresses), UV_ENOMEM. When errbuf is not NULL it receives a
+ * one-line message naming the offending part and its byte offset, e.g.
+ * "bad prefix length '33' at offset 12".
+ */
+int uvip_addrs_parse(uvip_addrs_t *addrs, const char *spec, int default_port,
+                     char *errbuf, size_t errlen);
+
+/* Appends one address (AF_INET or AF_INET6). UV_EEXIST if already present,
+ * UV_EAFNOSUPPORT for another family, UV_E2BIG when full. */
+int uvip_addrs_add(uvip_addrs_t *addrs, const struct sockaddr *sa);
+
+/* The number of addresses in the list (0 for NULL). */
+size_t uvip_addrs_count(const uvip_addrs_t *addrs);
+
+/* The i-th address (sockaddr_in or sockaddr_in6), or NULL when out of
+ * range. The pointer stays valid until the list is changed or freed. */
+const struct sockaddr *uvip_addrs_at(const uvip_addrs_t *addrs, size_t i);
+
+/* Index of an address (address and port must match), or UV_ENOENT. */
+int uvip_addrs_find(const uvip_addrs_t *addrs, const struct sockaddr *sa);
+
+/* Writes "1.2.3.4:80" or "[fd00::1]:80" (port left out when with_port is 0).
+ * Returns 0, UV_EINVAL or UV_ENOSPC. */
+int uvip_addr_format(const struct sockaddr *sa, int with_port, char *buf,
+                     size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Server: one listening socket per VIP, a fair accept scheduler            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvip_server_s uvip_server_t;
+typedef struct uvip_vip_s uvip_vip_t;
+typedef struct uvip_conn_s uvip_conn_t;
+
+/* Listener flags (uvip_server_options_t.flags). */
+enum {
+  /* SO_REUSEPORT on every listening socket. */
+  UVIP_REUSEPORT = 1u << 0,
+  /* IP_FREEBIND: bind a VIP even before the address exists on the host. */
+  UVIP_FREEBIND = 1u << 1,
+  /* Fail uvip_server_listen() if any VIP cannot be bound (nothing stays
+   * bound). Without it the server serves the VIPs that bound. */
+  UVIP_ALL_OR_NOTHING = 1u << 2,
+  /* Leave IPV6_V6ONLY off on IPv6 listeners (it is on by default so that
+   * "::" and "0.0.0.0" can both be VIPs). */
+  UVIP_DUALSTACK = 1u << 3
+};
+
+typedef struct uvip_server_options_s {
+  /* Accepts per listener per loop turn (default 4, 1..1024). */
+  unsigned int accept_budget;
+  /* Connections open at once over all VIPs; 0 = no cap. */
+  uint64_t max_conns;
+  /* Connections open at once on one VIP; 0 = no cap. */
+  uint64_t max_conns_per_vip;
+  /* listen() backlog; 0 = the value of net.core.somaxconn. */
+  int backlog;
+  /* UVIP_REUSEPORT | UVIP_FREEBIND | UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK */
+  unsigned int flags;
+  /* TCP_DEFER_ACCEPT seconds; 0 = off. */
+  int defer_accept_secs;
+  /* TCP_FASTOPEN queue length; 0 = off. */
+  int fastopen_qlen;
+  /* First back-off after EMFILE/ENFILE/ENOBUFS/ENOMEM on accept, doubled
+   * up to 1 s while the error persists (default 50 ms). Accepting also
+   * resumes as soon as one of the server's connections closes. */
+  unsigned int backoff_ms;
+} uvip_server_options_t;
+
+/* Fills the options with their defaults. Returns 0 or UV_EINVAL. */
+int uvip_server_options_init(uvip_server_options_t *opts);
+
+/* Called for every accepted connection, on the loop thread. The connection
+ * is already counted against the caps; it stays counted until the
+ * application closes it with uvip_conn_close(). */
+typedef void (*uvip_connection_cb)(uvip_server_t *server, uvip_conn_t *conn);
+
+/* Called once the server and all its connections are closed. */
+typedef void (*uvip_server_close_cb)(uvip_server_t *server);
+
+/* Creates a server for every address of addrs (which is copied; addresses
+ * with port 0 are an error) on loop. opts may be NULL for defaults. Nothing
+ * is bound yet. Errors: UV_EINVAL, UV_ENOMEM. */
+int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
+                    const uvip_server_options_t *opts, uvip_server_t **out);
+
+/* Binds and listens on every VIP and starts accepting; cb runs for each
+ * connection. A VIP that fails keeps its error (uvip_vip_error()).
+ * Returns 0 when at least one VIP listens (all of them with
+ * UVIP_ALL_OR_NOTHING); otherwise the first VIP's error, with nothing left
+ * bound. When errbuf is given it receives "ADDRESS: error" for the first
+ * failure. UV_EALREADY if called twice. */
+int uvip_server_listen(uvip_server_t *server, uvip_connection_cb cb,
+                       char *errbuf, size_t errlen);
+
+/* Stops accepting and closes every listening socket; open connections keep
+ * running and stay counted. Queued, not yet accepted connections are reset
+ * by the kernel. Idempotent. */
+int uvip_server_stop(uvip_server_t *server);
+
+/* Closes every open connection of the server (as uvip_conn_close() with no
+ * callback would). Connection close callbacks still run. */
+int uvip_server_close_conns(uvip_server_t *server);
+
+/* Stops the server (uvip_server_stop()) and, once every connection has been
+ * closed by the application (or by uvip_server_close_conns()), calls cb and
+ * frees the server and its VIPs. Call it once. */
+int uvip_server_close(uvip_server_t *server, uvip_server_close_cb cb);
+
+uv_loop_t *uvip_server_loop(const uvip_server_t *server);
+void *uvip_server_get_data(const uvip_server_t *server);
+void uvip_server_set_data(uvip_server_t *server, void *data);
+
+/* The number of VIPs and the i-th VIP (NULL when out of range). */
+size_t uvip_server_vip_count(const uvip_server_t *server);
+uvip_vip_t *uvip_server_vip(const uvip_server_t *server, size_t i);
+
+/* Adds one VIP to a server (listening at once if the server listens).
+ * UV_EEXIST if it is already a VIP. On a bind failure the VIP is not
+ * added and the error is returned. *out may be NULL. */
+int uvip_server_add_vip(uvip_server_t *server, const struct sockaddr *sa,
+                        uvip_vip_t **out);
+
+/* Called when a removed VIP has no connections left (or its timeout ran out
+ * and the rest were closed); the VIP is freed right after. */
+typedef void (*uvip_vip_drain_cb)(uvip_vip_t *vip, int closed_by_timeout);
+
+/* Drains a VIP: closes its listener now, lets its connections finish, closes
+ * those still open after timeout_ms (0 = wait for ever), then calls cb and
+ * removes the VIP from the server. Other VIPs are not touched. */
+int uvip_server_remove_vip(uvip_server_t *server, uvip_vip_t *vip,
+                           uint64_t timeout_ms, uvip_vip_drain_cb cb);
+
+/* Per-VIP (or, for uvip_server_stats(), summed) counters. */
+typedef struct uvip_vip_stats_s {
+  uint64_t accepted;  /* connections accepted */
+  uint64_t active;    /* open now */
+  uint64_t closed;    /* closed through uvip_conn_close() */
+  uint64_t deferred;  /* turns this queue had work but a cap held it back */
+  uint64_t err_emfile, err_enfile, err_enobufs, err_enomem;
+  uint64_t err_aborted; /* ECONNABORTED, EPROTO, EPERM...: skipped */
+  uint64_t err_other;
+  uint64_t backoffs; /* times accepting paused for lack of resources */
+} uvip_vip_stats_t;
+
+int uvip_server_stats(const uvip_server_t *server, uvip_vip_stats_t *out);
+
+/* VIP state. */
+typedef enum {
+  UVIP_VIP_IDLE = 0,  /* not listening yet */
+  UVIP_VIP_LISTENING, /* accepting */
+  UVIP_VIP_FAILED,    /* bind or listen failed: see uvip_vip_error() */
+  UVIP_VIP_DRAINING,  /* removed, waiting for its connections */
+  UVIP_VIP_STOPPED    /* listener closed (server stopped) */
+} uvip_vip_state_t;
+
+const struct sockaddr *uvip_vip_addr(const uvip_vip_t *vip);
+uvip_vip_state_t uvip_vip_state(const uvip_vip_t *vip);
+int uvip_vip_error(const uvip_vip_t *vip);
+int uvip_vip_stats(const uvip_vip_t *vip, uvip_vip_stats_t *out);
+/* The listening socket's descriptor, or UV_EBADF when not listening. */
+int uvip_vip_fd(const uvip_vip_t *vip);
+uvip_server_t *uvip_vip_server(const uvip_vip_t *vip);
+
+/* Accept weight of a VIP (1..64, default 1): a weight-w VIP gets w times
+ * the accept budget per turn. */
+int uvip_vip_set_weight(uvip_vip_t *vip, unsigned int weight);
+
+/* ------------------------------------------------------------------------ */
+/* Connections                                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef void (*uvip_conn_close_cb)(uvip_conn_t *conn);
+
+/* The connection's libuv handle: use it with uv_read_start(), uv_write(),
+ * uv_tcp_nodelay()... Its `data` field belongs to the application. Never
+ * uv_close() it directly: close it with uvip_conn_close(). */
+uv_tcp_t *uvip_conn_tcp(uvip_conn_t *conn);
+uv_stream_t *uvip_conn_stream(uvip_conn_t *conn);
+
+/* The connection that owns a handle from uvip_conn_tcp(). */
+uvip_conn_t *uvip_conn_from_tcp(uv_tcp_t *tcp);
+
+/* The VIP the connection arrived on (valid while the connection is open). */
+uvip_vip_t *uvip_conn_vip(const uvip_conn_t *conn);
+
+/* Closes the connection. Its slot is given back to the caps once the handle
+ * is closed, then cb (if any) runs, then the memory is freed. Calling it
+ * twice is UV_EALREADY. */
+int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "uvip/census.h"
+#include "uvip/provision.h"
+#include "uvip/workers.h"
+#include "uvip/connector.h"
+
+#endif /* UVIP_H */

@@ -1,0 +1,113 @@
+/* Internal structures shared between lib/ files. Not installed.
+ * SPDX-License-Identifier: MIT */
+#ifndef UVIP_INTERNAL_H
+#define UVIP_INTERNAL_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "uvip.h"
+
+#define UVIP_EXPORT __attribute__((visibility("default")))
+
+#define UVIP_CONTAINER_OF(ptr, type, field)                                    \
+  ((type *)((char *)(ptr)-offsetof(type, field)))
+
+/* Returns UV_EINVAL from the calling function when cond holds. */
+#define UVIP_CHECK_ARG(cond)                                                   \
+  do {                                                                         \
+    if (cond)                                                                  \
+      return UV_EINVAL;                                                        \
+  } while (0)
+
+typedef union uvip__sa {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+  struct sockaddr_storage ss;
+} uvip__sa_t;
+
+/* addrs.c */
+socklen_t uvip__sa_len(const struct sockaddr *sa);
+int uvip__sa_equal(const struct sockaddr *a, const struct sockaddr *b);
+
+/* sockopt.c */
+int uvip__somaxconn(void);
+/* Creates, configures, binds and listens a non-blocking socket. */
+int uvip__listen_socket(const struct sockaddr *sa,
+                        const uvip_server_options_t *opts, int *fd_out);
+
+struct uvip_conn_s {
+  uv_tcp_t tcp; /* first: uvip_conn_from_tcp() relies on it */
+  uvip_vip_t *vip;
+  uvip_conn_close_cb close_cb;
+  uvip_conn_t *prev, *next; /* the VIP's list of open connections */
+};
+
+struct uvip_vip_s {
+  uvip_server_t *server;
+  uvip__sa_t addr;
+  uvip_vip_state_t state;
+  int error;
+  int fd;
+  unsigned int weight;
+  uvip_vip_stats_t stats;
+
+  /* Scheduler state. */
+  bool in_ring;     /* queued in the server's ready ring */
+  bool pending;     /* may have queued connections (parked at its cap) */
+  uvip_vip_t *ring_next;
+
+  uvip_conn_t *conns; /* open connections, for close_conns and draining */
+
+  /* Draining. */
+  uvip_vip_drain_cb drain_cb;
+  uv_timer_t *drain_timer;
+  bool drain_timed_out;
+};
+
+struct uvip_server_s {
+  uv_loop_t *loop;
+  void *data;
+  uvip_server_options_t opts;
+  uvip_connection_cb connection_cb;
+  uvip_server_close_cb close_cb;
+
+  uvip_vip_t **vips;
+  size_t nvips, cap_vips;
+
+  /* Scheduler (scheduler.c). */
+  int epfd;            /* edge-triggered epoll set of all listeners */
+  uv_poll_t epoll_watch; /* watches epfd on the loop */
+  uv_check_t check;    /* runs a scheduling pass after each poll phase */
+  uv_idle_t idle;      /* keeps the loop from blocking while work remains */
+  uv_timer_t backoff;  /* resource-exhaustion back-off */
+  unsigned int backoff_cur_ms;
+  bool backing_off;
+  bool watching;
+  uvip_vip_t *ring_head, *ring_tail;
+
+  uint64_t active; /* open connections over all VIPs */
+  bool listening, stopped, closing;
+  int handles_open; /* scheduler handles not yet closed */
+};
+
+/* server.c */
+void uvip__server_maybe_finish_close(uvip_server_t *server);
+void uvip__vip_maybe_finish_drain(uvip_vip_t *vip);
+
+/* scheduler.c */
+int uvip__sched_init(uvip_server_t *server);
+int uvip__sched_add(uvip_server_t *server, uvip_vip_t *vip);
+void uvip__sched_remove(uvip_server_t *server, uvip_vip_t *vip);
+/* A slot was given back (a connection closed): resume accepting. */
+void uvip__sched_slot_freed(uvip_server_t *server, uvip_vip_t *vip);
+void uvip__sched_close(uvip_server_t *server);
+
+/* conn.c */
+int uvip__conn_new(uvip_vip_t *vip, int fd, uvip_conn_t **out);
+void uvip__conn_close_all(uvip_conn_t *list);
+
+#endif /* UVIP_INTERNAL_H */

@@ -1,0 +1,42 @@
+/* Shared helpers for the check test programs.
+ * SPDX-License-Identifier: MIT */
+#ifndef UVIP_TEST_HELPERS_H
+#define UVIP_TEST_HELPERS_H
+
+#include <check.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+#include <uvip.h>
+
+/* Runs the loop (UV_RUN_ONCE) until *flag is true or max_turns turns ran.
+ * Returns the number of turns used; fails the test if the flag stayed false. */
+int th_run_until(uv_loop_t *loop, const bool *flag, int max_turns);
+
+/* Blocking connect from a fresh socket; returns the fd (fails the test on
+ * error). src may be NULL. */
+int th_connect(const struct sockaddr *dst, const struct sockaddr *src);
+
+/* Non-blocking connect started; returns the fd. */
+int th_connect_nb(const struct sockaddr *dst);
+
+/* Fills sa with ip:port. */
+void th_addr(const char *ip, int port, struct sockaddr_storage *sa);
+
+/* A free TCP port on 127.0.0.1 (bound then released). */
+int th_free_port(void);
+
+/* Makes an address list from a spec; fails the test on error. */
+uvip_addrs_t *th_addrs(const char *spec, int port);
+
+/* Exits 77 (skip) unless running as root with permission to unshare a
+ * network namespace; on success the process is in a fresh netns with lo up. */
+void th_enter_netns_or_skip(void);
+
+/* Runs a command through /bin/sh and returns its stdout (malloc'd, NUL
+ * terminated) or NULL if it could not run. */
+char *th_cmd_output(const char *cmd);
+
+/* Builds a suite with one tcase named after it; adds a test per call. */
+int th_run_suite(Suite *s);
+
+#endif
