@@ -140,6 +140,11 @@ typedef struct uvip_server_options_s {
    * up to 1 s while the error persists (default 50 ms). Accepting also
    * resumes as soon as one of the server's connections closes. */
   unsigned int backoff_ms;
+  /* Called, if set, for every connection the library closes on its own
+   * (uvip_server_close_conns(), a drain timeout) so that the application
+   * can free what it hung on the connection. It runs like a close callback
+   * given to uvip_conn_close(). */
+  void (*conn_close_cb)(uvip_conn_t *conn);
 } uvip_server_options_t;
 
 /* Fills the options with their defaults. Returns 0 or UV_EINVAL. */

@@ -66,6 +66,7 @@ struct uvip_vip_s {
   uvip_vip_drain_cb drain_cb;
   uv_timer_t *drain_timer;
   bool drain_timed_out;
+  bool drain_now; /* removed with no connections: finish from the loop */
 };
 
 struct uvip_server_s {
@@ -91,7 +92,8 @@ struct uvip_server_s {
 
   uint64_t active; /* open connections over all VIPs */
   bool listening, stopped, closing;
-  int handles_open; /* scheduler handles not yet closed */
+  int handles_open;     /* scheduler handles not yet closed */
+  size_t draining_vips; /* removed VIPs still waiting for connections */
 };
 
 /* server.c */
@@ -105,6 +107,8 @@ void uvip__sched_remove(uvip_server_t *server, uvip_vip_t *vip);
 /* A slot was given back (a connection closed): resume accepting. */
 void uvip__sched_slot_freed(uvip_server_t *server, uvip_vip_t *vip);
 void uvip__sched_close(uvip_server_t *server);
+/* For a server that never listened: close callback from the loop. */
+void uvip__sched_close_deferred(uvip_server_t *server);
 
 /* conn.c */
 int uvip__conn_new(uvip_vip_t *vip, int fd, uvip_conn_t **out);

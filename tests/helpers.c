@@ -124,3 +124,60 @@ int th_run_suite(Suite *s) {
   srunner_free(sr);
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
+
+static char th_buf[65536];
+
+static void th_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(th_buf, sizeof(th_buf));
+}
+
+static th_track_t *track_of(uvip_conn_t *c) {
+  return uvip_server_get_data(uvip_vip_server(uvip_conn_vip(c)));
+}
+
+void th_on_conn_closed(uvip_conn_t *c) {
+  th_track_t *t = track_of(c);
+  t->closed++;
+  t->active--;
+  for (int i = 0; i < t->nconns; i++)
+    if (t->conns[i] == c)
+      t->conns[i] = NULL;
+}
+
+static void th_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  uvip_conn_t *c = uvip_conn_from_tcp((uv_tcp_t *)s);
+  if (n < 0) {
+    uvip_conn_close(c, th_on_conn_closed);
+    return;
+  }
+  if (n > 0) {
+    uv_buf_t b = uv_buf_init(buf->base, (unsigned)n);
+    /* Tests send a few bytes; loopback takes them at once. */
+    ck_assert_int_eq(uv_try_write(s, &b, 1), n);
+    track_of(c)->echoed_bytes += (int)n;
+  }
+}
+
+void th_echo_on_connection(uvip_server_t *s, uvip_conn_t *c) {
+  th_track_t *t = uvip_server_get_data(s);
+  ck_assert_ptr_nonnull(t);
+  ck_assert_int_lt(t->nconns, TH_MAX_CONNS);
+  t->order[t->nconns] = uvip_conn_vip(c);
+  t->conns[t->nconns++] = c;
+  t->accepted++;
+  t->active++;
+  if (t->active > t->max_active)
+    t->max_active = t->active;
+  if (!t->hold)
+    ck_assert_int_eq(uv_read_start(uvip_conn_stream(c), th_alloc, th_read), 0);
+}
+
+void th_close_conn(th_track_t *t, int i) {
+  ck_assert_int_lt(i, t->nconns);
+  if (t->conns[i]) {
+    uvip_conn_close(t->conns[i], th_on_conn_closed);
+    t->conns[i] = NULL;
+  }
+}

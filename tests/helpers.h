@@ -40,3 +40,21 @@ char *th_cmd_output(const char *cmd);
 int th_run_suite(Suite *s);
 
 #endif
+
+/* A tracking echo server for tests: set a th_track_t as the server's data
+ * and pass th_echo_on_connection to uvip_server_listen. */
+#define TH_MAX_CONNS 4096
+typedef struct {
+  int accepted, closed, echoed_bytes;
+  uint64_t active, max_active;
+  int hold;            /* when set, connections are not read from */
+  uvip_conn_t *conns[TH_MAX_CONNS];
+  int nconns;
+  const uvip_vip_t *order[TH_MAX_CONNS]; /* VIP of each accept, in order */
+} th_track_t;
+
+void th_echo_on_connection(uvip_server_t *s, uvip_conn_t *c);
+/* Close callback that counts into the server's th_track_t. */
+void th_on_conn_closed(uvip_conn_t *c);
+/* Closes the i-th accepted connection (if still open). */
+void th_close_conn(th_track_t *t, int i);

@@ -4,10 +4,11 @@
 set -eu
 lib=$1 map=$2 incdir=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-nm -D --defined-only "$lib" | awk '$2 ~ /^[TDBR]$/ {print $3}' | grep -v '^UVIP_' | sort -u > "$tmp/exported"
+nm -D --defined-only "$lib" | awk '$2 ~ /^[TDBR]$/ {sub(/@.*/, "", $3); print $3}' | grep -v '^UVIP_' | sort -u > "$tmp/exported"
 sed -e 's#/\*.*\*/##' "$map" | grep -oE '^[[:space:]]*uvip_[a-z0-9_]+;' | tr -d ' \t;' | sort -u > "$tmp/listed"
 # Public functions: "uvip_name(" at the start of a declaration in the headers.
-cat "$incdir"/uvip.h "$incdir"/uvip/*.h | grep -oE '[ *]uvip_[a-z0-9_]+\(' | tr -d ' *(' | sort -u > "$tmp/declared"
+# Comment lines (starting with "/*" or "*") are left out.
+cat "$incdir"/uvip.h "$incdir"/uvip/*.h | grep -vE '^[[:space:]]*(/\*|\*)' | grep -oE '[ *]uvip_[a-z0-9_]+\(' | tr -d ' *(' | sort -u > "$tmp/declared"
 rc=0
 if ! diff -u "$tmp/listed" "$tmp/exported" > "$tmp/d1"; then
   echo "export list and library disagree (- listed only, + exported only):"; cat "$tmp/d1"; rc=1

@@ -1,0 +1,234 @@
+/* uvip-echo: a TCP echo server over a pool of VIPs.
+ *
+ *   uvip-echo [--listen SPEC]... [--port P] [--max-conns N]
+ *             [--max-conns-per-vip N] [--accept-budget N] [--backlog N]
+ *             [--shutdown-timeout MS] [--all-or-nothing]
+ *
+ * An idle connection costs only the library's uvip_conn_t: reads land in
+ * one shared buffer and are written straight back with uv_try_write; only
+ * bytes the socket cannot take at once are copied into a write request.
+ * SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define DEFAULT_SPEC "127.0.0.1-127.0.0.16"
+#define READ_BUF 65536
+
+typedef struct {
+  uv_write_t req;
+  uvip_conn_t *conn;
+  char data[];
+} pending_write_t;
+
+static uv_loop_t *loop;
+static uvip_server_t *server;
+static uv_timer_t shutdown_timer;
+static uint64_t shutdown_ms = 5000;
+static char read_buf[READ_BUF];
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  (void)hint;
+  /* One loop thread, and each read is consumed before the next alloc. */
+  *buf = uv_buf_init(read_buf, sizeof(read_buf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+static void on_written(uv_write_t *req, int status) {
+  pending_write_t *w = (pending_write_t *)req;
+  uvip_conn_t *c = w->conn;
+  free(w);
+  if (status < 0) {
+    if (status != UV_ECANCELED)
+      uvip_conn_close(c, NULL);
+    return;
+  }
+  if (!uv_is_closing((uv_handle_t *)uvip_conn_tcp(c)))
+    uv_read_start(uvip_conn_stream(c), on_alloc, on_read);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  uvip_conn_t *c = uvip_conn_from_tcp((uv_tcp_t *)s);
+  if (n < 0) {
+    uvip_conn_close(c, NULL);
+    return;
+  }
+  if (n == 0)
+    return;
+  uv_buf_t out = uv_buf_init(buf->base, (unsigned)n);
+  int w = uv_try_write(s, &out, 1);
+  if (w == n)
+    return;
+  if (w < 0 && w != UV_EAGAIN) {
+    uvip_conn_close(c, NULL);
+    return;
+  }
+  if (w < 0)
+    w = 0;
+  /* The peer reads slower than it writes: keep the rest and stop reading
+   * until it is gone, so memory stays bounded per connection. */
+  size_t rest = (size_t)n - (size_t)w;
+  pending_write_t *pw = malloc(sizeof(*pw) + rest);
+  if (!pw) {
+    uvip_conn_close(c, NULL);
+    return;
+  }
+  pw->conn = c;
+  memcpy(pw->data, buf->base + w, rest);
+  out = uv_buf_init(pw->data, (unsigned)rest);
+  uv_read_stop(s);
+  if (uv_write(&pw->req, s, &out, 1, on_written) != 0) {
+    free(pw);
+    uvip_conn_close(c, NULL);
+  }
+}
+
+static void on_connection(uvip_server_t *srv, uvip_conn_t *c) {
+  (void)srv;
+  uv_tcp_nodelay(uvip_conn_tcp(c), 1);
+  if (uv_read_start(uvip_conn_stream(c), on_alloc, on_read) != 0)
+    uvip_conn_close(c, NULL);
+}
+
+static void on_server_closed(uvip_server_t *srv) {
+  (void)srv;
+  server = NULL;
+  uv_close((uv_handle_t *)&shutdown_timer, NULL);
+  ex_signals_close();
+}
+
+static void on_shutdown_timeout(uv_timer_t *t) {
+  (void)t;
+  uvip_vip_stats_t st;
+  uvip_server_stats(server, &st);
+  fprintf(stderr, "%s: closing %llu connections still open\n", ex_prog,
+          (unsigned long long)st.active);
+  uvip_server_close_conns(server);
+}
+
+static void on_signal(int signum) {
+  uvip_vip_stats_t st;
+  uvip_server_stats(server, &st);
+  fprintf(stderr,
+          "%s: %s, stopped accepting; waiting up to %llu ms for %llu "
+          "connections\n",
+          ex_prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
+          (unsigned long long)shutdown_ms, (unsigned long long)st.active);
+  uvip_server_close(server, on_server_closed);
+  uv_timer_start(&shutdown_timer, on_shutdown_timeout, shutdown_ms, 0);
+  uv_unref((uv_handle_t *)&shutdown_timer);
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: %s [options]\n"
+          "  --listen SPEC            VIPs to serve (repeatable; default " DEFAULT_SPEC ")\n"
+          "  --port P                 port for addresses without one (default 7000)\n"
+          "  --max-conns N            connections open at once, all VIPs (0 = no cap)\n"
+          "  --max-conns-per-vip N    connections open at once per VIP (0 = no cap)\n"
+          "  --accept-budget N        accepts per VIP per loop turn (default 4)\n"
+          "  --backlog N              listen backlog (default net.core.somaxconn)\n"
+          "  --shutdown-timeout MS    grace period for open connections on exit (5000)\n"
+          "  --all-or-nothing         fail unless every VIP can be bound\n",
+          ex_prog);
+}
+
+int main(int argc, char **argv) {
+  enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
+         O_SHUTDOWN, O_ALL, O_HELP };
+  static const struct option longopts[] = {
+      {"listen", required_argument, NULL, O_LISTEN},
+      {"port", required_argument, NULL, O_PORT},
+      {"max-conns", required_argument, NULL, O_MAX},
+      {"max-conns-per-vip", required_argument, NULL, O_MAXVIP},
+      {"accept-budget", required_argument, NULL, O_BUDGET},
+      {"backlog", required_argument, NULL, O_BACKLOG},
+      {"shutdown-timeout", required_argument, NULL, O_SHUTDOWN},
+      {"all-or-nothing", no_argument, NULL, O_ALL},
+      {"help", no_argument, NULL, O_HELP},
+      {NULL, 0, NULL, 0}};
+  uvip_server_options_t opts;
+  const char **specs = calloc((size_t)argc + 1, sizeof(*specs));
+  size_t nspecs = 0;
+  int port = 7000, opt, r;
+  char err[512] = "";
+
+  ex_init(argv[0]);
+  uvip_server_options_init(&opts);
+  opterr = 0;
+  while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    switch (opt) {
+    case O_LISTEN: specs[nspecs++] = optarg; break;
+    case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
+    case O_MAX: opts.max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
+    case O_MAXVIP:
+      opts.max_conns_per_vip = ex_parse_num("--max-conns-per-vip", optarg, 0, UINT64_MAX / 2);
+      break;
+    case O_BUDGET:
+      opts.accept_budget = (unsigned)ex_parse_num("--accept-budget", optarg, 1, 1024);
+      break;
+    case O_BACKLOG: opts.backlog = (int)ex_parse_num("--backlog", optarg, 1, 1 << 30); break;
+    case O_SHUTDOWN: shutdown_ms = ex_parse_num("--shutdown-timeout", optarg, 0, 86400000); break;
+    case O_ALL: opts.flags |= UVIP_ALL_OR_NOTHING; break;
+    case O_HELP: usage(stdout); return 0;
+    default:
+      if (optopt)
+        ex_usage_error("option '--%s' needs a value or is unknown; see --help",
+                       argv[optind - 1] + 2);
+      ex_usage_error("unknown option '%s'; see --help", argv[optind - 1]);
+    }
+  }
+  if (optind < argc)
+    ex_usage_error("unexpected argument '%s'; see --help", argv[optind]);
+  if (nspecs == 0)
+    specs[nspecs++] = DEFAULT_SPEC;
+
+  uvip_addrs_t *addrs;
+  if (uvip_addrs_new(&addrs) != 0)
+    return 1;
+  for (size_t i = 0; i < nspecs; i++)
+    ex_parse_spec("--listen", addrs, specs[i], port);
+  free(specs);
+
+  loop = uv_default_loop();
+  if ((r = uvip_server_new(loop, addrs, &opts, &server)) != 0) {
+    fprintf(stderr, "%s: %s\n", ex_prog, uv_strerror(r));
+    return 1;
+  }
+  uvip_addrs_free(addrs);
+  if ((r = uvip_server_listen(server, on_connection, err, sizeof(err))) != 0) {
+    fprintf(stderr, "%s: cannot listen: %s\n", ex_prog, err);
+    return 1;
+  }
+
+  size_t ok = 0, n = uvip_server_vip_count(server);
+  for (size_t i = 0; i < n; i++) {
+    uvip_vip_t *v = uvip_server_vip(server, i);
+    char a[UVIP_ADDRSTRLEN];
+    uvip_addr_format(uvip_vip_addr(v), 1, a, sizeof(a));
+    if (uvip_vip_state(v) == UVIP_VIP_LISTENING) {
+      printf("%s: listening on %s\n", ex_prog, a);
+      ok++;
+    } else {
+      fprintf(stderr, "%s: cannot listen on %s: %s\n", ex_prog, a,
+              uv_strerror(uvip_vip_error(v)));
+    }
+  }
+  printf("%s: serving %zu of %zu VIPs\n", ex_prog, ok, n);
+  fflush(stdout);
+
+  uv_timer_init(loop, &shutdown_timer);
+  ex_on_signal(loop, on_signal);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_run(loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
+  r = uv_loop_close(loop);
+  if (r != 0)
+    fprintf(stderr, "%s: loop not empty at exit: %s\n", ex_prog, uv_strerror(r));
+  printf("%s: bye\n", ex_prog);
+  return 0;
+}

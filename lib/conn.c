@@ -1,0 +1,105 @@
+/* Accepted connections. A connection holds a slot of its VIP's and the
+ * server's caps from accept until its handle is closed through
+ * uvip_conn_close(); the slot is given back in the close callback, so it can
+ * be neither leaked nor given back twice.
+ *
+ * Memory matters here (a worker may hold a million of these): a connection
+ * is the uv_tcp_t plus four pointers, with no per-connection buffers.
+ * SPDX-License-Identifier: MIT */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+static void list_add(uvip_vip_t *v, uvip_conn_t *c) {
+  c->prev = NULL;
+  c->next = v->conns;
+  if (v->conns)
+    v->conns->prev = c;
+  v->conns = c;
+}
+
+static void list_del(uvip_vip_t *v, uvip_conn_t *c) {
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    v->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+static void free_unopened(uv_handle_t *h) { free(h); }
+
+int uvip__conn_new(uvip_vip_t *vip, int fd, uvip_conn_t **out) {
+  uvip_conn_t *c = malloc(sizeof(*c));
+  int r;
+  if (!c) {
+    close(fd);
+    return UV_ENOMEM;
+  }
+  uv_tcp_init(vip->server->loop, &c->tcp);
+  r = uv_tcp_open(&c->tcp, fd);
+  if (r != 0) {
+    close(fd);
+    uv_close((uv_handle_t *)&c->tcp, free_unopened);
+    return r;
+  }
+  c->tcp.data = NULL;
+  c->vip = vip;
+  c->close_cb = NULL;
+  list_add(vip, c);
+  *out = c;
+  return 0;
+}
+
+static void on_closed(uv_handle_t *h) {
+  uvip_conn_t *c = (uvip_conn_t *)h;
+  uvip_vip_t *v = c->vip;
+  uvip_server_t *s = v->server;
+
+  list_del(v, c);
+  v->stats.active--;
+  v->stats.closed++;
+  s->active--;
+  if (c->close_cb)
+    c->close_cb(c);
+  free(c);
+  uvip__sched_slot_freed(s, v);
+  uvip__vip_maybe_finish_drain(v);
+  uvip__server_maybe_finish_close(s);
+}
+
+UVIP_EXPORT int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb) {
+  UVIP_CHECK_ARG(conn == NULL);
+  if (uv_is_closing((uv_handle_t *)&conn->tcp))
+    return UV_EALREADY;
+  conn->close_cb = cb;
+  uv_close((uv_handle_t *)&conn->tcp, on_closed);
+  return 0;
+}
+
+void uvip__conn_close_all(uvip_conn_t *list) {
+  uvip_conn_t *c, *next;
+  for (c = list; c; c = next) {
+    next = c->next;
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+      uvip_conn_close(c, c->vip->server->opts.conn_close_cb);
+  }
+}
+
+UVIP_EXPORT uv_tcp_t *uvip_conn_tcp(uvip_conn_t *conn) {
+  return conn ? &conn->tcp : NULL;
+}
+
+UVIP_EXPORT uv_stream_t *uvip_conn_stream(uvip_conn_t *conn) {
+  return conn ? (uv_stream_t *)&conn->tcp : NULL;
+}
+
+UVIP_EXPORT uvip_conn_t *uvip_conn_from_tcp(uv_tcp_t *tcp) {
+  return tcp ? UVIP_CONTAINER_OF(tcp, uvip_conn_t, tcp) : NULL;
+}
+
+UVIP_EXPORT uvip_vip_t *uvip_conn_vip(const uvip_conn_t *conn) {
+  return conn ? conn->vip : NULL;
+}
