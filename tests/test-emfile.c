@@ -1,0 +1,223 @@
+/* Out of descriptors: the server survives, does not spin, keeps serving
+ * its connections, and accepts the queued ones once descriptors free.
+ * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define QUEUED 10
+
+static void on_timer(uv_timer_t *t) { *(bool *)t->data = true; }
+
+/* Runs the loop for about ms milliseconds of wall time. */
+static void run_for(uv_loop_t *loop, uint64_t ms) {
+  uv_timer_t timer;
+  bool fired = false;
+  uv_timer_init(loop, &timer);
+  timer.data = &fired;
+  uv_timer_start(&timer, on_timer, ms, 0);
+  while (!fired)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&timer, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* The client side lives in another process so that its descriptors do not
+ * count against the server's limit. It writes one byte on each connection
+ * and expects it back. */
+static pid_t spawn_clients(int port, int ready_fd, const int *fill, int nfill) {
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    for (int i = 0; i < nfill; i++) /* the child needs descriptors */
+      close(fill[i]);
+    struct sockaddr_storage sa;
+    int fds[QUEUED];
+    struct timeval tv = {20, 0};
+    th_addr("127.0.0.1", port, &sa);
+    for (int i = 0; i < QUEUED; i++) {
+      fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+      setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      if (connect(fds[i], (struct sockaddr *)&sa, sizeof(struct sockaddr_in)))
+        _exit(10);
+      if (write(fds[i], "e", 1) != 1)
+        _exit(11);
+    }
+    if (write(ready_fd, "r", 1) != 1)
+      _exit(12);
+    for (int i = 0; i < QUEUED; i++) {
+      char c;
+      if (read(fds[i], &c, 1) != 1 || c != 'e')
+        _exit(20 + i);
+    }
+    _exit(0);
+  }
+  return pid;
+}
+
+START_TEST(test_emfile_backoff_and_recovery) {
+  uv_loop_t loop;
+  th_track_t t = {0};
+  int port = th_free_port(), pipefd[2], fillers[512], nfill = 0;
+  uvip_vip_stats_t st;
+  struct rlimit rl;
+
+  ck_assert_int_eq(pipe(pipefd), 0);
+  uv_loop_init(&loop);
+  uvip_addrs_t *a = th_addrs("127.0.0.1", port);
+  uvip_server_t *s = NULL;
+  ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+  uvip_addrs_free(a);
+  uvip_server_set_data(s, &t);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+
+  /* Lower the limit to just above what is open, then use up the rest. */
+  int highest = 0;
+  for (int fd = 0; fd < 256; fd++)
+    if (fcntl(fd, F_GETFD) != -1)
+      highest = fd;
+  rl.rlim_cur = rl.rlim_max = (rlim_t)highest + 8;
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  int fd;
+  while (nfill < 512 && (fd = dup(0)) >= 0)
+    fillers[nfill++] = fd;
+  ck_assert_int_eq(errno, EMFILE);
+  ck_assert_int_gt(nfill, 0);
+
+  pid_t pid = spawn_clients(port, pipefd[1], fillers, nfill);
+  close(pipefd[1]); /* so a dead client reads as EOF here */
+  fillers[nfill] = dup(0); /* and take that descriptor back */
+  ck_assert_int_ge(fillers[nfill], 0);
+  nfill++;
+  char c;
+  ck_assert_int_eq(read(pipefd[0], &c, 1), 1); /* all queued and written */
+
+  /* 600 ms without descriptors: every attempt fails with EMFILE, and the
+   * back-off (50 ms doubling to 1 s) allows only a handful of retries. A
+   * spinning server would retry thousands of times. */
+  run_for(&loop, 600);
+  uvip_vip_stats(uvip_server_vip(s, 0), &st);
+  ck_assert_uint_eq(st.accepted, 0);
+  ck_assert_uint_ge(st.err_emfile, 1);
+  ck_assert_uint_le(st.err_emfile, 10);
+  ck_assert_uint_eq(st.backoffs, st.err_emfile);
+
+  /* Descriptors come back: every queued connection is accepted and echoed
+   * by the next retry; none was lost. */
+  for (int i = 0; i < nfill; i++)
+    close(fillers[i]);
+  for (int turn = 0; turn < 2000 && t.echoed_bytes < QUEUED; turn++)
+    uv_run(&loop, UV_RUN_ONCE);
+  ck_assert_int_eq(t.accepted, QUEUED);
+  ck_assert_int_eq(t.echoed_bytes, QUEUED);
+
+  int status = -1;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                "client exit status %d", WEXITSTATUS(status));
+  uvip_server_close_conns(s);
+  uvip_server_close(s, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* A slot freed by a closing connection resumes accepting at once, without
+ * waiting for the back-off timer. */
+START_TEST(test_emfile_resume_on_close) {
+  uv_loop_t loop;
+  th_track_t t = {0};
+  int port = th_free_port(), fillers[512], nfill = 0, pipefd[2], gofd[2];
+  struct rlimit rl;
+  uvip_server_options_t o;
+  uvip_vip_stats_t st;
+
+  ck_assert_int_eq(pipe(pipefd), 0);
+  ck_assert_int_eq(pipe(gofd), 0);
+  uv_loop_init(&loop);
+  uvip_server_options_init(&o);
+  o.backoff_ms = 1000; /* long, so only a close can resume in time */
+  uvip_addrs_t *a = th_addrs("127.0.0.1", port);
+  uvip_server_t *s = NULL;
+  ck_assert_int_eq(uvip_server_new(&loop, a, &o, &s), 0);
+  uvip_addrs_free(a);
+  uvip_server_set_data(s, &t);
+  t.hold = 1;
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+
+  int highest = 0;
+  for (int fd = 0; fd < 256; fd++)
+    if (fcntl(fd, F_GETFD) != -1)
+      highest = fd;
+  rl.rlim_cur = rl.rlim_max = (rlim_t)highest + 1 + 3;
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  int fd;
+  while (nfill < 512 && (fd = dup(0)) >= 0)
+    fillers[nfill++] = fd;
+  /* Give back two descriptors: room for two connections. */
+  close(fillers[--nfill]);
+  close(fillers[--nfill]);
+
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    struct sockaddr_storage sa;
+    for (int i = 0; i < nfill; i++)
+      close(fillers[i]);
+    th_addr("127.0.0.1", port, &sa);
+    int cfd[3];
+    for (int i = 0; i < 3; i++)
+      cfd[i] = th_connect((struct sockaddr *)&sa, NULL);
+    if (write(pipefd[1], "r", 1) != 1)
+      _exit(1);
+    char c;
+    if (read(gofd[0], &c, 1) != 1) /* wait for the parent */
+      _exit(2);
+    (void)cfd;
+    _exit(0);
+  }
+  close(pipefd[1]);
+  char c;
+  ck_assert_int_eq(read(pipefd[0], &c, 1), 1);
+  for (int turn = 0; turn < 50 && t.accepted < 2; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  for (int turn = 0; turn < 5; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  uvip_vip_stats(uvip_server_vip(s, 0), &st);
+  ck_assert_uint_eq(st.accepted, 2);
+  ck_assert_uint_ge(st.err_emfile, 1);
+
+  /* Closing one connection frees a descriptor: the third is accepted
+   * within a few turns, long before the 1 s back-off. */
+  th_close_conn(&t, 0);
+  for (int turn = 0; turn < 20 && t.accepted < 3; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(t.accepted, 3);
+
+  ck_assert_int_eq(write(gofd[1], "d", 1), 1);
+  waitpid(pid, NULL, 0);
+  for (int i = 0; i < nfill; i++)
+    close(fillers[i]);
+  uvip_server_close_conns(s);
+  uvip_server_close(s, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("emfile");
+  TCase *tc = tcase_create("emfile");
+  tcase_add_test(tc, test_emfile_backoff_and_recovery);
+  tcase_add_test(tc, test_emfile_resume_on_close);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
