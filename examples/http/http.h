@@ -1,0 +1,208 @@
+/* uvip-http internals: the request path (http_session.c), the responses and
+ * routes (http_routes.c) and the libuv glue (http_server.c).
+ *
+ * The request path never touches a socket: bytes go into
+ * http_session_feed() and response bytes come out in an http_buf_t, so the
+ * fuzzer and the server drive exactly the same code.
+ *
+ * SPDX-License-Identifier: MIT */
+#ifndef UVIP_HTTP_H
+#define UVIP_HTTP_H
+
+#include <llhttp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+#include <uvip.h>
+
+/* ------------------------------------------------------------------------ */
+/* Growable byte buffer                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct http_buf_s {
+  char *base;
+  size_t len;
+  size_t cap;
+} http_buf_t;
+
+int http_buf_grow(http_buf_t *b, size_t extra);
+int http_buf_append(http_buf_t *b, const void *p, size_t n);
+int http_buf_printf(http_buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void http_buf_free(http_buf_t *b);
+
+static inline int http_buf_reserve(http_buf_t *b, size_t extra) {
+  return b->cap - b->len >= extra ? 0 : http_buf_grow(b, extra);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-loop context: limits, the cached Date header, prebuilt responses     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct http_limits_s {
+  uint32_t max_header_bytes; /* request line + headers; over it: 431 */
+  uint32_t max_requests;     /* per connection, 0 = unlimited */
+  /* The parser pauses at the next request boundary once this much output
+   * is waiting, so a pipelining client that does not read cannot make the
+   * server buffer without bound. */
+  size_t max_pending_out;
+} http_limits_t;
+
+/* Status codes the server answers with; index into the response counters. */
+enum {
+  HTTP_S200 = 0,
+  HTTP_S400,
+  HTTP_S404,
+  HTTP_S405,
+  HTTP_S408,
+  HTTP_S431,
+  HTTP_S500,
+  HTTP_NSTATUS
+};
+
+/* The `/` response in its three connection variants. */
+enum { HTTP_V_KEEP11 = 0, HTTP_V_KEEP10, HTTP_V_CLOSE, HTTP_NVARIANT };
+
+typedef struct http_ctx_s {
+  http_limits_t limits;
+  uvip_server_t *server; /* for /metrics and /stats.json; may be NULL */
+  const char *census_prom; /* latest census renderings, may be NULL */
+  const char *census_json;
+  int stopping;          /* answer with Connection: close from now on */
+
+  time_t date_sec;
+  char date[40]; /* "Sun, 06 Nov 1994 08:49:37 GMT" */
+  char hello[HTTP_NVARIANT][256];
+  uint16_t hello_len[HTTP_NVARIANT], hello_hdr_len[HTTP_NVARIANT];
+
+  /* Transient, valid during one http_session_feed(). */
+  http_buf_t *out;
+  const char *mark; /* where the current header block starts in this feed */
+
+  http_buf_t scratch; /* body rendering for /metrics and /stats.json */
+
+  /* Counters for /metrics. */
+  uint64_t requests;
+  uint64_t responses[HTTP_NSTATUS];
+  uint64_t conns_total, conns_active;
+  uint64_t timeouts_header, timeouts_idle;
+} http_ctx_t;
+
+int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits);
+void http_ctx_free(http_ctx_t *ctx);
+/* Refreshes the Date header and the prebuilt responses if the second
+ * changed. */
+void http_ctx_set_time(http_ctx_t *ctx, time_t now);
+
+/* ------------------------------------------------------------------------ */
+/* Session: one connection's parser state                                   */
+/* ------------------------------------------------------------------------ */
+
+#define HTTP_URL_MAX 32
+
+enum {
+  HTTP_SF_IN_MSG = 1u << 0,     /* a request has begun and is not complete */
+  HTTP_SF_IN_HEADERS = 1u << 1, /* ... and its headers are not complete */
+  HTTP_SF_URL_LONG = 1u << 2,   /* the URL did not fit url[] */
+  HTTP_SF_KEEPALIVE = 1u << 3,  /* llhttp_should_keep_alive() at headers */
+  HTTP_SF_DONE = 1u << 4,       /* last response written: close after it */
+  HTTP_SF_LINGER = 1u << 5,     /* closing on an error: input may follow */
+  HTTP_SF_TOO_BIG = 1u << 6     /* header limit hit inside a callback */
+};
+
+typedef struct http_session_s {
+  llhttp_t parser;
+  http_ctx_t *ctx;
+  uint32_t hdr_bytes; /* header bytes of the current request before mark */
+  uint32_t nreq;      /* requests answered */
+  uint8_t flags;
+  uint8_t url_len;
+  char url[HTTP_URL_MAX];
+} http_session_t;
+
+/* http_session_feed() results. */
+enum {
+  HTTP_FEED_OK = 0,   /* all input consumed, connection stays open */
+  HTTP_FEED_PAUSED,   /* output is over max_pending_out: flush it, then feed
+                         the unconsumed rest */
+  HTTP_FEED_CLOSE     /* the last response is in out: flush it and close
+                         (lingering when http_session_lingers()) */
+};
+
+void http_session_init(http_session_t *s, http_ctx_t *ctx);
+
+/* Parses data and appends the responses to out. *consumed receives how many
+ * bytes were parsed. Returns one of HTTP_FEED_*. Any input is safe: errors
+ * become 400/431 responses and HTTP_FEED_CLOSE. Out of memory makes it
+ * return HTTP_FEED_CLOSE with whatever responses fit. */
+int http_session_feed(http_session_t *s, const char *data, size_t len,
+                      http_buf_t *out, size_t *consumed);
+
+/* The header timeout ran out: appends a 408 and returns HTTP_FEED_CLOSE if
+ * part of a request arrived; otherwise appends nothing and returns
+ * HTTP_FEED_CLOSE too (nothing to answer). */
+int http_session_timeout(http_session_t *s, http_buf_t *out);
+
+static inline int http_session_in_headers(const http_session_t *s) {
+  return (s->flags & HTTP_SF_IN_HEADERS) != 0;
+}
+static inline int http_session_in_message(const http_session_t *s) {
+  return (s->flags & HTTP_SF_IN_MSG) != 0;
+}
+static inline int http_session_lingers(const http_session_t *s) {
+  return (s->flags & HTTP_SF_LINGER) != 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Responses and routes (http_routes.c)                                     */
+/* ------------------------------------------------------------------------ */
+
+enum {
+  HTTP_RF_HEAD = 1u << 0,  /* no body */
+  HTTP_RF_CLOSE = 1u << 1, /* Connection: close */
+  HTTP_RF_HTTP10 = 1u << 2 /* keep-alive must be announced */
+};
+
+/* Appends the response to a complete request. Returns 0 or UV_ENOMEM. */
+int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
+               size_t url_len, int url_long, unsigned int rflags);
+
+/* Appends an error response (always with Connection: close). */
+int http_respond_error(http_ctx_t *ctx, http_buf_t *out, int status_idx,
+                       unsigned int rflags);
+
+/* The bodies of /metrics and /stats.json, appended to b. */
+int http_render_metrics(http_ctx_t *ctx, http_buf_t *b);
+int http_render_json(http_ctx_t *ctx, http_buf_t *b);
+
+/* ------------------------------------------------------------------------ */
+/* Server: connections on a uvip_server_t (http_server.c)                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct http_server_config_s {
+  http_limits_t limits;
+  uint64_t header_timeout_ms;    /* request start to end of headers: 408 */
+  uint64_t keepalive_timeout_ms; /* idle between requests, stalled writes */
+  uint64_t linger_ms;            /* reading after an error response */
+  uint64_t shutdown_timeout_ms;  /* graceful stop, then connections close */
+} http_server_config_t;
+
+typedef struct http_server_s http_server_t;
+
+/* Creates the HTTP layer for server (not yet listening). It becomes the
+ * server's data: give http_on_connection to uvip_server_listen() and
+ * http_on_lib_close as uvip_server_options_t.conn_close_cb. */
+int http_server_new(uv_loop_t *loop, uvip_server_t *server,
+                    const http_server_config_t *cfg, http_server_t **out);
+void http_on_connection(uvip_server_t *server, uvip_conn_t *conn);
+void http_on_lib_close(uvip_conn_t *conn);
+http_ctx_t *http_server_ctx(http_server_t *hs);
+
+/* Graceful stop: closes the uvip server (no more accepts), closes idle
+ * connections, lets requests in progress finish with Connection: close,
+ * closes the rest after shutdown_timeout_ms; then calls cb. The uvip server
+ * is freed by then. */
+void http_server_shutdown(http_server_t *hs, void (*cb)(http_server_t *hs));
+void http_server_free(http_server_t *hs);
+
+#endif /* UVIP_HTTP_H */

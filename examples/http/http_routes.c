@@ -1,0 +1,378 @@
+/* Responses, routes, and the /metrics and /stats.json renderings.
+ * SPDX-License-Identifier: MIT */
+#include "http.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HELLO_BODY "Hello from uvip\n"
+
+int http_buf_grow(http_buf_t *b, size_t extra) {
+  size_t cap = b->cap ? b->cap : 4096;
+  char *nb;
+  if (extra > SIZE_MAX / 2 - b->len)
+    return UV_ENOMEM;
+  while (cap - b->len < extra)
+    cap *= 2;
+  nb = realloc(b->base, cap);
+  if (!nb)
+    return UV_ENOMEM;
+  b->base = nb;
+  b->cap = cap;
+  return 0;
+}
+
+int http_buf_append(http_buf_t *b, const void *p, size_t n) {
+  if (http_buf_reserve(b, n) != 0)
+    return UV_ENOMEM;
+  memcpy(b->base + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+int http_buf_printf(http_buf_t *b, const char *fmt, ...) {
+  va_list ap;
+  int n;
+  for (;;) {
+    size_t room = b->cap - b->len;
+    va_start(ap, fmt);
+    n = vsnprintf(b->base ? b->base + b->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+      return UV_EINVAL;
+    if ((size_t)n < room) {
+      b->len += (size_t)n;
+      return 0;
+    }
+    if (http_buf_grow(b, (size_t)n + 1) != 0)
+      return UV_ENOMEM;
+  }
+}
+
+void http_buf_free(http_buf_t *b) {
+  free(b->base);
+  b->base = NULL;
+  b->len = b->cap = 0;
+}
+
+static const struct {
+  const char *line; /* status line with its CRLF */
+  const char *body;
+} statuses[HTTP_NSTATUS] = {
+    [HTTP_S200] = {"HTTP/1.1 200 OK\r\n", ""},
+    [HTTP_S400] = {"HTTP/1.1 400 Bad Request\r\n", "Bad Request\n"},
+    [HTTP_S404] = {"HTTP/1.1 404 Not Found\r\n", "Not Found\n"},
+    [HTTP_S405] = {"HTTP/1.1 405 Method Not Allowed\r\n",
+                   "Method Not Allowed\n"},
+    [HTTP_S408] = {"HTTP/1.1 408 Request Timeout\r\n", "Request Timeout\n"},
+    [HTTP_S431] = {"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+                   "Request Header Fields Too Large\n"},
+    [HTTP_S500] = {"HTTP/1.1 500 Internal Server Error\r\n",
+                   "Internal Server Error\n"},
+};
+
+static const char *conn_header(unsigned int rflags) {
+  if (rflags & HTTP_RF_CLOSE)
+    return "Connection: close\r\n";
+  if (rflags & HTTP_RF_HTTP10)
+    return "Connection: keep-alive\r\n";
+  return "";
+}
+
+static int respond(http_ctx_t *ctx, http_buf_t *out, int status_idx,
+                   const char *ctype, const char *extra, const char *body,
+                   size_t blen, unsigned int rflags) {
+  int r;
+  ctx->responses[status_idx]++;
+  r = http_buf_printf(out,
+                      "%sServer: uvip\r\nDate: %s\r\nContent-Type: %s\r\n"
+                      "Content-Length: %zu\r\n%s%s\r\n",
+                      statuses[status_idx].line, ctx->date, ctype, blen, extra,
+                      conn_header(rflags));
+  if (r == 0 && !(rflags & HTTP_RF_HEAD))
+    r = http_buf_append(out, body, blen);
+  return r;
+}
+
+int http_respond_error(http_ctx_t *ctx, http_buf_t *out, int status_idx,
+                       unsigned int rflags) {
+  const char *body = statuses[status_idx].body;
+  return respond(ctx, out, status_idx, "text/plain", "", body, strlen(body),
+                 rflags | HTTP_RF_CLOSE);
+}
+
+static void build_hello(http_ctx_t *ctx, int v, unsigned int rflags) {
+  int n = snprintf(ctx->hello[v], sizeof(ctx->hello[v]),
+                   "HTTP/1.1 200 OK\r\nServer: uvip\r\nDate: %s\r\n"
+                   "Content-Type: text/plain\r\nContent-Length: %zu\r\n%s\r\n"
+                   "%s",
+                   ctx->date, sizeof(HELLO_BODY) - 1, conn_header(rflags),
+                   HELLO_BODY);
+  /* The buffer is sized for the longest variant; n cannot be negative. */
+  ctx->hello_len[v] = (uint16_t)n;
+  ctx->hello_hdr_len[v] = (uint16_t)(n - (int)(sizeof(HELLO_BODY) - 1));
+}
+
+void http_ctx_set_time(http_ctx_t *ctx, time_t now) {
+  struct tm tm;
+  if (now == ctx->date_sec && ctx->date[0])
+    return;
+  ctx->date_sec = now;
+  gmtime_r(&now, &tm);
+  strftime(ctx->date, sizeof(ctx->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  build_hello(ctx, HTTP_V_KEEP11, 0);
+  build_hello(ctx, HTTP_V_KEEP10, HTTP_RF_HTTP10);
+  build_hello(ctx, HTTP_V_CLOSE, HTTP_RF_CLOSE);
+}
+
+int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits) {
+  memset(ctx, 0, sizeof(*ctx));
+  ctx->limits = *limits;
+  http_ctx_set_time(ctx, time(NULL));
+  return 0;
+}
+
+void http_ctx_free(http_ctx_t *ctx) { http_buf_free(&ctx->scratch); }
+
+static int path_is(const char *url, size_t len, const char *path) {
+  size_t n = strlen(path);
+  return len >= n && memcmp(url, path, n) == 0 &&
+         (len == n || url[n] == '?' || url[n] == '#');
+}
+
+int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
+               size_t url_len, int url_long, unsigned int rflags) {
+  int r;
+  if (method != HTTP_GET && method != HTTP_HEAD)
+    return respond(ctx, out, HTTP_S405, "text/plain",
+                   "Allow: GET, HEAD\r\n", statuses[HTTP_S405].body,
+                   strlen(statuses[HTTP_S405].body), rflags);
+  if (!url_long && path_is(url, url_len, "/")) {
+    int v = (rflags & HTTP_RF_CLOSE)    ? HTTP_V_CLOSE
+            : (rflags & HTTP_RF_HTTP10) ? HTTP_V_KEEP10
+                                        : HTTP_V_KEEP11;
+    ctx->responses[HTTP_S200]++;
+    return http_buf_append(out, ctx->hello[v],
+                           (rflags & HTTP_RF_HEAD) ? ctx->hello_hdr_len[v]
+                                                   : ctx->hello_len[v]);
+  }
+  if (!url_long && path_is(url, url_len, "/metrics")) {
+    ctx->scratch.len = 0;
+    r = http_render_metrics(ctx, &ctx->scratch);
+    if (r != 0)
+      return r;
+    return respond(ctx, out, HTTP_S200, "text/plain; version=0.0.4", "",
+                   ctx->scratch.base, ctx->scratch.len, rflags);
+  }
+  if (!url_long && path_is(url, url_len, "/stats.json")) {
+    ctx->scratch.len = 0;
+    r = http_render_json(ctx, &ctx->scratch);
+    if (r != 0)
+      return r;
+    return respond(ctx, out, HTTP_S200, "application/json", "",
+                   ctx->scratch.base, ctx->scratch.len, rflags);
+  }
+  return respond(ctx, out, HTTP_S404, "text/plain", "",
+                 statuses[HTTP_S404].body, strlen(statuses[HTTP_S404].body),
+                 rflags);
+}
+
+/* ------------------------------------------------------------------------ */
+/* /metrics and /stats.json                                                 */
+/* ------------------------------------------------------------------------ */
+
+static const char *vip_state_name(uvip_vip_state_t st) {
+  switch (st) {
+  case UVIP_VIP_IDLE:
+    return "idle";
+  case UVIP_VIP_LISTENING:
+    return "listening";
+  case UVIP_VIP_FAILED:
+    return "failed";
+  case UVIP_VIP_DRAINING:
+    return "draining";
+  case UVIP_VIP_STOPPED:
+    return "stopped";
+  }
+  return "unknown";
+}
+
+enum { F_ACCEPTED, F_ACTIVE, F_CLOSED, F_DEFERRED, F_BACKOFFS, F_NFIELDS };
+
+static const struct {
+  const char *name, *type, *help;
+} vip_families[F_NFIELDS] = {
+    [F_ACCEPTED] = {"uvip_vip_accepted_total", "counter",
+                    "Connections accepted on the VIP."},
+    [F_ACTIVE] = {"uvip_vip_active", "gauge", "Connections open on the VIP."},
+    [F_CLOSED] = {"uvip_vip_closed_total", "counter",
+                  "Connections of the VIP closed."},
+    [F_DEFERRED] = {"uvip_vip_deferred_total", "counter",
+                    "Scheduler turns the VIP had work but a cap held it back."},
+    [F_BACKOFFS] = {"uvip_vip_backoffs_total", "counter",
+                    "Times accepting paused for lack of resources."},
+};
+
+static uint64_t vip_field(const uvip_vip_stats_t *st, int f) {
+  switch (f) {
+  case F_ACCEPTED:
+    return st->accepted;
+  case F_ACTIVE:
+    return st->active;
+  case F_CLOSED:
+    return st->closed;
+  case F_DEFERRED:
+    return st->deferred;
+  default:
+    return st->backoffs;
+  }
+}
+
+static const char *const err_kinds[] = {"emfile", "enfile",  "enobufs",
+                                        "enomem", "aborted", "other"};
+
+static uint64_t vip_err(const uvip_vip_stats_t *st, int k) {
+  const uint64_t v[] = {st->err_emfile, st->err_enfile, st->err_enobufs,
+                        st->err_enomem, st->err_aborted, st->err_other};
+  return v[k];
+}
+
+static size_t vip_count(const http_ctx_t *ctx) {
+  return ctx->server ? uvip_server_vip_count(ctx->server) : 0;
+}
+
+/* Formats the i-th VIP's address and reads its counters. */
+static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
+                   uvip_vip_stats_t *st, uvip_vip_state_t *state) {
+  uvip_vip_t *vip = uvip_server_vip(ctx->server, i);
+  if (!vip || uvip_addr_format(uvip_vip_addr(vip), 1, addr,
+                               UVIP_ADDRSTRLEN) != 0 ||
+      uvip_vip_stats(vip, st) != 0)
+    return -1;
+  *state = uvip_vip_state(vip);
+  return 0;
+}
+
+static const char *const status_codes[HTTP_NSTATUS] = {
+    "200", "400", "404", "405", "408", "431", "500"};
+
+int http_render_metrics(http_ctx_t *ctx, http_buf_t *b) {
+  size_t n = vip_count(ctx), i;
+  char addr[UVIP_ADDRSTRLEN];
+  uvip_vip_stats_t st;
+  uvip_vip_state_t state;
+  int f, k, r = 0;
+
+  for (f = 0; f < F_NFIELDS && r == 0; f++) {
+    r = http_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n",
+                        vip_families[f].name, vip_families[f].help,
+                        vip_families[f].name, vip_families[f].type);
+    for (i = 0; i < n && r == 0; i++)
+      if (vip_get(ctx, i, addr, &st, &state) == 0)
+        r = http_buf_printf(b, "%s{vip=\"%s\"} %llu\n", vip_families[f].name,
+                            addr, (unsigned long long)vip_field(&st, f));
+  }
+  if (r == 0)
+    r = http_buf_printf(b, "# HELP uvip_vip_accept_errors_total Accept "
+                           "errors on the VIP by kind.\n"
+                           "# TYPE uvip_vip_accept_errors_total counter\n");
+  for (i = 0; i < n && r == 0; i++)
+    if (vip_get(ctx, i, addr, &st, &state) == 0)
+      for (k = 0; k < 6 && r == 0; k++)
+        r = http_buf_printf(
+            b, "uvip_vip_accept_errors_total{vip=\"%s\",kind=\"%s\"} %llu\n",
+            addr, err_kinds[k], (unsigned long long)vip_err(&st, k));
+  if (r == 0)
+    r = http_buf_printf(b, "# HELP uvip_vip_state The VIP's listener state "
+                           "(1 for the current one).\n"
+                           "# TYPE uvip_vip_state gauge\n");
+  for (i = 0; i < n && r == 0; i++)
+    if (vip_get(ctx, i, addr, &st, &state) == 0)
+      r = http_buf_printf(b, "uvip_vip_state{vip=\"%s\",state=\"%s\"} 1\n",
+                          addr, vip_state_name(state));
+  if (r == 0)
+    r = http_buf_printf(
+        b,
+        "# HELP uvip_http_requests_total Requests parsed.\n"
+        "# TYPE uvip_http_requests_total counter\n"
+        "uvip_http_requests_total %llu\n"
+        "# HELP uvip_http_connections_total Connections served.\n"
+        "# TYPE uvip_http_connections_total counter\n"
+        "uvip_http_connections_total %llu\n"
+        "# HELP uvip_http_connections_active Connections open.\n"
+        "# TYPE uvip_http_connections_active gauge\n"
+        "uvip_http_connections_active %llu\n"
+        "# HELP uvip_http_timeouts_total Connections closed by a timeout.\n"
+        "# TYPE uvip_http_timeouts_total counter\n"
+        "uvip_http_timeouts_total{kind=\"header\"} %llu\n"
+        "uvip_http_timeouts_total{kind=\"idle\"} %llu\n"
+        "# HELP uvip_http_responses_total Responses by status code.\n"
+        "# TYPE uvip_http_responses_total counter\n",
+        (unsigned long long)ctx->requests,
+        (unsigned long long)ctx->conns_total,
+        (unsigned long long)ctx->conns_active,
+        (unsigned long long)ctx->timeouts_header,
+        (unsigned long long)ctx->timeouts_idle);
+  for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
+    r = http_buf_printf(b, "uvip_http_responses_total{code=\"%s\"} %llu\n",
+                        status_codes[k],
+                        (unsigned long long)ctx->responses[k]);
+  if (r == 0 && ctx->census_prom)
+    r = http_buf_append(b, ctx->census_prom, strlen(ctx->census_prom));
+  return r;
+}
+
+int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
+  size_t n = vip_count(ctx), i;
+  char addr[UVIP_ADDRSTRLEN];
+  uvip_vip_stats_t st, tot;
+  uvip_vip_state_t state;
+  int k, r, first = 1;
+
+  memset(&tot, 0, sizeof(tot));
+  if (ctx->server)
+    (void)uvip_server_stats(ctx->server, &tot);
+  r = http_buf_printf(b, "{\"vips\":[");
+  for (i = 0; i < n && r == 0; i++) {
+    if (vip_get(ctx, i, addr, &st, &state) != 0)
+      continue;
+    r = http_buf_printf(
+        b,
+        "%s{\"vip\":\"%s\",\"state\":\"%s\",\"accepted\":%llu,"
+        "\"active\":%llu,\"closed\":%llu,\"deferred\":%llu,"
+        "\"backoffs\":%llu,\"errors\":{",
+        first ? "" : ",", addr, vip_state_name(state),
+        (unsigned long long)st.accepted, (unsigned long long)st.active,
+        (unsigned long long)st.closed, (unsigned long long)st.deferred,
+        (unsigned long long)st.backoffs);
+    for (k = 0; k < 6 && r == 0; k++)
+      r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", err_kinds[k],
+                          (unsigned long long)vip_err(&st, k));
+    if (r == 0)
+      r = http_buf_printf(b, "}}");
+    first = 0;
+  }
+  if (r == 0)
+    r = http_buf_printf(
+        b,
+        "],\"totals\":{\"accepted\":%llu,\"active\":%llu,\"closed\":%llu,"
+        "\"deferred\":%llu,\"backoffs\":%llu},\"http\":{\"requests\":%llu,"
+        "\"connections_total\":%llu,\"connections_active\":%llu,"
+        "\"timeouts\":{\"header\":%llu,\"idle\":%llu},\"responses\":{",
+        (unsigned long long)tot.accepted, (unsigned long long)tot.active,
+        (unsigned long long)tot.closed, (unsigned long long)tot.deferred,
+        (unsigned long long)tot.backoffs, (unsigned long long)ctx->requests,
+        (unsigned long long)ctx->conns_total,
+        (unsigned long long)ctx->conns_active,
+        (unsigned long long)ctx->timeouts_header,
+        (unsigned long long)ctx->timeouts_idle);
+  for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
+    r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", status_codes[k],
+                        (unsigned long long)ctx->responses[k]);
+  if (r == 0)
+    r = http_buf_printf(b, "}},\"census\":%s}\n",
+                        ctx->census_json ? ctx->census_json : "null");
+  return r;
+}

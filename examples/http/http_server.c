@@ -1,0 +1,500 @@
+/* uvip-http's connections: reads into one per-loop buffer, parses with the
+ * session, writes responses with uv_try_write() and falls back to
+ * uv_write() only for what the socket would not take.
+ *
+ * Memory per idle connection is the uvip connection plus one http_conn_t
+ * (about 200 bytes): no read buffer, no write buffer, no timer. Timeouts
+ * live in three FIFO queues, one per timeout length, so a deadline update
+ * is a move to the tail and a per-loop tick only looks at the heads.
+ *
+ * SPDX-License-Identifier: MIT */
+#include "http.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+enum { TQ_HEADER = 0, TQ_IDLE, TQ_LINGER, TQ_COUNT, TQ_NONE = 255 };
+
+enum {
+  CF_READING = 1u << 0,
+  CF_WRITING = 1u << 1,     /* a uv_write() is in flight; reading stopped */
+  CF_CLOSE_AFTER = 1u << 2, /* close when the write completes */
+  CF_LINGER_AFTER = 1u << 3,
+  CF_CLOSING = 1u << 4,
+  CF_LINGERING = 1u << 5, /* shut down for writing, discarding input */
+  CF_NODELAY = 1u << 6
+};
+
+enum { AFTER_NONE = 0, AFTER_CLOSE, AFTER_LINGER };
+
+typedef struct http_conn_s http_conn_t;
+
+struct http_conn_s {
+  http_conn_t *prev, *next; /* timeout queue */
+  uint64_t deadline;
+  uvip_conn_t *conn;
+  http_server_t *hs;
+  char *in; /* input not parsed yet while output drains (backpressure) */
+  size_t inlen;
+  uint8_t tq;
+  uint8_t flags;
+  http_session_t s;
+};
+
+typedef struct wreq_s {
+  uv_write_t req;
+  char data[];
+} wreq_t;
+
+typedef struct tqueue_s {
+  http_conn_t *head, *tail;
+  uint64_t timeout;
+} tqueue_t;
+
+struct http_server_s {
+  uv_loop_t *loop;
+  uvip_server_t *server;
+  http_server_config_t cfg;
+  http_ctx_t ctx;
+  http_buf_t out; /* responses of one read, before they go to the socket */
+  tqueue_t tq[TQ_COUNT];
+  uv_timer_t tick, grace;
+  int handles_open;
+  int shutting_down;
+  void (*done_cb)(http_server_t *hs);
+  /* One read buffer per loop: a read is parsed before the next starts. */
+  char rbuf[64 * 1024];
+};
+
+static void conn_input(http_conn_t *hc, const char *data, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Timeout queues                                                           */
+/* ------------------------------------------------------------------------ */
+
+static void tq_remove(http_server_t *hs, http_conn_t *hc) {
+  tqueue_t *q;
+  if (hc->tq == TQ_NONE)
+    return;
+  q = &hs->tq[hc->tq];
+  if (hc->prev)
+    hc->prev->next = hc->next;
+  else
+    q->head = hc->next;
+  if (hc->next)
+    hc->next->prev = hc->prev;
+  else
+    q->tail = hc->prev;
+  hc->prev = hc->next = NULL;
+  hc->tq = TQ_NONE;
+}
+
+/* Every queue holds one timeout length, so appending keeps it sorted. */
+static void tq_push(http_server_t *hs, http_conn_t *hc, int which) {
+  tqueue_t *q = &hs->tq[which];
+  hc->deadline = uv_now(hs->loop) + q->timeout;
+  if (hc->tq == which && q->tail == hc)
+    return;
+  tq_remove(hs, hc);
+  hc->tq = (uint8_t)which;
+  hc->prev = q->tail;
+  hc->next = NULL;
+  if (q->tail)
+    q->tail->next = hc;
+  else
+    q->head = hc;
+  q->tail = hc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connection lifecycle                                                     */
+/* ------------------------------------------------------------------------ */
+
+static uv_stream_t *conn_stream(http_conn_t *hc) {
+  return uvip_conn_stream(hc->conn);
+}
+
+static void conn_free(http_conn_t *hc) {
+  http_server_t *hs = hc->hs;
+  tq_remove(hs, hc);
+  free(hc->in);
+  hs->ctx.conns_active--;
+  free(hc);
+}
+
+static void on_conn_closed(uvip_conn_t *conn) {
+  conn_free(uvip_conn_tcp(conn)->data);
+}
+
+void http_on_lib_close(uvip_conn_t *conn) {
+  http_conn_t *hc = uvip_conn_tcp(conn)->data;
+  if (hc)
+    conn_free(hc);
+}
+
+static void conn_close(http_conn_t *hc) {
+  if (hc->flags & CF_CLOSING)
+    return;
+  hc->flags |= CF_CLOSING;
+  tq_remove(hc->hs, hc);
+  if (uv_is_closing((uv_handle_t *)conn_stream(hc)))
+    return; /* the library is closing it: http_on_lib_close() frees */
+  if (uvip_conn_close(hc->conn, on_conn_closed) != 0)
+    return;
+}
+
+static void conn_read_stop(http_conn_t *hc) {
+  if (hc->flags & CF_READING) {
+    uv_read_stop(conn_stream(hc));
+    hc->flags &= (uint8_t)~CF_READING;
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  http_conn_t *hc = h->data;
+  (void)hint;
+  buf->base = hc->hs->rbuf;
+  buf->len = sizeof(hc->hs->rbuf);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  http_conn_t *hc = st->data;
+  if (nread > 0) {
+    if (!(hc->flags & CF_LINGERING))
+      conn_input(hc, buf->base, (size_t)nread);
+  } else if (nread < 0) {
+    /* EOF or error. Everything that arrived before it has been answered
+     * (reading stops while a write is pending), so nothing is lost. */
+    conn_close(hc);
+  }
+}
+
+static int conn_read_start(http_conn_t *hc) {
+  if (hc->flags & CF_READING)
+    return 0;
+  if (uv_read_start(conn_stream(hc), on_alloc, on_read) != 0) {
+    conn_close(hc);
+    return -1;
+  }
+  hc->flags |= CF_READING;
+  return 0;
+}
+
+/* After an error response: send FIN and read until the client closes or
+ * linger_ms passes. Closing at once would reset the connection if more
+ * input arrives, and the reset can destroy the response before the client
+ * reads it. */
+static void conn_linger(http_conn_t *hc) {
+  uv_os_fd_t fd;
+  hc->flags |= CF_LINGERING;
+  free(hc->in);
+  hc->in = NULL;
+  hc->inlen = 0;
+  if (uv_fileno((uv_handle_t *)conn_stream(hc), &fd) != 0 ||
+      shutdown(fd, SHUT_WR) != 0 || conn_read_start(hc) != 0) {
+    conn_close(hc);
+    return;
+  }
+  tq_push(hc->hs, hc, TQ_LINGER);
+}
+
+static void conn_set_timeout(http_conn_t *hc) {
+  if (hc->flags & (CF_CLOSING | CF_LINGERING))
+    return;
+  if (hc->flags & CF_WRITING)
+    tq_push(hc->hs, hc, TQ_IDLE);
+  else if (http_session_in_headers(&hc->s)) {
+    /* Not refreshed while headers trickle in: that is what stops a
+     * slowloris client. */
+    if (hc->tq != TQ_HEADER)
+      tq_push(hc->hs, hc, TQ_HEADER);
+  } else
+    tq_push(hc->hs, hc, TQ_IDLE);
+}
+
+/* Returns 1 if the connection is open and ready for more input. */
+static int conn_after_write(http_conn_t *hc, int after) {
+  if (after == AFTER_CLOSE) {
+    conn_close(hc);
+    return 0;
+  }
+  if (after == AFTER_LINGER) {
+    conn_linger(hc);
+    return 0;
+  }
+  return !(hc->flags & CF_CLOSING);
+}
+
+static void on_write(uv_write_t *req, int status) {
+  http_conn_t *hc = req->handle->data;
+  int after = (hc->flags & CF_CLOSE_AFTER)    ? AFTER_CLOSE
+              : (hc->flags & CF_LINGER_AFTER) ? AFTER_LINGER
+                                              : AFTER_NONE;
+  free(req);
+  hc->flags &= (uint8_t)~(CF_WRITING | CF_CLOSE_AFTER | CF_LINGER_AFTER);
+  if (status < 0) {
+    conn_close(hc);
+    return;
+  }
+  if (!conn_after_write(hc, after))
+    return;
+  if (hc->in)
+    conn_input(hc, hc->in, hc->inlen);
+  else if (conn_read_start(hc) == 0)
+    conn_set_timeout(hc);
+}
+
+/* Writes out; returns 1 when it all went out and the connection can take
+ * more input at once. */
+static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
+  uv_stream_t *st = conn_stream(hc);
+  size_t off = 0;
+  if (out->len) {
+    uv_buf_t b = uv_buf_init(out->base, (unsigned int)out->len);
+    int n = uv_try_write(st, &b, 1);
+    wreq_t *w;
+    if (n < 0 && n != UV_EAGAIN) {
+      conn_close(hc);
+      return 0;
+    }
+    if (n > 0)
+      off = (size_t)n;
+    if (off < out->len) {
+      size_t rest = out->len - off;
+      w = malloc(sizeof(*w) + rest);
+      if (!w) {
+        conn_close(hc);
+        return 0;
+      }
+      memcpy(w->data, out->base + off, rest);
+      b = uv_buf_init(w->data, (unsigned int)rest);
+      if (uv_write(&w->req, st, &b, 1, on_write) != 0) {
+        free(w);
+        conn_close(hc);
+        return 0;
+      }
+      hc->flags |= CF_WRITING;
+      if (after == AFTER_CLOSE)
+        hc->flags |= CF_CLOSE_AFTER;
+      else if (after == AFTER_LINGER)
+        hc->flags |= CF_LINGER_AFTER;
+      /* Backpressure: no more requests until the client reads. */
+      conn_read_stop(hc);
+      return 0;
+    }
+  }
+  return conn_after_write(hc, after);
+}
+
+/* Keeps the unparsed rest of the input for after the output drained. */
+static int conn_keep_input(http_conn_t *hc, const char *p, size_t n) {
+  if (hc->in && p >= hc->in && p < hc->in + hc->inlen) {
+    memmove(hc->in, p, n);
+  } else {
+    char *in = malloc(n);
+    if (!in)
+      return -1;
+    memcpy(in, p, n);
+    free(hc->in);
+    hc->in = in;
+  }
+  hc->inlen = n;
+  return 0;
+}
+
+static void conn_input(http_conn_t *hc, const char *data, size_t len) {
+  http_server_t *hs = hc->hs;
+  http_buf_t *out = &hs->out;
+  for (;;) {
+    size_t used = 0;
+    int r, after;
+    out->len = 0;
+    r = http_session_feed(&hc->s, data, len, out, &used);
+    if (r == HTTP_FEED_PAUSED) {
+      if (conn_keep_input(hc, data + used, len - used) != 0) {
+        conn_close(hc);
+        return;
+      }
+      conn_read_stop(hc);
+    } else if (hc->in) {
+      free(hc->in);
+      hc->in = NULL;
+      hc->inlen = 0;
+    }
+    after = r != HTTP_FEED_CLOSE       ? AFTER_NONE
+            : http_session_lingers(&hc->s) ? AFTER_LINGER
+                                           : AFTER_CLOSE;
+    if (!conn_flush(hc, out, after))
+      break;
+    if (!hc->in)
+      break;
+    data = hc->in;
+    len = hc->inlen;
+  }
+  if (hc->flags & (CF_CLOSING | CF_LINGERING))
+    return;
+  if (!hc->in && !(hc->flags & CF_WRITING) && conn_read_start(hc) != 0)
+    return;
+  /* Nagle only hurts a connection that makes more than one exchange; a
+   * one-request connection never pays for the setsockopt. */
+  if (!(hc->flags & CF_NODELAY) && hc->s.nreq > 0) {
+    hc->flags |= CF_NODELAY;
+    uv_tcp_nodelay(uvip_conn_tcp(hc->conn), 1);
+  }
+  conn_set_timeout(hc);
+}
+
+void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
+  http_server_t *hs = uvip_server_get_data(server);
+  http_conn_t *hc = malloc(sizeof(*hc));
+  if (!hc) {
+    uvip_conn_close(conn, NULL);
+    return;
+  }
+  hc->prev = hc->next = NULL;
+  hc->conn = conn;
+  hc->hs = hs;
+  hc->in = NULL;
+  hc->inlen = 0;
+  hc->tq = TQ_NONE;
+  hc->flags = 0;
+  http_session_init(&hc->s, &hs->ctx);
+  uvip_conn_tcp(conn)->data = hc;
+  hs->ctx.conns_total++;
+  hs->ctx.conns_active++;
+  if (conn_read_start(hc) != 0)
+    return;
+  tq_push(hs, hc, TQ_HEADER);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timeouts                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void expire(http_server_t *hs, http_conn_t *hc, int which) {
+  if (which == TQ_HEADER) {
+    hs->ctx.timeouts_header++;
+    hs->out.len = 0;
+    (void)http_session_timeout(&hc->s, &hs->out);
+    (void)conn_flush(hc, &hs->out,
+                     http_session_lingers(&hc->s) ? AFTER_LINGER
+                                                  : AFTER_CLOSE);
+    return;
+  }
+  if (which == TQ_IDLE)
+    hs->ctx.timeouts_idle++;
+  conn_close(hc);
+}
+
+static void on_tick(uv_timer_t *t) {
+  http_server_t *hs = t->data;
+  uint64_t now = uv_now(hs->loop);
+  int i;
+  http_ctx_set_time(&hs->ctx, time(NULL));
+  for (i = 0; i < TQ_COUNT; i++) {
+    http_conn_t *hc;
+    /* A connection taken from a queue goes back to a queue only with a
+     * deadline in the future (timeouts are at least 1 ms), so this ends. */
+    while ((hc = hs->tq[i].head) && hc->deadline <= now) {
+      tq_remove(hs, hc);
+      expire(hs, hc, i);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Server                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t at_least_1(uint64_t v) { return v ? v : 1; }
+
+int http_server_new(uv_loop_t *loop, uvip_server_t *server,
+                    const http_server_config_t *cfg, http_server_t **out) {
+  http_server_t *hs;
+  uint64_t tick;
+  if (!loop || !server || !cfg || !out)
+    return UV_EINVAL;
+  hs = calloc(1, sizeof(*hs));
+  if (!hs)
+    return UV_ENOMEM;
+  hs->loop = loop;
+  hs->server = server;
+  hs->cfg = *cfg;
+  http_ctx_init(&hs->ctx, &cfg->limits);
+  hs->ctx.server = server;
+  hs->tq[TQ_HEADER].timeout = at_least_1(cfg->header_timeout_ms);
+  hs->tq[TQ_IDLE].timeout = at_least_1(cfg->keepalive_timeout_ms);
+  hs->tq[TQ_LINGER].timeout = at_least_1(cfg->linger_ms);
+  /* A quarter of the shortest timeout, 10..250 ms: deadlines are met
+   * within that, and an idle server wakes at most four times a second. */
+  tick = hs->tq[TQ_HEADER].timeout;
+  if (hs->tq[TQ_IDLE].timeout < tick)
+    tick = hs->tq[TQ_IDLE].timeout;
+  if (hs->tq[TQ_LINGER].timeout < tick)
+    tick = hs->tq[TQ_LINGER].timeout;
+  tick /= 4;
+  tick = tick < 10 ? 10 : tick > 250 ? 250 : tick;
+  uv_timer_init(loop, &hs->tick);
+  uv_timer_init(loop, &hs->grace);
+  hs->tick.data = hs->grace.data = hs;
+  hs->handles_open = 2;
+  uv_timer_start(&hs->tick, on_tick, tick, tick);
+  uvip_server_set_data(server, hs);
+  *out = hs;
+  return 0;
+}
+
+http_ctx_t *http_server_ctx(http_server_t *hs) { return &hs->ctx; }
+
+static void on_handle_closed(uv_handle_t *h) {
+  http_server_t *hs = h->data;
+  if (--hs->handles_open == 0 && hs->done_cb)
+    hs->done_cb(hs);
+}
+
+static void on_uvip_closed(uvip_server_t *server) {
+  http_server_t *hs = uvip_server_get_data(server);
+  hs->server = NULL;
+  hs->ctx.server = NULL;
+  uv_close((uv_handle_t *)&hs->tick, on_handle_closed);
+  uv_close((uv_handle_t *)&hs->grace, on_handle_closed);
+}
+
+static void on_grace(uv_timer_t *t) {
+  http_server_t *hs = t->data;
+  if (hs->server)
+    uvip_server_close_conns(hs->server);
+}
+
+void http_server_shutdown(http_server_t *hs, void (*cb)(http_server_t *hs)) {
+  int i;
+  if (hs->shutting_down)
+    return;
+  hs->shutting_down = 1;
+  hs->ctx.stopping = 1;
+  hs->done_cb = cb;
+  /* Connections between requests close now; the others get their
+   * response with Connection: close, or are closed at the grace timeout. */
+  for (i = 0; i < TQ_COUNT; i++) {
+    http_conn_t *hc = hs->tq[i].head, *next;
+    for (; hc; hc = next) {
+      next = hc->next;
+      if (!http_session_in_message(&hc->s) && !(hc->flags & CF_WRITING) &&
+          !hc->in)
+        conn_close(hc);
+    }
+  }
+  uv_timer_start(&hs->grace, on_grace, at_least_1(hs->cfg.shutdown_timeout_ms),
+                 0);
+  if (uvip_server_close(hs->server, on_uvip_closed) != 0)
+    on_uvip_closed(hs->server);
+}
+
+void http_server_free(http_server_t *hs) {
+  if (!hs)
+    return;
+  http_ctx_free(&hs->ctx);
+  http_buf_free(&hs->out);
+  free(hs);
+}

@@ -1,0 +1,246 @@
+/* uvip-http: an HTTP/1.1 server on a pool of VIPs.
+ *
+ *   uvip-http --listen 127.0.0.1-127.0.0.16 --port 8080
+ *   curl http://127.0.0.1:8080/          small fixed body
+ *   curl http://127.0.0.1:8080/metrics   Prometheus text
+ *   curl http://127.0.0.1:8080/stats.json
+ *
+ * SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <uvip.h>
+
+#include "common.h"
+#include "http/http.h"
+
+static http_server_t *g_http;
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: %s [options]\n"
+          "  --listen SPEC            VIPs to serve (repeatable; default "
+          "127.0.0.1)\n"
+          "  --port P                 default port (default 8080)\n"
+          "  --max-conns N            connections open at once (0 = no cap)\n"
+          "  --max-conns-per-vip N    per VIP (0 = no cap)\n"
+          "  --accept-budget N        accepts per listener per turn (1..1024)\n"
+          "  --backlog N              listen backlog (0 = somaxconn)\n"
+          "  --reuseport              SO_REUSEPORT on the listeners\n"
+          "  --workers N              worker count (1 until workers exist)\n"
+          "  --worker-mode thread|process\n"
+          "  --max-header-bytes N     request line + headers (default 8192)\n"
+          "  --max-requests N         per connection (default 10000, 0 = no "
+          "limit)\n"
+          "  --header-timeout-ms N    to receive a request's headers (10000)\n"
+          "  --keepalive-timeout-ms N idle between requests (30000)\n"
+          "  --shutdown-timeout-ms N  graceful stop before closing (5000)\n"
+          "  --version, --help\n",
+          ex_prog);
+}
+
+enum {
+  O_LISTEN = 256,
+  O_PORT,
+  O_MAX_CONNS,
+  O_MAX_PER_VIP,
+  O_BUDGET,
+  O_BACKLOG,
+  O_REUSEPORT,
+  O_WORKERS,
+  O_WORKER_MODE,
+  O_MAX_HDR,
+  O_MAX_REQ,
+  O_HDR_TIMEOUT,
+  O_KA_TIMEOUT,
+  O_SHUT_TIMEOUT,
+  O_VERSION,
+  O_HELP
+};
+
+static const struct option long_opts[] = {
+    {"listen", required_argument, NULL, O_LISTEN},
+    {"port", required_argument, NULL, O_PORT},
+    {"max-conns", required_argument, NULL, O_MAX_CONNS},
+    {"max-conns-per-vip", required_argument, NULL, O_MAX_PER_VIP},
+    {"accept-budget", required_argument, NULL, O_BUDGET},
+    {"backlog", required_argument, NULL, O_BACKLOG},
+    {"reuseport", no_argument, NULL, O_REUSEPORT},
+    {"workers", required_argument, NULL, O_WORKERS},
+    {"worker-mode", required_argument, NULL, O_WORKER_MODE},
+    {"max-header-bytes", required_argument, NULL, O_MAX_HDR},
+    {"max-requests", required_argument, NULL, O_MAX_REQ},
+    {"header-timeout-ms", required_argument, NULL, O_HDR_TIMEOUT},
+    {"keepalive-timeout-ms", required_argument, NULL, O_KA_TIMEOUT},
+    {"shutdown-timeout-ms", required_argument, NULL, O_SHUT_TIMEOUT},
+    {"version", no_argument, NULL, O_VERSION},
+    {"help", no_argument, NULL, O_HELP},
+    {NULL, 0, NULL, 0}};
+
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+static void on_done(http_server_t *hs) {
+  (void)hs;
+  ex_signals_close();
+}
+
+static void on_signal(int signum) {
+  fprintf(stderr, "%s: signal %d, stopping\n", ex_prog, signum);
+  http_server_shutdown(g_http, on_done);
+}
+
+int main(int argc, char **argv) {
+  const char *specs[64];
+  size_t nspecs = 0, i, n;
+  int port = 8080, workers = 1, c, r;
+  uvip_server_options_t opts;
+  http_server_config_t cfg;
+  uvip_addrs_t *addrs = NULL;
+  uvip_server_t *server = NULL;
+  uv_loop_t *loop = uv_default_loop();
+  char err[256] = "";
+  char addr[UVIP_ADDRSTRLEN];
+
+  ex_init(argv[0]);
+  uvip_server_options_init(&opts);
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.limits.max_header_bytes = 8192;
+  cfg.limits.max_requests = 10000;
+  cfg.limits.max_pending_out = 64 * 1024;
+  cfg.header_timeout_ms = 10000;
+  cfg.keepalive_timeout_ms = 30000;
+  cfg.linger_ms = 2000;
+  cfg.shutdown_timeout_ms = 5000;
+
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
+    switch (c) {
+    case O_LISTEN:
+      if (nspecs == sizeof(specs) / sizeof(specs[0]))
+        ex_usage_error("--listen: at most %zu times", nspecs);
+      specs[nspecs++] = optarg;
+      break;
+    case O_PORT:
+      port = (int)ex_parse_num("--port", optarg, 1, 65535);
+      break;
+    case O_MAX_CONNS:
+      opts.max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX);
+      break;
+    case O_MAX_PER_VIP:
+      opts.max_conns_per_vip =
+          ex_parse_num("--max-conns-per-vip", optarg, 0, UINT64_MAX);
+      break;
+    case O_BUDGET:
+      opts.accept_budget =
+          (unsigned int)ex_parse_num("--accept-budget", optarg, 1, 1024);
+      break;
+    case O_BACKLOG:
+      opts.backlog = (int)ex_parse_num("--backlog", optarg, 0, 1 << 20);
+      break;
+    case O_REUSEPORT:
+      opts.flags |= UVIP_REUSEPORT;
+      break;
+    case O_WORKERS:
+      workers = (int)ex_parse_num("--workers", optarg, 1, 1024);
+      break;
+    case O_WORKER_MODE:
+      if (strcmp(optarg, "thread") != 0 && strcmp(optarg, "process") != 0)
+        ex_usage_error("--worker-mode: expected 'thread' or 'process', "
+                       "got '%s'",
+                       optarg);
+      break;
+    case O_MAX_HDR:
+      cfg.limits.max_header_bytes = (uint32_t)ex_parse_num(
+          "--max-header-bytes", optarg, 256, 1 << 20);
+      break;
+    case O_MAX_REQ:
+      cfg.limits.max_requests =
+          (uint32_t)ex_parse_num("--max-requests", optarg, 0, UINT32_MAX);
+      break;
+    case O_HDR_TIMEOUT:
+      cfg.header_timeout_ms =
+          ex_parse_num("--header-timeout-ms", optarg, 1, 86400000);
+      break;
+    case O_KA_TIMEOUT:
+      cfg.keepalive_timeout_ms =
+          ex_parse_num("--keepalive-timeout-ms", optarg, 1, 86400000);
+      break;
+    case O_SHUT_TIMEOUT:
+      cfg.shutdown_timeout_ms =
+          ex_parse_num("--shutdown-timeout-ms", optarg, 1, 86400000);
+      break;
+    case O_VERSION:
+      printf("uvip-http %s (libuv %s, llhttp %d.%d.%d)\n",
+             uvip_version_string(), uv_version_string(), LLHTTP_VERSION_MAJOR,
+             LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+      return 0;
+    case O_HELP:
+      usage(stdout);
+      return 0;
+    default:
+      if (optopt)
+        ex_usage_error("%s: missing or unexpected value", argv[optind - 1]);
+      ex_usage_error("%s: unknown option", argv[optind - 1]);
+    }
+  }
+  if (optind < argc)
+    ex_usage_error("%s: unexpected argument", argv[optind]);
+  if (workers > 1)
+    fprintf(stderr, "%s: --workers: not supported yet, running one worker\n",
+            ex_prog);
+
+  if (uvip_addrs_new(&addrs) != 0) {
+    fprintf(stderr, "%s: out of memory\n", ex_prog);
+    return 1;
+  }
+  if (nspecs == 0)
+    ex_parse_spec("--listen", addrs, "127.0.0.1", port);
+  for (i = 0; i < nspecs; i++)
+    ex_parse_spec("--listen", addrs, specs[i], port);
+
+  raise_nofile();
+  signal(SIGPIPE, SIG_IGN);
+  opts.conn_close_cb = http_on_lib_close;
+  r = uvip_server_new(loop, addrs, &opts, &server);
+  if (r == 0)
+    r = http_server_new(loop, server, &cfg, &g_http);
+  if (r == 0)
+    r = uvip_server_listen(server, http_on_connection, err, sizeof(err));
+  if (r != 0) {
+    fprintf(stderr, "%s: %s\n", ex_prog, err[0] ? err : uv_strerror(r));
+    return 1;
+  }
+
+  n = uvip_server_vip_count(server);
+  for (i = 0; i < n; i++) {
+    uvip_vip_t *vip = uvip_server_vip(server, i);
+    if (uvip_addr_format(uvip_vip_addr(vip), 1, addr, sizeof(addr)) != 0)
+      continue;
+    if (uvip_vip_state(vip) == UVIP_VIP_FAILED)
+      fprintf(stderr, "%s: %s: %s\n", ex_prog, addr,
+              uv_strerror(uvip_vip_error(vip)));
+    else if (i < 16)
+      printf("%s: listening on http://%s/\n", ex_prog, addr);
+  }
+  if (n > 16)
+    printf("%s: ... %zu VIPs in all\n", ex_prog, n);
+  printf("%s: ready\n", ex_prog);
+  fflush(stdout);
+
+  ex_on_signal(loop, on_signal);
+  uv_run(loop, UV_RUN_DEFAULT);
+  http_server_free(g_http);
+  uvip_addrs_free(addrs);
+  r = uv_loop_close(loop);
+  if (r != 0)
+    fprintf(stderr, "%s: loop close: %s\n", ex_prog, uv_strerror(r));
+  return 0;
+}
