@@ -1,0 +1,438 @@
+/* Provisioning (rtnetlink) and the live pool, inside a network namespace
+ * that each test creates (check forks every test). Cross-checked with
+ * `ip -j addr`.
+ * SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define POOL_SPEC "10.77.0.1-10.77.0.16,fd77::1-fd77::10"
+#define POOL_SIZE 32
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void sh(const char *cmd) {
+  int r = system(cmd);
+  ck_assert_msg(r == 0, "'%s' failed (%d)", cmd, r);
+}
+
+/* A fresh netns with lo up and IPv6 on; the pool lives on lo (dummy
+ * interfaces need a kernel module that may not be loadable). */
+static void enter_netns(void) {
+  th_enter_netns_or_skip();
+  sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=0");
+  sh("sysctl -qw net.ipv6.conf.lo.disable_ipv6=0");
+}
+
+static char *ip_json(void) {
+  char *s = th_cmd_output("ip -j addr show dev lo");
+  ck_assert_ptr_nonnull(s);
+  ck_assert_msg(strstr(s, "\"ifname\":\"lo\"") != NULL, "ip -j: %s", s);
+  return s;
+}
+
+/* How many times ip -j lists ip as a local address. */
+static int ip_json_count(const char *json, const char *ip) {
+  char key[96];
+  int n = 0;
+  snprintf(key, sizeof(key), "\"local\":\"%s\"", ip);
+  for (const char *p = json; (p = strstr(p, key)) != NULL; p += strlen(key))
+    n++;
+  return n;
+}
+
+static void pool_ip(int i, char *buf, size_t len) {
+  if (i < 16)
+    snprintf(buf, len, "10.77.0.%d", i + 1);
+  else
+    snprintf(buf, len, "fd77::%x", i - 16 + 1);
+}
+
+static int find_prov(const uvip_provision_t *p, const char *ip) {
+  struct sockaddr_storage sa;
+  th_addr(ip, 0, &sa);
+  for (size_t i = 0; i < uvip_provision_count(p); i++) {
+    const struct sockaddr *a = uvip_provision_addr(p, i);
+    if (a->sa_family != sa.ss_family)
+      continue;
+    if (a->sa_family == AF_INET &&
+        ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+            ((struct sockaddr_in *)&sa)->sin_addr.s_addr)
+      return (int)i;
+    if (a->sa_family == AF_INET6 &&
+        memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+               &((struct sockaddr_in6 *)&sa)->sin6_addr, 16) == 0)
+      return (int)i;
+  }
+  return -1;
+}
+
+/* Sends msg on fd and drives the loop until the echo comes back. */
+static void echo_check(uv_loop_t *loop, int fd, const char *msg) {
+  size_t n = strlen(msg);
+  char buf[64];
+  ck_assert_int_eq(write(fd, msg, n), (ssize_t)n);
+  size_t got = 0;
+  for (int turn = 0; turn < 2000 && got < n; turn++) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 5) == 1) {
+      ssize_t r = read(fd, buf + got, sizeof(buf) - got);
+      ck_assert_msg(r > 0, "read: %s", r < 0 ? strerror(errno) : "EOF");
+      got += (size_t)r;
+    }
+  }
+  ck_assert_uint_eq(got, n);
+  ck_assert(memcmp(buf, msg, n) == 0);
+}
+
+static bool closed_flag;
+static void on_server_closed(uvip_server_t *s) {
+  (void)s;
+  closed_flag = true;
+}
+
+static void close_server(uv_loop_t *loop, uvip_server_t *s) {
+  closed_flag = false;
+  uvip_server_close_conns(s);
+  ck_assert_int_eq(uvip_server_close(s, on_server_closed), 0);
+  th_run_until(loop, &closed_flag, 1000);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Provisioning                                                             */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_args) {
+  uvip_provision_t *p = (uvip_provision_t *)1;
+  uvip_provision_options_t o;
+  uvip_addrs_t *a = th_addrs("127.0.0.1", 0);
+  uvip_addrs_t *empty = NULL;
+  ck_assert_int_eq(uvip_addrs_new(&empty), 0);
+
+  ck_assert_int_eq(uvip_provision_options_init(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_options_init(&o), 0);
+  ck_assert_uint_eq(o.prefixlen4, 32);
+  ck_assert_uint_eq(o.prefixlen6, 128);
+  ck_assert_uint_eq(o.flags, 0);
+
+  ck_assert_int_eq(uvip_provision_new("lo", a, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_new(NULL, a, NULL, &p), UV_EINVAL);
+  ck_assert_ptr_null(p);
+  ck_assert_int_eq(uvip_provision_new("lo", NULL, NULL, &p), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_new("lo", empty, NULL, &p), UV_EINVAL);
+  o.prefixlen4 = 33;
+  ck_assert_int_eq(uvip_provision_new("lo", a, &o, &p), UV_EINVAL);
+  uvip_provision_options_init(&o);
+  o.prefixlen6 = 0;
+  ck_assert_int_eq(uvip_provision_new("lo", a, &o, &p), UV_EINVAL);
+  uvip_provision_options_init(&o);
+  o.flags = 1u << 7;
+  ck_assert_int_eq(uvip_provision_new("lo", a, &o, &p), UV_EINVAL);
+  const char *bad[] = {"0.0.0.0", "224.0.0.1", "255.255.255.255", "::",
+                       "ff02::1", "::ffff:10.0.0.1"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    uvip_addrs_t *b = th_addrs(bad[i], 0);
+    ck_assert_msg(uvip_provision_new("lo", b, NULL, &p) == UV_EINVAL, "%s",
+                  bad[i]);
+    uvip_addrs_free(b);
+  }
+  ck_assert_int_eq(uvip_provision_new("", a, NULL, &p), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_new("a-name-far-too-long", a, NULL, &p),
+                   UV_EINVAL);
+
+  ck_assert_int_eq(uvip_provision_apply(NULL, NULL, 0), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_release(NULL, NULL, 0), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_state(NULL, 0), UV_EINVAL);
+  ck_assert_uint_eq(uvip_provision_count(NULL), 0);
+  ck_assert_ptr_null(uvip_provision_addr(NULL, 0));
+  uvip_provision_free(NULL);
+
+  /* The same address with several ports is one address to provision. */
+  uvip_addrs_t *ports = th_addrs("10.1.0.2:80,10.1.0.1:80,10.1.0.2:81", 0);
+  ck_assert_int_eq(uvip_provision_new("lo", ports, NULL, &p), 0);
+  ck_assert_uint_eq(uvip_provision_count(p), 2);
+  char buf[UVIP_ADDRSTRLEN];
+  ck_assert_int_eq(uvip_addr_format(uvip_provision_addr(p, 0), 0, buf,
+                                    sizeof(buf)), 0);
+  ck_assert_str_eq(buf, "10.1.0.2");
+  ck_assert_int_eq(uvip_addr_format(uvip_provision_addr(p, 1), 0, buf,
+                                    sizeof(buf)), 0);
+  ck_assert_str_eq(buf, "10.1.0.1");
+  ck_assert_ptr_null(uvip_provision_addr(p, 2));
+  ck_assert_int_eq(uvip_provision_state(p, 0), UVIP_PROVISION_ABSENT);
+  ck_assert_int_eq(uvip_provision_state(p, 2), UV_EINVAL);
+  /* Nothing was added: freeing changes nothing. */
+  uvip_provision_free(p);
+  uvip_addrs_free(ports);
+  uvip_addrs_free(a);
+  uvip_addrs_free(empty);
+}
+END_TEST
+
+START_TEST(test_unknown_interface) {
+  uvip_addrs_t *a = th_addrs("10.77.0.1", 0);
+  uvip_provision_t *p = NULL;
+  ck_assert_int_eq(uvip_provision_new("nosuchif0", a, NULL, &p), UV_ENODEV);
+  ck_assert_ptr_null(p);
+  uvip_addrs_free(a);
+}
+END_TEST
+
+/* Provision 16 IPv4 + 16 IPv6 addresses with one of each already present,
+ * serve on all of them, release, and check that exactly uvip's addresses
+ * went away. */
+START_TEST(test_provision_serve_release) {
+  enter_netns();
+  sh("ip addr add 10.77.0.3/32 dev lo");
+  sh("ip addr add fd77::3/128 dev lo nodad");
+  char *before = ip_json();
+
+  int port = th_free_port();
+  uvip_addrs_t *pool = th_addrs(POOL_SPEC, port);
+  uvip_provision_t *p = NULL;
+  char err[256] = "";
+  ck_assert_int_eq(uvip_provision_new("lo", pool, NULL, &p), 0);
+  ck_assert_uint_eq(uvip_provision_count(p), POOL_SIZE);
+  for (size_t i = 0; i < POOL_SIZE; i++)
+    ck_assert_int_eq(uvip_provision_state(p, i), UVIP_PROVISION_ABSENT);
+
+  int r = uvip_provision_apply(p, err, sizeof(err));
+  ck_assert_msg(r == 0, "apply: %s (%s)", uv_strerror(r), err);
+  char *json = ip_json();
+  for (int i = 0; i < POOL_SIZE; i++) {
+    char ip[64];
+    pool_ip(i, ip, sizeof(ip));
+    ck_assert_msg(ip_json_count(json, ip) == 1, "%s not on lo once", ip);
+    int idx = find_prov(p, ip);
+    ck_assert_int_ge(idx, 0);
+    bool pre = strcmp(ip, "10.77.0.3") == 0 || strcmp(ip, "fd77::3") == 0;
+    ck_assert_msg(uvip_provision_state(p, (size_t)idx) ==
+                      (pre ? UVIP_PROVISION_FOREIGN : UVIP_PROVISION_ADDED),
+                  "%s state %d", ip, uvip_provision_state(p, (size_t)idx));
+  }
+  free(json);
+
+  /* Idempotent: a second apply adds nothing and keeps what it knows. */
+  ck_assert_int_eq(uvip_provision_apply(p, err, sizeof(err)), 0);
+  json = ip_json();
+  for (int i = 0; i < POOL_SIZE; i++) {
+    char ip[64];
+    pool_ip(i, ip, sizeof(ip));
+    ck_assert_int_eq(ip_json_count(json, ip), 1);
+  }
+  free(json);
+  ck_assert_int_eq(uvip_provision_state(p, (size_t)find_prov(p, "10.77.0.1")),
+                   UVIP_PROVISION_ADDED);
+  ck_assert_int_eq(uvip_provision_state(p, (size_t)find_prov(p, "fd77::3")),
+                   UVIP_PROVISION_FOREIGN);
+
+  /* Serve on every address, connect to each, echo. */
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  th_track_t t = {0};
+  uvip_server_t *s = NULL;
+  uvip_server_options_t so;
+  uvip_server_options_init(&so);
+  so.flags = UVIP_ALL_OR_NOTHING;
+  ck_assert_int_eq(uvip_server_new(&loop, pool, &so, &s), 0);
+  uvip_server_set_data(s, &t);
+  r = uvip_server_listen(s, th_echo_on_connection, err, sizeof(err));
+  ck_assert_msg(r == 0, "listen: %s", err);
+  int fds[POOL_SIZE];
+  for (int i = 0; i < POOL_SIZE; i++) {
+    char ip[64];
+    struct sockaddr_storage sa;
+    pool_ip(i, ip, sizeof(ip));
+    th_addr(ip, port, &sa);
+    fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+    echo_check(&loop, fds[i], "hi");
+  }
+  ck_assert_int_eq(t.accepted, POOL_SIZE);
+  for (size_t i = 0; i < POOL_SIZE; i++) {
+    uvip_vip_stats_t st;
+    uvip_vip_stats(uvip_server_vip(s, i), &st);
+    ck_assert_uint_eq(st.accepted, 1);
+  }
+  for (int i = 0; i < POOL_SIZE; i++)
+    close(fds[i]);
+  close_server(&loop, s);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+
+  /* Someone else removes one of ours first: it still counts as removed. */
+  sh("ip addr del 10.77.0.16/32 dev lo");
+  r = uvip_provision_release(p, err, sizeof(err));
+  ck_assert_msg(r == 0, "release: %s (%s)", uv_strerror(r), err);
+  for (size_t i = 0; i < POOL_SIZE; i++)
+    ck_assert_int_ne(uvip_provision_state(p, i), UVIP_PROVISION_ADDED);
+  json = ip_json();
+  for (int i = 0; i < POOL_SIZE; i++) {
+    char ip[64];
+    pool_ip(i, ip, sizeof(ip));
+    bool pre = strcmp(ip, "10.77.0.3") == 0 || strcmp(ip, "fd77::3") == 0;
+    ck_assert_msg(ip_json_count(json, ip) == (pre ? 1 : 0), "%s", ip);
+  }
+  ck_assert_int_eq(ip_json_count(json, "127.0.0.1"), 1);
+  ck_assert_int_eq(ip_json_count(json, "::1"), 1);
+  /* The interface is exactly as it was before uvip touched it. */
+  ck_assert_str_eq(json, before);
+  free(json);
+
+  /* Release twice, then free: nothing more to remove. */
+  ck_assert_int_eq(uvip_provision_release(p, err, sizeof(err)), 0);
+  uvip_provision_free(p);
+  json = ip_json();
+  ck_assert_str_eq(json, before);
+  free(json);
+  free(before);
+  uvip_addrs_free(pool);
+}
+END_TEST
+
+/* free() removes what was added, like release(). */
+START_TEST(test_free_releases) {
+  enter_netns();
+  char *before = ip_json();
+  uvip_addrs_t *pool = th_addrs("10.77.1.1-10.77.1.4,fd77:1::1", 0);
+  uvip_provision_t *p = NULL;
+  ck_assert_int_eq(uvip_provision_new("lo", pool, NULL, &p), 0);
+  ck_assert_int_eq(uvip_provision_apply(p, NULL, 0), 0);
+  char *json = ip_json();
+  ck_assert_int_eq(ip_json_count(json, "10.77.1.4"), 1);
+  ck_assert_int_eq(ip_json_count(json, "fd77:1::1"), 1);
+  free(json);
+  uvip_provision_free(p);
+  json = ip_json();
+  ck_assert_str_eq(json, before);
+  free(json);
+  free(before);
+  uvip_addrs_free(pool);
+}
+END_TEST
+
+/* The kernel refuses one address halfway: what this call added is taken
+ * back, the pre-existing address stays, and the error names the address. */
+START_TEST(test_rollback) {
+  enter_netns();
+  sh("ip addr add 10.77.2.2/32 dev lo");
+  char *before = ip_json();
+  /* IPv6 off on lo: the kernel refuses the IPv6 address after the IPv4
+   * ones went in. */
+  sh("sysctl -qw net.ipv6.conf.lo.disable_ipv6=1");
+  char *before_v4 = ip_json();
+  uvip_addrs_t *pool = th_addrs("10.77.2.1-10.77.2.4,fd77:2::9,10.77.2.5", 0);
+  uvip_provision_t *p = NULL;
+  char err[256] = "";
+  ck_assert_int_eq(uvip_provision_new("lo", pool, NULL, &p), 0);
+  int r = uvip_provision_apply(p, err, sizeof(err));
+  ck_assert_int_lt(r, 0);
+  ck_assert_msg(strstr(err, "fd77:2::9/128") != NULL, "errbuf: %s", err);
+  ck_assert_msg(strstr(err, "lo") != NULL, "errbuf: %s", err);
+  char *json = ip_json();
+  ck_assert_str_eq(json, before_v4);
+  ck_assert_int_eq(ip_json_count(json, "10.77.2.2"), 1);
+  ck_assert_int_eq(ip_json_count(json, "10.77.2.1"), 0);
+  free(json);
+  for (size_t i = 0; i < uvip_provision_count(p); i++)
+    ck_assert_int_ne(uvip_provision_state(p, i), UVIP_PROVISION_ADDED);
+  ck_assert_int_eq(uvip_provision_state(p, (size_t)find_prov(p, "10.77.2.2")),
+                   UVIP_PROVISION_FOREIGN);
+
+  /* Once the kernel accepts it, a retry adds everything. */
+  sh("sysctl -qw net.ipv6.conf.lo.disable_ipv6=0");
+  free(before);
+  before = ip_json();
+  r = uvip_provision_apply(p, err, sizeof(err));
+  ck_assert_msg(r == 0, "apply: %s", err);
+  json = ip_json();
+  ck_assert_int_eq(ip_json_count(json, "10.77.2.5"), 1);
+  ck_assert_int_eq(ip_json_count(json, "fd77:2::9"), 1);
+  free(json);
+  ck_assert_int_eq(uvip_provision_release(p, err, sizeof(err)), 0);
+  json = ip_json();
+  ck_assert_str_eq(json, before);
+  free(json);
+  uvip_provision_free(p);
+  uvip_addrs_free(pool);
+  free(before);
+  free(before_v4);
+}
+END_TEST
+
+static int drop_net_admin(void) {
+  struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+  if (syscall(SYS_capget, &h, d) != 0)
+    return -1;
+  unsigned int bit = 1u << (CAP_NET_ADMIN % 32);
+  d[CAP_NET_ADMIN / 32].effective &= ~bit;
+  d[CAP_NET_ADMIN / 32].permitted &= ~bit;
+  d[CAP_NET_ADMIN / 32].inheritable &= ~bit;
+  return (int)syscall(SYS_capset, &h, d);
+}
+
+/* Without CAP_NET_ADMIN: UV_EPERM naming the address, and nothing changes. */
+START_TEST(test_eperm) {
+  enter_netns();
+  char *before = ip_json();
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    /* Plain exit codes: check's assertions do not work in a grandchild. */
+    if (drop_net_admin() != 0)
+      _exit(10);
+    uvip_addrs_t *pool = NULL;
+    uvip_provision_t *p = NULL;
+    char err[256] = "";
+    if (uvip_addrs_new(&pool) != 0 ||
+        uvip_addrs_parse(pool, POOL_SPEC, 0, NULL, 0) != 0)
+      _exit(11);
+    if (uvip_provision_new("lo", pool, NULL, &p) != 0)
+      _exit(12);
+    if (uvip_provision_apply(p, err, sizeof(err)) != UV_EPERM)
+      _exit(13);
+    if (strstr(err, "10.77.0.1/32") == NULL ||
+        strstr(err, uv_strerror(UV_EPERM)) == NULL)
+      _exit(14);
+    for (size_t i = 0; i < uvip_provision_count(p); i++)
+      if (uvip_provision_state(p, i) != UVIP_PROVISION_ABSENT)
+        _exit(15);
+    uvip_provision_free(p);
+    uvip_addrs_free(pool);
+    _exit(0);
+  }
+  int status;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(WIFEXITED(status));
+  ck_assert_msg(WEXITSTATUS(status) == 0, "child failed at step %d",
+                WEXITSTATUS(status));
+  char *after = ip_json();
+  ck_assert_str_eq(after, before);
+  free(after);
+  free(before);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("provision");
+  TCase *tc = tcase_create("provision");
+  tcase_add_test(tc, test_args);
+  tcase_add_test(tc, test_unknown_interface);
+  tcase_add_test(tc, test_provision_serve_release);
+  tcase_add_test(tc, test_free_releases);
+  tcase_add_test(tc, test_rollback);
+  tcase_add_test(tc, test_eperm);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
