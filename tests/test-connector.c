@@ -1,0 +1,454 @@
+/* Outbound connector: source choice, failover on exhausted pairs, clean
+ * exhaustion error, accounting given back on close, closing.
+ *
+ * Every test runs in its own network namespace (check forks each test) with
+ * net.ipv4.ip_local_port_range narrowed to four ports, so that a
+ * (source, destination) pair runs out after four connections.
+ * SPDX-License-Identifier: MIT */
+#include "helpers.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+#define PORT_LO 40000
+#define PORT_HI 40003
+#define NPORTS (PORT_HI - PORT_LO + 1)
+#define MAXC 64
+
+static uv_loop_t loop;
+static int listen_fd = -1;
+static struct sockaddr_storage dest;
+
+/* What the callbacks saw. */
+static int n_cb, n_ok, n_err, last_status, n_closed;
+static bool cb_flag, closed_flag, connector_closed;
+static struct sockaddr_storage last_source;
+static bool last_source_null;
+static uvip_outconn_t *conns[MAXC];
+static int nconns;
+
+static void set_port_range(void) {
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "%d %d\n", PORT_LO, PORT_HI);
+  ck_assert_int_eq(fclose(f), 0);
+}
+
+/* A plain listening socket that never accepts: the kernel completes the
+ * handshakes into its queue, which is all the connector needs. */
+static void setup(void) {
+  th_enter_netns_or_skip();
+  set_port_range();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  /* A fixed port outside the range: an ephemeral one would take one of
+   * the four ports away from every pair. */
+  th_addr("127.0.0.1", 7000, &dest);
+  listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(listen_fd, 0);
+  ck_assert_int_eq(bind(listen_fd, (struct sockaddr *)&dest, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(listen_fd, 1024), 0);
+  n_cb = n_ok = n_err = n_closed = nconns = 0;
+  cb_flag = closed_flag = connector_closed = false;
+}
+
+static void on_connect(uvip_outconn_t *oc, int status,
+                       const struct sockaddr *source) {
+  n_cb++;
+  last_status = status;
+  cb_flag = true;
+  last_source_null = source == NULL;
+  if (source)
+    memcpy(&last_source, source, sizeof(struct sockaddr_in));
+  if (status == 0)
+    n_ok++;
+  else
+    n_err++;
+  ck_assert_ptr_eq(uvip_outconn_tcp(oc)->data, &loop);
+}
+
+static void on_closed(uvip_outconn_t *oc) {
+  n_closed++;
+  closed_flag = true;
+}
+
+static void on_connector_closed(uvip_connector_t *c) {
+  connector_closed = true;
+}
+
+/* Starts one connection and runs the loop until its callback; returns
+ * uvip_connect()'s result. */
+static int connect_one(uvip_connector_t *c) {
+  uvip_outconn_t *oc = NULL;
+  int r;
+  cb_flag = false;
+  r = uvip_connect(c, (struct sockaddr *)&dest, &loop, on_connect, &oc);
+  if (r != 0) {
+    ck_assert_ptr_null(oc);
+    return r;
+  }
+  ck_assert_ptr_nonnull(oc);
+  th_run_until(&loop, &cb_flag, 1000);
+  ck_assert_int_lt(nconns, MAXC);
+  conns[nconns++] = oc;
+  return 0;
+}
+
+static void source_is(const char *ip) {
+  char buf[UVIP_ADDRSTRLEN];
+  ck_assert(!last_source_null);
+  ck_assert_int_eq(uvip_addr_format((struct sockaddr *)&last_source, 0, buf, sizeof(buf)), 0);
+  ck_assert_str_eq(buf, ip);
+}
+
+static uvip_connector_ports_t ports_of(uvip_connector_t *c, const char *src) {
+  struct sockaddr_storage sa;
+  uvip_connector_ports_t p;
+  if (src)
+    th_addr(src, 0, &sa);
+  ck_assert_int_eq(uvip_connector_ports(c, src ? (struct sockaddr *)&sa : NULL,
+                                        (struct sockaddr *)&dest, &p), 0);
+  return p;
+}
+
+/* Fills source -> dest from outside the connector, the way another process
+ * would, so that the connector's own count knows nothing about it. */
+static void fill_pair_behind_its_back(const char *src, int *fds, int n) {
+  struct sockaddr_storage sa;
+  int i, one = 1;
+  th_addr(src, 0, &sa);
+  for (i = 0; i < n; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fds[i], 0);
+    ck_assert_int_eq(setsockopt(fds[i], IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)), 0);
+    ck_assert_int_eq(bind(fds[i], (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+    ck_assert_msg(connect(fds[i], (struct sockaddr *)&dest, sizeof(struct sockaddr_in)) == 0,
+                  "connect %d: %s", i, strerror(errno));
+  }
+}
+
+/* Closing with a reset leaves no TIME_WAIT, whose reuse on loopback would
+ * depend on the clock. */
+static void reset_on_close(uvip_outconn_t *oc) {
+  struct linger l = {1, 0};
+  uv_os_fd_t fd;
+  ck_assert_int_eq(uv_fileno((uv_handle_t *)uvip_outconn_tcp(oc), &fd), 0);
+  ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)), 0);
+}
+
+static void close_connector(uvip_connector_t *c) {
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), 0);
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), UV_EALREADY);
+  th_run_until(&loop, &connector_closed, 1000);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  if (listen_fd >= 0)
+    close(listen_fd);
+}
+
+START_TEST(test_failover_then_exhaustion) {
+  uvip_addrs_t *srcs;
+  uvip_connector_t *c;
+  uvip_connector_stats_t st;
+  uvip_connector_ports_t p;
+  int outside[NPORTS], i;
+
+  setup();
+  srcs = th_addrs("127.0.0.2-127.0.0.4", 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, srcs, NULL, &c), 0);
+  uvip_addrs_free(srcs);
+  ck_assert_uint_eq(uvip_connector_source_count(c), 3);
+  ck_assert_uint_eq(ports_of(c, "127.0.0.2").range, NPORTS);
+
+  /* 127.0.0.2 is the first choice (all equal, round-robin from 0) but
+   * another socket owner holds every port of its pair: the kernel refuses
+   * and the connector moves to the next source. */
+  fill_pair_behind_its_back("127.0.0.2", outside, NPORTS);
+  ck_assert_int_eq(connect_one(c), 0);
+  ck_assert_int_eq(last_status, 0);
+  source_is("127.0.0.3");
+  p = ports_of(c, "127.0.0.2");
+  ck_assert_int_eq(p.exhausted, 1);
+  ck_assert_uint_eq(p.in_use, 0);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.exhausted, 1);
+  ck_assert_uint_eq(st.in_use, 0);
+
+  /* The remaining 7 ports of .3 and .4 fill up, alternating. */
+  for (i = 0; i < 2 * NPORTS - 1; i++) {
+    ck_assert_int_eq(connect_one(c), 0);
+    ck_assert_int_eq(last_status, 0);
+  }
+  ck_assert_int_eq(n_ok, 2 * NPORTS);
+  for (i = 1; i <= 2; i++) {
+    ck_assert_int_eq(uvip_connector_stats(c, (size_t)i, &st), 0);
+    ck_assert_uint_eq(st.in_use, NPORTS);
+    ck_assert_uint_eq(st.connected, NPORTS);
+  }
+
+  /* Every pair is full: a clean error, no callback. */
+  ck_assert_int_eq(connect_one(c), UV_EADDRNOTAVAIL);
+  ck_assert_int_eq(connect_one(c), UV_EADDRNOTAVAIL);
+  ck_assert_int_eq(n_cb, 2 * NPORTS);
+  p = ports_of(c, "127.0.0.4");
+  ck_assert_uint_eq(p.in_use, NPORTS);
+  ck_assert_int_eq(p.exhausted, 1);
+
+  /* Closing one connection of .4 gives its port back. */
+  for (i = 0; i < nconns; i++) {
+    const struct sockaddr *s = uvip_outconn_source(conns[i]);
+    if (((const struct sockaddr_in *)s)->sin_addr.s_addr == htonl(0x7f000004))
+      break;
+  }
+  ck_assert_int_lt(i, nconns);
+  reset_on_close(conns[i]);
+  ck_assert_int_eq(uvip_outconn_close(conns[i], on_closed), 0);
+  ck_assert_int_eq(uvip_outconn_close(conns[i], on_closed), UV_EALREADY);
+  th_run_until(&loop, &closed_flag, 1000);
+  conns[i] = conns[--nconns];
+  p = ports_of(c, "127.0.0.4");
+  ck_assert_uint_eq(p.in_use, NPORTS - 1);
+  ck_assert_int_eq(p.exhausted, 0);
+
+  ck_assert_int_eq(connect_one(c), 0);
+  ck_assert_int_eq(last_status, 0);
+  source_is("127.0.0.4");
+  ck_assert_int_eq(connect_one(c), UV_EADDRNOTAVAIL);
+
+  close_connector(c);
+  ck_assert_int_eq(n_closed, 1); /* the connector closes the rest silently */
+  for (i = 0; i < NPORTS; i++)
+    close(outside[i]);
+}
+END_TEST
+
+/* No sources: the kernel picks the address, and one destination gets as
+ * many connections as there are ports, the small version of the 28,232
+ * wall. */
+START_TEST(test_kernel_choice_wall) {
+  uvip_connector_t *c;
+  uvip_connector_ports_t p;
+  uvip_connector_stats_t st;
+  uvip_addrs_t *empty;
+  int i;
+
+  setup();
+  ck_assert_int_eq(uvip_addrs_new(&empty), 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, empty, NULL, &c), 0);
+  uvip_addrs_free(empty);
+  ck_assert_uint_eq(uvip_connector_source_count(c), 1);
+  ck_assert_ptr_null(uvip_connector_source(c, 0));
+  for (i = 0; i < NPORTS; i++) {
+    ck_assert_int_eq(connect_one(c), 0);
+    ck_assert_int_eq(last_status, 0);
+    ck_assert(last_source_null);
+  }
+  ck_assert_int_eq(connect_one(c), UV_EADDRNOTAVAIL);
+  p = ports_of(c, NULL);
+  ck_assert_uint_eq(p.in_use, NPORTS);
+  ck_assert_uint_eq(p.range, NPORTS);
+  ck_assert_int_eq(p.exhausted, 1);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.in_use, NPORTS);
+  ck_assert_uint_eq(st.exhausted, 1);
+
+  /* The ports really come from the narrowed range. */
+  for (i = 0; i < nconns; i++) {
+    struct sockaddr_storage local;
+    int len = sizeof(local);
+    int port;
+    ck_assert_int_eq(uv_tcp_getsockname(uvip_outconn_tcp(conns[i]), (struct sockaddr *)&local, &len), 0);
+    port = ntohs(((struct sockaddr_in *)&local)->sin_port);
+    ck_assert_int_ge(port, PORT_LO);
+    ck_assert_int_le(port, PORT_HI);
+  }
+
+  for (i = 0; i < nconns; i++) {
+    reset_on_close(conns[i]);
+    ck_assert_int_eq(uvip_outconn_close(conns[i], on_closed), 0);
+  }
+  while (n_closed < nconns)
+    uv_run(&loop, UV_RUN_ONCE);
+  p = ports_of(c, NULL);
+  ck_assert_uint_eq(p.in_use, 0);
+  ck_assert_int_eq(p.exhausted, 0);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.in_use, 0);
+  close_connector(c);
+}
+END_TEST
+
+/* A census correction steers the choice away from a pair that others use. */
+START_TEST(test_correction) {
+  uvip_addrs_t *srcs;
+  uvip_connector_t *c;
+  uvip_connector_ports_t p;
+  struct sockaddr_storage s2, s9;
+  int i;
+
+  setup();
+  srcs = th_addrs("127.0.0.2,127.0.0.3", 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, srcs, NULL, &c), 0);
+  uvip_addrs_free(srcs);
+  th_addr("127.0.0.2", 0, &s2);
+  th_addr("127.0.0.9", 0, &s9);
+  ck_assert_int_eq(uvip_connector_correct(c, (struct sockaddr *)&s9, (struct sockaddr *)&dest, 1), UV_ENOENT);
+  ck_assert_int_eq(uvip_connector_correct(c, NULL, (struct sockaddr *)&dest, 1), UV_ENOENT);
+  ck_assert_int_eq(uvip_connector_correct(c, (struct sockaddr *)&s2, (struct sockaddr *)&dest, 3), 0);
+  p = ports_of(c, "127.0.0.2");
+  ck_assert_uint_eq(p.others, 3);
+  ck_assert_uint_eq(p.in_use, 0);
+
+  /* .3 has 4 free, .2 has 1: .3 three times. */
+  for (i = 0; i < 3; i++) {
+    ck_assert_int_eq(connect_one(c), 0);
+    source_is("127.0.0.3");
+  }
+  ck_assert_uint_eq(ports_of(c, "127.0.0.3").in_use, 3);
+
+  /* The others went away: .2 has 4 free, .3 has 1. */
+  ck_assert_int_eq(uvip_connector_correct(c, (struct sockaddr *)&s2, (struct sockaddr *)&dest, 0), 0);
+  ck_assert_uint_eq(ports_of(c, "127.0.0.2").others, 0);
+  ck_assert_int_eq(connect_one(c), 0);
+  source_is("127.0.0.2");
+  close_connector(c);
+}
+END_TEST
+
+/* Failures after uvip_connect() returned 0 reach the callback, and the
+ * library closes the connection itself. */
+START_TEST(test_refused) {
+  uvip_connector_t *c;
+  uvip_connector_stats_t st;
+  uvip_outconn_t *oc;
+
+  setup();
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, NULL, &c), 0);
+  close(listen_fd); /* nobody listens on dest any more */
+  listen_fd = -1;
+  cb_flag = false;
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&dest, &loop, on_connect, &oc), 0);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.in_use, 1);
+  th_run_until(&loop, &cb_flag, 1000);
+  ck_assert_int_eq(last_status, UV_ECONNREFUSED);
+  /* Closed by the library after the callback: accounting back to zero
+   * once the loop has run the close. */
+  uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.in_use, 0);
+  ck_assert_uint_eq(st.failed, 1);
+  ck_assert_uint_eq(st.connected, 0);
+  ck_assert_uint_eq(ports_of(c, NULL).in_use, 0);
+  close_connector(c);
+}
+END_TEST
+
+/* Closing the connector closes open connections and cancels pending ones. */
+START_TEST(test_close_with_pending) {
+  uvip_addrs_t *srcs;
+  uvip_connector_t *c;
+  uvip_outconn_t *a = NULL, *b = NULL;
+
+  setup();
+  srcs = th_addrs("127.0.0.2,127.0.0.3", 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, srcs, NULL, &c), 0);
+  uvip_addrs_free(srcs);
+  ck_assert_int_eq(connect_one(c), 0);
+  ck_assert_int_eq(last_status, 0);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&dest, &loop, on_connect, &a), 0);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&dest, &loop, on_connect, &b), 0);
+  ck_assert_int_eq(uvip_outconn_close(b, on_closed), 0);
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), 0);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&dest, &loop, on_connect, NULL), UV_EINVAL);
+  th_run_until(&loop, &connector_closed, 1000);
+  /* 1 connected before; a and b cancelled before the loop ran. */
+  ck_assert_int_eq(n_cb, 3);
+  ck_assert_int_eq(n_ok, 1);
+  ck_assert_int_eq(n_err, 2);
+  ck_assert_int_eq(last_status, UV_ECANCELED);
+  ck_assert_int_eq(n_closed, 1);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  close(listen_fd);
+}
+END_TEST
+
+/* A narrower per-connector range, where the kernel has IP_LOCAL_PORT_RANGE,
+ * is what the kernel enforces; otherwise the system range is counted. */
+START_TEST(test_option_port_range) {
+  uvip_connector_options_t opts;
+  uvip_connector_t *c;
+  uint64_t range;
+  int i;
+
+  setup();
+  ck_assert_int_eq(uvip_connector_options_init(&opts), 0);
+  opts.port_min = PORT_LO + 1;
+  opts.port_max = PORT_LO + 2;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &opts, &c), 0);
+  range = ports_of(c, NULL).range;
+  ck_assert(range == 2 || range == NPORTS);
+  for (i = 0; i < (int)range; i++)
+    ck_assert_int_eq(connect_one(c), 0);
+  ck_assert_int_eq(connect_one(c), UV_EADDRNOTAVAIL);
+  ck_assert_int_eq(n_ok, (int)range);
+  close_connector(c);
+}
+END_TEST
+
+START_TEST(test_arguments) {
+  uvip_connector_t *c;
+  uvip_addrs_t *bad;
+  uvip_connector_options_t opts;
+  struct sockaddr_storage v6, zero_port;
+
+  setup();
+  bad = th_addrs("127.0.0.2:5", 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, bad, NULL, &c), UV_EINVAL);
+  uvip_addrs_free(bad);
+  ck_assert_int_eq(uvip_connector_new(NULL, NULL, NULL, &c), UV_EINVAL);
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_connector_options_init(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_connector_options_init(&opts), 0);
+  opts.port_min = 5000;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &opts, &c), UV_EINVAL);
+  opts.port_max = 4000;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &opts, &c), UV_EINVAL);
+
+  bad = th_addrs("127.0.0.2", 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, bad, NULL, &c), 0);
+  uvip_addrs_free(bad);
+  th_addr("::1", 80, &v6);
+  th_addr("127.0.0.1", 0, &zero_port);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&v6, NULL, on_connect, NULL), UV_EAFNOSUPPORT);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&zero_port, NULL, on_connect, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&dest, NULL, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_connect(NULL, (struct sockaddr *)&dest, NULL, on_connect, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_connector_stats(c, 1, &(uvip_connector_stats_t){0}), UV_EINVAL);
+  ck_assert_int_eq(uvip_outconn_close(NULL, NULL), UV_EINVAL);
+  ck_assert_ptr_null(uvip_connector_source(c, 1));
+  ck_assert_int_eq(n_cb, 0);
+  close_connector(c);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("connector");
+  TCase *tc = tcase_create("connector");
+  tcase_add_test(tc, test_failover_then_exhaustion);
+  tcase_add_test(tc, test_kernel_choice_wall);
+  tcase_add_test(tc, test_correction);
+  tcase_add_test(tc, test_refused);
+  tcase_add_test(tc, test_close_with_pending);
+  tcase_add_test(tc, test_option_port_range);
+  tcase_add_test(tc, test_arguments);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
