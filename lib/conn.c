@@ -11,19 +11,19 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static void list_add(uvip_vip_t *v, uvip_conn_t *c) {
+void uvip__conn_list_add(uvip_conn_t **head, uvip_conn_t *c) {
   c->prev = NULL;
-  c->next = v->conns;
-  if (v->conns)
-    v->conns->prev = c;
-  v->conns = c;
+  c->next = *head;
+  if (*head)
+    (*head)->prev = c;
+  *head = c;
 }
 
-static void list_del(uvip_vip_t *v, uvip_conn_t *c) {
+void uvip__conn_list_del(uvip_conn_t **head, uvip_conn_t *c) {
   if (c->prev)
     c->prev->next = c->next;
   else
-    v->conns = c->next;
+    *head = c->next;
   if (c->next)
     c->next->prev = c->prev;
   c->prev = c->next = NULL;
@@ -31,14 +31,15 @@ static void list_del(uvip_vip_t *v, uvip_conn_t *c) {
 
 static void free_unopened(uv_handle_t *h) { free(h); }
 
-int uvip__conn_new(uvip_vip_t *vip, int fd, uvip_conn_t **out) {
+int uvip__conn_new(uv_loop_t *loop, uvip_vip_t *vip, int fd,
+                   uvip_conn_t **out) {
   uvip_conn_t *c = malloc(sizeof(*c));
   int r;
   if (!c) {
     close(fd);
     return UV_ENOMEM;
   }
-  uv_tcp_init(vip->server->loop, &c->tcp);
+  uv_tcp_init(loop, &c->tcp);
   r = uv_tcp_open(&c->tcp, fd);
   if (r != 0) {
     close(fd);
@@ -48,7 +49,9 @@ int uvip__conn_new(uvip_vip_t *vip, int fd, uvip_conn_t **out) {
   c->tcp.data = NULL;
   c->vip = vip;
   c->close_cb = NULL;
-  list_add(vip, c);
+  c->prev = c->next = NULL;
+  if (loop == vip->server->loop)
+    uvip__conn_list_add(&vip->conns, c);
   *out = c;
   return 0;
 }
@@ -58,16 +61,20 @@ static void on_closed(uv_handle_t *h) {
   uvip_vip_t *v = c->vip;
   uvip_server_t *s = v->server;
 
-  list_del(v, c);
-  v->stats.active--;
-  v->stats.closed++;
-  s->active--;
+  if (c->tcp.loop != s->loop) {
+    /* A worker's connection: its slot goes back through the worker. */
+    s->remote_closed(c);
+    return;
+  }
+  uvip__conn_list_del(&v->conns, c);
   if (c->close_cb)
     c->close_cb(c);
   free(c);
-  uvip__sched_slot_freed(s, v);
-  uvip__vip_maybe_finish_drain(v);
-  uvip__server_maybe_finish_close(s);
+  uvip__server_release(s, v);
+}
+
+uvip_conn_close_cb uvip__conn_user_close_cb(const uvip_conn_t *c) {
+  return c->close_cb;
 }
 
 UVIP_EXPORT int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb) {
@@ -79,12 +86,12 @@ UVIP_EXPORT int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb) {
   return 0;
 }
 
-void uvip__conn_close_all(uvip_conn_t *list) {
+void uvip__conn_close_all(uvip_conn_t *list, uvip_conn_close_cb cb) {
   uvip_conn_t *c, *next;
   for (c = list; c; c = next) {
     next = c->next;
     if (!uv_is_closing((uv_handle_t *)&c->tcp))
-      uvip_conn_close(c, c->vip->server->opts.conn_close_cb);
+      uvip_conn_close(c, cb);
   }
 }
 

@@ -91,6 +91,21 @@ struct uvip_server_s {
   uvip_vip_t *ring_head, *ring_tail;
 
   uint64_t active; /* open connections over all VIPs */
+
+  /* Hand-off of accepted descriptors to workers (workers.c). When
+   * handoff_dispatch is set, the scheduler asks handoff_has_room() before
+   * each accept (no room counts like a full global cap) and passes each
+   * accepted descriptor to handoff_dispatch() instead of making a
+   * connection on this loop. The slot stays taken until
+   * uvip__server_release() is called for it on this loop. Connections made
+   * on another loop (uvip__conn_new() with a worker's loop) close through
+   * remote_closed() on that loop. */
+  bool (*handoff_has_room)(uvip_server_t *server);
+  /* Returns 0 when the descriptor was taken (it is then the worker's), or a
+   * negative error (the scheduler closes the descriptor). */
+  int (*handoff_dispatch)(uvip_server_t *server, uvip_vip_t *vip, int fd);
+  void (*remote_closed)(uvip_conn_t *conn);
+  void *handoff_ctx;
   bool listening, stopped, closing;
   int handles_open;     /* scheduler handles not yet closed */
   size_t draining_vips; /* removed VIPs still waiting for connections */
@@ -98,6 +113,9 @@ struct uvip_server_s {
 
 /* server.c */
 void uvip__server_maybe_finish_close(uvip_server_t *server);
+/* Gives back the slot of one connection of vip (accounting, caps, drains,
+ * close). Only on the server's loop thread. */
+void uvip__server_release(uvip_server_t *server, uvip_vip_t *vip);
 void uvip__vip_maybe_finish_drain(uvip_vip_t *vip);
 
 /* scheduler.c */
@@ -106,12 +124,23 @@ int uvip__sched_add(uvip_server_t *server, uvip_vip_t *vip);
 void uvip__sched_remove(uvip_server_t *server, uvip_vip_t *vip);
 /* A slot was given back (a connection closed): resume accepting. */
 void uvip__sched_slot_freed(uvip_server_t *server, uvip_vip_t *vip);
+/* Re-evaluates whether to accept (e.g. a worker has room again). */
+void uvip__sched_kick(uvip_server_t *server);
 void uvip__sched_close(uvip_server_t *server);
 /* For a server that never listened: close callback from the loop. */
 void uvip__sched_close_deferred(uvip_server_t *server);
 
 /* conn.c */
-int uvip__conn_new(uvip_vip_t *vip, int fd, uvip_conn_t **out);
-void uvip__conn_close_all(uvip_conn_t *list);
+/* Wraps an accepted descriptor in a connection on `loop` (the server's loop
+ * or a worker's). On the server's loop the connection joins vip->conns;
+ * elsewhere it is linked into nothing (the worker keeps its own list with
+ * uvip__conn_list_add/del). On error the descriptor is closed. */
+int uvip__conn_new(uv_loop_t *loop, uvip_vip_t *vip, int fd, uvip_conn_t **out);
+void uvip__conn_list_add(uvip_conn_t **head, uvip_conn_t *c);
+void uvip__conn_list_del(uvip_conn_t **head, uvip_conn_t *c);
+/* Closes every connection of a list that is not closing yet, with cb. */
+void uvip__conn_close_all(uvip_conn_t *list, uvip_conn_close_cb cb);
+/* The close callback given to uvip_conn_close(), for remote_closed(). */
+uvip_conn_close_cb uvip__conn_user_close_cb(const uvip_conn_t *c);
 
 #endif /* UVIP_INTERNAL_H */

@@ -83,7 +83,10 @@ static size_t ring_len(const uvip_server_t *s) {
 }
 
 static bool global_capped(const uvip_server_t *s) {
-  return s->opts.max_conns && s->active >= s->opts.max_conns;
+  if (s->opts.max_conns && s->active >= s->opts.max_conns)
+    return true;
+  /* Every worker full: the same as a cap, the queues wait in the kernel. */
+  return s->handoff_has_room && !s->handoff_has_room((uvip_server_t *)s);
 }
 
 static bool vip_capped(const uvip_server_t *s, const uvip_vip_t *v) {
@@ -230,7 +233,21 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
       }
     }
     s->backoff_cur_ms = s->opts.backoff_ms;
-    if (uvip__conn_new(v, fd, &c) != 0) {
+    if (s->handoff_dispatch) {
+      if (s->handoff_dispatch(s, v, fd) != 0) {
+        close(fd);
+        v->stats.err_other++;
+        done++;
+        continue;
+      }
+      done++;
+      *got_one = true;
+      v->stats.accepted++;
+      v->stats.active++;
+      s->active++;
+      continue;
+    }
+    if (uvip__conn_new(s->loop, v, fd, &c) != 0) {
       v->stats.err_enomem++;
       v->stats.backoffs++;
       start_backoff(s);
@@ -308,6 +325,11 @@ void uvip__sched_slot_freed(uvip_server_t *s, uvip_vip_t *v) {
     s->backing_off = false;
   }
   kick(s);
+}
+
+void uvip__sched_kick(uvip_server_t *s) {
+  if (s->listening && !s->stopped)
+    kick(s);
 }
 
 int uvip__sched_init(uvip_server_t *s) {

@@ -193,8 +193,17 @@ UVIP_EXPORT int uvip_server_stop(uvip_server_t *s) {
 UVIP_EXPORT int uvip_server_close_conns(uvip_server_t *s) {
   UVIP_CHECK_ARG(s == NULL);
   for (size_t i = 0; i < s->nvips; i++)
-    uvip__conn_close_all(s->vips[i]->conns);
+    uvip__conn_close_all(s->vips[i]->conns, s->opts.conn_close_cb);
   return 0;
+}
+
+void uvip__server_release(uvip_server_t *s, uvip_vip_t *v) {
+  v->stats.active--;
+  v->stats.closed++;
+  s->active--;
+  uvip__sched_slot_freed(s, v);
+  uvip__vip_maybe_finish_drain(v);
+  uvip__server_maybe_finish_close(s);
 }
 
 void uvip__server_maybe_finish_close(uvip_server_t *s) {
@@ -311,7 +320,7 @@ static void on_drain_timer(uv_timer_t *t) {
     return;
   }
   v->drain_timed_out = true;
-  uvip__conn_close_all(v->conns);
+  uvip__conn_close_all(v->conns, v->server->opts.conn_close_cb);
 }
 
 UVIP_EXPORT int uvip_server_remove_vip(uvip_server_t *s, uvip_vip_t *v,

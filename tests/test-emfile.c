@@ -37,8 +37,12 @@ static pid_t spawn_clients(int port, int ready_fd, const int *fill, int nfill) {
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0) {
+    struct rlimit rl;
     for (int i = 0; i < nfill; i++) /* the child needs descriptors */
       close(fill[i]);
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
     struct sockaddr_storage sa;
     int fds[QUEUED];
     struct timeval tv = {20, 0};
@@ -84,7 +88,8 @@ START_TEST(test_emfile_backoff_and_recovery) {
   for (int fd = 0; fd < 256; fd++)
     if (fcntl(fd, F_GETFD) != -1)
       highest = fd;
-  rl.rlim_cur = rl.rlim_max = (rlim_t)highest + 8;
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  rl.rlim_cur = (rlim_t)highest + 8; /* the hard limit stays, for the child */
   ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
   int fd;
   while (nfill < 512 && (fd = dup(0)) >= 0)
@@ -114,6 +119,8 @@ START_TEST(test_emfile_backoff_and_recovery) {
    * by the next retry; none was lost. */
   for (int i = 0; i < nfill; i++)
     close(fillers[i]);
+  rl.rlim_cur = rl.rlim_max;
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
   for (int turn = 0; turn < 2000 && t.echoed_bytes < QUEUED; turn++)
     uv_run(&loop, UV_RUN_ONCE);
   ck_assert_int_eq(t.accepted, QUEUED);
@@ -157,7 +164,8 @@ START_TEST(test_emfile_resume_on_close) {
   for (int fd = 0; fd < 256; fd++)
     if (fcntl(fd, F_GETFD) != -1)
       highest = fd;
-  rl.rlim_cur = rl.rlim_max = (rlim_t)highest + 1 + 3;
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  rl.rlim_cur = (rlim_t)highest + 1 + 3;
   ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
   int fd;
   while (nfill < 512 && (fd = dup(0)) >= 0)
@@ -172,6 +180,9 @@ START_TEST(test_emfile_resume_on_close) {
     struct sockaddr_storage sa;
     for (int i = 0; i < nfill; i++)
       close(fillers[i]);
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
     th_addr("127.0.0.1", port, &sa);
     int cfd[3];
     for (int i = 0; i < 3; i++)
