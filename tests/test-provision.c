@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/capability.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -424,6 +425,369 @@ START_TEST(test_eperm) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ */
+/* Address events and the live pool                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+  int n;
+  uvip_addr_event_t ev[64];
+  char addr[64][UVIP_ADDRSTRLEN];
+  unsigned int ifindex[64], prefixlen[64];
+} watch_log_t;
+
+static void on_watch(uvip_addrwatch_t *w, uvip_addr_event_t ev,
+                     const struct sockaddr *addr, unsigned int ifindex,
+                     unsigned int prefixlen, unsigned int flags) {
+  watch_log_t *log = uvip_addrwatch_get_data(w);
+  (void)flags;
+  ck_assert_int_lt(log->n, 64);
+  log->ev[log->n] = ev;
+  log->addr[log->n][0] = 0;
+  if (addr)
+    ck_assert_int_eq(uvip_addr_format(addr, 0, log->addr[log->n],
+                                      UVIP_ADDRSTRLEN), 0);
+  log->ifindex[log->n] = ifindex;
+  log->prefixlen[log->n] = prefixlen;
+  log->n++;
+}
+
+static bool watch_closed;
+static void on_watch_closed(uvip_addrwatch_t *w) {
+  (void)w;
+  watch_closed = true;
+}
+
+/* Runs the loop until the log holds want entries. */
+static void watch_wait(uv_loop_t *loop, watch_log_t *log, int want) {
+  for (int turn = 0; turn < 1000 && log->n < want; turn++)
+    uv_run(loop, UV_RUN_ONCE);
+  ck_assert_int_eq(log->n, want);
+}
+
+START_TEST(test_addrwatch) {
+  enter_netns();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  uvip_addrwatch_t *w = (uvip_addrwatch_t *)1;
+  ck_assert_int_eq(uvip_addrwatch_new(NULL, &w), UV_EINVAL);
+  ck_assert_ptr_null(w);
+  ck_assert_int_eq(uvip_addrwatch_new(&loop, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_addrwatch_new(&loop, &w), 0);
+  ck_assert_int_eq(uvip_addrwatch_start(w, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_addrwatch_start(NULL, on_watch), UV_EINVAL);
+  ck_assert_int_eq(uvip_addrwatch_stop(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_addrwatch_close(NULL, NULL), UV_EINVAL);
+  watch_log_t log = {0};
+  uvip_addrwatch_set_data(w, &log);
+  ck_assert_ptr_eq(uvip_addrwatch_get_data(w), &log);
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), 0);
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), UV_EALREADY);
+
+  sh("ip addr add 10.77.4.1/32 dev lo");
+  watch_wait(&loop, &log, 1);
+  ck_assert_int_eq(log.ev[0], UVIP_ADDR_NEW);
+  ck_assert_str_eq(log.addr[0], "10.77.4.1");
+  ck_assert_uint_eq(log.ifindex[0], 1);
+  ck_assert_uint_eq(log.prefixlen[0], 32);
+  sh("ip addr add fd77:4::1/128 dev lo nodad");
+  watch_wait(&loop, &log, 2);
+  ck_assert_int_eq(log.ev[1], UVIP_ADDR_NEW);
+  ck_assert_str_eq(log.addr[1], "fd77:4::1");
+  ck_assert_uint_eq(log.prefixlen[1], 128);
+  sh("ip addr del 10.77.4.1/32 dev lo");
+  watch_wait(&loop, &log, 3);
+  ck_assert_int_eq(log.ev[2], UVIP_ADDR_DEL);
+  ck_assert_str_eq(log.addr[2], "10.77.4.1");
+
+  /* Stopped: nothing is reported; the kernel keeps the event until start. */
+  ck_assert_int_eq(uvip_addrwatch_stop(w), 0);
+  sh("ip addr del fd77:4::1/128 dev lo");
+  for (int i = 0; i < 10; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(log.n, 3);
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), 0);
+  watch_wait(&loop, &log, 4);
+  ck_assert_int_eq(log.ev[3], UVIP_ADDR_DEL);
+  ck_assert_str_eq(log.addr[3], "fd77:4::1");
+
+  watch_closed = false;
+  ck_assert_int_eq(uvip_addrwatch_close(w, on_watch_closed), 0);
+  ck_assert(!watch_closed); /* the callback comes from the loop */
+  th_run_until(&loop, &watch_closed, 10);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+typedef struct {
+  int up, down, drained, failed;
+  uvip_live_event_t last_ev;
+  char last_addr[UVIP_ADDRSTRLEN];
+  uvip_vip_t *last_vip;
+} live_log_t;
+
+static void on_live(uvip_livepool_t *lp, uvip_live_event_t ev,
+                    const struct sockaddr *addr, uvip_vip_t *vip,
+                    int status) {
+  live_log_t *log = uvip_livepool_get_data(lp);
+  ck_assert_ptr_nonnull(addr);
+  ck_assert_int_eq(uvip_addr_format(addr, 1, log->last_addr,
+                                    sizeof(log->last_addr)), 0);
+  log->last_ev = ev;
+  log->last_vip = vip;
+  switch (ev) {
+  case UVIP_LIVE_UP:
+    ck_assert_int_eq(status, 0);
+    ck_assert_int_eq(uvip_vip_state(vip), UVIP_VIP_LISTENING);
+    log->up++;
+    break;
+  case UVIP_LIVE_DOWN:
+    ck_assert_int_eq(uvip_vip_state(vip), UVIP_VIP_DRAINING);
+    log->down++;
+    break;
+  case UVIP_LIVE_DRAINED:
+    log->drained++;
+    break;
+  case UVIP_LIVE_FAILED:
+    ck_assert_int_lt(status, 0);
+    log->failed++;
+    break;
+  }
+}
+
+static bool live_closed;
+static void on_live_closed(uvip_livepool_t *lp) {
+  (void)lp;
+  live_closed = true;
+}
+
+/* Runs the loop until *counter reaches want. */
+static void live_wait(uv_loop_t *loop, const int *counter, int want) {
+  for (int turn = 0; turn < 1000 && *counter < want; turn++)
+    uv_run(loop, UV_RUN_ONCE);
+  ck_assert_int_eq(*counter, want);
+}
+
+static int try_connect(const char *ip, int port) {
+  struct sockaddr_storage sa;
+  th_addr(ip, port, &sa);
+  int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(fd, 0);
+  int r = connect(fd, (struct sockaddr *)&sa,
+                  sa.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                          : sizeof(struct sockaddr_in6));
+  int err = errno;
+  close(fd);
+  return r == 0 ? 0 : -err;
+}
+
+/* Cross-check with ss(8): is a TCP socket listening on ip:port? */
+static bool has_listener(const char *ip, int port) {
+  char cmd[128], want[96];
+  snprintf(cmd, sizeof(cmd), "ss -Hltn 'sport = :%d'", port);
+  snprintf(want, sizeof(want), " %s:%d ", ip, port);
+  char *out = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(out);
+  bool found = strstr(out, want) != NULL;
+  free(out);
+  return found;
+}
+
+static int tcp_state(int fd) {
+  struct tcp_info ti;
+  socklen_t len = sizeof(ti);
+  ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+  return ti.tcpi_state;
+}
+
+static int connect_ip(const char *ip, int port) {
+  struct sockaddr_storage sa;
+  th_addr(ip, port, &sa);
+  return th_connect((struct sockaddr *)&sa, NULL);
+}
+
+/* Addresses come and go under a live server: the listener of a deleted
+ * address closes, its connection stays up and echoes, other VIPs keep
+ * accepting; the address comes back and is served again; an address that
+ * was missing when the server started is served once it appears. */
+START_TEST(test_livepool) {
+  enter_netns();
+  /* Once a VIP is removed the kernel stops delivering packets to it, so
+   * its connections would stall whatever uvip does. These "local" routes
+   * keep loopback packets to the pool flowing, so that a connection to a
+   * removed address is refused (no listener) rather than unroutable, and
+   * IPv6 connections keep echoing. They live in a table of their own:
+   * bind() consults only the local table (and, for IPv6, the address
+   * list), so a removed address still cannot be bound. IPv4 sockets whose
+   * own address is gone cannot send at all (the kernel checks the source
+   * address on output), so the IPv4 connection is checked to stay
+   * established and to echo again once its address is back. */
+  sh("ip rule add to 10.77.3.0/24 lookup 100 pref 100");
+  sh("ip route add local 10.77.3.0/24 dev lo table 100 src 127.0.0.1");
+  sh("ip -6 rule add to fd77:3::/64 lookup 100 pref 100");
+  sh("ip -6 route add local fd77:3::/64 dev lo table 100");
+
+  int port = th_free_port();
+  uvip_addrs_t *prov_addrs =
+      th_addrs("10.77.3.1-10.77.3.4,fd77:3::1-fd77:3::4", port);
+  uvip_provision_t *p = NULL;
+  char err[256] = "";
+  ck_assert_int_eq(uvip_provision_new("lo", prov_addrs, NULL, &p), 0);
+  ck_assert_msg(uvip_provision_apply(p, err, sizeof(err)) == 0, "%s", err);
+
+  /* The pool has one more address, not on the host yet. */
+  uvip_addrs_t *pool =
+      th_addrs("10.77.3.1-10.77.3.4,fd77:3::1-fd77:3::4,10.77.3.9", port);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  th_track_t t = {0};
+  uvip_server_t *s = NULL;
+  ck_assert_int_eq(uvip_server_new(&loop, pool, NULL, &s), 0);
+  uvip_server_set_data(s, &t);
+
+  uvip_livepool_t *lp = (uvip_livepool_t *)1;
+  ck_assert_int_eq(uvip_livepool_new(NULL, pool, &lp), UV_EINVAL);
+  ck_assert_ptr_null(lp);
+  ck_assert_int_eq(uvip_livepool_new(s, NULL, &lp), UV_EINVAL);
+  uvip_addrs_t *noport = th_addrs("10.77.3.1", 0);
+  ck_assert_int_eq(uvip_livepool_new(s, noport, &lp), UV_EINVAL);
+  uvip_addrs_free(noport);
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
+  uvip_livepool_t *lp2 = NULL;
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp2), UV_EEXIST);
+  live_log_t log = {0};
+  uvip_livepool_set_data(lp, &log);
+  /* The server must be listening first. */
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+  ck_assert_int_eq(uvip_livepool_start(lp, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), 0);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), UV_EALREADY);
+  ck_assert_int_eq(log.up, 0); /* events come from the loop */
+
+  /* The first sync reports the 8 listening VIPs; 10.77.3.9 is absent. */
+  live_wait(&loop, &log.up, 8);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 8);
+  ck_assert_int_eq(log.failed, 0);
+  ck_assert(!has_listener("10.77.3.9", port));
+  ck_assert(has_listener("10.77.3.1", port));
+  ck_assert(has_listener("[fd77:3::4]", port));
+
+  int a = connect_ip("10.77.3.2", port);
+  int b = connect_ip("fd77:3::2", port);
+  echo_check(&loop, a, "a1");
+  echo_check(&loop, b, "b1");
+  ck_assert_int_eq(t.accepted, 2);
+  uvip_vip_t *va = uvip_conn_vip(t.conns[0]);
+  uvip_vip_t *vb = uvip_conn_vip(t.conns[1]);
+
+  /* Delete an IPv4 and an IPv6 address under the live server. */
+  char want[UVIP_ADDRSTRLEN];
+  sh("ip addr del 10.77.3.2/32 dev lo");
+  live_wait(&loop, &log.down, 1);
+  snprintf(want, sizeof(want), "10.77.3.2:%d", port);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_ptr_eq(log.last_vip, va);
+  sh("ip addr del fd77:3::2/128 dev lo");
+  live_wait(&loop, &log.down, 2);
+  snprintf(want, sizeof(want), "[fd77:3::2]:%d", port);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_ptr_eq(log.last_vip, vb);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 6);
+
+  /* Their listeners are closed: a new connection is refused... */
+  ck_assert_int_eq(uvip_vip_state(va), UVIP_VIP_DRAINING);
+  ck_assert_int_eq(uvip_vip_fd(va), UV_EBADF);
+  ck_assert_int_eq(uvip_vip_fd(vb), UV_EBADF);
+  ck_assert(!has_listener("10.77.3.2", port));
+  ck_assert(!has_listener("[fd77:3::2]", port));
+  ck_assert(has_listener("10.77.3.1", port));
+  ck_assert_int_eq(try_connect("fd77:3::2", port), -ECONNREFUSED);
+  /* ...their established connections stay up (IPv6 still echoes)... */
+  ck_assert_int_eq(tcp_state(a), TCP_ESTABLISHED);
+  ck_assert_int_eq(tcp_state(b), TCP_ESTABLISHED);
+  echo_check(&loop, b, "b2");
+  ck_assert_int_eq(t.closed, 0);
+  ck_assert_ptr_nonnull(t.conns[0]);
+  ck_assert_ptr_eq(uvip_conn_vip(t.conns[0]), va);
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_vip_stats(va, &st), 0);
+  ck_assert_uint_eq(st.active, 1);
+  ck_assert_int_eq(tcp_state(a), TCP_ESTABLISHED);
+  /* ...and the other VIPs keep accepting. */
+  int c = connect_ip("10.77.3.1", port);
+  int d = connect_ip("fd77:3::4", port);
+  echo_check(&loop, c, "c1");
+  echo_check(&loop, d, "d1");
+  ck_assert_int_eq(t.accepted, 4);
+  ck_assert_int_eq(log.up, 8);
+  ck_assert_int_eq(log.drained, 0);
+
+  /* The addresses come back: new listeners, while the old VIPs still
+   * drain with their connections. */
+  sh("ip addr add 10.77.3.2/32 dev lo");
+  live_wait(&loop, &log.up, 9);
+  snprintf(want, sizeof(want), "10.77.3.2:%d", port);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_ptr_ne(log.last_vip, va);
+  sh("ip addr add fd77:3::2/128 dev lo nodad");
+  live_wait(&loop, &log.up, 10);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 8);
+  ck_assert(has_listener("10.77.3.2", port));
+  ck_assert(has_listener("[fd77:3::2]", port));
+  int a2 = connect_ip("10.77.3.2", port);
+  int b2 = connect_ip("fd77:3::2", port);
+  echo_check(&loop, a2, "a3");
+  echo_check(&loop, b2, "b3");
+  ck_assert_int_eq(t.accepted, 6);
+  ck_assert_ptr_ne(uvip_conn_vip(t.conns[4]), va);
+  echo_check(&loop, a, "a4");
+  echo_check(&loop, b, "b4");
+
+  /* The old VIPs drain once their connections close. */
+  close(a);
+  live_wait(&loop, &log.drained, 1);
+  ck_assert_ptr_eq(log.last_vip, va);
+  close(b);
+  live_wait(&loop, &log.drained, 2);
+  ck_assert_ptr_eq(log.last_vip, vb);
+
+  /* An address missing at start is served once it appears. */
+  sh("ip addr add 10.77.3.9/32 dev lo");
+  live_wait(&loop, &log.up, 11);
+  snprintf(want, sizeof(want), "10.77.3.9:%d", port);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 9);
+  int e = connect_ip("10.77.3.9", port);
+  echo_check(&loop, e, "e1");
+  ck_assert_int_eq(log.failed, 0);
+
+  live_closed = false;
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), 0);
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), UV_EALREADY);
+  th_run_until(&loop, &live_closed, 100);
+  /* Closed: the server is left as it was, and events no longer matter. */
+  sh("ip addr del 10.77.3.9/32 dev lo");
+  for (int i = 0; i < 10; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(log.down, 2);
+  ck_assert_int_eq(uvip_vip_state(uvip_conn_vip(t.conns[6])),
+                   UVIP_VIP_LISTENING);
+
+  close(a2);
+  close(b2);
+  close(c);
+  close(d);
+  close(e);
+  close_server(&loop, s);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  ck_assert_msg(uvip_provision_release(p, err, sizeof(err)) == 0, "%s", err);
+  uvip_provision_free(p);
+  uvip_addrs_free(pool);
+  uvip_addrs_free(prov_addrs);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("provision");
   TCase *tc = tcase_create("provision");
@@ -433,6 +797,8 @@ int main(void) {
   tcase_add_test(tc, test_free_releases);
   tcase_add_test(tc, test_rollback);
   tcase_add_test(tc, test_eperm);
+  tcase_add_test(tc, test_addrwatch);
+  tcase_add_test(tc, test_livepool);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

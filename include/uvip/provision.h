@@ -100,6 +100,114 @@ const struct sockaddr *uvip_provision_addr(const uvip_provision_t *prov,
 /* The state of the i-th address (a uvip_provision_state_t), or UV_EINVAL. */
 int uvip_provision_state(const uvip_provision_t *prov, size_t i);
 
+/* ------------------------------------------------------------------------ */
+/* Address events                                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvip_addrwatch_s uvip_addrwatch_t;
+
+typedef enum {
+  /* An address was added or changed (flags changed, e.g. an IPv6 address
+   * finished duplicate address detection). */
+  UVIP_ADDR_NEW = 1,
+  /* An address was removed. */
+  UVIP_ADDR_DEL = 2,
+  /* The kernel dropped events (socket buffer overrun): the receiver must
+   * re-read the state it cares about. addr is NULL. */
+  UVIP_ADDR_OVERRUN = 3
+} uvip_addr_event_t;
+
+/* Called on the loop thread for each address event. addr is a sockaddr_in
+ * or sockaddr_in6 with port 0 (an IPv6 link-local address carries ifindex
+ * in sin6_scope_id), valid during the call only. flags are the kernel's IFA_F_* flags (an
+ * address with IFA_F_TENTATIVE cannot be bound yet). */
+typedef void (*uvip_addrwatch_cb)(uvip_addrwatch_t *watch,
+                                  uvip_addr_event_t event,
+                                  const struct sockaddr *addr,
+                                  unsigned int ifindex, unsigned int prefixlen,
+                                  unsigned int flags);
+
+typedef void (*uvip_addrwatch_close_cb)(uvip_addrwatch_t *watch);
+
+/* Opens an rtnetlink socket subscribed to IPv4 and IPv6 address events and
+ * attaches it to loop (nothing is reported before uvip_addrwatch_start()).
+ * Needs no privilege. Errors: UV_EINVAL, UV_ENOMEM, or the socket's error. */
+int uvip_addrwatch_new(uv_loop_t *loop, uvip_addrwatch_t **out);
+
+/* Starts reporting events to cb. UV_EALREADY if already started. */
+int uvip_addrwatch_start(uvip_addrwatch_t *watch, uvip_addrwatch_cb cb);
+
+/* Stops reporting. Events that happen while stopped are queued by the
+ * kernel (up to its buffer size; then UVIP_ADDR_OVERRUN). Idempotent. */
+int uvip_addrwatch_stop(uvip_addrwatch_t *watch);
+
+/* Stops, closes the socket, then calls cb (may be NULL) from the loop and
+ * frees the watcher right after. Call it once. */
+int uvip_addrwatch_close(uvip_addrwatch_t *watch, uvip_addrwatch_close_cb cb);
+
+void *uvip_addrwatch_get_data(const uvip_addrwatch_t *watch);
+void uvip_addrwatch_set_data(uvip_addrwatch_t *watch, void *data);
+
+/* ------------------------------------------------------------------------ */
+/* Live pool: a server's listeners follow the addresses present on the host */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvip_livepool_s uvip_livepool_t;
+
+typedef enum {
+  /* The address is present and its listener accepts. vip is the new VIP. */
+  UVIP_LIVE_UP = 1,
+  /* The address is present but its listener could not be bound (status is
+   * the error, e.g. UV_EADDRINUSE); retried at the next event for it. */
+  UVIP_LIVE_FAILED = 2,
+  /* The address has gone: its listener is closed; its established
+   * connections keep running on vip, which now drains. */
+  UVIP_LIVE_DOWN = 3,
+  /* A drained VIP's last connection closed; vip is freed after the call. */
+  UVIP_LIVE_DRAINED = 4
+} uvip_live_event_t;
+
+/* Called on the loop thread. addr is the pool address (with its port). */
+typedef void (*uvip_livepool_cb)(uvip_livepool_t *pool,
+                                 uvip_live_event_t event,
+                                 const struct sockaddr *addr, uvip_vip_t *vip,
+                                 int status);
+
+typedef void (*uvip_livepool_close_cb)(uvip_livepool_t *pool);
+
+/* Creates a live pool for server over the addresses of pool (copied; ports
+ * must be set). Addresses of pool that are already VIPs of server are taken
+ * over. Close the live pool before the server. Errors: UV_EINVAL,
+ * UV_EEXIST (server already has a live pool), UV_ENOMEM, or the netlink
+ * socket's error. */
+int uvip_livepool_new(uvip_server_t *server, const uvip_addrs_t *pool,
+                      uvip_livepool_t **out);
+
+/* Starts following address events. On the next loop turn every pool
+ * address is checked (a bind probe): present ones get a listening VIP
+ * (UVIP_LIVE_UP, also for VIPs already listening), absent ones are left
+ * without. From then on: an address that appears gets its listener
+ * (UVIP_LIVE_UP or UVIP_LIVE_FAILED); one that disappears has its listener
+ * closed and drains without a timeout (UVIP_LIVE_DOWN, then
+ * UVIP_LIVE_DRAINED when its last connection closes); the same address
+ * may have a new listening VIP while old ones drain. Every event is checked
+ * again by bind probes about 10 ms, 100 ms and 1 s later, and all addresses
+ * are after UVIP_ADDR_OVERRUN. The server must be listening
+ * (uvip_server_listen() succeeded, not stopped): UV_EINVAL otherwise.
+ * UV_EALREADY if already started. */
+int uvip_livepool_start(uvip_livepool_t *pool, uvip_livepool_cb cb);
+
+/* Stops following events and calls cb (may be NULL) from the loop; the live
+ * pool is freed right after. The server's VIPs are left as they are;
+ * VIPs still draining finish without UVIP_LIVE_DRAINED events. */
+int uvip_livepool_close(uvip_livepool_t *pool, uvip_livepool_close_cb cb);
+
+/* The number of pool addresses that have a listening VIP right now. */
+size_t uvip_livepool_up_count(const uvip_livepool_t *pool);
+
+void *uvip_livepool_get_data(const uvip_livepool_t *pool);
+void uvip_livepool_set_data(uvip_livepool_t *pool, void *data);
+
 #ifdef __cplusplus
 }
 #endif
