@@ -228,8 +228,10 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
         done++;
         continue;
       default:
+        /* Unknown trouble with this listener: wait for its next edge
+         * rather than retry it every turn. */
         v->stats.err_other++;
-        return ACC_MORE;
+        return ACC_DRAINED;
       }
     }
     s->backoff_cur_ms = s->opts.backoff_ms;

@@ -84,6 +84,9 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
     uvip_server_options_init(&s->opts);
   if (s->opts.backoff_ms == 0)
     s->opts.backoff_ms = 50;
+  /* Read once: a pool can have tens of thousands of listeners. */
+  if (s->opts.backlog == 0)
+    s->opts.backlog = uvip__somaxconn();
 
   for (i = 0; i < n; i++) {
     uvip_vip_t *v;
