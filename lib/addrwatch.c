@@ -25,7 +25,7 @@ struct uvip_addrwatch_s {
   uvip_addrwatch_cb cb;
   uvip_addrwatch_close_cb close_cb;
   bool started, closing;
-  char buf[WATCH_BUFSIZE];
+  _Alignas(8) char buf[WATCH_BUFSIZE]; /* holds nlmsghdr structs */
 };
 
 static void watch_readable(uv_poll_t *h, int status, int events);

@@ -199,7 +199,7 @@ static void copy_ext_ack(const struct nlmsghdr *nlh,
  * long. */
 static int wait_ack(struct mnl_socket *nl, unsigned int seq, char *msg,
                     size_t msglen) {
-  char buf[8192];
+  _Alignas(8) char buf[8192];
   for (;;) {
     ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
     if (n < 0) {
@@ -225,7 +225,7 @@ static int wait_ack(struct mnl_socket *nl, unsigned int seq, char *msg,
 
 int uvip__rtnl_change(struct mnl_socket *nl, int add, const uvip__ifaddr_t *a,
                       char *msg, size_t msglen) {
-  char buf[512];
+  _Alignas(8) char buf[512];
   if (msg != NULL && msglen > 0)
     msg[0] = '\0';
 
