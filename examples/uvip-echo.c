@@ -2,7 +2,7 @@
  *
  *   uvip-echo [--listen SPEC]... [--port P] [--max-conns N]
  *             [--max-conns-per-vip N] [--accept-budget N] [--backlog N]
- *             [--shutdown-timeout MS] [--all-or-nothing]
+ *             [--shutdown-timeout MS] [--all-or-nothing] [--provision IFACE]
  *
  * An idle connection costs only the library's uvip_conn_t: reads land in
  * one shared buffer and are written straight back with uv_try_write; only
@@ -29,6 +29,46 @@ static uvip_server_t *server;
 static uv_timer_t shutdown_timer;
 static uint64_t shutdown_ms = 5000;
 static char read_buf[READ_BUF];
+static uvip_provision_t *prov; /* --provision: the addresses we added */
+
+/* Runs at any exit, including exit() on a second signal, so that the
+ * addresses this run added never outlive it. */
+static void unprovision(void) {
+  char err[256] = "";
+  size_t added = 0;
+  if (!prov)
+    return;
+  for (size_t i = 0; i < uvip_provision_count(prov); i++)
+    added += uvip_provision_state(prov, i) == UVIP_PROVISION_ADDED;
+  int r = uvip_provision_release(prov, err, sizeof(err));
+  if (r != 0)
+    fprintf(stderr, "%s: cannot remove addresses: %s\n", ex_prog, err);
+  else if (added > 0)
+    printf("%s: removed the %zu addresses it added\n", ex_prog, added);
+  uvip_provision_free(prov);
+  prov = NULL;
+}
+
+/* Adds the missing addresses of the pool to ifname. */
+static void provision(const char *ifname, const uvip_addrs_t *addrs) {
+  char err[256] = "";
+  size_t added = 0;
+  int r = uvip_provision_new(ifname, addrs, NULL, &prov);
+  if (r != 0) {
+    fprintf(stderr, "%s: --provision %s: %s\n", ex_prog, ifname,
+            uv_strerror(r));
+    exit(1);
+  }
+  if ((r = uvip_provision_apply(prov, err, sizeof(err))) != 0) {
+    fprintf(stderr, "%s: cannot provision: %s\n", ex_prog, err);
+    exit(1);
+  }
+  atexit(unprovision);
+  for (size_t i = 0; i < uvip_provision_count(prov); i++)
+    added += uvip_provision_state(prov, i) == UVIP_PROVISION_ADDED;
+  printf("%s: added %zu addresses to %s (%zu were there already)\n", ex_prog,
+         added, ifname, uvip_provision_count(prov) - added);
+}
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)h;
@@ -134,13 +174,15 @@ static void usage(FILE *f) {
           "  --accept-budget N        accepts per VIP per loop turn (default 4)\n"
           "  --backlog N              listen backlog (default net.core.somaxconn)\n"
           "  --shutdown-timeout MS    grace period for open connections on exit (5000)\n"
-          "  --all-or-nothing         fail unless every VIP can be bound\n",
+          "  --all-or-nothing         fail unless every VIP can be bound\n"
+          "  --provision IFACE        add the missing --listen addresses to IFACE;\n"
+          "                           remove those it added on exit\n",
           ex_prog);
 }
 
 int main(int argc, char **argv) {
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
-         O_SHUTDOWN, O_ALL, O_HELP };
+         O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
       {"port", required_argument, NULL, O_PORT},
@@ -151,10 +193,12 @@ int main(int argc, char **argv) {
       {"shutdown-timeout", required_argument, NULL, O_SHUTDOWN},
       {"all-or-nothing", no_argument, NULL, O_ALL},
       {"help", no_argument, NULL, O_HELP},
+      {"provision", required_argument, NULL, O_PROVISION},
       {NULL, 0, NULL, 0}};
   uvip_server_options_t opts;
   const char **specs = calloc((size_t)argc + 1, sizeof(*specs));
   size_t nspecs = 0;
+  const char *prov_ifname = NULL;
   int port = 7000, opt, r;
   char err[512] = "";
 
@@ -176,6 +220,7 @@ int main(int argc, char **argv) {
     case O_SHUTDOWN: shutdown_ms = ex_parse_num("--shutdown-timeout", optarg, 0, 86400000); break;
     case O_ALL: opts.flags |= UVIP_ALL_OR_NOTHING; break;
     case O_HELP: usage(stdout); return 0;
+    case O_PROVISION: prov_ifname = optarg; break;
     default:
       if (optopt)
         ex_usage_error("option '--%s' needs a value or is unknown; see --help",
@@ -194,6 +239,8 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < nspecs; i++)
     ex_parse_spec("--listen", addrs, specs[i], port);
   free(specs);
+  if (prov_ifname)
+    provision(prov_ifname, addrs);
 
   loop = uv_default_loop();
   if ((r = uvip_server_new(loop, addrs, &opts, &server)) != 0) {
