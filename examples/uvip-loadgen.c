@@ -1,0 +1,880 @@
+/* uvip-loadgen: opens many TCP connections to a pool of server VIPs from a
+ * pool of source addresses, through the uvip connector.
+ *
+ *   uvip-loadgen [--target SPEC]... [--port P] [--conns N]
+ *                [--sources SPEC]... [--procs N] [--hold] [--seconds S]
+ *                [--echo] [--churn RATE] [--json]
+ *
+ * Connections go to the targets round-robin. With --procs N the work is
+ * split over N forked processes (one descriptor limit each); they send a
+ * fixed-size report over a pipe every half second and the parent prints
+ * the sums. A held connection costs the connector's uvip_outconn_t and
+ * nothing else: its state lives in the handle's data field, reads land in
+ * one shared buffer and the echo byte goes out with uv_try_write.
+ * SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define DEFAULT_TARGET "127.0.0.1"
+/* Connects in flight (and echoes not yet back) per process: enough to keep
+ * the kernel busy, few enough not to overflow the server's SYN queues. */
+#define PENDING_MAX 1000
+#define MAX_ERRS 16
+#define MAX_TGT 64 /* targets whose counts a report carries */
+#define REPORT_MS 500
+#define FD_SLACK 64 /* descriptors for everything that is not a connection */
+
+/* Connection state, kept in the uv_tcp_t's data field. */
+enum { C_SETTLED = 1, C_ESTABLISHED = 2, C_DROPPED = 4 };
+
+typedef struct {
+  int32_t code;
+  uint32_t pad;
+  uint64_t count;
+} err_count_t;
+
+/* What a worker tells the parent; fixed size, below PIPE_BUF, so that each
+ * write arrives whole. */
+typedef struct {
+  uint32_t done;       /* final report: the worker is finishing */
+  uint32_t nerrs;
+  uint64_t attempted;  /* connections started or failed at once */
+  uint64_t established;
+  uint64_t verified;
+  uint64_t open;
+  uint64_t peak_open;
+  uint64_t pending;
+  uint64_t failed;
+  uint64_t settle_ms;  /* when its share was all settled; 0 = not (yet) */
+  uint64_t range;      /* usable ports per (source, target) pair */
+  uint64_t exhausted;  /* bit t: target t ran out of ports */
+  uint32_t in_use[MAX_TGT];
+  err_count_t errs[MAX_ERRS];
+} report_t;
+
+_Static_assert(sizeof(report_t) <= 4096, "report must fit in PIPE_BUF");
+
+/* Options. */
+static uvip_addrs_t *targets, *sources;
+static size_t ntargets;
+static uint64_t opt_conns = 1000, opt_procs = 1, opt_seconds = 0;
+static double opt_churn;
+static int opt_hold, opt_echo, opt_json;
+
+/* Worker state. */
+static uv_loop_t *loop;
+static uvip_connector_t *connector;
+static uv_timer_t report_timer, deadline_timer, churn_timer;
+static uint64_t share;        /* this worker's part of --conns */
+static uint64_t first_index;  /* its first global connection index */
+static uint64_t started;      /* initial connections started */
+static uint64_t churned;      /* replacements done */
+static double churn_rate;     /* this worker's replacements per second */
+static uint64_t churn_t0;     /* when replacing started; 0 = not yet */
+static uint64_t t0;           /* uv_now() at start */
+static int report_fd = -1;    /* -1: single process, report in-process */
+static int finishing;
+static int draining; /* churn over: waiting for connects in flight */
+static report_t rep;
+static uvip_outconn_t **ring; /* settled connections, oldest first (churn) */
+static size_t ring_cap, ring_head, ring_len;
+static char read_buf[64];
+
+/* Parent (or single-process) aggregation. */
+static report_t *reps;
+static size_t nreps;
+static uint64_t last_established;
+static int got_final_all;
+
+/* ------------------------------------------------------------------------ */
+
+static void add_err(report_t *r, int code, uint64_t n) {
+  uint32_t i;
+  for (i = 0; i < r->nerrs; i++)
+    if (r->errs[i].code == code)
+      break;
+  if (i == r->nerrs) {
+    if (r->nerrs == MAX_ERRS)
+      i = MAX_ERRS - 1; /* lumped with the last kind; rare */
+    else
+      r->errs[r->nerrs++].code = code;
+  }
+  r->errs[i].count += n;
+}
+
+static void count_failure(int code) {
+  rep.failed++;
+  add_err(&rep, code, 1);
+}
+
+static const char *err_name(int code) {
+  return code == 0 ? "OTHER" : uv_err_name(code);
+}
+
+static uintptr_t cstate(uvip_outconn_t *oc) {
+  return (uintptr_t)uvip_outconn_tcp(oc)->data;
+}
+
+static void set_cstate(uvip_outconn_t *oc, uintptr_t s) {
+  uvip_outconn_tcp(oc)->data = (void *)s;
+}
+
+static void pump(void);
+static void finish(int code);
+
+static void on_conn_closed(uvip_outconn_t *oc) {
+  if (cstate(oc) & C_ESTABLISHED)
+    rep.open--;
+}
+
+static void settle(uvip_outconn_t *oc) {
+  set_cstate(oc, cstate(oc) | C_SETTLED);
+  rep.pending--;
+  if (opt_echo)
+    rep.verified++;
+  if (ring && ring_len < ring_cap) {
+    ring[(ring_head + ring_len) % ring_cap] = oc;
+    ring_len++;
+  }
+  if (started == share && rep.pending == 0 && rep.settle_ms == 0 &&
+      rep.failed == 0)
+    rep.settle_ms = uv_now(loop) - t0 + 1;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(read_buf, sizeof(read_buf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  uvip_outconn_t *oc = uvip_outconn_from_tcp((uv_tcp_t *)s);
+  uintptr_t st = cstate(oc);
+  if (n == 0)
+    return;
+  if (n > 0 && opt_echo && !(st & C_SETTLED)) {
+    if (n == 1 && buf->base[0] == 'u') {
+      settle(oc);
+      pump();
+      return;
+    }
+    n = UV_EPROTO; /* not our byte back */
+  } else if (n > 0) {
+    return; /* nothing else is expected; ignore */
+  }
+  /* The peer closed or reset: a failure whether or not it was settled. */
+  if (finishing)
+    return;
+  count_failure((int)n);
+  if (!(st & C_SETTLED)) {
+    rep.pending--;
+    pump();
+  }
+  uv_read_stop(s);
+  if (ring && (st & C_SETTLED)) {
+    /* Still in the ring: the churn closes it when its turn comes. */
+    set_cstate(oc, st | C_DROPPED);
+    return;
+  }
+  uvip_outconn_close(oc, on_conn_closed);
+}
+
+static void on_connect(uvip_outconn_t *oc, int status,
+                       const struct sockaddr *source) {
+  uv_buf_t b = uv_buf_init("u", 1);
+  (void)source;
+  if (status < 0) {
+    if (finishing)
+      return;
+    rep.pending--;
+    count_failure(status);
+    pump();
+    return;
+  }
+  rep.established++;
+  rep.open++;
+  if (rep.open > rep.peak_open)
+    rep.peak_open = rep.open;
+  set_cstate(oc, C_ESTABLISHED);
+  if (uv_read_start(uvip_outconn_stream(oc), on_alloc, on_read) != 0) {
+    rep.pending--;
+    count_failure(UV_EIO);
+    uvip_outconn_close(oc, on_conn_closed);
+    pump();
+    return;
+  }
+  if (!opt_echo) {
+    settle(oc);
+    pump();
+    return;
+  }
+  /* One byte on a fresh socket always fits its send buffer. */
+  status = uv_try_write(uvip_outconn_stream(oc), &b, 1);
+  if (status != 1) {
+    rep.pending--;
+    count_failure(status < 0 ? status : UV_EIO);
+    uv_read_stop(uvip_outconn_stream(oc));
+    uvip_outconn_close(oc, on_conn_closed);
+    pump();
+  }
+}
+
+/* Starts connection number `index` (global, for the round-robin). */
+static int start_one(uint64_t index) {
+  const struct sockaddr *dst = uvip_addrs_at(targets, index % ntargets);
+  int r;
+  rep.attempted++;
+  r = uvip_connect(connector, dst, NULL, on_connect, NULL);
+  if (r == 0) {
+    rep.pending++;
+    return 0;
+  }
+  count_failure(r);
+  if (r == UV_EADDRNOTAVAIL && index % ntargets < MAX_TGT)
+    rep.exhausted |= 1ull << (index % ntargets);
+  return r;
+}
+
+/* Keeps PENDING_MAX initial connections in flight until the share is
+ * started; in plain mode, ends the run when everything has settled. */
+static void pump(void) {
+  while (!finishing && started < share && rep.pending < PENDING_MAX) {
+    start_one(first_index + started * opt_procs);
+    started++;
+  }
+  if (!finishing && started == share && rep.pending == 0 &&
+      (draining || (!opt_hold && opt_churn == 0)))
+    finish(0);
+}
+
+static void on_churn(uv_timer_t *t) {
+  uint64_t due;
+  int budget = 1000; /* a stalled loop does not turn into a burst */
+  (void)t;
+  if (churn_t0 == 0) {
+    /* Replacing starts once the initial connections are all settled, so
+     * that the population stays at --conns. */
+    if (started < share || rep.pending > 0)
+      return;
+    churn_t0 = uv_now(loop);
+  }
+  due = (uint64_t)(churn_rate * (double)(uv_now(loop) - churn_t0) / 1000.0);
+  while (churned < due && budget-- > 0 && rep.pending < PENDING_MAX &&
+         !finishing) {
+    if (ring_len > 0) {
+      uvip_outconn_t *oc = ring[ring_head];
+      ring_head = (ring_head + 1) % ring_cap;
+      ring_len--;
+      uv_read_stop(uvip_outconn_stream(oc));
+      uvip_outconn_close(oc, on_conn_closed);
+    }
+    if (rep.open + rep.pending >= ring_cap)
+      break;
+    start_one(first_index + (share + churned) * opt_procs);
+    churned++;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Aggregation and printing                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void sum_reports(report_t *s) {
+  size_t i, t;
+  uint32_t e;
+  memset(s, 0, sizeof(*s));
+  for (i = 0; i < nreps; i++) {
+    const report_t *r = &reps[i];
+    s->attempted += r->attempted;
+    s->established += r->established;
+    s->verified += r->verified;
+    s->open += r->open;
+    s->peak_open += r->peak_open;
+    s->pending += r->pending;
+    s->failed += r->failed;
+    s->exhausted |= r->exhausted;
+    if (r->range)
+      s->range = r->range;
+    if (r->settle_ms > s->settle_ms)
+      s->settle_ms = r->settle_ms;
+    for (t = 0; t < MAX_TGT; t++)
+      s->in_use[t] += r->in_use[t];
+    for (e = 0; e < r->nerrs; e++)
+      add_err(s, r->errs[e].code, r->errs[e].count);
+  }
+}
+
+static void format_errs(const report_t *s, char *buf, size_t len) {
+  size_t off = 0;
+  uint32_t e;
+  buf[0] = 0;
+  for (e = 0; e < s->nerrs && off < len; e++)
+    off += (size_t)snprintf(buf + off, len - off, "%s%s %llu",
+                            e ? ", " : " (", err_name(s->errs[e].code),
+                            (unsigned long long)s->errs[e].count);
+  if (s->nerrs && off < len)
+    snprintf(buf + off, len - off, ")");
+}
+
+static void print_progress(void) {
+  report_t s;
+  char errs[512];
+  uint64_t secs = (uv_now(loop) - t0 + 500) / 1000;
+  sum_reports(&s);
+  format_errs(&s, errs, sizeof(errs));
+  fprintf(stderr,
+          "%s: %llus: established %llu (+%llu/s), open %llu, verified %llu, "
+          "pending %llu, failed %llu%s\n",
+          ex_prog, (unsigned long long)secs,
+          (unsigned long long)s.established,
+          (unsigned long long)(s.established - last_established),
+          (unsigned long long)s.open, (unsigned long long)s.verified,
+          (unsigned long long)s.pending, (unsigned long long)s.failed, errs);
+  last_established = s.established;
+}
+
+/* The sources a target's connections came from, for messages. */
+static void source_label(const struct sockaddr *dst, char *buf, size_t len) {
+  size_t i, n = 0;
+  const struct sockaddr *one = NULL;
+  for (i = 0; i < uvip_addrs_count(sources); i++) {
+    const struct sockaddr *sa = uvip_addrs_at(sources, i);
+    if (sa->sa_family == dst->sa_family) {
+      one = sa;
+      n++;
+    }
+  }
+  if (n == 1) {
+    uvip_addr_format(one, 0, buf, len);
+  } else if (n > 1) {
+    snprintf(buf, len, "%zu sources", n);
+  } else {
+    /* The kernel's choice: ask the routing table the same way. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = socket(dst->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    snprintf(buf, len, "the kernel's choice");
+    if (fd >= 0 &&
+        connect(fd, dst, dst->sa_family == AF_INET6
+                             ? sizeof(struct sockaddr_in6)
+                             : sizeof(struct sockaddr_in)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+      uvip_addr_format((struct sockaddr *)&ss, 0, buf, len);
+    if (fd >= 0)
+      close(fd);
+  }
+}
+
+static size_t sources_for(const struct sockaddr *dst) {
+  size_t i, n = 0;
+  for (i = 0; i < uvip_addrs_count(sources); i++)
+    n += uvip_addrs_at(sources, i)->sa_family == dst->sa_family;
+  return n ? n : 1;
+}
+
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\')
+      fputc('\\', f);
+    fputc(*s, f);
+  }
+  fputc('"', f);
+}
+
+static int print_summary(void) {
+  report_t s;
+  char errs[512], src[UVIP_ADDRSTRLEN + 32], dst[UVIP_ADDRSTRLEN];
+  double secs = (double)(uv_now(loop) - t0) / 1000.0;
+  uint64_t expected;
+  size_t t;
+  int ok, first = 1;
+  FILE *out = opt_json ? stderr : stdout;
+
+  sum_reports(&s);
+  format_errs(&s, errs, sizeof(errs));
+  expected = s.attempted;
+  ok = got_final_all && s.failed == 0 && s.established == expected &&
+       (!opt_echo || s.verified == expected);
+
+  fprintf(out,
+          "%s: %llu connections to %zu target%s, %zu source%s, %llu "
+          "process%s: established %llu, verified %llu, peak open %llu, "
+          "failed %llu%s in %.1f s\n",
+          ex_prog, (unsigned long long)expected, ntargets,
+          ntargets == 1 ? "" : "s", uvip_addrs_count(sources),
+          uvip_addrs_count(sources) == 1 ? "" : "s",
+          (unsigned long long)opt_procs, opt_procs == 1 ? "" : "es",
+          (unsigned long long)s.established, (unsigned long long)s.verified,
+          (unsigned long long)s.peak_open, (unsigned long long)s.failed, errs,
+          secs);
+  for (t = 0; t < ntargets && t < MAX_TGT; t++) {
+    const struct sockaddr *ta = uvip_addrs_at(targets, t);
+    if (!(s.exhausted & (1ull << t)))
+      continue;
+    source_label(ta, src, sizeof(src));
+    uvip_addr_format(ta, 1, dst, sizeof(dst));
+    fprintf(out,
+            "%s: ports exhausted for %s -> %s: %llu of %llu ephemeral ports "
+            "in use; add --sources or more --target VIPs\n",
+            ex_prog, src, dst, (unsigned long long)s.in_use[t],
+            (unsigned long long)(s.range * sources_for(ta)));
+  }
+  if (!got_final_all)
+    fprintf(out, "%s: a worker process ended without its final report\n",
+            ex_prog);
+  fprintf(out, "%s: %s\n", ex_prog,
+          ok ? "ok: every connection succeeded" : "FAILED");
+
+  if (opt_json) {
+    uint32_t e;
+    printf("{\"ok\":%s,\"conns\":%llu,\"attempted\":%llu,\"established\":%llu,"
+           "\"verified\":%llu,\"peak_open\":%llu,\"failed_total\":%llu,"
+           "\"failed\":{",
+           ok ? "true" : "false", (unsigned long long)opt_conns,
+           (unsigned long long)expected, (unsigned long long)s.established,
+           (unsigned long long)s.verified, (unsigned long long)s.peak_open,
+           (unsigned long long)s.failed);
+    for (e = 0; e < s.nerrs; e++)
+      printf("%s\"%s\":%llu", e ? "," : "", err_name(s.errs[e].code),
+             (unsigned long long)s.errs[e].count);
+    printf("},\"seconds\":%.3f,\"establish_seconds\":", secs);
+    if (s.settle_ms && ok)
+      printf("%.3f", (double)(s.settle_ms - 1) / 1000.0);
+    else
+      printf("null");
+    printf(",\"procs\":%llu,\"targets\":%zu,\"sources\":%zu,\"echo\":%s,"
+           "\"hold\":%s,\"churn\":%g,\"exhausted\":[",
+           (unsigned long long)opt_procs, ntargets, uvip_addrs_count(sources),
+           opt_echo ? "true" : "false", opt_hold ? "true" : "false",
+           opt_churn);
+    for (t = 0; t < ntargets && t < MAX_TGT; t++) {
+      const struct sockaddr *ta = uvip_addrs_at(targets, t);
+      if (!(s.exhausted & (1ull << t)))
+        continue;
+      source_label(ta, src, sizeof(src));
+      uvip_addr_format(ta, 1, dst, sizeof(dst));
+      printf("%s{\"source\":", first ? "" : ",");
+      json_str(stdout, src);
+      printf(",\"target\":");
+      json_str(stdout, dst);
+      printf(",\"in_use\":%llu,\"ports\":%llu}", (unsigned long long)s.in_use[t],
+             (unsigned long long)(s.range * sources_for(ta)));
+      first = 0;
+    }
+    printf("]}\n");
+  }
+  fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Worker                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void fill_report(void) {
+  size_t t, i;
+  const uvip_connector_ports_t zero = {0, 0, 0, 0};
+  for (t = 0; t < ntargets && t < MAX_TGT; t++) {
+    const struct sockaddr *ta = uvip_addrs_at(targets, t);
+    uint64_t n = 0;
+    for (i = 0; i < uvip_connector_source_count(connector); i++) {
+      uvip_connector_ports_t p = zero;
+      const struct sockaddr *sa = uvip_connector_source(connector, i);
+      if (sa == NULL || sa->sa_family == ta->sa_family)
+        uvip_connector_ports(connector, sa, ta, &p);
+      if (p.range)
+        rep.range = p.range;
+      n += p.in_use;
+    }
+    rep.in_use[t] = (uint32_t)n;
+  }
+}
+
+static void emit_report(void) {
+  fill_report();
+  if (report_fd < 0) {
+    reps[0] = rep;
+    return;
+  }
+  /* A full pipe means the parent is gone or stuck; a lost report is
+   * better than a stalled worker. */
+  if (write(report_fd, &rep, sizeof(rep)) != (ssize_t)sizeof(rep) &&
+      errno != EAGAIN)
+    report_fd = -2;
+}
+
+static void on_report_timer(uv_timer_t *t) {
+  (void)t;
+  emit_report();
+  if (report_fd == -1)
+    print_progress();
+}
+
+static void on_connector_closed(uvip_connector_t *c) {
+  (void)c;
+  connector = NULL;
+  uv_close((uv_handle_t *)&report_timer, NULL);
+  uv_close((uv_handle_t *)&deadline_timer, NULL);
+  uv_close((uv_handle_t *)&churn_timer, NULL);
+  ex_signals_close();
+}
+
+/* Ends the run: what has not settled by now counts as failed with `code`
+ * (ETIMEDOUT for the deadline, ECANCELED for a signal). */
+static void finish(int code) {
+  uint64_t left;
+  if (finishing)
+    return;
+  if (code != 0) {
+    left = rep.pending + (share - started);
+    if (left) {
+      rep.failed += left;
+      add_err(&rep, code, left);
+      rep.attempted += share - started;
+    }
+    rep.pending = 0;
+  }
+  finishing = 1;
+  rep.done = 1;
+  emit_report();
+  uv_timer_stop(&report_timer);
+  uv_timer_stop(&deadline_timer);
+  uv_timer_stop(&churn_timer);
+  uvip_connector_close(connector, on_connector_closed);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  (void)t;
+  if (opt_churn > 0 && !draining && started == share) {
+    /* Replacements still connecting are not failures of the run: give
+     * them a bounded grace period. */
+    draining = 1;
+    uv_timer_stop(&churn_timer);
+    uv_timer_start(&deadline_timer, on_deadline, 5000, 0);
+    pump();
+    return;
+  }
+  finish(UV_ETIMEDOUT);
+}
+
+static void on_worker_signal(int signum) {
+  (void)signum;
+  finish(UV_ECANCELED);
+}
+
+/* Runs worker k of n. Returns 0, or 1 on a setup error. */
+static int run_worker(uint64_t k, uint64_t n) {
+  uvip_connector_t *c;
+  int r;
+
+  loop = uv_default_loop();
+  share = opt_conns / n + (k < opt_conns % n ? 1 : 0);
+  first_index = k;
+  churn_rate = opt_churn / (double)n;
+  if (opt_churn > 0) {
+    ring_cap = share + PENDING_MAX + 1;
+    ring = calloc(ring_cap, sizeof(*ring));
+    if (ring == NULL) {
+      fprintf(stderr, "%s: out of memory\n", ex_prog);
+      return 1;
+    }
+  }
+  r = uvip_connector_new(loop, sources, NULL, &c);
+  if (r != 0) {
+    fprintf(stderr, "%s: connector: %s\n", ex_prog, uv_strerror(r));
+    return 1;
+  }
+  connector = c;
+  t0 = uv_now(loop);
+  uv_timer_init(loop, &report_timer);
+  uv_timer_init(loop, &deadline_timer);
+  uv_timer_init(loop, &churn_timer);
+  uv_timer_start(&report_timer, on_report_timer,
+                 report_fd == -1 ? 1000 : REPORT_MS,
+                 report_fd == -1 ? 1000 : REPORT_MS);
+  uv_timer_start(&deadline_timer, on_deadline, opt_seconds * 1000, 0);
+  if (opt_churn > 0)
+    uv_timer_start(&churn_timer, on_churn, 10, 10);
+  ex_on_signal(loop, on_worker_signal);
+  pump();
+  uv_run(loop, UV_RUN_DEFAULT);
+  free(ring);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parent of --procs workers                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+  uv_pipe_t pipe;
+  pid_t pid;
+  size_t idx;
+  size_t have;
+  int final;
+  char buf[sizeof(report_t)];
+} child_t;
+
+static child_t *children;
+static size_t children_open;
+static uv_timer_t progress_timer;
+
+static void on_child_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  child_t *ch = (child_t *)h;
+  (void)hint;
+  *buf = uv_buf_init(ch->buf + ch->have, (unsigned)(sizeof(ch->buf) - ch->have));
+}
+
+static void on_child_closed(uv_handle_t *h) {
+  (void)h;
+  if (--children_open == 0) {
+    size_t i;
+    uv_close((uv_handle_t *)&progress_timer, NULL);
+    ex_signals_close();
+    got_final_all = 1;
+    for (i = 0; i < nreps; i++)
+      got_final_all &= children[i].final;
+  }
+}
+
+static void on_child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  child_t *ch = (child_t *)s;
+  (void)buf;
+  if (n < 0) {
+    uv_close((uv_handle_t *)s, on_child_closed);
+    return;
+  }
+  ch->have += (size_t)n;
+  if (ch->have == sizeof(report_t)) {
+    memcpy(&reps[ch->idx], ch->buf, sizeof(report_t));
+    ch->final |= reps[ch->idx].done != 0;
+    ch->have = 0;
+  }
+}
+
+static void on_progress(uv_timer_t *t) {
+  (void)t;
+  print_progress();
+}
+
+static void on_parent_signal(int signum) {
+  size_t i;
+  for (i = 0; i < nreps; i++)
+    kill(children[i].pid, signum);
+}
+
+static int run_parent(void) {
+  size_t i;
+  int status, rc;
+  children = calloc(opt_procs, sizeof(*children));
+  if (children == NULL)
+    return 1;
+  fflush(stdout);
+  fflush(stderr);
+  for (i = 0; i < opt_procs; i++) {
+    int fds[2];
+    pid_t pid;
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      fprintf(stderr, "%s: pipe: %s\n", ex_prog, strerror(errno));
+      return 1;
+    }
+    pid = fork();
+    if (pid < 0) {
+      fprintf(stderr, "%s: fork: %s\n", ex_prog, strerror(errno));
+      return 1;
+    }
+    if (pid == 0) {
+      size_t j;
+      close(fds[0]);
+      for (j = 0; j < i; j++)
+        close((int)(intptr_t)children[j].pipe.data);
+      /* A full pipe must not stall the worker: see emit_report(). */
+      fcntl(fds[1], F_SETFL, O_NONBLOCK);
+      report_fd = fds[1];
+      nreps = 1;
+      exit(run_worker(i, opt_procs));
+    }
+    close(fds[1]);
+    children[i].pid = pid;
+    children[i].idx = i;
+    children[i].pipe.data = (void *)(intptr_t)fds[0];
+  }
+  loop = uv_default_loop();
+  t0 = uv_now(loop);
+  for (i = 0; i < opt_procs; i++) {
+    int fd = (int)(intptr_t)children[i].pipe.data;
+    uv_pipe_init(loop, &children[i].pipe, 0);
+    uv_pipe_open(&children[i].pipe, fd);
+    uv_read_start((uv_stream_t *)&children[i].pipe, on_child_alloc,
+                  on_child_read);
+    children_open++;
+  }
+  uv_timer_init(loop, &progress_timer);
+  uv_timer_start(&progress_timer, on_progress, 1000, 1000);
+  ex_on_signal(loop, on_parent_signal);
+  uv_run(loop, UV_RUN_DEFAULT);
+  rc = print_summary();
+  for (i = 0; i < opt_procs; i++) {
+    if (waitpid(children[i].pid, &status, 0) == children[i].pid &&
+        !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+      fprintf(stderr, "%s: worker %zu (pid %d) %s %d\n", ex_prog, i,
+              (int)children[i].pid,
+              WIFSIGNALED(status) ? "killed by signal" : "exited with",
+              WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+      rc = 1;
+    }
+  }
+  free(children);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: %s [options]\n"
+          "  --target SPEC    server VIPs (repeatable; default " DEFAULT_TARGET ")\n"
+          "  --port P         port for targets without one (default 7000)\n"
+          "  --conns N        connections to open (default 1000)\n"
+          "  --sources SPEC   source addresses (repeatable; default: the kernel's choice)\n"
+          "  --procs N        worker processes, each with its own descriptor limit (default 1)\n"
+          "  --hold           keep the connections open until --seconds have passed\n"
+          "  --seconds S      run length with --hold/--churn (default 10); otherwise\n"
+          "                   the deadline for establishing (default 60)\n"
+          "  --echo           send a byte on every connection and check its echo\n"
+          "  --churn RATE     close the oldest and open a new connection RATE times a\n"
+          "                   second, for --seconds\n"
+          "  --json           print the summary as JSON on stdout (text goes to stderr)\n"
+          "Exit status: 0 when every connection succeeded, 1 otherwise, 2 on usage errors.\n",
+          ex_prog);
+}
+
+/* Raises the soft descriptor limit to the hard one and checks that a
+ * worker's share fits under it. */
+static void check_fd_limit(void) {
+  struct rlimit rl;
+  uint64_t per, need, usable;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  per = opt_conns / opt_procs + (opt_conns % opt_procs ? 1 : 0);
+  need = per + (opt_churn > 0 ? PENDING_MAX : 0) + FD_SLACK;
+  if (rl.rlim_cur == RLIM_INFINITY || need <= rl.rlim_cur)
+    return;
+  usable = rl.rlim_cur > FD_SLACK + (opt_churn > 0 ? PENDING_MAX : 0) + 1
+               ? rl.rlim_cur - FD_SLACK - (opt_churn > 0 ? PENDING_MAX : 0)
+               : 1;
+  ex_usage_error("%llu connections per process exceed the descriptor limit "
+                 "(%llu); use --procs %llu or more",
+                 (unsigned long long)per, (unsigned long long)rl.rlim_cur,
+                 (unsigned long long)((opt_conns + usable - 1) / usable));
+}
+
+int main(int argc, char **argv) {
+  enum { O_TARGET = 256, O_PORT, O_CONNS, O_SOURCES, O_PROCS, O_HOLD,
+         O_SECONDS, O_ECHO, O_CHURN, O_JSON, O_HELP };
+  static const struct option longopts[] = {
+      {"target", required_argument, NULL, O_TARGET},
+      {"port", required_argument, NULL, O_PORT},
+      {"conns", required_argument, NULL, O_CONNS},
+      {"sources", required_argument, NULL, O_SOURCES},
+      {"procs", required_argument, NULL, O_PROCS},
+      {"hold", no_argument, NULL, O_HOLD},
+      {"seconds", required_argument, NULL, O_SECONDS},
+      {"echo", no_argument, NULL, O_ECHO},
+      {"churn", required_argument, NULL, O_CHURN},
+      {"json", no_argument, NULL, O_JSON},
+      {"help", no_argument, NULL, O_HELP},
+      {NULL, 0, NULL, 0}};
+  const char *tspecs[64], *sspecs[64];
+  size_t ntspecs = 0, nsspecs = 0, i;
+  int port = 7000, opt, rc;
+
+  ex_init(argv[0]);
+  while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    switch (opt) {
+    case O_TARGET:
+    case O_SOURCES:
+      if ((opt == O_TARGET ? ntspecs : nsspecs) == 64)
+        ex_usage_error("too many --%s options",
+                       opt == O_TARGET ? "target" : "sources");
+      if (opt == O_TARGET)
+        tspecs[ntspecs++] = optarg;
+      else
+        sspecs[nsspecs++] = optarg;
+      break;
+    case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
+    case O_CONNS: opt_conns = ex_parse_num("--conns", optarg, 0, 100000000); break;
+    case O_PROCS: opt_procs = ex_parse_num("--procs", optarg, 1, 1024); break;
+    case O_HOLD: opt_hold = 1; break;
+    case O_SECONDS: opt_seconds = ex_parse_num("--seconds", optarg, 1, 86400); break;
+    case O_ECHO: opt_echo = 1; break;
+    case O_CHURN: opt_churn = (double)ex_parse_num("--churn", optarg, 1, 10000000); break;
+    case O_JSON: opt_json = 1; break;
+    case O_HELP: usage(stdout); return 0;
+    default:
+      if (optopt)
+        ex_usage_error("option '--%s' needs a value or is unknown; see --help",
+                       argv[optind - 1] + 2);
+      ex_usage_error("unknown option '%s'; see --help", argv[optind - 1]);
+    }
+  }
+  if (optind < argc)
+    ex_usage_error("unexpected argument '%s'; see --help", argv[optind]);
+  if (opt_seconds == 0)
+    opt_seconds = opt_hold || opt_churn > 0 ? 10 : 60;
+
+  if (uvip_addrs_new(&targets) != 0 || uvip_addrs_new(&sources) != 0)
+    ex_usage_error("out of memory");
+  if (ntspecs == 0)
+    tspecs[ntspecs++] = DEFAULT_TARGET;
+  for (i = 0; i < ntspecs; i++)
+    ex_parse_spec("--target", targets, tspecs[i], port);
+  for (i = 0; i < nsspecs; i++)
+    ex_parse_spec("--sources", sources, sspecs[i], 0);
+  for (i = 0; i < uvip_addrs_count(sources); i++) {
+    const struct sockaddr *sa = uvip_addrs_at(sources, i);
+    if ((sa->sa_family == AF_INET &&
+         ((const struct sockaddr_in *)sa)->sin_port != 0) ||
+        (sa->sa_family == AF_INET6 &&
+         ((const struct sockaddr_in6 *)sa)->sin6_port != 0))
+      ex_usage_error("--sources: addresses take no port (the kernel picks it)");
+  }
+  ntargets = uvip_addrs_count(targets);
+  check_fd_limit();
+  signal(SIGPIPE, SIG_IGN);
+
+  nreps = opt_procs;
+  reps = calloc(nreps, sizeof(*reps));
+  if (reps == NULL)
+    ex_usage_error("out of memory");
+  if (opt_procs == 1) {
+    rc = run_worker(0, 1);
+    if (rc == 0) {
+      got_final_all = 1;
+      rc = print_summary();
+    }
+  } else {
+    rc = run_parent();
+  }
+  uv_loop_close(uv_default_loop());
+  uvip_addrs_free(targets);
+  uvip_addrs_free(sources);
+  free(reps);
+  return rc;
+}
