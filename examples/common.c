@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,17 @@ void ex_usage_error(const char *fmt, ...) {
   va_end(ap);
   fputc('\n', stderr);
   exit(2);
+}
+
+void ex_bad_option(int argc, char **argv) {
+  const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+  /* getopt_long sets optopt to the option's value when only its argument
+   * is missing (the examples give long options values above 255), to the
+   * character for an unknown short option and to 0 for an unknown long
+   * option. */
+  if (optopt && optopt > 255)
+    ex_usage_error("option '%s' needs a value; see --help", arg);
+  ex_usage_error("unknown option '%s'; see --help", arg);
 }
 
 uint64_t ex_parse_num(const char *opt, const char *val, uint64_t min, uint64_t max) {

@@ -15,6 +15,10 @@ void ex_init(const char *argv0);
 /* Prints "PROG: MESSAGE" to stderr and exits with status 2. */
 void ex_usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
+/* After getopt_long() returned '?': exits 2 with "PROG: option '--x' needs
+ * a value" or "PROG: unknown option '--y'". */
+void ex_bad_option(int argc, char **argv) __attribute__((noreturn));
+
 /* Parses a decimal number in [min, max] for option `opt`, or exits 2 with
  * "PROG: OPT: expected a number from MIN to MAX, got 'VAL'". */
 uint64_t ex_parse_num(const char *opt, const char *val, uint64_t min, uint64_t max);

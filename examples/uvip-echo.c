@@ -222,10 +222,7 @@ int main(int argc, char **argv) {
     case O_HELP: usage(stdout); return 0;
     case O_PROVISION: prov_ifname = optarg; break;
     default:
-      if (optopt)
-        ex_usage_error("option '--%s' needs a value or is unknown; see --help",
-                       argv[optind - 1] + 2);
-      ex_usage_error("unknown option '%s'; see --help", argv[optind - 1]);
+      ex_bad_option(argc, argv);
     }
   }
   if (optind < argc)
