@@ -439,6 +439,53 @@ START_TEST(test_arguments) {
 }
 END_TEST
 
+/* uvip-loadgen against the same four-port namespace: the wall and its
+ * message, a source pool over two processes, and the descriptor check. */
+static char *run_loadgen(const char *args, int *rc) {
+  const char *dir = getenv("UVIP_BUILD_DIR");
+  char cmd[1024], *out, *p;
+  ck_assert_msg(dir != NULL, "UVIP_BUILD_DIR not set");
+  snprintf(cmd, sizeof(cmd), "%s/examples/uvip-loadgen %s 2>&1; echo \"rc=$?\"",
+           dir, args);
+  out = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(out);
+  p = strstr(out, "rc=");
+  ck_assert_msg(p != NULL, "no exit status in: %s", out);
+  *rc = atoi(p + 3);
+  return out;
+}
+
+START_TEST(test_loadgen_wall) {
+  int rc;
+  char *out;
+  setup();
+  out = run_loadgen("--target 127.0.0.1 --port 7000 --conns 6 --json", &rc);
+  ck_assert_msg(rc == 1, "rc %d: %s", rc, out);
+  ck_assert_msg(strstr(out, "\"established\":4,") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "\"EADDRNOTAVAIL\":2") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "ports exhausted for 127.0.0.1 -> 127.0.0.1:7000: "
+                            "4 of 4 ephemeral ports in use; add --sources or "
+                            "more --target VIPs") != NULL, "%s", out);
+  free(out);
+
+  /* Two sources hold twice as many; two processes share the pairs. */
+  out = run_loadgen("--target 127.0.0.1 --sources 127.0.0.2-127.0.0.3 "
+                    "--conns 8 --procs 2 --json", &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  ck_assert_msg(strstr(out, "\"ok\":true") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "\"established\":8,") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "\"failed_total\":0,") != NULL, "%s", out);
+  free(out);
+
+  out = run_loadgen("--conns 100000000", &rc);
+  ck_assert_msg(rc == 2, "rc %d: %s", rc, out);
+  ck_assert_msg(strstr(out, "exceed the descriptor limit") != NULL, "%s", out);
+  free(out);
+  close(listen_fd);
+  uv_loop_close(&loop);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("connector");
   TCase *tc = tcase_create("connector");
@@ -449,6 +496,7 @@ int main(void) {
   tcase_add_test(tc, test_close_with_pending);
   tcase_add_test(tc, test_option_port_range);
   tcase_add_test(tc, test_arguments);
+  tcase_add_test(tc, test_loadgen_wall);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
