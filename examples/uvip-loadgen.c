@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -678,6 +679,7 @@ static void on_parent_signal(int signum) {
 static int run_parent(void) {
   size_t i;
   int status, rc;
+  pid_t parent = getpid();
   children = calloc(opt_procs, sizeof(*children));
   if (children == NULL)
     return 1;
@@ -697,6 +699,13 @@ static int run_parent(void) {
     }
     if (pid == 0) {
       size_t j;
+      /* Out of the terminal's process group, so that Ctrl-C reaches the
+       * workers once (forwarded by the parent), not twice; and gone with
+       * the parent if it dies. */
+      setpgid(0, 0);
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != parent)
+        exit(1);
       close(fds[0]);
       for (j = 0; j < i; j++)
         close((int)(intptr_t)children[j].pipe.data);

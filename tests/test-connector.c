@@ -67,7 +67,9 @@ static void on_connect(uvip_outconn_t *oc, int status,
   cb_flag = true;
   last_source_null = source == NULL;
   if (source)
-    memcpy(&last_source, source, sizeof(struct sockaddr_in));
+    memcpy(&last_source, source,
+           source->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                         : sizeof(struct sockaddr_in));
   if (status == 0)
     n_ok++;
   else
@@ -486,6 +488,45 @@ START_TEST(test_loadgen_wall) {
 }
 END_TEST
 
+/* Each destination only uses sources of its own family. */
+START_TEST(test_families) {
+  uvip_addrs_t *srcs;
+  uvip_connector_t *c;
+  uvip_connector_stats_t st;
+  struct sockaddr_storage v4dest;
+  int fd6, i;
+
+  setup();
+  memcpy(&v4dest, &dest, sizeof(dest));
+  th_addr("::1", 7000, &dest);
+  fd6 = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(fd6, 0);
+  ck_assert_int_eq(bind(fd6, (struct sockaddr *)&dest, sizeof(struct sockaddr_in6)), 0);
+  ck_assert_int_eq(listen(fd6, 1024), 0);
+
+  srcs = th_addrs("127.0.0.2,::1", 0);
+  ck_assert_int_eq(uvip_connector_new(&loop, srcs, NULL, &c), 0);
+  uvip_addrs_free(srcs);
+  for (i = 0; i < NPORTS; i++) {
+    ck_assert_int_eq(connect_one(c), 0);
+    ck_assert_int_eq(last_status, 0);
+    source_is("::1");
+  }
+  ck_assert_int_eq(connect_one(c), UV_EADDRNOTAVAIL);
+  ck_assert_int_eq(uvip_connector_stats(c, 1, &st), 0);
+  ck_assert_uint_eq(st.in_use, NPORTS);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.in_use, 0);
+  ck_assert_uint_eq(ports_of(c, "::1").in_use, NPORTS);
+
+  memcpy(&dest, &v4dest, sizeof(dest));
+  ck_assert_int_eq(connect_one(c), 0);
+  source_is("127.0.0.2");
+  close_connector(c);
+  close(fd6);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("connector");
   TCase *tc = tcase_create("connector");
@@ -496,6 +537,7 @@ int main(void) {
   tcase_add_test(tc, test_close_with_pending);
   tcase_add_test(tc, test_option_port_range);
   tcase_add_test(tc, test_arguments);
+  tcase_add_test(tc, test_families);
   tcase_add_test(tc, test_loadgen_wall);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
