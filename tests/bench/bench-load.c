@@ -593,8 +593,10 @@ int main(int argc, char **argv) {
            (unsigned long long)completed_measured, msg_size, secs, mbs,
            (unsigned long long)err_connect, (unsigned long long)err_io,
            (unsigned long long)err_eof);
-    printf("RESULT mode=throughput secs=%.3f mbps=%.2f msgs=%llu errors=%llu\n",
+    printf("RESULT mode=throughput secs=%.3f mbps=%.2f msgs=%llu total=%llu "
+           "errors=%llu\n",
            secs, mbs, (unsigned long long)completed_measured,
+           (unsigned long long)completed,
            (unsigned long long)(err_connect + err_io + err_eof + err_socket));
   } else {
     double cps = (double)completed_measured / secs;
@@ -603,8 +605,9 @@ int main(int argc, char **argv) {
            (unsigned long long)completed_measured, secs, cps,
            (unsigned long long)err_connect, (unsigned long long)err_io,
            (unsigned long long)err_eof, (unsigned long long)err_socket);
-    printf("RESULT mode=rate secs=%.3f cps=%.1f conns=%llu errors=%llu\n", secs,
-           cps, (unsigned long long)completed_measured,
+    printf("RESULT mode=rate secs=%.3f cps=%.1f conns=%llu total=%llu errors=%llu\n",
+           secs, cps, (unsigned long long)completed_measured,
+           (unsigned long long)completed,
            (unsigned long long)(err_connect + err_io + err_eof + err_socket));
   }
   close(epfd);

@@ -3,7 +3,7 @@
 #   starve      uvip-echo --max-conns 64 vs bench-baseline-server --max-conns 64
 #   throughput  uvip-echo vs plain libuv echo (bench-baseline-server, no cap)
 #   rate        uvip-echo vs plain libuv echo
-# Runs alternate (A B A B ...), RUNS each (default 5); the table shows medians
+# Runs alternate (A B B A A B ...), RUNS each (default 5); the table shows medians
 # and ratios (uvip / peer). Everything is bounded in time (about 3.5 minutes
 # with the defaults) and the servers are killed on exit.
 #
@@ -117,15 +117,37 @@ one() {
   local limit_s=$(( (${DUR_MS} / 1000) + 15 ))
   start_server "$slog" "${srv[@]}" --port "$port"
   timeout -k 2 "$limit_s" $CLI_PIN "$LOAD" --port "$port" "$@" >"$clog" 2>&1
+  # Server CPU time (user + system) over the whole run, before it exits.
+  local ticks
+  ticks=$(awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat" 2>/dev/null)
   stop_server
-  local line
+  local line extra=""
   line=$(grep '^RESULT ' "$clog" | tail -1)
   if [ -z "$line" ]; then
     echo "run-accept-bench.sh: no result from $scen $name run $run (see $clog)" >&2
     return
   fi
-  echo "$scen $name $run ${line#RESULT }" >> "$RES"
-  printf '  %-10s %-8s run %d: %s\n' "$scen" "$name" "$run" "${line#RESULT }"
+  line=${line#RESULT }
+  # CPU cost per completed exchange (message or connection), microseconds:
+  # far less sensitive than wall-clock rates to other load on the machine.
+  local total
+  total=$(echo "$line" | tr ' ' '\n' | sed -n 's/^total=//p')
+  if [ -n "$ticks" ] && [ -n "$total" ] && [ "$total" -gt 0 ]; then
+    extra=" srv_cpu_s=$(awk -v t="$ticks" -v h="$HZ" 'BEGIN { printf "%.2f", t / h }')"
+    extra="$extra srv_us_per_op=$(awk -v t="$ticks" -v h="$HZ" -v n="$total" 'BEGIN { printf "%.3f", t / h * 1e6 / n }')"
+  fi
+  echo "$scen $name $run $line$extra" >> "$RES"
+  printf '  %-10s %-8s run %d: %s\n' "$scen" "$name" "$run" "$line$extra"
+}
+HZ=$(getconf CLK_TCK)
+
+# pairs A B: runs alternate A B B A A B ... so that neither side always goes
+# first (the order within a pair otherwise biases the ratio).
+pairs() {
+  local run
+  for run in $(seq 1 "$RUNS"); do
+    if [ $((run % 2)) = 1 ]; then "$1" "$run"; "$2" "$run"; else "$2" "$run"; "$1" "$run"; fi
+  done
 }
 
 UVIP_P=7100
@@ -138,30 +160,39 @@ echo "raw logs: $OUT"
 
 echo "starvation (16 VIPs, cap $CAP, heavy VIP 127.0.0.1 x400, light x4, hold 20 ms, ${STARVE_MS} ms):"
 DUR_MS=$STARVE_MS
-for run in $(seq 1 "$RUNS"); do
-  one starve uvip "$run" $UVIP_P "$UVIP" --listen $SPEC --max-conns $CAP --shutdown-timeout 200 -- \
+starve_a() {
+  one starve uvip "$1" $UVIP_P "$UVIP" --listen $SPEC --max-conns $CAP --shutdown-timeout 200 -- \
     --mode starve --target $SPEC --heavy-vip 0 --heavy 400 --light 4 --hold-ms 20 --duration-ms "$STARVE_MS"
-  one starve baseline "$run" $BASE_P "$BASE" --listen $SPEC --max-conns $CAP -- \
+}
+starve_b() {
+  one starve baseline "$1" $BASE_P "$BASE" --listen $SPEC --max-conns $CAP -- \
     --mode starve --target $SPEC --heavy-vip 0 --heavy 400 --light 4 --hold-ms 20 --duration-ms "$STARVE_MS"
-done
+}
+pairs starve_a starve_b
 
 echo "echo throughput (100 connections, 4 KiB ping-pong, ${TP_MS} ms, first 500 ms not counted):"
 DUR_MS=$TP_MS
-for run in $(seq 1 "$RUNS"); do
-  one throughput uvip "$run" $UVIP_P "$UVIP" --listen $SPEC --shutdown-timeout 200 -- \
+tp_a() {
+  one throughput uvip "$1" $UVIP_P "$UVIP" --listen $SPEC --shutdown-timeout 200 -- \
     --mode throughput --target $SPEC --conns 100 --size 4096 --duration-ms "$TP_MS"
-  one throughput libuv "$run" $BASE_P "$BASE" --listen $SPEC -- \
+}
+tp_b() {
+  one throughput libuv "$1" $BASE_P "$BASE" --listen $SPEC -- \
     --mode throughput --target $SPEC --conns 100 --size 4096 --duration-ms "$TP_MS"
-done
+}
+pairs tp_a tp_b
 
 echo "accept rate (100 concurrent connect/1 byte/echo/close loops, ${RATE_MS} ms, first 500 ms not counted):"
 DUR_MS=$RATE_MS
-for run in $(seq 1 "$RUNS"); do
-  one rate uvip "$run" $UVIP_P "$UVIP" --listen $SPEC --shutdown-timeout 200 -- \
+rate_a() {
+  one rate uvip "$1" $UVIP_P "$UVIP" --listen $SPEC --shutdown-timeout 200 -- \
     --mode rate --target $SPEC --conns 100 --duration-ms "$RATE_MS"
-  one rate libuv "$run" $BASE_P "$BASE" --listen $SPEC -- \
+}
+rate_b() {
+  one rate libuv "$1" $BASE_P "$BASE" --listen $SPEC -- \
     --mode rate --target $SPEC --conns 100 --duration-ms "$RATE_MS"
-done
+}
+pairs rate_a rate_b
 
 # median SCENARIO NAME KEY
 median() {
@@ -172,22 +203,35 @@ median() {
       if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# pair_ratio SCENARIO A B KEY: median over runs i of A_i / B_i (runs i of A
+# and B are adjacent in time, so they saw similar background load).
+pair_ratio() {
+  awk -v s="$1" -v a="$2" -v b="$3" -v k="$4" '$1 == s && ($2 == a || $2 == b) {
+      for (i = 4; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) v[$2, $3] = kv[2] } }
+    END { for (r = 1; r <= 100; r++) if (((a, r) in v) && ((b, r) in v) && v[b, r] + 0 != 0)
+            print v[a, r] / v[b, r] }' "$RES" |
+    sort -g | awk '{ v[NR] = $1 } END {
+      if (NR == 0) { print "-"; exit }
+      if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # row LABEL SCENARIO A B KEY TARGET
 row() {
-  local a b ratio
+  local a b ratio pr
   a=$(median "$2" "$3" "$5")
   b=$(median "$2" "$4" "$5")
   ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.3f", a / b }')
-  printf '| %-28s | %12s | %12s | %7s | %-10s |\n' "$1" "$a" "$b" "$ratio" "$6"
+  pr=$(pair_ratio "$2" "$3" "$4" "$5")
+  printf '| %-29s | %10s | %10s | %7s | %7s | %-12s |\n' "$1" "$a" "$b" "$ratio" "$pr" "$6"
 }
 
 echo
-echo "Medians of $RUNS runs (ratio = uvip / peer):"
+echo "Medians of $RUNS runs; ratio = median(uvip) / median(peer); pairs = median of per-run-pair ratios:"
 echo
-printf '| %-28s | %12s | %12s | %7s | %-10s |\n' "metric" "uvip-echo" "peer" "ratio" "target"
-printf '|%s|%s|%s|%s|%s|\n' "------------------------------" "--------------" "--------------" "---------" "------------"
+printf '| %-29s | %10s | %10s | %7s | %7s | %-12s |\n' "metric" "uvip-echo" "peer" "ratio" "pairs" "target"
+printf '|%s|%s|%s|%s|%s|%s|\n' "-------------------------------" "------------" "------------" "---------" "---------" "--------------"
 row "starve: light p50 ms" starve uvip baseline light_p50_ms ""
-row "starve: light p99 ms" starve uvip baseline light_p99_ms "<= 0.333"
+row "starve: light p99 ms" starve uvip baseline light_p99_ms "ratio <= 0.333"
 row "starve: light max ms" starve uvip baseline light_max_ms ""
 row "starve: heavy p50 ms" starve uvip baseline heavy_p50_ms ""
 row "starve: heavy p99 ms" starve uvip baseline heavy_p99_ms ""
@@ -195,7 +239,9 @@ row "starve: light served" starve uvip baseline light_served ""
 row "starve: heavy served" starve uvip baseline heavy_served ""
 row "starve: light unfinished" starve uvip baseline light_unfinished ""
 row "starve: Jain (light VIPs)" starve uvip baseline jain_light "uvip >= 0.99"
-row "throughput MB/s" throughput uvip libuv mbps ">= 0.97"
-row "accept rate conn/s" rate uvip libuv cps ">= 1.0"
+row "throughput MB/s" throughput uvip libuv mbps "ratio >= 0.97"
+row "throughput srv CPU us/msg" throughput uvip libuv srv_us_per_op "(lower=better)"
+row "accept rate conn/s" rate uvip libuv cps "ratio >= 1.0"
+row "accept rate srv CPU us/conn" rate uvip libuv srv_us_per_op "(lower=better)"
 echo
 echo "(starve peer: bench-baseline-server --max-conns $CAP; throughput/rate peer: bench-baseline-server, no cap)"
