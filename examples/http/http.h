@@ -86,6 +86,7 @@ typedef struct http_ctx_s {
   uint64_t responses[HTTP_NSTATUS];
   uint64_t conns_total, conns_active;
   uint64_t timeouts_header, timeouts_idle;
+  uint64_t write_stalls; /* responses the socket did not take at once */
 } http_ctx_t;
 
 int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits);

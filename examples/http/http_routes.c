@@ -308,13 +308,18 @@ int http_render_metrics(http_ctx_t *ctx, http_buf_t *b) {
         "# TYPE uvip_http_timeouts_total counter\n"
         "uvip_http_timeouts_total{kind=\"header\"} %llu\n"
         "uvip_http_timeouts_total{kind=\"idle\"} %llu\n"
+        "# HELP uvip_http_write_stalls_total Writes the socket did not take "
+        "at once (the client reads slower than it asks).\n"
+        "# TYPE uvip_http_write_stalls_total counter\n"
+        "uvip_http_write_stalls_total %llu\n"
         "# HELP uvip_http_responses_total Responses by status code.\n"
         "# TYPE uvip_http_responses_total counter\n",
         (unsigned long long)ctx->requests,
         (unsigned long long)ctx->conns_total,
         (unsigned long long)ctx->conns_active,
         (unsigned long long)ctx->timeouts_header,
-        (unsigned long long)ctx->timeouts_idle);
+        (unsigned long long)ctx->timeouts_idle,
+        (unsigned long long)ctx->write_stalls);
   for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
     r = http_buf_printf(b, "uvip_http_responses_total{code=\"%s\"} %llu\n",
                         status_codes[k],
@@ -360,14 +365,16 @@ int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
         "],\"totals\":{\"accepted\":%llu,\"active\":%llu,\"closed\":%llu,"
         "\"deferred\":%llu,\"backoffs\":%llu},\"http\":{\"requests\":%llu,"
         "\"connections_total\":%llu,\"connections_active\":%llu,"
-        "\"timeouts\":{\"header\":%llu,\"idle\":%llu},\"responses\":{",
+        "\"timeouts\":{\"header\":%llu,\"idle\":%llu},\"write_stalls\":%llu,"
+        "\"responses\":{",
         (unsigned long long)tot.accepted, (unsigned long long)tot.active,
         (unsigned long long)tot.closed, (unsigned long long)tot.deferred,
         (unsigned long long)tot.backoffs, (unsigned long long)ctx->requests,
         (unsigned long long)ctx->conns_total,
         (unsigned long long)ctx->conns_active,
         (unsigned long long)ctx->timeouts_header,
-        (unsigned long long)ctx->timeouts_idle);
+        (unsigned long long)ctx->timeouts_idle,
+        (unsigned long long)ctx->write_stalls);
   for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
     r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", status_codes[k],
                         (unsigned long long)ctx->responses[k]);

@@ -275,6 +275,7 @@ static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
         return 0;
       }
       hc->flags |= CF_WRITING;
+      hc->hs->ctx.write_stalls++;
       if (after == AFTER_CLOSE)
         hc->flags |= CF_CLOSE_AFTER;
       else if (after == AFTER_LINGER)

@@ -89,6 +89,10 @@ static int on_message_complete(llhttp_t *p) {
                  (s->flags & HTTP_SF_URL_LONG) != 0, rflags) != 0 ||
       (rflags & HTTP_RF_CLOSE)) {
     s->flags |= HTTP_SF_DONE;
+    /* A client that asked for keep-alive may have pipelined more requests
+     * that a plain close would answer with a reset. */
+    if (s->flags & HTTP_SF_KEEPALIVE)
+      s->flags |= HTTP_SF_LINGER;
     return HPE_PAUSED;
   }
   if (ctx->out->len >= ctx->limits.max_pending_out)
@@ -146,8 +150,11 @@ int http_session_feed(http_session_t *s, const char *data, size_t len,
     pos = llhttp_get_error_pos(&s->parser);
     if (pos && pos >= data && pos <= data + len)
       *consumed = (size_t)(pos - data);
-    if (s->flags & HTTP_SF_DONE)
+    if (s->flags & HTTP_SF_DONE) {
+      if (*consumed < len)
+        s->flags |= HTTP_SF_LINGER;
       return HTTP_FEED_CLOSE;
+    }
     if (err == HPE_PAUSED_UPGRADE) /* not answered: cannot happen, be safe */
       return fail(s, out, HTTP_S400);
     llhttp_resume(&s->parser);

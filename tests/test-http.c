@@ -1,0 +1,590 @@
+/* uvip-http end to end: the real binary, real clients (curl and raw
+ * sockets) on loopback VIPs.
+ * SPDX-License-Identifier: MIT */
+#include "helpers.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Upper bound for any single wait; a healthy run never comes near it. */
+#define WAIT_MS 10000
+
+static pid_t srv_pid;
+static int srv_port;
+
+static const char *http_bin(void) {
+  static char path[4096];
+  const char *dir = getenv("UVIP_BUILD_DIR");
+  snprintf(path, sizeof(path), "%s/examples/uvip-http", dir ? dir : ".");
+  return path;
+}
+
+/* Starts uvip-http on 127.0.0.1-127.0.0.2 with extra arguments and waits
+ * for its "ready" line. */
+static void srv_start(const char *const *extra) {
+  int out[2];
+  char portbuf[16], buf[4096];
+  const char *argv[40];
+  size_t n = 0, len = 0;
+
+  srv_port = th_free_port();
+  snprintf(portbuf, sizeof(portbuf), "%d", srv_port);
+  argv[n++] = http_bin();
+  argv[n++] = "--listen";
+  argv[n++] = "127.0.0.1-127.0.0.2";
+  argv[n++] = "--port";
+  argv[n++] = portbuf;
+  while (extra && *extra && n < 38)
+    argv[n++] = *extra++;
+  argv[n] = NULL;
+
+  ck_assert_int_eq(pipe(out), 0);
+  srv_pid = fork();
+  ck_assert_int_ge(srv_pid, 0);
+  if (srv_pid == 0) {
+    dup2(out[1], 1);
+    close(out[0]);
+    close(out[1]);
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  close(out[1]);
+  for (;;) {
+    struct pollfd p = {.fd = out[0], .events = POLLIN};
+    ssize_t r;
+    ck_assert_msg(poll(&p, 1, WAIT_MS) == 1, "uvip-http did not start");
+    r = read(out[0], buf + len, sizeof(buf) - 1 - len);
+    ck_assert_msg(r > 0, "uvip-http exited before it was ready");
+    len += (size_t)r;
+    buf[len] = 0;
+    if (strstr(buf, "ready\n"))
+      break;
+    ck_assert(len < sizeof(buf) - 1);
+  }
+  ck_assert_ptr_nonnull(strstr(buf, "listening on http://127.0.0.1:"));
+  ck_assert_ptr_nonnull(strstr(buf, "listening on http://127.0.0.2:"));
+  close(out[0]);
+}
+
+/* SIGTERM, then the server must exit 0 on its own (graceful stop). */
+static void srv_stop(void) {
+  int status = 0, i;
+  pid_t r = 0;
+  ck_assert_int_eq(kill(srv_pid, SIGTERM), 0);
+  for (i = 0; i < WAIT_MS / 10; i++) {
+    r = waitpid(srv_pid, &status, WNOHANG);
+    if (r == srv_pid)
+      break;
+    usleep(10000);
+  }
+  if (r != srv_pid) {
+    kill(srv_pid, SIGKILL);
+    waitpid(srv_pid, &status, 0);
+    ck_abort_msg("uvip-http did not stop after SIGTERM");
+  }
+  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                "uvip-http exit status %d", status);
+}
+
+static int conn_to(const char *ip) {
+  struct sockaddr_storage sa;
+  th_addr(ip, srv_port, &sa);
+  return th_connect((struct sockaddr *)&sa, NULL);
+}
+
+static void send_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    ck_assert_msg(w > 0, "send: %s", strerror(errno));
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+static void send_str(int fd, const char *s) { send_all(fd, s, strlen(s)); }
+
+/* Reads until EOF (returns 1) or until `until` appears in the data
+ * (returns 0). Fails after WAIT_MS without progress. */
+static int recv_until(int fd, char *buf, size_t cap, size_t *len,
+                      const char *until) {
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    ssize_t r;
+    buf[*len] = 0;
+    if (until && strstr(buf, until))
+      return 0;
+    ck_assert_msg(poll(&p, 1, WAIT_MS) == 1, "no answer; so far: '%s'", buf);
+    ck_assert(*len < cap - 1);
+    r = recv(fd, buf + *len, cap - 1 - *len, 0);
+    if (r == 0)
+      return 1;
+    if (r < 0 && errno == ECONNRESET)
+      return 1;
+    ck_assert_msg(r > 0, "recv: %s", strerror(errno));
+    *len += (size_t)r;
+  }
+}
+
+static size_t count_of(const char *hay, const char *needle) {
+  size_t n = 0;
+  for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+    n++;
+  return n;
+}
+
+/* One request on an open keep-alive connection, checked. */
+static void keepalive_roundtrip(int fd) {
+  char buf[2048];
+  size_t len = 0;
+  send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, "Hello from uvip\n"),
+                   0);
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 200 OK\r\n", 17) == 0, "got '%s'", buf);
+}
+
+static char *curl(const char *args) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "curl -s --max-time 10 %s 2>&1", args);
+  char *out = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(out);
+  return out;
+}
+
+static void curl_ok(const char *ip) {
+  char args[256];
+  snprintf(args, sizeof(args), "http://%s:%d/", ip, srv_port);
+  char *out = curl(args);
+  ck_assert_str_eq(out, "Hello from uvip\n");
+  free(out);
+}
+
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_curl_get) {
+  char args[256];
+  srv_start(NULL);
+  snprintf(args, sizeof(args), "-i http://127.0.0.2:%d/", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "%s", out);
+  ck_assert_ptr_nonnull(strstr(out, "Content-Length: 16\r\n"));
+  ck_assert_ptr_nonnull(strstr(out, "\r\nDate: "));
+  ck_assert_ptr_nonnull(strstr(out, "\r\n\r\nHello from uvip\n"));
+  free(out);
+  snprintf(args, sizeof(args), "-i http://127.0.0.1:%d/nope", srv_port);
+  out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 404 Not Found\r\n", 24) == 0, "%s", out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_curl_keepalive) {
+  char args[256];
+  srv_start(NULL);
+  snprintf(args, sizeof(args), "-v http://127.0.0.1:%d/ http://127.0.0.1:%d/",
+           srv_port, srv_port);
+  char *out = curl(args);
+  ck_assert_uint_eq(count_of(out, "Hello from uvip\n"), 2);
+  ck_assert_uint_eq(count_of(out, "< HTTP/1.1 200 OK"), 2);
+  ck_assert_msg(strstr(out, "Re-using existing connection"), "%s", out);
+  free(out);
+  /* The server saw one connection carry both requests. */
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/stats.json", srv_port);
+  out = curl(args);
+  ck_assert_msg(strstr(out, "\"requests\":3,\"connections_total\":2,"), "%s",
+                out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_head) {
+  char args[256], buf[2048];
+  size_t len = 0;
+  srv_start(NULL);
+  snprintf(args, sizeof(args), "-I http://127.0.0.1:%d/", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "%s", out);
+  ck_assert_ptr_nonnull(strstr(out, "Content-Length: 16\r\n"));
+  free(out);
+  /* Byte-exact: headers, no body, then the close. */
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_ptr_nonnull(strstr(buf, "Content-Length: 16\r\n"));
+  ck_assert_ptr_nonnull(strstr(buf, "Connection: close\r\n"));
+  ck_assert_msg(len >= 4 && strcmp(buf + len - 4, "\r\n\r\n") == 0,
+                "HEAD response has a body: '%s'", buf);
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_metrics) {
+  char args[256], series[128];
+  srv_start(NULL);
+  curl_ok("127.0.0.2");
+  int held = conn_to("127.0.0.1");
+  keepalive_roundtrip(held);
+  snprintf(args, sizeof(args), "-i http://127.0.0.2:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_ptr_nonnull(strstr(out, "Content-Type: text/plain; version=0.0.4"));
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.2:%d\"} 2\n", srv_port);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.1:%d\"} 1\n", srv_port);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  snprintf(series, sizeof(series), "\nuvip_vip_active{vip=\"127.0.0.1:%d\"} 1\n",
+           srv_port);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  ck_assert_ptr_nonnull(strstr(out, "# TYPE uvip_vip_deferred_total counter"));
+  ck_assert_ptr_nonnull(
+      strstr(out, "uvip_http_responses_total{code=\"200\"} 2\n"));
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/stats.json", srv_port);
+  out = curl(args);
+  snprintf(series, sizeof(series),
+           "{\"vip\":\"127.0.0.2:%d\",\"state\":\"listening\",\"accepted\":2,",
+           srv_port);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  free(out);
+  close(held);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_pipelining) {
+  char buf[8192];
+  size_t len = 0;
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  /* One write, three requests: the answers come in order. */
+  send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+               "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+               "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  char *a = strstr(buf, "HTTP/1.1 200 OK\r\n");
+  char *b = strstr(buf, "HTTP/1.1 404 Not Found\r\n");
+  char *c = a ? strstr(a + 1, "HTTP/1.1 200 OK\r\n") : NULL;
+  ck_assert_msg(a == buf && b && c && a < b && b < c, "got '%s'", buf);
+  ck_assert_uint_eq(count_of(buf, "HTTP/1.1 "), 3);
+  ck_assert_ptr_nonnull(strstr(c, "Connection: close\r\n"));
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+/* A misbehaving client gets its status line and a close; a keep-alive
+ * connection opened before it keeps working on the same socket. */
+static void check_bad_client(const char *request, const char *status) {
+  char buf[8192];
+  size_t len = 0;
+  int good = conn_to("127.0.0.2");
+  keepalive_roundtrip(good);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, request);
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_msg(strncmp(buf, status, strlen(status)) == 0,
+                "expected '%s', got '%s'", status, buf);
+  ck_assert_ptr_nonnull(strstr(buf, "Connection: close\r\n"));
+  close(fd);
+  keepalive_roundtrip(good);
+  close(good);
+  curl_ok("127.0.0.1");
+}
+
+START_TEST(test_malformed) {
+  srv_start(NULL);
+  check_bad_client("GET / HTTP/1.1\r\nHost: x\r\n\r\nBL\x01H / HTTP/1.1\r\n\r\n",
+                   "HTTP/1.1 200 OK\r\n");
+  check_bad_client("GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  check_bad_client("GET / HTTP/9.9\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n");
+  check_bad_client("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: "
+                   "2\r\n\r\nab",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_malformed_after_good) {
+  char buf[8192];
+  size_t len = 0;
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\nBL\x01H / HTTP/1.1\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  char *bad = strstr(buf, "HTTP/1.1 400 Bad Request\r\n");
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 200 OK\r\n", 17) == 0 && bad,
+                "got '%s'", buf);
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_oversized_headers) {
+  static char req[6000];
+  const char *extra[] = {"--max-header-bytes", "1024", NULL};
+  srv_start(extra);
+  /* Just under the limit is fine. */
+  snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Pad: %0900d\r\n\r\n", 0);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, req);
+  char buf[2048];
+  size_t len = 0;
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, "Hello from uvip\n"),
+                   0);
+  close(fd);
+  /* Over it: 431, whether the padding is a value or whitespace. */
+  snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Pad: %04000d\r\n\r\n", 0);
+  check_bad_client(req, "HTTP/1.1 431 Request Header Fields Too Large\r\n");
+  snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nX-Pad:%4000s\r\n\r\n", "x");
+  check_bad_client(req, "HTTP/1.1 431 Request Header Fields Too Large\r\n");
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_slow_sender) {
+  const char *extra[] = {"--header-timeout-ms", "300", NULL};
+  const char *drip = "X-Slow: 1234567890123456789012345678901234567890\r\n";
+  char buf[2048];
+  size_t len = 0, i;
+  int readable = 0;
+  srv_start(extra);
+  int good = conn_to("127.0.0.2");
+  keepalive_roundtrip(good);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\n");
+  /* One byte every 50 ms never completes the headers: bytes arriving do
+   * not extend the header deadline. Bounded to 10 s of dripping. */
+  for (i = 0; i < 200 && !readable; i++) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    send(fd, drip + (i % strlen(drip)), 1, MSG_NOSIGNAL);
+    readable = poll(&p, 1, 50) == 1;
+    if (i == 2)
+      keepalive_roundtrip(good); /* served while the slow client waits */
+  }
+  ck_assert_msg(readable, "no answer to a slow sender");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0,
+                "got '%s'", buf);
+  close(fd);
+  keepalive_roundtrip(good);
+  close(good);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_idle_keepalive) {
+  const char *extra[] = {"--keepalive-timeout-ms", "200", NULL};
+  char buf[2048];
+  size_t len = 0;
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  keepalive_roundtrip(fd);
+  /* Nothing more is sent: the server closes without another byte. */
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_uint_eq(len, 0);
+  close(fd);
+  char args[128];
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strstr(out, "uvip_http_timeouts_total{kind=\"idle\"} 1\n"), "%s",
+                out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_max_requests) {
+  const char *extra[] = {"--max-requests", "3", NULL};
+  char buf[8192];
+  size_t len = 0;
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+               "GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_uint_eq(count_of(buf, "HTTP/1.1 200 OK\r\n"), 3);
+  ck_assert_uint_eq(count_of(buf, "Connection: close\r\n"), 1);
+  char *last = strstr(strstr(strstr(buf, "HTTP/") + 1, "HTTP/") + 1, "HTTP/");
+  ck_assert_ptr_nonnull(strstr(last, "Connection: close\r\n"));
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_http10) {
+  char buf[4096];
+  size_t len = 0;
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.0\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_ptr_nonnull(strstr(buf, "Connection: close\r\n"));
+  ck_assert_ptr_nonnull(strstr(buf, "\r\n\r\nHello from uvip\n"));
+  close(fd);
+  fd = conn_to("127.0.0.1");
+  for (int i = 0; i < 2; i++) {
+    len = 0;
+    send_str(fd, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, "uvip\n"), 0);
+    ck_assert_ptr_nonnull(strstr(buf, "Connection: keep-alive\r\n"));
+  }
+  close(fd);
+  char args[128];
+  snprintf(args, sizeof(args), "--http1.0 http://127.0.0.2:%d/", srv_port);
+  char *out = curl(args);
+  ck_assert_str_eq(out, "Hello from uvip\n");
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* A client that pipelines far more than it reads: the server must stop
+ * parsing (not buffer without bound) and still answer every request. */
+START_TEST(test_backpressure) {
+  const size_t nreq = 50000;
+  const char *req = "GET / HTTP/1.1\r\n\r\n";
+  const char *tail_pat = "Hello from uvip\n";
+  size_t rlen = strlen(req), sent = 0, total, got = 0, responses = 0, i;
+  char in[32], rbuf[65536], args[128];
+  struct sockaddr_storage sa;
+  int small = 16384;
+  const char *extra[] = {"--max-requests", "0", NULL};
+
+  srv_start(extra);
+  /* A small receive window so that the responses (about 6 MB) cannot all
+   * sit in socket buffers: the server has to wait for this client. */
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)),
+                   0);
+  th_addr("127.0.0.1", srv_port, &sa);
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)),
+                   0);
+  char *all = malloc(nreq * rlen + 64);
+  for (i = 0; i < nreq - 1; i++)
+    memcpy(all + i * rlen, req, rlen);
+  strcpy(all + i * rlen, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+  total = strlen(all);
+  /* Send as much as the socket takes before reading anything... */
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    if (sent == total || poll(&p, 1, 200) != 1)
+      break;
+    ssize_t w = send(fd, all + sent, total - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0)
+      sent += (size_t)w;
+  }
+  /* ...then read, sending the rest as the server lets us, up to EOF. */
+  for (;;) {
+    struct pollfd p = {.fd = fd,
+                       .events = POLLIN | (sent < total ? POLLOUT : 0)};
+    ck_assert_msg(poll(&p, 1, WAIT_MS) == 1, "stalled at %zu responses",
+                  responses);
+    if (p.revents & POLLOUT) {
+      ssize_t w =
+          send(fd, all + sent, total - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0)
+        sent += (size_t)w;
+    }
+    if (p.revents & (POLLIN | POLLHUP)) {
+      ssize_t r = recv(fd, rbuf, sizeof(rbuf), 0);
+      ck_assert_msg(r >= 0, "recv after %zu responses, %zu/%zu sent: %s",
+                    responses, sent, total, strerror(errno));
+      if (r == 0)
+        break;
+      /* Count response bodies, across read boundaries. */
+      for (i = 0; i < (size_t)r; i++) {
+        in[got++] = rbuf[i];
+        if (got == strlen(tail_pat)) {
+          if (memcmp(in, tail_pat, got) == 0)
+            responses++;
+          memmove(in, in + 1, --got);
+        }
+      }
+    }
+  }
+  ck_assert_uint_eq(sent, total);
+  ck_assert_uint_eq(responses, nreq);
+  free(all);
+  close(fd);
+  snprintf(args, sizeof(args), "http://127.0.0.2:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(!strstr(out, "uvip_http_write_stalls_total 0\n") &&
+                    strstr(out, "uvip_http_write_stalls_total "),
+                "the server never waited for the client: %s", out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+START_TEST(test_graceful_stop) {
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  keepalive_roundtrip(fd);
+  /* An idle keep-alive connection must not hold the stop up. */
+  srv_stop();
+  char buf[64];
+  size_t len = 0;
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  close(fd);
+}
+END_TEST
+
+static void expect_usage_error(const char *args, const char *name) {
+  char cmd[4096 + 512];
+  snprintf(cmd, sizeof(cmd), "%s %s 2>&1; echo \"status=$?\"", http_bin(),
+           args);
+  char *out = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(out);
+  ck_assert_msg(strstr(out, "status=2\n"), "'%s': %s", args, out);
+  ck_assert_msg(strstr(out, name), "'%s' does not name %s: %s", args, name,
+                out);
+  ck_assert_msg(count_of(out, "\n") == 2, "not one line: %s", out);
+  free(out);
+}
+
+START_TEST(test_bad_args) {
+  expect_usage_error("--port abc", "--port");
+  expect_usage_error("--port 70000", "--port");
+  expect_usage_error("--listen 10.0.0.1/33", "--listen");
+  expect_usage_error("--accept-budget 0", "--accept-budget");
+  expect_usage_error("--worker-mode fork", "--worker-mode");
+  expect_usage_error("--bogus", "--bogus");
+  expect_usage_error("--port", "--port");
+  expect_usage_error("stray", "stray");
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("http");
+  TCase *tc = tcase_create("http");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_curl_get);
+  tcase_add_test(tc, test_curl_keepalive);
+  tcase_add_test(tc, test_head);
+  tcase_add_test(tc, test_metrics);
+  tcase_add_test(tc, test_pipelining);
+  tcase_add_test(tc, test_malformed);
+  tcase_add_test(tc, test_malformed_after_good);
+  tcase_add_test(tc, test_oversized_headers);
+  tcase_add_test(tc, test_slow_sender);
+  tcase_add_test(tc, test_idle_keepalive);
+  tcase_add_test(tc, test_max_requests);
+  tcase_add_test(tc, test_http10);
+  tcase_add_test(tc, test_backpressure);
+  tcase_add_test(tc, test_graceful_stop);
+  tcase_add_test(tc, test_bad_args);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
