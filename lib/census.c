@@ -64,6 +64,7 @@ struct uvip_census_s {
   int has_baseline;
   int has_limits;
   int usable;
+  uint64_t tw_seen; /* TIME_WAIT sockets received, before any filter */
   char *buf;
   size_t buflen;
   char *bc; /* bytecode scratch */
@@ -220,6 +221,7 @@ static void count_socket(uvip_census_t *c, int fam, int kstate,
   long v, li;
 
   c->info.seen++;
+  c->tw_seen += kstate == UVIP_TCP_TIME_WAIT + 1;
   if (kstate == KSTATE_NEW_SYN_RECV)
     kstate = UVIP_TCP_SYN_RECV + 1;
   if (kstate < 1 || kstate > UVIP_TCP_STATE_COUNT)
@@ -418,6 +420,40 @@ static int dump_family(uvip_census_t *c, struct mnl_socket *nl, int fam,
   }
 }
 
+/* Reads "KEY N" after prefix from a /proc/net/sockstat* file; -1 if absent. */
+static long long sockstat_field(const char *path, const char *prefix,
+                                const char *key) {
+  char buf[1024], *p;
+  long long v = -1;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+  if (fd >= 0)
+    close(fd);
+  if (n <= 0)
+    return -1;
+  buf[n] = 0;
+  if ((p = strstr(buf, prefix)) != NULL && (p = strstr(p, key)) != NULL)
+    v = strtoll(p + strlen(key), NULL, 10);
+  return v;
+}
+
+/* Every family's dump walks the whole established hash, touching each
+ * socket of the other family just to skip it: at a million IPv4 sockets
+ * an empty IPv6 dump costs a large part of the census. It is skipped when
+ * the namespace provably has no IPv6 socket: no TCP6 socket in use
+ * (listeners, connections and IPv4-mapped ones all count there) and no
+ * TIME_WAIT beyond those the unfiltered IPv4 dump just returned. */
+static int ipv6_empty(const uvip_census_t *c, size_t bclen4) {
+  if (bclen4 || (c->nfilter && c->nfilter4 == 0) ||
+      !(c->kstates & (1u << (UVIP_TCP_TIME_WAIT + 1))) ||
+      (c->opts.flags & UVIP_CENSUS_NO_IPV4))
+    return 0;
+  if (sockstat_field("/proc/net/sockstat6", "TCP6:", "inuse ") != 0)
+    return 0;
+  long long tw = sockstat_field("/proc/net/sockstat", "TCP:", " tw ");
+  return tw >= 0 && (uint64_t)tw <= c->tw_seen;
+}
+
 static int sample_netlink(uvip_census_t *c) {
   struct mnl_socket *nl = mnl_socket_open2(NETLINK_SOCK_DIAG, SOCK_CLOEXEC);
   int rc = 0;
@@ -429,9 +465,11 @@ static int sample_netlink(uvip_census_t *c) {
     return rc;
   }
   c->info.source = UVIP_CENSUS_SRC_NETLINK;
+  c->tw_seen = 0;
   if (!(c->opts.flags & UVIP_CENSUS_NO_IPV4))
     rc = dump_family(c, nl, AF_INET, 1);
-  if (rc == 0 && !(c->opts.flags & UVIP_CENSUS_NO_IPV6))
+  if (rc == 0 && !(c->opts.flags & UVIP_CENSUS_NO_IPV6) &&
+      !ipv6_empty(c, build_bytecode(c, AF_INET)))
     rc = dump_family(c, nl, AF_INET6, 2);
   mnl_socket_close(nl);
   return rc;
