@@ -1,11 +1,146 @@
 /* uvip: workers API. Included by <uvip.h>; do not include directly.
- * SPDX-License-Identifier: MIT */
+ * SPDX-License-Identifier: MIT
+ *
+ * Spreads a server's connections over N workers, each with its own libuv
+ * loop: threads of this process, or forked processes (each with its own
+ * descriptor limit, which is what lets one machine hold a million
+ * connections when a process may hold only tens of thousands).
+ *
+ * With UVIP_BALANCE_EXACT and UVIP_BALANCE_ROUND_ROBIN the server's loop
+ * (the acceptor) keeps accepting with its fair scheduler and hands every
+ * accepted descriptor to a worker: threads through a queue, processes over
+ * a libuv IPC pipe (uv_write2()). A worker at max_conns_per_worker gets
+ * nothing more; when every worker is full the acceptor stops accepting as at
+ * a global cap, and the kernel's queues of every VIP wait in fair order.
+ *
+ * With UVIP_BALANCE_REUSEPORT every worker runs a server of its own on the
+ * same VIPs with SO_REUSEPORT: the kernel spreads connections by a hash of
+ * the 4-tuple and there is no hand-off at all. Known weakness: the hash
+ * does not look at load, so a worker that is full or stalled keeps being
+ * sent its share, which waits in (or overflows) its own accept queue while
+ * the others are idle; and a dead process worker's queued connections are
+ * reset. Prefer EXACT unless the acceptor itself is the bottleneck.
+ *
+ * Usage: uvip_server_new(); uvip_workers_new(server, ...) instead of
+ * uvip_server_listen(): uvip_workers_listen() starts the workers and
+ * listens. To finish: uvip_workers_close(), and from its callback
+ * uvip_server_close(). The workers object must be closed before the server.
+ *
+ * Inside a worker, the connection callback's server argument is the
+ * acceptor's server (threads), a local copy of it that only mirrors its
+ * VIPs (processes) or the worker's own server (REUSEPORT); in every case
+ * uvip_server_get_data() returns the acceptor server's data, and
+ * uvip_conn_vip() / uvip_vip_addr() tell the VIP a connection came in on.
+ * Call no other uvip_server_* or uvip_vip_* function from a worker. The
+ * worker loop's `data` field belongs to the library. The server's
+ * conn_close_cb runs, on the worker, for the connections closed when the
+ * workers are closed.
+ */
 #ifndef UVIP_WORKERS_H
 #define UVIP_WORKERS_H
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+typedef struct uvip_workers_s uvip_workers_t;
+
+/* uvip_workers_options_t.mode */
+enum { UVIP_WORKER_THREAD = 0, UVIP_WORKER_PROCESS = 1 };
+
+/* uvip_workers_options_t.balance */
+enum {
+  UVIP_BALANCE_EXACT = 0,       /* the worker with the fewest connections */
+  UVIP_BALANCE_ROUND_ROBIN = 1, /* the next worker with room, in turn */
+  UVIP_BALANCE_REUSEPORT = 2    /* the kernel, per worker listeners */
+};
+
+#define UVIP_WORKERS_MAX 1024
+
+/* Descriptors a worker process keeps for itself when max_conns_per_worker
+ * is left to its default. */
+#define UVIP_WORKER_FD_RESERVE 64
+
+/* Called on a worker's own thread (or in its process) with its loop:
+ * init_cb before its first connection, exit_cb when the workers close,
+ * after its connections were asked to close; exit_cb must close every
+ * handle the application opened on that loop. */
+typedef void (*uvip_worker_cb)(uv_loop_t *loop, unsigned int index,
+                               void *arg);
+
+typedef struct uvip_workers_options_s {
+  /* Number of workers, 1..UVIP_WORKERS_MAX (default 2). */
+  unsigned int nworkers;
+  /* UVIP_WORKER_THREAD (default) or UVIP_WORKER_PROCESS. */
+  int mode;
+  /* UVIP_BALANCE_EXACT (default), _ROUND_ROBIN or _REUSEPORT. */
+  int balance;
+  /* Connections one worker holds at most; 0 = the default: no limit for
+   * threads, and for processes the hard RLIMIT_NOFILE (to which a worker
+   * process raises its soft limit) minus UVIP_WORKER_FD_RESERVE. */
+  uint64_t max_conns_per_worker;
+  uvip_worker_cb init_cb; /* may be NULL */
+  uvip_worker_cb exit_cb; /* may be NULL */
+  void *arg;              /* passed to init_cb and exit_cb */
+} uvip_workers_options_t;
+
+/* Fills the options with their defaults. Returns 0 or UV_EINVAL. */
+int uvip_workers_options_init(uvip_workers_options_t *opts);
+
+/* Creates the workers of a server that does not listen yet. Nothing runs
+ * until uvip_workers_listen(). opts may be NULL for defaults. Errors:
+ * UV_EINVAL (bad option, server NULL, listening, closing or already given
+ * workers), UV_ENOMEM. */
+int uvip_workers_new(uvip_server_t *server, const uvip_workers_options_t *opts,
+                     uvip_workers_t **out);
+
+/* Starts the workers and listens (in place of uvip_server_listen(), with
+ * the same arguments and errors); cb runs on a worker for each connection.
+ * Returns only once every worker has run its init_cb and is ready. On
+ * failure nothing is left running or bound and cb never runs; the workers
+ * must still be closed with uvip_workers_close(). Also UV_EALREADY when
+ * called twice, UV_EAGAIN or another fork()/thread error when a worker
+ * cannot start, UV_ETIMEDOUT when a worker process does not get ready
+ * within 10 s. */
+int uvip_workers_listen(uvip_workers_t *workers, uvip_connection_cb cb,
+                        char *errbuf, size_t errlen);
+
+/* The number of workers (0 for NULL) and the server they serve. */
+unsigned int uvip_workers_count(const uvip_workers_t *workers);
+uvip_server_t *uvip_workers_server(const uvip_workers_t *workers);
+
+typedef struct uvip_worker_stats_s {
+  uint64_t active;   /* connections the worker holds now */
+  uint64_t handed;   /* connections handed to (REUSEPORT: accepted by) it */
+  uint64_t refused;  /* times it was passed over because it was full */
+  uint64_t failed;   /* hand-offs it could not take (connection closed) */
+  uint64_t restarts; /* uvip_workers_restart() calls that succeeded */
+  int64_t pid;       /* process id of a worker process, else 0 */
+  int alive;         /* 1 while running; 0 after it died or closed */
+} uvip_worker_stats_t;
+
+/* Counters of worker i, read on the server's loop. Exact in EXACT and
+ * ROUND_ROBIN modes (kept by the acceptor); in REUSEPORT mode `active` and
+ * `handed` are the worker's own counts as last reported (every 200 ms). */
+int uvip_workers_stats(const uvip_workers_t *workers, unsigned int i,
+                       uvip_worker_stats_t *out);
+
+/* Starts a new process for worker i after it died (its connections were
+ * given back to the caps when the death was noticed). Returns 0 once the
+ * new process is ready; UV_EBUSY if the worker is alive, UV_ENOTSUP for
+ * thread workers, UV_EINVAL for a bad index or closing workers, or a
+ * fork() error. */
+int uvip_workers_restart(uvip_workers_t *workers, unsigned int i);
+
+typedef void (*uvip_workers_close_cb)(uvip_workers_t *workers);
+
+/* Stops the server (uvip_server_stop()), closes every worker connection
+ * (the server's conn_close_cb runs for each, on its worker), calls each
+ * exit_cb, waits for the workers to end (threads are joined, processes
+ * reaped) and for all their slots to be given back, then calls cb (may be
+ * NULL) on the server's loop and frees the workers. UV_EALREADY the second
+ * time. */
+int uvip_workers_close(uvip_workers_t *workers, uvip_workers_close_cb cb);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,156 @@
+/* Shared between workers.c (API, balance, slot accounting),
+ * workers-thread.c and workers-proc.c (the two transports). Not installed.
+ * SPDX-License-Identifier: MIT */
+#ifndef UVIP_WORKERS_INTERNAL_H
+#define UVIP_WORKERS_INTERNAL_H
+
+#include <sys/types.h>
+
+#include "internal.h"
+
+/* Hand-offs a worker process may have queued in the acceptor and not yet
+ * written to its pipe: each holds a descriptor of the acceptor's. */
+#define UVIP__WK_MAX_INFLIGHT 256
+/* How often REUSEPORT workers report their own counts. */
+#define UVIP__WK_REPORT_MS 200
+
+/* A small map from pointers to dense ids (open addressing, no removal:
+ * ids live as long as the workers). */
+typedef struct uvip__idmap {
+  const void **keys;
+  uint32_t *vals;
+  size_t cap, len;
+} uvip__idmap_t;
+
+int uvip__idmap_get(uvip__idmap_t *m, const void *key, uint32_t next_id,
+                    uint32_t *id, bool *added);
+void uvip__idmap_free(uvip__idmap_t *m);
+
+typedef struct uvip__wk uvip__wk_t;
+
+/* What a thread worker posts back to the acceptor. */
+enum { UVIP__POST_RELEASE, UVIP__POST_FAILED, UVIP__POST_EXITED };
+typedef struct {
+  uint32_t kind;
+  uint32_t worker;
+  uvip_vip_t *vip;
+} uvip__post_t;
+
+struct uvip__wk {
+  uvip_workers_t *ws;
+  unsigned index;
+
+  /* Acceptor side. */
+  uint64_t active, handed, refused, failed, restarts;
+  uint64_t *vip_active; /* per VIP id: what to give back if it dies */
+  size_t vip_cap;
+  bool started, alive, exited;
+  unsigned gen; /* process incarnation, to ignore a dead one's leftovers */
+
+  /* Threads. */
+  uv_thread_t thread;
+  uv_loop_t *loop;
+  uv_async_t *async; /* wakes the worker: new descriptors or stop */
+  uv_mutex_t lock;
+  struct { uvip_vip_t *vip; int fd; } *queue;
+  size_t qlen, qcap;
+  bool stop;
+  uvip_conn_t *conns;    /* the worker's open connections */
+  uvip_server_t *own;    /* REUSEPORT: the worker's own server */
+  uint64_t rp_active, rp_handed; /* REUSEPORT counts, under lock */
+  uv_timer_t *rp_timer;
+  uv_sem_t *ready;       /* posted once init_cb has run */
+  bool joined;
+
+  /* Processes. */
+  pid_t pid;
+  uv_pipe_t *pipe;
+  bool reaped;
+  unsigned inflight;
+  unsigned char rbuf[32]; /* a partial report record */
+  size_t rlen;
+};
+
+struct uvip_workers_s {
+  uvip_server_t *server;
+  uv_loop_t *loop;
+  uvip_workers_options_t opts;
+  uvip_connection_cb cb;
+  unsigned n;
+  uvip__wk_t *wk;
+  unsigned rr;
+  bool listening, closing, failed_start;
+  uvip_workers_close_cb close_cb;
+
+  /* VIP ids: VIP pointers may be reused after a VIP is freed, so an id
+   * also remembers the address it was given for. */
+  uvip__idmap_t vipmap;
+  uvip_vip_t **vips;
+  uvip__sa_t *vip_addrs;
+  size_t nvips, cap_vips;
+
+  /* Thread workers post here; the acceptor reads it in on_inbox. */
+  uv_mutex_t lock;
+  uv_async_t *inbox;
+  uvip__post_t *posts;
+  size_t nposts, cap_posts;
+
+  uv_signal_t *sigchld; /* process workers */
+  char pbuf[4096];      /* reads from worker pipes, consumed at once */
+  uv_idle_t closer;     /* makes the close callback come from the loop */
+  int handles_open;
+};
+
+/* What goes over a worker process's pipe. Parent to child: */
+enum { UVIP__MSG_CONN = 1, UVIP__MSG_STOP = 2 };
+typedef struct {
+  uint32_t kind;
+  uint32_t id; /* VIP id */
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } addr;      /* the VIP's address, to build the child's mirror */
+} uvip__msg_t;
+/* Child to parent: */
+enum {
+  UVIP__REP_READY = 1, /* a = 0 */
+  UVIP__REP_ERROR,     /* a = -error: could not start */
+  UVIP__REP_RELEASE,   /* a connections of VIP id closed */
+  UVIP__REP_FAILED,    /* a hand-offs of VIP id could not be taken */
+  UVIP__REP_STATS      /* REUSEPORT: a = active, b = accepted */
+};
+typedef struct {
+  uint32_t kind;
+  uint32_t id;
+  uint64_t a, b;
+} uvip__rep_t;
+
+/* workers.c */
+/* The VIP id for vip (assigned on first sight), or UV_ENOMEM. */
+int uvip__wk_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id);
+/* Gives back `count` slots of VIP id held by worker wk. */
+void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count);
+/* A worker ended (died or exited): give back everything it held. */
+void uvip__wk_ended(uvip__wk_t *wk);
+/* A handle of the workers closed; frees them once all have. */
+void uvip__wk_handle_closed(uv_handle_t *h);
+void uvip__wk_maybe_finish(uvip_workers_t *ws);
+
+/* workers-thread.c */
+int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen);
+int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd);
+void uvip__wk_thread_stop(uvip__wk_t *wk);
+void uvip__wk_thread_remote_closed(uvip_conn_t *c);
+void uvip__wk_thread_on_inbox(uv_async_t *a);
+void uvip__wk_thread_free(uvip__wk_t *wk);
+
+/* workers-proc.c */
+int uvip__wk_proc_start(uvip__wk_t *wk, char *errbuf, size_t errlen);
+int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
+                           int fd);
+void uvip__wk_proc_stop(uvip__wk_t *wk);
+void uvip__wk_proc_kill(uvip__wk_t *wk);
+void uvip__wk_proc_on_sigchld(uv_signal_t *h, int signum);
+
+#endif

@@ -1,0 +1,297 @@
+/* Thread workers: one thread and one uv_loop_t each. Descriptors go to a
+ * worker through a mutex-protected queue and a uv_async_t; closes come back
+ * to the acceptor the same way (ws->posts and ws->inbox).
+ *
+ * Every uv_async_send() is made while holding the lock that protects what
+ * it announces: the receiver may close the async handle as soon as it has
+ * seen the last message, and the sender must be done with the handle by
+ * then.
+ * SPDX-License-Identifier: MIT */
+#include "workers-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void post(uvip_workers_t *ws, uint32_t kind, unsigned worker,
+                 uvip_vip_t *vip) {
+  uv_mutex_lock(&ws->lock);
+  if (ws->nposts == ws->cap_posts) {
+    size_t ncap = ws->cap_posts ? ws->cap_posts * 2 : 64;
+    uvip__post_t *np = realloc(ws->posts, ncap * sizeof(*np));
+    if (!np) {
+      /* Out of memory: the slot stays taken (a smaller evil than losing
+       * the message that the worker is gone). */
+      uv_mutex_unlock(&ws->lock);
+      return;
+    }
+    ws->posts = np;
+    ws->cap_posts = ncap;
+  }
+  ws->posts[ws->nposts].kind = kind;
+  ws->posts[ws->nposts].worker = worker;
+  ws->posts[ws->nposts].vip = vip;
+  ws->nposts++;
+  uv_async_send(ws->inbox);
+  uv_mutex_unlock(&ws->lock);
+}
+
+/* On the acceptor. */
+void uvip__wk_thread_on_inbox(uv_async_t *a) {
+  uvip_workers_t *ws = a->data;
+  uvip__post_t *posts;
+  size_t n;
+
+  uv_mutex_lock(&ws->lock);
+  posts = ws->posts;
+  n = ws->nposts;
+  ws->posts = NULL;
+  ws->nposts = ws->cap_posts = 0;
+  uv_mutex_unlock(&ws->lock);
+
+  for (size_t i = 0; i < n; i++) {
+    uvip__wk_t *wk = &ws->wk[posts[i].worker];
+    uint32_t id;
+    switch (posts[i].kind) {
+    case UVIP__POST_FAILED:
+      wk->failed++;
+      /* fall through */
+    case UVIP__POST_RELEASE:
+      /* The VIP got its id at hand-off, so this cannot allocate. */
+      if (uvip__wk_vip_id(ws, posts[i].vip, &id) == 0)
+        uvip__wk_release(wk, id, 1);
+      break;
+    case UVIP__POST_EXITED:
+      wk->alive = false;
+      wk->exited = true;
+      break;
+    }
+  }
+  free(posts);
+  uvip__wk_maybe_finish(ws);
+}
+
+/* On the worker: a connection of ours closed (conn.c calls this for a
+ * connection whose loop is not the server's). */
+void uvip__wk_thread_remote_closed(uvip_conn_t *c) {
+  uvip__wk_t *wk = c->tcp.loop->data;
+  uvip_conn_close_cb cb = uvip__conn_user_close_cb(c);
+  uvip_vip_t *vip = c->vip;
+  uvip__conn_list_del(&wk->conns, c);
+  if (cb)
+    cb(c);
+  free(c);
+  post(wk->ws, UVIP__POST_RELEASE, wk->index, vip);
+}
+
+static void publish(uvip__wk_t *wk) {
+  uvip_vip_stats_t st;
+  if (uvip_server_stats(wk->own, &st) != 0)
+    return;
+  uv_mutex_lock(&wk->lock);
+  wk->rp_active = st.active;
+  wk->rp_handed = st.accepted;
+  uv_mutex_unlock(&wk->lock);
+}
+
+static void on_publish(uv_timer_t *t) { publish(t->data); }
+
+static void on_own_closed(uvip_server_t *s) { (void)s; }
+
+static void do_stop(uvip__wk_t *wk) {
+  uvip_workers_t *ws = wk->ws;
+  uvip__conn_close_all(wk->conns, ws->server->opts.conn_close_cb);
+  if (wk->own) {
+    publish(wk);
+    uvip_server_close_conns(wk->own);
+    uvip_server_close(wk->own, on_own_closed);
+    wk->own = NULL;
+    uv_close((uv_handle_t *)wk->rp_timer, free_handle);
+    wk->rp_timer = NULL;
+  }
+  if (ws->opts.exit_cb)
+    ws->opts.exit_cb(wk->loop, wk->index, ws->opts.arg);
+  uv_close((uv_handle_t *)wk->async, free_handle);
+}
+
+/* On the worker: new descriptors, or the order to stop. */
+static void on_wk_async(uv_async_t *a) {
+  uvip__wk_t *wk = a->data;
+  uvip_workers_t *ws = wk->ws;
+  size_t n;
+  bool stop;
+  __typeof__(wk->queue) items;
+
+  uv_mutex_lock(&wk->lock);
+  items = wk->queue;
+  n = wk->qlen;
+  wk->queue = NULL;
+  wk->qlen = wk->qcap = 0;
+  stop = wk->stop;
+  uv_mutex_unlock(&wk->lock);
+
+  for (size_t i = 0; i < n; i++) {
+    uvip_conn_t *c;
+    if (uvip__conn_new(wk->loop, items[i].vip, items[i].fd, &c) != 0) {
+      post(ws, UVIP__POST_FAILED, wk->index, items[i].vip);
+      continue;
+    }
+    uvip__conn_list_add(&wk->conns, c);
+    ws->cb(ws->server, c);
+  }
+  free(items);
+  if (stop && !uv_is_closing((uv_handle_t *)a))
+    do_stop(wk);
+}
+
+static void thread_main(void *arg) {
+  uvip__wk_t *wk = arg;
+  uvip_workers_t *ws = wk->ws;
+  if (ws->opts.init_cb)
+    ws->opts.init_cb(wk->loop, wk->index, ws->opts.arg);
+  if (wk->rp_timer)
+    uv_timer_start(wk->rp_timer, on_publish, UVIP__WK_REPORT_MS,
+                   UVIP__WK_REPORT_MS);
+  uv_sem_post(wk->ready);
+  uv_run(wk->loop, UV_RUN_DEFAULT);
+  /* Handles the application left open (exit_cb should have closed them)
+   * keep the loop's memory: leaked rather than freed under them. */
+  if (uv_loop_close(wk->loop) != 0)
+    wk->loop = NULL;
+  post(ws, UVIP__POST_EXITED, wk->index, NULL);
+}
+
+/* REUSEPORT: the worker's own server on the same VIPs, not shared. */
+static int own_server(uvip__wk_t *wk, char *errbuf, size_t errlen) {
+  uvip_workers_t *ws = wk->ws;
+  uvip_server_options_t o = ws->server->opts;
+  uvip_addrs_t *addrs;
+  int r;
+  if ((r = uvip_addrs_new(&addrs)) != 0)
+    return r;
+  for (size_t i = 0; i < ws->server->nvips && r == 0; i++)
+    r = uvip_addrs_add(addrs, &ws->server->vips[i]->addr.sa);
+  o.flags |= UVIP_REUSEPORT;
+  if (ws->opts.max_conns_per_worker &&
+      (o.max_conns == 0 || o.max_conns > ws->opts.max_conns_per_worker))
+    o.max_conns = ws->opts.max_conns_per_worker;
+  if (r == 0)
+    r = uvip_server_new(wk->loop, addrs, &o, &wk->own);
+  uvip_addrs_free(addrs);
+  if (r != 0)
+    return r;
+  uvip_server_set_data(wk->own, ws->server->data);
+  if ((r = uvip_server_listen(wk->own, ws->cb, errbuf, errlen)) != 0)
+    return r;
+  if (!(wk->rp_timer = malloc(sizeof(*wk->rp_timer))))
+    return UV_ENOMEM;
+  uv_timer_init(wk->loop, wk->rp_timer);
+  wk->rp_timer->data = wk;
+  return 0;
+}
+
+/* Undoes a start that failed, on the calling thread: no thread runs the
+ * loop yet. */
+static void discard(uvip__wk_t *wk) {
+  if (wk->own)
+    uvip_server_close(wk->own, NULL);
+  if (wk->rp_timer)
+    uv_close((uv_handle_t *)wk->rp_timer, free_handle);
+  if (wk->async)
+    uv_close((uv_handle_t *)wk->async, free_handle);
+  uv_run(wk->loop, UV_RUN_DEFAULT);
+  uv_loop_close(wk->loop);
+  free(wk->loop);
+  wk->loop = NULL;
+  wk->own = NULL;
+  wk->rp_timer = NULL;
+  wk->async = NULL;
+}
+
+int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen) {
+  uv_sem_t ready;
+  int r;
+  if (!(wk->loop = malloc(sizeof(*wk->loop))))
+    return UV_ENOMEM;
+  if ((r = uv_loop_init(wk->loop)) != 0) {
+    free(wk->loop);
+    wk->loop = NULL;
+    return r;
+  }
+  wk->loop->data = wk;
+  if (!(wk->async = malloc(sizeof(*wk->async)))) {
+    discard(wk);
+    return UV_ENOMEM;
+  }
+  uv_async_init(wk->loop, wk->async, on_wk_async);
+  wk->async->data = wk;
+  if (wk->ws->opts.balance == UVIP_BALANCE_REUSEPORT &&
+      (r = own_server(wk, errbuf, errlen)) != 0) {
+    discard(wk);
+    return r;
+  }
+  if ((r = uv_sem_init(&ready, 0)) != 0) {
+    discard(wk);
+    return r;
+  }
+  wk->ready = &ready;
+  wk->alive = wk->started = true;
+  if ((r = uv_thread_create(&wk->thread, thread_main, wk)) != 0) {
+    wk->alive = wk->started = false;
+    uv_sem_destroy(&ready);
+    discard(wk);
+    return r;
+  }
+  uv_sem_wait(&ready);
+  uv_sem_destroy(&ready);
+  wk->ready = NULL;
+  return 0;
+}
+
+/* On the acceptor. */
+int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd) {
+  uv_mutex_lock(&wk->lock);
+  if (wk->qlen == wk->qcap) {
+    size_t ncap = wk->qcap ? wk->qcap * 2 : 64;
+    __typeof__(wk->queue) nq = realloc(wk->queue, ncap * sizeof(*nq));
+    if (!nq) {
+      uv_mutex_unlock(&wk->lock);
+      return UV_ENOMEM;
+    }
+    wk->queue = nq;
+    wk->qcap = ncap;
+  }
+  wk->queue[wk->qlen].vip = vip;
+  wk->queue[wk->qlen].fd = fd;
+  wk->qlen++;
+  uv_async_send(wk->async);
+  uv_mutex_unlock(&wk->lock);
+  return 0;
+}
+
+void uvip__wk_thread_stop(uvip__wk_t *wk) {
+  uv_mutex_lock(&wk->lock);
+  if (!wk->stop) {
+    wk->stop = true;
+    uv_async_send(wk->async);
+  }
+  uv_mutex_unlock(&wk->lock);
+}
+
+/* Stops (if needed), joins and frees a worker's thread and loop. */
+void uvip__wk_thread_free(uvip__wk_t *wk) {
+  if (wk->started && !wk->joined) {
+    uvip__wk_thread_stop(wk);
+    uv_thread_join(&wk->thread);
+    wk->joined = true;
+    free(wk->loop);
+    wk->loop = NULL;
+  }
+  for (size_t i = 0; i < wk->qlen; i++)
+    close(wk->queue[i].fd);
+  free(wk->queue);
+  wk->queue = NULL;
+  wk->qlen = wk->qcap = 0;
+}

@@ -1,0 +1,504 @@
+/* Workers: the API, the choice of a worker (balance modes) and the slot
+ * accounting on the acceptor. The transports are in workers-thread.c and
+ * workers-proc.c.
+ *
+ * Every per-worker count used to balance and to give slots back is kept on
+ * the acceptor's thread only: +1 at hand-off, -1 when the worker reports a
+ * close. Per VIP as well, so that when a worker process dies the acceptor
+ * knows exactly which slots it held without asking it.
+ * SPDX-License-Identifier: MIT */
+#include "workers-internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+UVIP_EXPORT int uvip_workers_options_init(uvip_workers_options_t *opts) {
+  UVIP_CHECK_ARG(opts == NULL);
+  memset(opts, 0, sizeof(*opts));
+  opts->nworkers = 2;
+  opts->mode = UVIP_WORKER_THREAD;
+  opts->balance = UVIP_BALANCE_EXACT;
+  return 0;
+}
+
+static size_t ptr_hash(const void *p, size_t mask) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  return (size_t)x & mask;
+}
+
+static int idmap_grow(uvip__idmap_t *m) {
+  size_t ncap = m->cap ? m->cap * 2 : 64;
+  const void **keys = calloc(ncap, sizeof(*keys));
+  uint32_t *vals = calloc(ncap, sizeof(*vals));
+  if (!keys || !vals) {
+    free(keys);
+    free(vals);
+    return UV_ENOMEM;
+  }
+  for (size_t i = 0; i < m->cap; i++) {
+    size_t j;
+    if (!m->keys[i])
+      continue;
+    for (j = ptr_hash(m->keys[i], ncap - 1); keys[j]; j = (j + 1) & (ncap - 1))
+      ;
+    keys[j] = m->keys[i];
+    vals[j] = m->vals[i];
+  }
+  free(m->keys);
+  free(m->vals);
+  m->keys = keys;
+  m->vals = vals;
+  m->cap = ncap;
+  return 0;
+}
+
+/* Finds key; when absent adds it with next_id. */
+int uvip__idmap_get(uvip__idmap_t *m, const void *key, uint32_t next_id,
+                    uint32_t *id, bool *added) {
+  size_t j;
+  if ((m->len + 1) * 2 > m->cap && idmap_grow(m) != 0)
+    return UV_ENOMEM;
+  for (j = ptr_hash(key, m->cap - 1); m->keys[j]; j = (j + 1) & (m->cap - 1))
+    if (m->keys[j] == key) {
+      *id = m->vals[j];
+      *added = false;
+      return 0;
+    }
+  m->keys[j] = key;
+  m->vals[j] = next_id;
+  m->len++;
+  *id = next_id;
+  *added = true;
+  return 0;
+}
+
+/* Points an existing key at a new id. */
+static void idmap_set(uvip__idmap_t *m, const void *key, uint32_t id) {
+  for (size_t j = ptr_hash(key, m->cap - 1); m->keys[j]; j = (j + 1) & (m->cap - 1))
+    if (m->keys[j] == key) {
+      m->vals[j] = id;
+      return;
+    }
+}
+
+void uvip__idmap_free(uvip__idmap_t *m) {
+  free(m->keys);
+  free(m->vals);
+  memset(m, 0, sizeof(*m));
+}
+
+static int new_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id) {
+  if (ws->nvips == ws->cap_vips) {
+    size_t ncap = ws->cap_vips ? ws->cap_vips * 2 : 16;
+    uvip_vip_t **nv = realloc(ws->vips, ncap * sizeof(*nv));
+    if (!nv)
+      return UV_ENOMEM;
+    ws->vips = nv;
+    uvip__sa_t *na = realloc(ws->vip_addrs, ncap * sizeof(*na));
+    if (!na)
+      return UV_ENOMEM;
+    ws->vip_addrs = na;
+    ws->cap_vips = ncap;
+  }
+  *id = (uint32_t)ws->nvips++;
+  ws->vips[*id] = vip;
+  memcpy(&ws->vip_addrs[*id], &vip->addr, sizeof(vip->addr));
+  return 0;
+}
+
+int uvip__wk_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id) {
+  bool added;
+  int r = uvip__idmap_get(&ws->vipmap, vip, (uint32_t)ws->nvips, id, &added);
+  if (r != 0)
+    return r;
+  if (added)
+    return new_vip_id(ws, vip, id);
+  /* A freed VIP's memory reused for another address: the old id may
+   * still be known to worker processes, so this one gets a fresh id. */
+  if (!uvip__sa_equal(&ws->vip_addrs[*id].sa, &vip->addr.sa)) {
+    if ((r = new_vip_id(ws, vip, id)) != 0)
+      return r;
+    idmap_set(&ws->vipmap, vip, *id);
+  }
+  return 0;
+}
+
+void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count) {
+  uvip_workers_t *ws = wk->ws;
+  /* A worker process is not trusted to count right. */
+  if (id >= wk->vip_cap || id >= ws->nvips)
+    return;
+  if (count > wk->vip_active[id])
+    count = wk->vip_active[id];
+  wk->vip_active[id] -= count;
+  wk->active -= count;
+  while (count--)
+    uvip__server_release(ws->server, ws->vips[id]);
+}
+
+void uvip__wk_ended(uvip__wk_t *wk) {
+  wk->alive = false;
+  wk->exited = true;
+  for (uint32_t id = 0; id < wk->vip_cap; id++)
+    if (wk->vip_active[id])
+      uvip__wk_release(wk, id, wk->vip_active[id]);
+  uvip__wk_maybe_finish(wk->ws);
+}
+
+static bool has_room_wk(const uvip_workers_t *ws, const uvip__wk_t *wk) {
+  if (!wk->alive || ws->closing)
+    return false;
+  if (ws->opts.max_conns_per_worker && wk->active >= ws->opts.max_conns_per_worker)
+    return false;
+  return ws->opts.mode != UVIP_WORKER_PROCESS ||
+         wk->inflight < UVIP__WK_MAX_INFLIGHT;
+}
+
+static bool on_has_room(uvip_server_t *s) {
+  uvip_workers_t *ws = s->handoff_ctx;
+  for (unsigned i = 0; i < ws->n; i++)
+    if (has_room_wk(ws, &ws->wk[i]))
+      return true;
+  return false;
+}
+
+/* Scans from the round-robin cursor so that ties in EXACT mode rotate too. */
+static uvip__wk_t *choose(uvip_workers_t *ws) {
+  uvip__wk_t *best = NULL;
+  for (unsigned k = 0; k < ws->n; k++) {
+    uvip__wk_t *wk = &ws->wk[(ws->rr + k) % ws->n];
+    if (!has_room_wk(ws, wk)) {
+      if (wk->alive)
+        wk->refused++;
+      continue;
+    }
+    if (ws->opts.balance == UVIP_BALANCE_ROUND_ROBIN) {
+      best = wk;
+      break;
+    }
+    if (!best || wk->active < best->active)
+      best = wk;
+  }
+  if (best)
+    ws->rr = (best->index + 1) % ws->n;
+  return best;
+}
+
+static int grow_vip_active(uvip__wk_t *wk, uint32_t id) {
+  size_t ncap;
+  uint64_t *na;
+  if (id < wk->vip_cap)
+    return 0;
+  ncap = wk->vip_cap ? wk->vip_cap : 16;
+  while (ncap <= id)
+    ncap *= 2;
+  na = realloc(wk->vip_active, ncap * sizeof(*na));
+  if (!na)
+    return UV_ENOMEM;
+  memset(na + wk->vip_cap, 0, (ncap - wk->vip_cap) * sizeof(*na));
+  wk->vip_active = na;
+  wk->vip_cap = ncap;
+  return 0;
+}
+
+static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
+  uvip_workers_t *ws = s->handoff_ctx;
+  uvip__wk_t *wk = choose(ws);
+  uint32_t id;
+  int r;
+  if (!wk)
+    return UV_EAGAIN;
+  if ((r = uvip__wk_vip_id(ws, vip, &id)) != 0 ||
+      (r = grow_vip_active(wk, id)) != 0)
+    return r;
+  /* Counted before the transport runs: a process transport that fails
+   * later gives the slot back through uvip__wk_release(). */
+  wk->vip_active[id]++;
+  wk->active++;
+  wk->handed++;
+  r = ws->opts.mode == UVIP_WORKER_PROCESS
+          ? uvip__wk_proc_dispatch(wk, vip, id, fd)
+          : uvip__wk_thread_dispatch(wk, vip, fd);
+  if (r != 0) {
+    wk->vip_active[id]--;
+    wk->active--;
+    wk->handed--;
+    wk->failed++;
+  }
+  return r;
+}
+
+static uint64_t default_max(void) {
+  struct rlimit rl;
+  uint64_t hard = 1u << 20;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY &&
+      rl.rlim_max < hard)
+    hard = rl.rlim_max;
+  return hard > 2 * UVIP_WORKER_FD_RESERVE ? hard - UVIP_WORKER_FD_RESERVE
+                                           : UVIP_WORKER_FD_RESERVE;
+}
+
+UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
+                                 const uvip_workers_options_t *opts,
+                                 uvip_workers_t **out) {
+  uvip_workers_t *ws;
+  uvip_workers_options_t o;
+
+  UVIP_CHECK_ARG(server == NULL || out == NULL);
+  if (opts)
+    o = *opts;
+  else
+    uvip_workers_options_init(&o);
+  UVIP_CHECK_ARG(o.nworkers < 1 || o.nworkers > UVIP_WORKERS_MAX);
+  UVIP_CHECK_ARG(o.mode != UVIP_WORKER_THREAD && o.mode != UVIP_WORKER_PROCESS);
+  UVIP_CHECK_ARG(o.balance < UVIP_BALANCE_EXACT ||
+                 o.balance > UVIP_BALANCE_REUSEPORT);
+  UVIP_CHECK_ARG(server->listening || server->closing ||
+                 server->handoff_ctx != NULL);
+  if (o.mode == UVIP_WORKER_PROCESS && o.max_conns_per_worker == 0)
+    o.max_conns_per_worker = default_max();
+
+  ws = calloc(1, sizeof(*ws));
+  if (!ws)
+    return UV_ENOMEM;
+  ws->wk = calloc(o.nworkers, sizeof(*ws->wk));
+  if (!ws->wk) {
+    free(ws);
+    return UV_ENOMEM;
+  }
+  ws->server = server;
+  ws->loop = server->loop;
+  ws->opts = o;
+  ws->n = o.nworkers;
+  uv_mutex_init(&ws->lock);
+  for (unsigned i = 0; i < ws->n; i++) {
+    ws->wk[i].ws = ws;
+    ws->wk[i].index = i;
+    uv_mutex_init(&ws->wk[i].lock);
+  }
+  server->handoff_ctx = ws;
+  *out = ws;
+  return 0;
+}
+
+static int init_acceptor_handles(uvip_workers_t *ws) {
+  int r;
+  if (ws->opts.mode == UVIP_WORKER_THREAD) {
+    if (!(ws->inbox = malloc(sizeof(*ws->inbox))))
+      return UV_ENOMEM;
+    if ((r = uv_async_init(ws->loop, ws->inbox, uvip__wk_thread_on_inbox)) != 0) {
+      free(ws->inbox);
+      ws->inbox = NULL;
+      return r;
+    }
+    ws->inbox->data = ws;
+  } else {
+    if (!(ws->sigchld = malloc(sizeof(*ws->sigchld))))
+      return UV_ENOMEM;
+    uv_signal_init(ws->loop, ws->sigchld);
+    ws->sigchld->data = ws;
+    if ((r = uv_signal_start(ws->sigchld, uvip__wk_proc_on_sigchld, SIGCHLD)) != 0) {
+      uv_close((uv_handle_t *)ws->sigchld, uvip__wk_handle_closed);
+      ws->handles_open++;
+      ws->sigchld = NULL;
+      return r;
+    }
+    /* Reaping children must not keep the application's loop alive. */
+    uv_unref((uv_handle_t *)ws->sigchld);
+  }
+  return 0;
+}
+
+/* Synchronous: used only when listening fails half way. */
+static void stop_started(uvip_workers_t *ws) {
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    if (!wk->started || wk->exited)
+      continue;
+    if (ws->opts.mode == UVIP_WORKER_THREAD)
+      uvip__wk_thread_free(wk); /* stops and joins */
+    else
+      uvip__wk_proc_kill(wk);
+    wk->alive = false;
+    wk->exited = true;
+  }
+}
+
+UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
+                                    char *errbuf, size_t errlen) {
+  uvip_server_t *s;
+  int r;
+
+  UVIP_CHECK_ARG(ws == NULL || cb == NULL);
+  s = ws->server;
+  if (ws->listening || ws->closing || ws->failed_start || s->listening)
+    return UV_EALREADY;
+  if (errbuf && errlen)
+    errbuf[0] = 0;
+  ws->cb = cb;
+  if ((r = init_acceptor_handles(ws)) != 0)
+    goto fail;
+  if (ws->opts.balance != UVIP_BALANCE_REUSEPORT) {
+    s->handoff_has_room = on_has_room;
+    s->handoff_dispatch = on_dispatch;
+    s->remote_closed = uvip__wk_thread_remote_closed;
+    /* Nothing is accepted before the loop runs, so the workers can start
+     * after the listeners exist (process workers close their copies). */
+    if ((r = uvip_server_listen(s, cb, errbuf, errlen)) != 0) {
+      s->handoff_has_room = NULL;
+      s->handoff_dispatch = NULL;
+      goto fail;
+    }
+  }
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    r = ws->opts.mode == UVIP_WORKER_THREAD
+            ? uvip__wk_thread_start(wk, errbuf, errlen)
+            : uvip__wk_proc_start(wk, errbuf, errlen);
+    if (r != 0) {
+      if (errbuf && errlen && !errbuf[0])
+        snprintf(errbuf, errlen, "worker %u: %s", i, uv_strerror(r));
+      stop_started(ws);
+      if (s->listening)
+        uvip_server_stop(s);
+      goto fail;
+    }
+  }
+  ws->listening = true;
+  /* The scheduler saw no worker with room while they were starting. */
+  uvip__sched_kick(s);
+  return 0;
+fail:
+  ws->failed_start = true;
+  return r;
+}
+
+UVIP_EXPORT unsigned int uvip_workers_count(const uvip_workers_t *ws) {
+  return ws ? ws->n : 0;
+}
+
+UVIP_EXPORT uvip_server_t *uvip_workers_server(const uvip_workers_t *ws) {
+  return ws ? ws->server : NULL;
+}
+
+UVIP_EXPORT int uvip_workers_stats(const uvip_workers_t *ws, unsigned int i,
+                                   uvip_worker_stats_t *out) {
+  UVIP_CHECK_ARG(ws == NULL || out == NULL || i >= ws->n);
+  uvip__wk_t *wk = &ws->wk[i];
+  memset(out, 0, sizeof(*out));
+  out->active = wk->active;
+  out->handed = wk->handed;
+  out->refused = wk->refused;
+  out->failed = wk->failed;
+  out->restarts = wk->restarts;
+  out->pid = wk->pid;
+  out->alive = wk->alive;
+  if (ws->opts.balance == UVIP_BALANCE_REUSEPORT) {
+    uv_mutex_lock(&wk->lock);
+    out->active = wk->rp_active;
+    out->handed = wk->rp_handed;
+    uv_mutex_unlock(&wk->lock);
+  }
+  return 0;
+}
+
+UVIP_EXPORT int uvip_workers_restart(uvip_workers_t *ws, unsigned int i) {
+  int r;
+  UVIP_CHECK_ARG(ws == NULL || i >= ws->n || !ws->listening || ws->closing);
+  if (ws->opts.mode != UVIP_WORKER_PROCESS)
+    return UV_ENOTSUP;
+  if (!ws->wk[i].exited)
+    return UV_EBUSY;
+  if ((r = uvip__wk_proc_start(&ws->wk[i], NULL, 0)) != 0)
+    return r;
+  ws->wk[i].restarts++;
+  uvip__sched_kick(ws->server);
+  return 0;
+}
+
+static void finish(uvip_workers_t *ws) {
+  uvip_workers_close_cb cb = ws->close_cb;
+  uvip_server_t *s = ws->server;
+  for (unsigned i = 0; i < ws->n; i++) {
+    if (ws->opts.mode == UVIP_WORKER_THREAD)
+      uvip__wk_thread_free(&ws->wk[i]);
+    free(ws->wk[i].vip_active);
+    uv_mutex_destroy(&ws->wk[i].lock);
+  }
+  s->handoff_has_room = NULL;
+  s->handoff_dispatch = NULL;
+  s->remote_closed = NULL;
+  s->handoff_ctx = NULL;
+  uv_mutex_destroy(&ws->lock);
+  free(ws->posts);
+  free(ws->vips);
+  free(ws->vip_addrs);
+  uvip__idmap_free(&ws->vipmap);
+  free(ws->wk);
+  if (cb)
+    cb(ws);
+  free(ws);
+}
+
+void uvip__wk_handle_closed(uv_handle_t *h) {
+  uvip_workers_t *ws = h->data;
+  free(h);
+  ws->handles_open--;
+  uvip__wk_maybe_finish(ws);
+}
+
+void uvip__wk_maybe_finish(uvip_workers_t *ws) {
+  if (!ws->closing)
+    return;
+  for (unsigned i = 0; i < ws->n; i++)
+    if (ws->wk[i].started && !ws->wk[i].exited)
+      return;
+  if (ws->inbox) {
+    uv_close((uv_handle_t *)ws->inbox, uvip__wk_handle_closed);
+    ws->inbox = NULL;
+    ws->handles_open++;
+  }
+  if (ws->sigchld) {
+    uv_close((uv_handle_t *)ws->sigchld, uvip__wk_handle_closed);
+    ws->sigchld = NULL;
+    ws->handles_open++;
+  }
+  if (ws->handles_open == 0)
+    finish(ws);
+}
+
+static void on_deferred(uv_handle_t *h) {
+  uvip_workers_t *ws = h->data;
+  ws->handles_open--;
+  uvip__wk_maybe_finish(ws);
+}
+
+UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
+                                   uvip_workers_close_cb cb) {
+  UVIP_CHECK_ARG(ws == NULL);
+  if (ws->closing)
+    return UV_EALREADY;
+  ws->closing = true;
+  ws->close_cb = cb;
+  uvip_server_stop(ws->server);
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    if (!wk->started || wk->exited)
+      continue;
+    if (ws->opts.mode == UVIP_WORKER_THREAD)
+      uvip__wk_thread_stop(wk);
+    else
+      uvip__wk_proc_stop(wk);
+  }
+  /* The callback must come from the loop even when nothing is running. */
+  uv_idle_init(ws->loop, &ws->closer);
+  ws->closer.data = ws;
+  ws->handles_open++;
+  uv_close((uv_handle_t *)&ws->closer, on_deferred);
+  return 0;
+}

@@ -1,0 +1,489 @@
+/* Worker threads and processes: hand-off, balance modes, backpressure, a
+ * killed worker process, restart, closing. Deterministic: loops are driven
+ * for a bounded number of turns; waits on client sockets are bounded too
+ * and never asserted on.
+ * SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define MAX_TURNS 2000
+
+static int marker; /* the server's data: workers must see it */
+static int nconns, nclosed; /* thread workers only; atomics */
+
+/* Replies to each byte b with b, the last octet of the connection's VIP
+ * and 'D' when the server data reached the worker. */
+static _Thread_local char tbuf[256];
+
+static void t_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(tbuf, sizeof(tbuf));
+}
+
+static void t_closed(uvip_conn_t *c) {
+  (void)c;
+  __atomic_add_fetch(&nclosed, 1, __ATOMIC_SEQ_CST);
+}
+
+static void t_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  uvip_conn_t *c = uvip_conn_from_tcp((uv_tcp_t *)s);
+  if (n < 0) {
+    uvip_conn_close(c, t_closed);
+    return;
+  }
+  for (ssize_t i = 0; i < n; i++) {
+    const struct sockaddr_in *a =
+        (const struct sockaddr_in *)uvip_vip_addr(uvip_conn_vip(c));
+    uvip_server_t *srv = uvip_vip_server(uvip_conn_vip(c));
+    char out[3] = {b->base[i], (char)(ntohl(a->sin_addr.s_addr) & 0xff),
+                   uvip_server_get_data(srv) == &marker ? 'D' : '?'};
+    uv_buf_t o = uv_buf_init(out, 3);
+    uv_try_write(s, &o, 1);
+  }
+}
+
+static void on_conn(uvip_server_t *s, uvip_conn_t *c) {
+  (void)s;
+  __atomic_add_fetch(&nconns, 1, __ATOMIC_SEQ_CST);
+  if (uv_read_start(uvip_conn_stream(c), t_alloc, t_read) != 0)
+    uvip_conn_close(c, t_closed);
+}
+
+typedef struct {
+  uv_loop_t loop;
+  uvip_server_t *server;
+  uvip_workers_t *workers;
+  int port;
+  bool closed;
+} fixture_t;
+
+static void start(fixture_t *f, const char *spec, int mode, int balance,
+                  unsigned n, uint64_t max_per_worker) {
+  uvip_workers_options_t o;
+  char err[256] = "";
+  uvip_addrs_t *a;
+  memset(f, 0, sizeof(*f));
+  f->port = th_free_port();
+  a = th_addrs(spec, f->port);
+  ck_assert_int_eq(uv_loop_init(&f->loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f->loop, a, NULL, &f->server), 0);
+  uvip_addrs_free(a);
+  uvip_server_set_data(f->server, &marker);
+  uvip_workers_options_init(&o);
+  o.nworkers = n;
+  o.mode = mode;
+  o.balance = balance;
+  o.max_conns_per_worker = max_per_worker;
+  ck_assert_int_eq(uvip_workers_new(f->server, &o, &f->workers), 0);
+  int r = uvip_workers_listen(f->workers, on_conn, err, sizeof(err));
+  ck_assert_msg(r == 0, "listen: %s (%s)", uv_strerror(r), err);
+}
+
+static void on_server_closed(uvip_server_t *s) { (void)s; }
+
+static fixture_t *closing;
+static void on_workers_closed(uvip_workers_t *w) {
+  ck_assert_ptr_eq(uvip_workers_server(w), closing->server);
+  uvip_server_close(closing->server, on_server_closed);
+  closing->closed = true;
+}
+
+static void finish(fixture_t *f) {
+  closing = f;
+  ck_assert_int_eq(uvip_workers_close(f->workers, on_workers_closed), 0);
+  ck_assert_int_eq(uvip_workers_close(f->workers, NULL), UV_EALREADY);
+  th_run_until(&f->loop, &f->closed, MAX_TURNS);
+  for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f->loop), 0);
+}
+
+static uint64_t accepted(fixture_t *f) {
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_server_stats(f->server, &st), 0);
+  return st.accepted;
+}
+
+static uint64_t active(fixture_t *f) {
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_server_stats(f->server, &st), 0);
+  return st.active;
+}
+
+static void run_until_accepted(fixture_t *f, uint64_t n) {
+  for (int i = 0; i < MAX_TURNS && accepted(f) < n; i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert_uint_eq(accepted(f), n);
+}
+
+static void run_until_active(fixture_t *f, uint64_t n) {
+  for (int i = 0; i < MAX_TURNS && active(f) != n; i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert_uint_eq(active(f), n);
+}
+
+static uvip_worker_stats_t wstats(fixture_t *f, unsigned i) {
+  uvip_worker_stats_t st;
+  ck_assert_int_eq(uvip_workers_stats(f->workers, i, &st), 0);
+  return st;
+}
+
+/* Sends one byte and checks the worker's reply, turning the acceptor's
+ * loop meanwhile (a hand-off may wait in it). */
+static void echo(fixture_t *f, int fd, char byte, int vip_octet) {
+  char in[3];
+  size_t got = 0;
+  ck_assert_int_eq(write(fd, &byte, 1), 1);
+  for (int i = 0; i < 400 && got < 3; i++) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 50) == 1) {
+      ssize_t k = read(fd, in + got, 3 - got);
+      ck_assert_msg(k > 0, "read: %zd %s", k, strerror(errno));
+      got += (size_t)k;
+    } else {
+      uv_run(&f->loop, UV_RUN_NOWAIT);
+    }
+  }
+  ck_assert_uint_eq(got, 3);
+  ck_assert_int_eq(in[0], byte);
+  ck_assert_int_eq(in[1], vip_octet);
+  ck_assert_int_eq(in[2], 'D');
+}
+
+static int connect_vip(fixture_t *f, int octet) {
+  struct sockaddr_storage sa;
+  char ip[32];
+  snprintf(ip, sizeof(ip), "127.0.0.%d", octet);
+  th_addr(ip, f->port, &sa);
+  return th_connect((struct sockaddr *)&sa, NULL);
+}
+
+/* Sequential connections spread so that counts differ by at most one. */
+static void exact_spread(int mode) {
+  fixture_t f;
+  int fds[10];
+  start(&f, "127.0.0.1-127.0.0.4", mode, UVIP_BALANCE_EXACT, 3, 0);
+  ck_assert_uint_eq(uvip_workers_count(f.workers), 3);
+  for (int i = 0; i < 10; i++) {
+    fds[i] = connect_vip(&f, 1 + i % 4);
+    run_until_accepted(&f, (uint64_t)i + 1);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (unsigned w = 0; w < 3; w++) {
+      uint64_t a = wstats(&f, w).active;
+      lo = a < lo ? a : lo;
+      hi = a > hi ? a : hi;
+    }
+    ck_assert_uint_le(hi - lo, 1);
+  }
+  for (int i = 0; i < 10; i++)
+    echo(&f, fds[i], (char)('a' + i), 1 + i % 4);
+  /* Closing three on one worker unbalances it; new ones fill it first. */
+  for (int i = 0; i < 10; i += 3)
+    close(fds[i]);
+  run_until_active(&f, 6);
+  for (int i = 0; i < 10; i += 3)
+    fds[i] = connect_vip(&f, 2);
+  run_until_accepted(&f, 14);
+  for (unsigned w = 0; w < 3; w++) {
+    ck_assert_int_eq(wstats(&f, w).alive, 1);
+    ck_assert_uint_ge(wstats(&f, w).active, 3);
+    ck_assert_uint_le(wstats(&f, w).active, 4);
+  }
+  for (int i = 0; i < 10; i += 3)
+    echo(&f, fds[i], 'z', 2);
+  for (int i = 0; i < 10; i++)
+    close(fds[i]);
+  run_until_active(&f, 0);
+  finish(&f);
+}
+
+START_TEST(test_thread_exact) {
+  nconns = nclosed = 0;
+  exact_spread(UVIP_WORKER_THREAD);
+  ck_assert_int_eq(__atomic_load_n(&nconns, __ATOMIC_SEQ_CST), 14);
+  ck_assert_int_eq(__atomic_load_n(&nclosed, __ATOMIC_SEQ_CST), 14);
+}
+END_TEST
+
+START_TEST(test_process_exact) { exact_spread(UVIP_WORKER_PROCESS); }
+END_TEST
+
+static void round_robin(int mode) {
+  fixture_t f;
+  int fds[9];
+  start(&f, "127.0.0.1-127.0.0.2", mode, UVIP_BALANCE_ROUND_ROBIN, 3, 0);
+  for (int i = 0; i < 9; i++) {
+    fds[i] = connect_vip(&f, 1 + i % 2);
+    run_until_accepted(&f, (uint64_t)i + 1);
+    /* Worker i % 3 got the i-th connection. */
+    ck_assert_uint_eq(wstats(&f, (unsigned)i % 3).handed, (uint64_t)i / 3 + 1);
+  }
+  for (int i = 0; i < 9; i++)
+    echo(&f, fds[i], 'r', 1 + i % 2);
+  /* Round-robin ignores load: close worker 0's three, the next still go
+   * in turn. */
+  close(fds[0]);
+  close(fds[3]);
+  close(fds[6]);
+  run_until_active(&f, 6);
+  ck_assert_uint_eq(wstats(&f, 0).active, 0);
+  fds[0] = connect_vip(&f, 1);
+  run_until_accepted(&f, 10);
+  ck_assert_uint_eq(wstats(&f, 0).active, 1);
+  fds[3] = connect_vip(&f, 1);
+  run_until_accepted(&f, 11);
+  ck_assert_uint_eq(wstats(&f, 1).active, 4);
+  echo(&f, fds[0], 'q', 1);
+  echo(&f, fds[3], 'q', 1);
+  for (int i = 0; i < 9; i++)
+    if (i != 6)
+      close(fds[i]);
+  run_until_active(&f, 0);
+  finish(&f);
+}
+
+START_TEST(test_thread_round_robin) { round_robin(UVIP_WORKER_THREAD); }
+END_TEST
+
+START_TEST(test_process_round_robin) { round_robin(UVIP_WORKER_PROCESS); }
+END_TEST
+
+/* A worker at its limit gets nothing more; with every worker full the
+ * acceptor leaves connections queued in the kernel until a slot frees. */
+static void backpressure(int mode) {
+  fixture_t f;
+  int fds[6];
+  start(&f, "127.0.0.1", mode, UVIP_BALANCE_EXACT, 2, 2);
+  for (int i = 0; i < 5; i++) {
+    fds[i] = connect_vip(&f, 1); /* completes: the kernel queues it */
+    if (i < 4)
+      run_until_accepted(&f, (uint64_t)i + 1);
+  }
+  for (int t = 0; t < 20; t++)
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+  ck_assert_uint_eq(accepted(&f), 4);
+  ck_assert_uint_eq(wstats(&f, 0).active, 2);
+  ck_assert_uint_eq(wstats(&f, 1).active, 2);
+  ck_assert_uint_gt(wstats(&f, 0).refused + wstats(&f, 1).refused, 0);
+  /* Closing one of worker 1's lets the queued one in, on worker 1. */
+  close(fds[1]);
+  run_until_accepted(&f, 5);
+  ck_assert_uint_eq(wstats(&f, 1).active, 2);
+  ck_assert_uint_eq(wstats(&f, 1).handed, 3);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 2);
+  echo(&f, fds[4], 'b', 1);
+  for (int i = 0; i < 5; i++)
+    if (i != 1)
+      close(fds[i]);
+  run_until_active(&f, 0);
+  finish(&f);
+}
+
+START_TEST(test_thread_backpressure) { backpressure(UVIP_WORKER_THREAD); }
+END_TEST
+
+START_TEST(test_process_backpressure) { backpressure(UVIP_WORKER_PROCESS); }
+END_TEST
+
+/* kill -9 one worker process: noticed, its slots given back, the others
+ * keep serving, and it can be restarted. */
+START_TEST(test_process_kill_restart) {
+  fixture_t f;
+  int fds[8];
+  start(&f, "127.0.0.1-127.0.0.2", UVIP_WORKER_PROCESS, UVIP_BALANCE_EXACT, 3, 0);
+  for (int i = 0; i < 6; i++) {
+    fds[i] = connect_vip(&f, 1 + i % 2);
+    run_until_accepted(&f, (uint64_t)i + 1);
+    echo(&f, fds[i], 'k', 1 + i % 2);
+  }
+  uvip_worker_stats_t victim = wstats(&f, 1);
+  ck_assert_int_eq(victim.alive, 1);
+  ck_assert_int_gt(victim.pid, 0);
+  ck_assert_uint_eq(victim.active, 2);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 1), UV_EBUSY);
+  ck_assert_int_eq(kill((pid_t)victim.pid, SIGKILL), 0);
+  for (int i = 0; i < MAX_TURNS && wstats(&f, 1).alive; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(wstats(&f, 1).alive, 0);
+  ck_assert_uint_eq(wstats(&f, 1).active, 0);
+  ck_assert_uint_eq(active(&f), 4);
+  /* Its clients see the connection go. */
+  for (int i = 0; i < 6; i++) {
+    char c;
+    struct pollfd p = {.fd = fds[i], .events = POLLIN};
+    if (poll(&p, 1, 0) == 1) {
+      ck_assert_int_le(read(fds[i], &c, 1), 0);
+      close(fds[i]);
+      fds[i] = -1;
+    }
+  }
+  /* New connections go to the living only. */
+  fds[6] = connect_vip(&f, 1);
+  run_until_accepted(&f, 7);
+  echo(&f, fds[6], 'n', 1);
+  ck_assert_uint_eq(wstats(&f, 1).handed, 2);
+  /* Restarted, it is the least loaded and gets the next one. */
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 1), 0);
+  ck_assert_int_eq(wstats(&f, 1).alive, 1);
+  ck_assert_uint_eq(wstats(&f, 1).restarts, 1);
+  ck_assert_int_ne(wstats(&f, 1).pid, victim.pid);
+  fds[7] = connect_vip(&f, 2);
+  run_until_accepted(&f, 8);
+  ck_assert_uint_eq(wstats(&f, 1).active, 1);
+  echo(&f, fds[7], 'm', 2);
+  /* Workers close with connections still open: they are closed. */
+  finish(&f);
+  for (int i = 0; i < 8; i++)
+    if (fds[i] >= 0)
+      close(fds[i]);
+}
+END_TEST
+
+START_TEST(test_args) {
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_workers_t *w = NULL;
+  uvip_workers_options_t o;
+  uvip_worker_stats_t st;
+  uvip_addrs_t *a = th_addrs("127.0.0.1", th_free_port());
+  bool closed = false;
+  uv_loop_init(&loop);
+  ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+  uvip_addrs_free(a);
+
+  ck_assert_int_eq(uvip_workers_options_init(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_options_init(&o), 0);
+  ck_assert_uint_eq(o.nworkers, 2);
+  ck_assert_int_eq(uvip_workers_new(NULL, &o, &w), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_new(s, &o, NULL), UV_EINVAL);
+  o.nworkers = 0;
+  ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL);
+  o.nworkers = UVIP_WORKERS_MAX + 1;
+  ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL);
+  o.nworkers = 2;
+  o.mode = 7;
+  ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL);
+  o.mode = UVIP_WORKER_THREAD;
+  o.balance = -1;
+  ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL);
+  o.balance = UVIP_BALANCE_EXACT;
+  ck_assert_ptr_null(w);
+  ck_assert_int_eq(uvip_workers_listen(NULL, on_conn, NULL, 0), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_stats(NULL, 0, &st), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_restart(NULL, 0), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_close(NULL, NULL), UV_EINVAL);
+  ck_assert_uint_eq(uvip_workers_count(NULL), 0);
+  ck_assert_ptr_null(uvip_workers_server(NULL));
+
+  ck_assert_int_eq(uvip_workers_new(s, &o, &w), 0);
+  ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL); /* one per server */
+  ck_assert_int_eq(uvip_workers_listen(w, NULL, NULL, 0), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_stats(w, 2, &st), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_stats(w, 0, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_workers_stats(w, 1, &st), 0);
+  ck_assert_int_eq(st.alive, 0);
+  ck_assert_int_eq(uvip_workers_restart(w, 0), UV_EINVAL); /* not started */
+  /* Never started: closes from the loop all the same. */
+  closing = &(fixture_t){0};
+  closing->server = s;
+  ck_assert_int_eq(uvip_workers_close(w, on_workers_closed), 0);
+  ck_assert(!closing->closed);
+  th_run_until(&loop, &closing->closed, 10);
+  (void)closed;
+  for (int i = 0; i < 10 && uv_loop_alive(&loop); i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* A bind failure leaves nothing running; the workers still close. */
+START_TEST(test_listen_fails) {
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_workers_t *w;
+  uvip_workers_options_t o;
+  char err[256] = "";
+  int port = th_free_port();
+  struct sockaddr_storage sa;
+  th_addr("127.0.0.1", port, &sa);
+  int busy = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_eq(bind(busy, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(busy, 1), 0);
+  uvip_addrs_t *a = th_addrs("127.0.0.1", port);
+  uv_loop_init(&loop);
+  ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+  uvip_addrs_free(a);
+  for (int mode = 0; mode < 2; mode++) {
+    uvip_workers_options_init(&o);
+    o.mode = mode;
+    o.balance = mode ? UVIP_BALANCE_EXACT : UVIP_BALANCE_REUSEPORT;
+    ck_assert_int_eq(uvip_workers_new(s, &o, &w), 0);
+    ck_assert_int_eq(uvip_workers_listen(w, on_conn, err, sizeof(err)),
+                     UV_EADDRINUSE);
+    ck_assert_msg(strstr(err, "address already in use") != NULL, "%s", err);
+    ck_assert_int_eq(uvip_workers_listen(w, on_conn, NULL, 0), UV_EALREADY);
+    closing = &(fixture_t){0};
+    closing->server = NULL;
+    ck_assert_int_eq(uvip_workers_close(w, NULL), 0);
+    for (int i = 0; i < 10 && uv_loop_alive(&loop); i++)
+      uv_run(&loop, UV_RUN_ONCE);
+  }
+  bool done = false;
+  closing = &(fixture_t){0};
+  closing->server = s;
+  uvip_server_close(s, NULL);
+  for (int i = 0; i < 10 && uv_loop_alive(&loop); i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  (void)done;
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  close(busy);
+}
+END_TEST
+
+/* REUSEPORT: every worker listens itself; connections land somewhere and
+ * echo; counts are reported. */
+static void reuseport(int mode) {
+  fixture_t f;
+  int fds[8];
+  start(&f, "127.0.0.1", mode, UVIP_BALANCE_REUSEPORT, 2, 0);
+  for (int i = 0; i < 8; i++) {
+    fds[i] = connect_vip(&f, 1);
+    echo(&f, fds[i], 'p', 1);
+  }
+  for (int i = 0; i < 8; i++)
+    close(fds[i]);
+  finish(&f);
+}
+
+START_TEST(test_thread_reuseport) { reuseport(UVIP_WORKER_THREAD); }
+END_TEST
+
+START_TEST(test_process_reuseport) { reuseport(UVIP_WORKER_PROCESS); }
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("workers");
+  TCase *tc = tcase_create("workers");
+  tcase_add_test(tc, test_args);
+  tcase_add_test(tc, test_listen_fails);
+  tcase_add_test(tc, test_thread_exact);
+  tcase_add_test(tc, test_thread_round_robin);
+  tcase_add_test(tc, test_thread_backpressure);
+  tcase_add_test(tc, test_thread_reuseport);
+  tcase_add_test(tc, test_process_exact);
+  tcase_add_test(tc, test_process_round_robin);
+  tcase_add_test(tc, test_process_backpressure);
+  tcase_add_test(tc, test_process_kill_restart);
+  tcase_add_test(tc, test_process_reuseport);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
