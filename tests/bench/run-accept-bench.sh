@@ -8,8 +8,9 @@
 # with the defaults) and the servers are killed on exit.
 #
 #   tests/bench/run-accept-bench.sh [--build-dir DIR] [--runs N] [--quick]
+#                                   [--only starve,throughput,rate]
 #
-# Environment: RUNS, STARVE_MS (8000), TP_MS (5000), RATE_MS (5000),
+# Environment: RUNS, ONLY, STARVE_MS (8000), TP_MS (5000), RATE_MS (5000),
 # PIN=0 to not pin (default: servers on CPU 1, clients on CPU 0 with taskset),
 # OUT=DIR for the raw logs (default: a fresh mktemp dir, printed).
 # Network: 127.0.0.1-127.0.0.16 (servers), 127.0.1.1-127.0.1.64 (clients).
@@ -23,12 +24,14 @@ TP_MS=${TP_MS:-5000}
 RATE_MS=${RATE_MS:-5000}
 PIN=${PIN:-1}
 CAP=64
+ONLY=${ONLY:-starve,throughput,rate}
 while [ $# -gt 0 ]; do
   case "$1" in
   --build-dir) BUILD=$2; shift 2 ;;
   --runs) RUNS=$2; shift 2 ;;
   --quick) RUNS=1; STARVE_MS=3000; TP_MS=2000; RATE_MS=2000; shift ;;
-  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  --only) ONLY=$2; shift 2 ;;
+  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
   *) echo "run-accept-bench.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -117,9 +120,11 @@ one() {
   local limit_s=$(( (${DUR_MS} / 1000) + 15 ))
   start_server "$slog" "${srv[@]}" --port "$port"
   timeout -k 2 "$limit_s" $CLI_PIN "$LOAD" --port "$port" "$@" >"$clog" 2>&1
-  # Server CPU time (user + system) over the whole run, before it exits.
-  local ticks
-  ticks=$(awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat" 2>/dev/null)
+  # Server CPU time over the whole run, before it exits: the scheduler's
+  # run time in ns from /proc/PID/task/*/schedstat (exact, unlike the
+  # tick-sampled utime/stime).
+  local cpu_ns
+  cpu_ns=$(cat /proc/"$SERVER_PID"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { if (NR) printf "%.0f", t }')
   stop_server
   local line extra=""
   line=$(grep '^RESULT ' "$clog" | tail -1)
@@ -132,14 +137,13 @@ one() {
   # far less sensitive than wall-clock rates to other load on the machine.
   local total
   total=$(echo "$line" | tr ' ' '\n' | sed -n 's/^total=//p')
-  if [ -n "$ticks" ] && [ -n "$total" ] && [ "$total" -gt 0 ]; then
-    extra=" srv_cpu_s=$(awk -v t="$ticks" -v h="$HZ" 'BEGIN { printf "%.2f", t / h }')"
-    extra="$extra srv_us_per_op=$(awk -v t="$ticks" -v h="$HZ" -v n="$total" 'BEGIN { printf "%.3f", t / h * 1e6 / n }')"
+  if [ -n "$cpu_ns" ] && [ -n "$total" ] && [ "$total" -gt 0 ]; then
+    extra=" srv_cpu_s=$(awk -v t="$cpu_ns" 'BEGIN { printf "%.3f", t / 1e9 }')"
+    extra="$extra srv_us_per_op=$(awk -v t="$cpu_ns" -v n="$total" 'BEGIN { printf "%.3f", t / 1e3 / n }')"
   fi
   echo "$scen $name $run $line$extra" >> "$RES"
   printf '  %-10s %-8s run %d: %s\n' "$scen" "$name" "$run" "$line$extra"
 }
-HZ=$(getconf CLK_TCK)
 
 # pairs A B: runs alternate A B B A A B ... so that neither side always goes
 # first (the order within a pair otherwise biases the ratio).
@@ -158,7 +162,9 @@ echo "uvip accept benchmarks: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $
   "libuv $(pkg-config --modversion libuv 2>/dev/null || echo '?'), runs $RUNS, pin '${SRV_PIN:-none}'"
 echo "raw logs: $OUT"
 
-echo "starvation (16 VIPs, cap $CAP, heavy VIP 127.0.0.1 x400, light x4, hold 20 ms, ${STARVE_MS} ms):"
+want() { case ",$ONLY," in *,"$1",*) return 0 ;; esac; return 1; }
+
+want starve && echo "starvation (16 VIPs, cap $CAP, heavy VIP 127.0.0.1 x400, light x4, hold 20 ms, ${STARVE_MS} ms):"
 DUR_MS=$STARVE_MS
 starve_a() {
   one starve uvip "$1" $UVIP_P "$UVIP" --listen $SPEC --max-conns $CAP --shutdown-timeout 200 -- \
@@ -168,9 +174,9 @@ starve_b() {
   one starve baseline "$1" $BASE_P "$BASE" --listen $SPEC --max-conns $CAP -- \
     --mode starve --target $SPEC --heavy-vip 0 --heavy 400 --light 4 --hold-ms 20 --duration-ms "$STARVE_MS"
 }
-pairs starve_a starve_b
+want starve && pairs starve_a starve_b
 
-echo "echo throughput (100 connections, 4 KiB ping-pong, ${TP_MS} ms, first 500 ms not counted):"
+want throughput && echo "echo throughput (100 connections, 4 KiB ping-pong, ${TP_MS} ms, first 500 ms not counted):"
 DUR_MS=$TP_MS
 tp_a() {
   one throughput uvip "$1" $UVIP_P "$UVIP" --listen $SPEC --shutdown-timeout 200 -- \
@@ -180,9 +186,9 @@ tp_b() {
   one throughput libuv "$1" $BASE_P "$BASE" --listen $SPEC -- \
     --mode throughput --target $SPEC --conns 100 --size 4096 --duration-ms "$TP_MS"
 }
-pairs tp_a tp_b
+want throughput && pairs tp_a tp_b
 
-echo "accept rate (100 concurrent connect/1 byte/echo/close loops, ${RATE_MS} ms, first 500 ms not counted):"
+want rate && echo "accept rate (100 concurrent connect/1 byte/echo/close loops, ${RATE_MS} ms, first 500 ms not counted):"
 DUR_MS=$RATE_MS
 rate_a() {
   one rate uvip "$1" $UVIP_P "$UVIP" --listen $SPEC --shutdown-timeout 200 -- \
@@ -192,7 +198,7 @@ rate_b() {
   one rate libuv "$1" $BASE_P "$BASE" --listen $SPEC -- \
     --mode rate --target $SPEC --conns 100 --duration-ms "$RATE_MS"
 }
-pairs rate_a rate_b
+want rate && pairs rate_a rate_b
 
 # median SCENARIO NAME KEY
 median() {
