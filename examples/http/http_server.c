@@ -10,9 +10,11 @@
  * SPDX-License-Identifier: MIT */
 #include "http.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 enum { TQ_HEADER = 0, TQ_IDLE, TQ_LINGER, TQ_COUNT, TQ_NONE = 255 };
 
@@ -349,6 +351,7 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
 void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
   http_server_t *hs = uvip_server_get_data(server);
   http_conn_t *hc = malloc(sizeof(*hc));
+  uv_os_fd_t fd;
   if (!hc) {
     uvip_conn_close(conn, NULL);
     return;
@@ -364,9 +367,26 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
   uvip_conn_tcp(conn)->data = hc;
   hs->ctx.conns_total++;
   hs->ctx.conns_active++;
-  if (conn_read_start(hc) != 0)
-    return;
   tq_push(hs, hc, TQ_HEADER);
+  /* Clients send their request right after connecting, so by the time the
+   * connection is accepted it has usually arrived: reading it now saves a
+   * poll round trip, and a one-request connection then never registers
+   * with epoll at all. conn_input() starts reading if more is needed. */
+  if (uv_fileno((uv_handle_t *)uvip_conn_tcp(conn), &fd) == 0) {
+    ssize_t n;
+    do
+      n = read(fd, hs->rbuf, sizeof(hs->rbuf));
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+      conn_input(hc, hs->rbuf, (size_t)n);
+      return;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+      conn_close(hc);
+      return;
+    }
+  }
+  (void)conn_read_start(hc);
 }
 
 /* ------------------------------------------------------------------------ */
