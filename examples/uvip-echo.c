@@ -3,13 +3,18 @@
  *   uvip-echo [--listen SPEC]... [--port P] [--max-conns N]
  *             [--max-conns-per-vip N] [--accept-budget N] [--backlog N]
  *             [--shutdown-timeout MS] [--all-or-nothing] [--provision IFACE]
+ *             [--workers N] [--worker-mode thread|process]
+ *             [--balance exact|round-robin|reuseport]
+ *             [--max-conns-per-worker N]
  *
  * An idle connection costs only the library's uvip_conn_t: reads land in
- * one shared buffer and are written straight back with uv_try_write; only
- * bytes the socket cannot take at once are copied into a write request.
+ * one buffer per loop thread and are written straight back with
+ * uv_try_write; only bytes the socket cannot take at once are copied into
+ * a write request.
  * SPDX-License-Identifier: MIT */
 #include <getopt.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,7 +33,10 @@ static uv_loop_t *loop;
 static uvip_server_t *server;
 static uv_timer_t shutdown_timer;
 static uint64_t shutdown_ms = 5000;
-static char read_buf[READ_BUF];
+/* Thread workers each run a loop of their own. */
+static _Thread_local char read_buf[READ_BUF];
+static uvip_workers_t *workers; /* --workers */
+static uint64_t drain_waited_ms;
 static uvip_provision_t *prov; /* --provision: the addresses we added */
 
 /* Runs at any exit, including exit() on a second signal, so that the
@@ -73,7 +81,7 @@ static void provision(const char *ifname, const uvip_addrs_t *addrs) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)h;
   (void)hint;
-  /* One loop thread, and each read is consumed before the next alloc. */
+  /* Each read is consumed before the next alloc on this thread. */
   *buf = uv_buf_init(read_buf, sizeof(read_buf));
 }
 
@@ -151,9 +159,57 @@ static void on_shutdown_timeout(uv_timer_t *t) {
   uvip_server_close_conns(server);
 }
 
+static void print_workers(uvip_workers_t *w, int final) {
+  for (unsigned i = 0; i < uvip_workers_count(w); i++) {
+    uvip_worker_stats_t ws;
+    uvip_workers_stats(w, i, &ws);
+    if (final)
+      printf("%s: worker %u: handed %llu, refused %llu, failed %llu, "
+             "restarts %llu\n", ex_prog, i, (unsigned long long)ws.handed,
+             (unsigned long long)ws.refused, (unsigned long long)ws.failed,
+             (unsigned long long)ws.restarts);
+    else
+      printf("%s: worker %u: active %llu%s\n", ex_prog, i,
+             (unsigned long long)ws.active, ws.alive ? "" : " (dead)");
+  }
+  fflush(stdout);
+}
+
+static void on_workers_closed(uvip_workers_t *w) {
+  print_workers(w, 1);
+  workers = NULL;
+  uvip_server_close(server, on_server_closed);
+}
+
+/* With workers the connections live elsewhere: poll the count until they
+ * are gone or the grace period is over, then close the workers (which
+ * closes what is left). */
+static void on_drain_tick(uv_timer_t *t) {
+  uvip_vip_stats_t st;
+  uvip_server_stats(server, &st);
+  drain_waited_ms += 100;
+  if (st.active > 0 && drain_waited_ms < shutdown_ms)
+    return;
+  if (st.active > 0)
+    fprintf(stderr, "%s: closing %llu connections still open\n", ex_prog,
+            (unsigned long long)st.active);
+  uv_timer_stop(t);
+  uvip_workers_close(workers, on_workers_closed);
+}
+
 static void on_signal(int signum) {
   uvip_vip_stats_t st;
   uvip_server_stats(server, &st);
+  if (workers) {
+    fprintf(stderr, "%s: %s, stopped accepting; waiting up to %llu ms for "
+            "%llu connections\n", ex_prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
+            (unsigned long long)shutdown_ms, (unsigned long long)st.active);
+    print_workers(workers, 0);
+    uvip_server_stop(server);
+    uv_timer_start(&shutdown_timer, on_drain_tick, 0, 100);
+    uv_unref((uv_handle_t *)&shutdown_timer);
+    return;
+  }
   fprintf(stderr,
           "%s: %s, stopped accepting; waiting up to %llu ms for %llu "
           "connections\n",
@@ -176,13 +232,19 @@ static void usage(FILE *f) {
           "  --shutdown-timeout MS    grace period for open connections on exit (5000)\n"
           "  --all-or-nothing         fail unless every VIP can be bound\n"
           "  --provision IFACE        add the missing --listen addresses to IFACE;\n"
-          "                           remove those it added on exit\n",
+          "                           remove those it added on exit\n"
+          "  --workers N              hand connections to N workers (0 = none)\n"
+          "  --worker-mode MODE       thread (default) or process\n"
+          "  --balance MODE           exact (default), round-robin or reuseport\n"
+          "  --max-conns-per-worker N connections per worker (0 = default: none for\n"
+          "                           threads, the descriptor limit for processes)\n",
           ex_prog);
 }
 
 int main(int argc, char **argv) {
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
-         O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION };
+         O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION, O_WORKERS, O_WMODE,
+         O_BALANCE, O_MAXWK };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
       {"port", required_argument, NULL, O_PORT},
@@ -194,8 +256,14 @@ int main(int argc, char **argv) {
       {"all-or-nothing", no_argument, NULL, O_ALL},
       {"help", no_argument, NULL, O_HELP},
       {"provision", required_argument, NULL, O_PROVISION},
+      {"workers", required_argument, NULL, O_WORKERS},
+      {"worker-mode", required_argument, NULL, O_WMODE},
+      {"balance", required_argument, NULL, O_BALANCE},
+      {"max-conns-per-worker", required_argument, NULL, O_MAXWK},
       {NULL, 0, NULL, 0}};
   uvip_server_options_t opts;
+  uvip_workers_options_t wopts;
+  const char *wopt_given = NULL;
   const char **specs = calloc((size_t)argc + 1, sizeof(*specs));
   size_t nspecs = 0;
   const char *prov_ifname = NULL;
@@ -204,6 +272,8 @@ int main(int argc, char **argv) {
 
   ex_init(argv[0]);
   uvip_server_options_init(&opts);
+  uvip_workers_options_init(&wopts);
+  wopts.nworkers = 0;
   opterr = 0;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (opt) {
@@ -221,6 +291,35 @@ int main(int argc, char **argv) {
     case O_ALL: opts.flags |= UVIP_ALL_OR_NOTHING; break;
     case O_HELP: usage(stdout); return 0;
     case O_PROVISION: prov_ifname = optarg; break;
+    case O_WORKERS:
+      wopts.nworkers = (unsigned)ex_parse_num("--workers", optarg, 0, UVIP_WORKERS_MAX);
+      break;
+    case O_WMODE:
+      wopt_given = "--worker-mode";
+      if (strcmp(optarg, "thread") == 0)
+        wopts.mode = UVIP_WORKER_THREAD;
+      else if (strcmp(optarg, "process") == 0)
+        wopts.mode = UVIP_WORKER_PROCESS;
+      else
+        ex_usage_error("--worker-mode: expected thread or process, got '%s'", optarg);
+      break;
+    case O_BALANCE:
+      wopt_given = "--balance";
+      if (strcmp(optarg, "exact") == 0)
+        wopts.balance = UVIP_BALANCE_EXACT;
+      else if (strcmp(optarg, "round-robin") == 0)
+        wopts.balance = UVIP_BALANCE_ROUND_ROBIN;
+      else if (strcmp(optarg, "reuseport") == 0)
+        wopts.balance = UVIP_BALANCE_REUSEPORT;
+      else
+        ex_usage_error("--balance: expected exact, round-robin or reuseport, got '%s'",
+                       optarg);
+      break;
+    case O_MAXWK:
+      wopt_given = "--max-conns-per-worker";
+      wopts.max_conns_per_worker =
+          ex_parse_num("--max-conns-per-worker", optarg, 0, UINT64_MAX / 2);
+      break;
     default:
       ex_bad_option(argc, argv);
     }
@@ -229,6 +328,8 @@ int main(int argc, char **argv) {
     ex_usage_error("unexpected argument '%s'; see --help", argv[optind]);
   if (nspecs == 0)
     specs[nspecs++] = DEFAULT_SPEC;
+  if (wopt_given && wopts.nworkers == 0)
+    ex_usage_error("%s: needs --workers N", wopt_given);
 
   uvip_addrs_t *addrs;
   if (uvip_addrs_new(&addrs) != 0)
@@ -245,12 +346,40 @@ int main(int argc, char **argv) {
     return 1;
   }
   uvip_addrs_free(addrs);
-  if ((r = uvip_server_listen(server, on_connection, err, sizeof(err))) != 0) {
-    fprintf(stderr, "%s: cannot listen: %s\n", ex_prog, err);
+  if (wopts.nworkers) {
+    struct rlimit rl;
+    /* Hand-offs in flight hold descriptors of this process too. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if ((r = uvip_workers_new(server, &wopts, &workers)) != 0) {
+      fprintf(stderr, "%s: workers: %s\n", ex_prog, uv_strerror(r));
+      return 1;
+    }
+    r = uvip_workers_listen(workers, on_connection, err, sizeof(err));
+  } else {
+    r = uvip_server_listen(server, on_connection, err, sizeof(err));
+  }
+  if (r != 0) {
+    fprintf(stderr, "%s: cannot listen: %s\n", ex_prog, err[0] ? err : uv_strerror(r));
     return 1;
   }
 
   size_t ok = 0, n = uvip_server_vip_count(server);
+  if (workers) {
+    printf("%s: %u %s workers, balance %s\n", ex_prog, wopts.nworkers,
+           wopts.mode == UVIP_WORKER_PROCESS ? "process" : "thread",
+           wopts.balance == UVIP_BALANCE_EXACT         ? "exact"
+           : wopts.balance == UVIP_BALANCE_ROUND_ROBIN ? "round-robin"
+                                                       : "reuseport");
+  }
+  /* With reuseport the workers hold the listeners. */
+  if (workers && wopts.balance == UVIP_BALANCE_REUSEPORT) {
+    printf("%s: every worker listens on the %zu VIPs with SO_REUSEPORT\n",
+           ex_prog, n);
+    ok = n = 0;
+  }
   for (size_t i = 0; i < n; i++) {
     uvip_vip_t *v = uvip_server_vip(server, i);
     char a[UVIP_ADDRSTRLEN];
@@ -263,7 +392,8 @@ int main(int argc, char **argv) {
               uv_strerror(uvip_vip_error(v)));
     }
   }
-  printf("%s: serving %zu of %zu VIPs\n", ex_prog, ok, n);
+  if (n)
+    printf("%s: serving %zu of %zu VIPs\n", ex_prog, ok, n);
   fflush(stdout);
 
   uv_timer_init(loop, &shutdown_timer);

@@ -151,6 +151,7 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
                            int fd);
 void uvip__wk_proc_stop(uvip__wk_t *wk);
 void uvip__wk_proc_kill(uvip__wk_t *wk);
+void uvip__wk_proc_reap(uvip__wk_t *wk);
 void uvip__wk_proc_on_sigchld(uv_signal_t *h, int signum);
 
 #endif

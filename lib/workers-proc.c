@@ -284,6 +284,22 @@ void uvip__wk_proc_stop(uvip__wk_t *wk) {
   kill(wk->pid, SIGKILL);
 }
 
+/* At the end: the child closed its pipe as its last act, so it is
+ * exiting; give it a moment to flush its output, then insist. */
+void uvip__wk_proc_reap(uvip__wk_t *wk) {
+  for (int i = 0; i < 200 && !wk->reaped; i++) {
+    reap(wk);
+    if (!wk->reaped)
+      usleep(5000);
+  }
+  if (!wk->reaped && wk->pid > 0) {
+    kill(wk->pid, SIGKILL);
+    while (waitpid(wk->pid, NULL, 0) < 0 && errno == EINTR)
+      ;
+    wk->reaped = true;
+  }
+}
+
 /* Synchronous, for a start that failed half way. */
 void uvip__wk_proc_kill(uvip__wk_t *wk) {
   kill(wk->pid, SIGKILL);

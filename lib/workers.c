@@ -422,26 +422,29 @@ UVIP_EXPORT int uvip_workers_restart(uvip_workers_t *ws, unsigned int i) {
 }
 
 static void finish(uvip_workers_t *ws) {
-  uvip_workers_close_cb cb = ws->close_cb;
   uvip_server_t *s = ws->server;
-  for (unsigned i = 0; i < ws->n; i++) {
+  for (unsigned i = 0; i < ws->n; i++)
     if (ws->opts.mode == UVIP_WORKER_THREAD)
       uvip__wk_thread_free(&ws->wk[i]);
-    free(ws->wk[i].vip_active);
-    uv_mutex_destroy(&ws->wk[i].lock);
-  }
+    else if (ws->wk[i].started)
+      uvip__wk_proc_reap(&ws->wk[i]);
   s->handoff_has_room = NULL;
   s->handoff_dispatch = NULL;
   s->remote_closed = NULL;
   s->handoff_ctx = NULL;
+  /* The counters stay readable from the callback. */
+  if (ws->close_cb)
+    ws->close_cb(ws);
+  for (unsigned i = 0; i < ws->n; i++) {
+    free(ws->wk[i].vip_active);
+    uv_mutex_destroy(&ws->wk[i].lock);
+  }
   uv_mutex_destroy(&ws->lock);
   free(ws->posts);
   free(ws->vips);
   free(ws->vip_addrs);
   uvip__idmap_free(&ws->vipmap);
   free(ws->wk);
-  if (cb)
-    cb(ws);
   free(ws);
 }
 

@@ -138,8 +138,9 @@ typedef void (*uvip_workers_close_cb)(uvip_workers_t *workers);
  * (the server's conn_close_cb runs for each, on its worker), calls each
  * exit_cb, waits for the workers to end (threads are joined, processes
  * reaped) and for all their slots to be given back, then calls cb (may be
- * NULL) on the server's loop and frees the workers. UV_EALREADY the second
- * time. */
+ * NULL) on the server's loop; uvip_workers_stats() still works inside cb,
+ * and the workers' memory is freed right after it returns. UV_EALREADY the
+ * second time. */
 int uvip_workers_close(uvip_workers_t *workers, uvip_workers_close_cb cb);
 
 #ifdef __cplusplus
