@@ -36,6 +36,7 @@ static uint64_t shutdown_ms = 5000;
 /* Thread workers each run a loop of their own. */
 static _Thread_local char read_buf[READ_BUF];
 static uvip_workers_t *workers; /* --workers */
+static uv_signal_t usr1;        /* --workers: SIGUSR1 prints their counts */
 static uint64_t drain_waited_ms;
 static uvip_provision_t *prov; /* --provision: the addresses we added */
 
@@ -147,6 +148,8 @@ static void on_server_closed(uvip_server_t *srv) {
   (void)srv;
   server = NULL;
   uv_close((uv_handle_t *)&shutdown_timer, NULL);
+  if (uv_is_active((uv_handle_t *)&usr1))
+    uv_close((uv_handle_t *)&usr1, NULL);
   ex_signals_close();
 }
 
@@ -173,6 +176,13 @@ static void print_workers(uvip_workers_t *w, int final) {
              (unsigned long long)ws.active, ws.alive ? "" : " (dead)");
   }
   fflush(stdout);
+}
+
+static void on_usr1(uv_signal_t *h, int signum) {
+  (void)h;
+  (void)signum;
+  if (workers)
+    print_workers(workers, 0);
 }
 
 static void on_workers_closed(uvip_workers_t *w) {
@@ -237,7 +247,8 @@ static void usage(FILE *f) {
           "  --worker-mode MODE       thread (default) or process\n"
           "  --balance MODE           exact (default), round-robin or reuseport\n"
           "  --max-conns-per-worker N connections per worker (0 = default: none for\n"
-          "                           threads, the descriptor limit for processes)\n",
+          "                           threads, the descriptor limit for processes)\n"
+          "With --workers, SIGUSR1 prints the connections each worker holds.\n",
           ex_prog);
 }
 
@@ -398,6 +409,11 @@ int main(int argc, char **argv) {
 
   uv_timer_init(loop, &shutdown_timer);
   ex_on_signal(loop, on_signal);
+  if (workers) {
+    uv_signal_init(loop, &usr1);
+    uv_signal_start(&usr1, on_usr1, SIGUSR1);
+    uv_unref((uv_handle_t *)&usr1);
+  }
   uv_run(loop, UV_RUN_DEFAULT);
   uv_run(loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
   r = uv_loop_close(loop);
