@@ -789,6 +789,72 @@ START_TEST(test_livepool) {
 }
 END_TEST
 
+/* The only netlink socket the process holds: the live pool's watcher. */
+static int find_netlink_fd(void) {
+  int found = -1;
+  for (int fd = 3; fd < 1024; fd++) {
+    int domain = 0;
+    socklen_t len = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
+        domain == AF_NETLINK) {
+      ck_assert_int_eq(found, -1);
+      found = fd;
+    }
+  }
+  ck_assert_int_ge(found, 0);
+  return found;
+}
+
+/* Lost events: with a tiny receive buffer the kernel drops the deletions;
+ * the overrun makes the live pool probe every address and still close the
+ * listeners of the ones that went. */
+START_TEST(test_livepool_overrun) {
+  enter_netns();
+  int port = th_free_port();
+  uvip_addrs_t *pool = th_addrs("10.77.5.1-10.77.5.4", port);
+  uvip_provision_t *p = NULL;
+  ck_assert_int_eq(uvip_provision_new("lo", pool, NULL, &p), 0);
+  ck_assert_int_eq(uvip_provision_apply(p, NULL, 0), 0);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  th_track_t t = {0};
+  uvip_server_t *s = NULL;
+  ck_assert_int_eq(uvip_server_new(&loop, pool, NULL, &s), 0);
+  uvip_server_set_data(s, &t);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+  uvip_livepool_t *lp = NULL;
+  live_log_t log = {0};
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
+  uvip_livepool_set_data(lp, &log);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), 0);
+  live_wait(&loop, &log.up, 4);
+
+  int fd = find_netlink_fd();
+  int size = 1; /* the kernel rounds it up to its minimum */
+  ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)),
+                   0);
+  /* While the loop does not run, unrelated changes fill the buffer; the
+   * deletions that follow are dropped. */
+  sh("for i in $(seq 1 40); do ip addr add 10.77.6.$i/32 dev lo; done");
+  sh("ip addr del 10.77.5.2/32 dev lo");
+  sh("ip addr del 10.77.5.3/32 dev lo");
+  live_wait(&loop, &log.down, 2);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 2);
+  ck_assert(!has_listener("10.77.5.2", port));
+  ck_assert(!has_listener("10.77.5.3", port));
+  ck_assert(has_listener("10.77.5.1", port));
+  ck_assert(has_listener("10.77.5.4", port));
+
+  live_closed = false;
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), 0);
+  th_run_until(&loop, &live_closed, 100);
+  close_server(&loop, s);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  uvip_provision_free(p);
+  uvip_addrs_free(pool);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("provision");
   TCase *tc = tcase_create("provision");
@@ -800,6 +866,7 @@ int main(void) {
   tcase_add_test(tc, test_eperm);
   tcase_add_test(tc, test_addrwatch);
   tcase_add_test(tc, test_livepool);
+  tcase_add_test(tc, test_livepool_overrun);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
