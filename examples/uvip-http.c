@@ -17,6 +17,8 @@
 #include "http/http.h"
 
 static http_server_t *g_http;
+static uvip_tracker_t *g_tracker;
+static char *g_census_prom, *g_census_json;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -37,6 +39,8 @@ static void usage(FILE *f) {
           "  --header-timeout-ms N    to receive a request's headers (10000)\n"
           "  --keepalive-timeout-ms N idle between requests (30000)\n"
           "  --shutdown-timeout-ms N  graceful stop before closing (5000)\n"
+          "  --census-interval-ms N   socket census for /metrics (5000, 0 = "
+          "off)\n"
           "  --version, --help\n",
           ex_prog);
 }
@@ -56,6 +60,7 @@ enum {
   O_HDR_TIMEOUT,
   O_KA_TIMEOUT,
   O_SHUT_TIMEOUT,
+  O_CENSUS,
   O_VERSION,
   O_HELP
 };
@@ -75,6 +80,7 @@ static const struct option long_opts[] = {
     {"header-timeout-ms", required_argument, NULL, O_HDR_TIMEOUT},
     {"keepalive-timeout-ms", required_argument, NULL, O_KA_TIMEOUT},
     {"shutdown-timeout-ms", required_argument, NULL, O_SHUT_TIMEOUT},
+    {"census-interval-ms", required_argument, NULL, O_CENSUS},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0}};
@@ -87,6 +93,48 @@ static void raise_nofile(void) {
   }
 }
 
+/* Renders a census in one format into a new string (NULL on failure). */
+static char *render(const uvip_census_t *c, int format) {
+  size_t len = 0;
+  char *buf = NULL;
+  int r = uvip_census_render(c, NULL, format, 64, NULL, &len);
+  if (r == UV_ENOBUFS && (buf = malloc(len)) != NULL &&
+      uvip_census_render(c, NULL, format, 64, buf, &len) != 0) {
+    free(buf);
+    buf = NULL;
+  }
+  return buf;
+}
+
+/* The census runs on the threadpool; only the rendered text is kept, and
+ * /metrics appends it as it is, so a request never waits for a dump. */
+static void on_census(uvip_tracker_t *t, const uvip_census_t *c, int status) {
+  http_ctx_t *ctx = http_server_ctx(g_http);
+  (void)t;
+  free(g_census_prom);
+  free(g_census_json);
+  g_census_prom = status == 0 ? render(c, UVIP_RENDER_PROMETHEUS) : NULL;
+  g_census_json = status == 0 ? render(c, UVIP_RENDER_JSON) : NULL;
+  ctx->census_prom = g_census_prom;
+  ctx->census_json = g_census_json;
+}
+
+static int census_start(uv_loop_t *loop, const uvip_addrs_t *addrs,
+                        uint64_t interval_ms) {
+  uvip_tracker_options_t to;
+  int r;
+  uvip_tracker_options_init(&to);
+  to.interval_ms = interval_ms;
+  r = uvip_tracker_new(loop, addrs, &to, &g_tracker);
+  if (r == 0)
+    r = uvip_tracker_start(g_tracker, on_census, NULL);
+  if (r != 0 && g_tracker) {
+    uvip_tracker_close(g_tracker, NULL);
+    g_tracker = NULL;
+  }
+  return r;
+}
+
 static void on_done(http_server_t *hs) {
   (void)hs;
   ex_signals_close();
@@ -94,6 +142,12 @@ static void on_done(http_server_t *hs) {
 
 static void on_signal(int signum) {
   fprintf(stderr, "%s: signal %d, stopping\n", ex_prog, signum);
+  if (g_tracker) {
+    http_ctx_t *ctx = http_server_ctx(g_http);
+    ctx->census_prom = ctx->census_json = NULL;
+    uvip_tracker_close(g_tracker, NULL);
+    g_tracker = NULL;
+  }
   http_server_shutdown(g_http, on_done);
 }
 
@@ -101,6 +155,7 @@ int main(int argc, char **argv) {
   const char *specs[64];
   size_t nspecs = 0, i, n;
   int port = 8080, workers = 1, c, r;
+  uint64_t census_ms = 5000;
   uvip_server_options_t opts;
   http_server_config_t cfg;
   uvip_addrs_t *addrs = NULL;
@@ -177,6 +232,13 @@ int main(int argc, char **argv) {
       cfg.shutdown_timeout_ms =
           ex_parse_num("--shutdown-timeout-ms", optarg, 1, 86400000);
       break;
+    case O_CENSUS:
+      census_ms = ex_parse_num("--census-interval-ms", optarg, 0, 86400000);
+      if (census_ms > 0 && census_ms < 10)
+        ex_usage_error("--census-interval-ms: expected 0 or at least 10, "
+                       "got '%s'",
+                       optarg);
+      break;
     case O_VERSION:
       printf("uvip-http %s (libuv %s, llhttp %d.%d.%d)\n",
              uvip_version_string(), uv_version_string(), LLHTTP_VERSION_MAJOR,
@@ -235,9 +297,15 @@ int main(int argc, char **argv) {
   printf("%s: ready\n", ex_prog);
   fflush(stdout);
 
+  if (census_ms && (r = census_start(loop, addrs, census_ms)) != 0)
+    fprintf(stderr, "%s: census: %s (serving /metrics without it)\n",
+            ex_prog, uv_strerror(r));
+
   ex_on_signal(loop, on_signal);
   uv_run(loop, UV_RUN_DEFAULT);
   http_server_free(g_http);
+  free(g_census_prom);
+  free(g_census_json);
   uvip_addrs_free(addrs);
   r = uv_loop_close(loop);
   if (r != 0)

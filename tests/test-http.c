@@ -267,6 +267,32 @@ START_TEST(test_metrics) {
   ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
   free(out);
   close(held);
+
+  /* The census (sampled on the threadpool at start, then every interval)
+   * adds socket states and listen queues once its first sample is in. */
+  snprintf(series, sizeof(series), "\nuvip_listen_queue{vip=\"127.0.0.2:%d\"} ",
+           srv_port);
+  snprintf(args, sizeof(args), "http://127.0.0.2:%d/metrics", srv_port);
+  int i, found = 0;
+  for (i = 0; i < 200 && !found; i++) {
+    out = curl(args);
+    found = strstr(out, series) && strstr(out, "\nuvip_sockets{");
+    free(out);
+    if (!found)
+      usleep(50000);
+  }
+  ck_assert_msg(found, "no census series '%s' in /metrics", series);
+  /* /stats.json, census included, is valid JSON. */
+  char cmd[256];
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --max-time 10 http://127.0.0.1:%d/stats.json | python3 -c "
+           "'import json,sys; d=json.load(sys.stdin); "
+           "print(len(d[\"vips\"]), d[\"census\"] is not None)'",
+           srv_port);
+  out = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(out);
+  ck_assert_str_eq(out, "2 True\n");
+  free(out);
   srv_stop();
 }
 END_TEST
