@@ -26,6 +26,7 @@ typedef struct live_entry_s {
   int last_err;      /* the last UVIP_LIVE_FAILED status, 0 if none */
   unsigned int rechecks; /* probes still due */
   bool queued;
+  bool announced; /* UVIP_LIVE_UP reported for e->vip */
 } live_entry_t;
 
 struct uvip_livepool_s {
@@ -43,7 +44,7 @@ struct uvip_livepool_s {
   /* VIPs reported UVIP_LIVE_DOWN and not drained yet. */
   uvip_vip_t **draining;
   size_t ndraining, cap_draining;
-  bool started, closing, sync_all, initial;
+  bool started, closing, sync_all;
   int closes_pending;
   uvip_livepool_t *next; /* registry */
 };
@@ -169,8 +170,10 @@ static void entry_up(uvip_livepool_t *lp, live_entry_t *e) {
   if (!server_serving(lp->server))
     return;
   if (vip_listening(e->vip)) {
-    if (lp->initial) /* adopted: tell the application once */
+    if (!e->announced) { /* taken over from the server: tell once */
+      e->announced = true;
       lp->cb(lp, UVIP_LIVE_UP, &e->sa.sa, e->vip, 0);
+    }
     return;
   }
   if (e->vip != NULL) {
@@ -185,6 +188,7 @@ static void entry_up(uvip_livepool_t *lp, live_entry_t *e) {
   if (r == 0 && vip_listening(v)) {
     e->vip = v;
     e->last_err = 0;
+    e->announced = true;
     lp->cb(lp, UVIP_LIVE_UP, &e->sa.sa, v, 0);
   } else if (r == UV_EADDRNOTAVAIL) {
     /* Not usable yet (or gone again): the recheck decides. */
@@ -213,6 +217,7 @@ static void entry_down(uvip_livepool_t *lp, live_entry_t *e) {
     return;
   lp->draining[lp->ndraining++] = v;
   e->vip = NULL;
+  e->announced = false;
   lp->cb(lp, UVIP_LIVE_DOWN, &e->sa.sa, v, 0);
 }
 
@@ -243,7 +248,6 @@ static void on_timer(uv_timer_t *t) {
     lp->sync_all = false;
     for (size_t i = 0; i < lp->n && !lp->closing; i++)
       check_entry(lp, &lp->entries[i]);
-    lp->initial = false;
   } else {
     size_t kept = 0, n = lp->nqueue;
     /* entry_up() may queue entries while this runs: they land after n. */
@@ -388,7 +392,6 @@ UVIP_EXPORT int uvip_livepool_start(uvip_livepool_t *lp, uvip_livepool_cb cb) {
   lp->cb = cb;
   lp->started = true;
   lp->sync_all = true;
-  lp->initial = true;
   schedule(lp, 0);
   return 0;
 }

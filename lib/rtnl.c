@@ -11,18 +11,17 @@
 #include <net/if.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Big enough for any dump message the kernel builds (it sizes dump skbs up
  * to 32 KiB; a smaller buffer would truncate them). */
 #define RTNL_DUMP_BUFSIZE 32768
 
 /* Every request gets a distinct sequence number so that a stale answer (a
- * previous request's) is never taken for the current one's. */
+ * previous request's on the same socket) is never taken for the current
+ * one's. */
 static unsigned int rtnl_next_seq(void) {
   static unsigned int seq;
-  unsigned int s = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
-  return s ^ (unsigned int)time(NULL);
+  return __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
 }
 
 int uvip__rtnl_ifindex(const char *ifname, unsigned int *out) {

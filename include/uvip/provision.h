@@ -177,7 +177,9 @@ typedef void (*uvip_livepool_close_cb)(uvip_livepool_t *pool);
 
 /* Creates a live pool for server over the addresses of pool (copied; ports
  * must be set). Addresses of pool that are already VIPs of server are taken
- * over. Close the live pool before the server. Errors: UV_EINVAL,
+ * over at start; from then on the live pool adds and removes the VIPs of
+ * pool addresses: do not remove them yourself while it runs. Close the live
+ * pool before the server. Errors: UV_EINVAL,
  * UV_EEXIST (server already has a live pool), UV_ENOMEM, or the netlink
  * socket's error. */
 int uvip_livepool_new(uvip_server_t *server, const uvip_addrs_t *pool,
