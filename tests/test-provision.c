@@ -855,6 +855,66 @@ START_TEST(test_livepool_overrun) {
 }
 END_TEST
 
+/* An address appears but its port is taken: UVIP_LIVE_FAILED with the
+ * error (once), and served at the next event once the port is free. */
+START_TEST(test_livepool_failed) {
+  enter_netns();
+  int port = th_free_port();
+  uvip_addrs_t *pool = th_addrs("10.77.7.1-10.77.7.2", port);
+  sh("ip addr add 10.77.7.1/32 dev lo");
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  th_track_t t = {0};
+  uvip_server_t *s = NULL;
+  ck_assert_int_eq(uvip_server_new(&loop, pool, NULL, &s), 0);
+  uvip_server_set_data(s, &t);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+  uvip_livepool_t *lp = NULL;
+  live_log_t log = {0};
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
+  uvip_livepool_set_data(lp, &log);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), 0);
+  live_wait(&loop, &log.up, 1);
+
+  /* Another socket holds 10.77.7.2:port before the address exists. */
+  struct sockaddr_storage sa;
+  th_addr("10.77.7.2", port, &sa);
+  int blocker = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  ck_assert_int_eq(setsockopt(blocker, IPPROTO_IP, IP_FREEBIND, &one,
+                              sizeof(one)), 0);
+  ck_assert_int_eq(bind(blocker, (struct sockaddr *)&sa,
+                        sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(blocker, 1), 0);
+  sh("ip addr add 10.77.7.2/32 dev lo");
+  live_wait(&loop, &log.failed, 1);
+  ck_assert_int_eq(log.last_ev, UVIP_LIVE_FAILED);
+  char want[UVIP_ADDRSTRLEN];
+  snprintf(want, sizeof(want), "10.77.7.2:%d", port);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 1);
+
+  /* The port is freed; the next event for the address brings it up. */
+  close(blocker);
+  sh("ip addr del 10.77.7.2/32 dev lo");
+  sh("ip addr add 10.77.7.2/32 dev lo");
+  live_wait(&loop, &log.up, 2);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_int_eq(log.failed, 1);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 2);
+  int fd = connect_ip("10.77.7.2", port);
+  echo_check(&loop, fd, "f1");
+  close(fd);
+
+  live_closed = false;
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), 0);
+  th_run_until(&loop, &live_closed, 100);
+  close_server(&loop, s);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  uvip_addrs_free(pool);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("provision");
   TCase *tc = tcase_create("provision");
@@ -867,6 +927,7 @@ int main(void) {
   tcase_add_test(tc, test_addrwatch);
   tcase_add_test(tc, test_livepool);
   tcase_add_test(tc, test_livepool_overrun);
+  tcase_add_test(tc, test_livepool_failed);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
