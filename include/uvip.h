@@ -118,7 +118,11 @@ enum {
   UVIP_ALL_OR_NOTHING = 1u << 2,
   /* Leave IPV6_V6ONLY off on IPv6 listeners (it is on by default so that
    * "::" and "0.0.0.0" can both be VIPs). */
-  UVIP_DUALSTACK = 1u << 3
+  UVIP_DUALSTACK = 1u << 3,
+  /* TCP_NODELAY on the listening sockets: Linux gives it to every accepted
+   * connection, which saves the application a system call per connection
+   * (uv_tcp_nodelay()). */
+  UVIP_NODELAY = 1u << 4
 };
 
 typedef struct uvip_server_options_s {
@@ -130,7 +134,8 @@ typedef struct uvip_server_options_s {
   uint64_t max_conns_per_vip;
   /* listen() backlog; 0 = the value of net.core.somaxconn. */
   int backlog;
-  /* UVIP_REUSEPORT | UVIP_FREEBIND | UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK */
+  /* UVIP_REUSEPORT | UVIP_FREEBIND | UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
+   * UVIP_NODELAY */
   unsigned int flags;
   /* TCP_DEFER_ACCEPT seconds; 0 = off. */
   int defer_accept_secs;

@@ -65,9 +65,10 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
     UVIP_CHECK_ARG(opts->accept_budget < 1 || opts->accept_budget > 1024);
     UVIP_CHECK_ARG(opts->backlog < 0 || opts->defer_accept_secs < 0 ||
                    opts->fastopen_qlen < 0);
-    UVIP_CHECK_ARG(opts->flags & ~(unsigned)(UVIP_REUSEPORT | UVIP_FREEBIND |
-                                             UVIP_ALL_OR_NOTHING |
-                                             UVIP_DUALSTACK));
+    UVIP_CHECK_ARG(opts->flags &
+                   ~(unsigned)(UVIP_REUSEPORT | UVIP_FREEBIND |
+                               UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
+                               UVIP_NODELAY));
   }
   n = uvip_addrs_count(addrs);
   for (i = 0; i < n; i++)

@@ -57,6 +57,9 @@ int uvip__listen_socket(const struct sockaddr *sa,
       (r = set_int(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT,
                    opts->defer_accept_secs)) != 0)
     goto fail;
+  if ((opts->flags & UVIP_NODELAY) &&
+      (r = set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1)) != 0)
+    goto fail;
   if (opts->fastopen_qlen > 0 &&
       (r = set_int(fd, IPPROTO_TCP, TCP_FASTOPEN, opts->fastopen_qlen)) != 0)
     goto fail;

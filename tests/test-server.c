@@ -2,6 +2,8 @@
  * SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -484,6 +486,34 @@ START_TEST(test_remove_and_add_vip) {
 }
 END_TEST
 
+/* Options set on the listener reach accepted connections. */
+START_TEST(test_nodelay_inherited) {
+  uv_loop_t loop;
+  th_track_t t = {0};
+  uvip_server_options_t o;
+  int port = th_free_port();
+  uv_loop_init(&loop);
+  uvip_server_options_init(&o);
+  o.flags = UVIP_NODELAY;
+  t.hold = 1;
+  uvip_server_t *s = start(&loop, "127.0.0.1", port, &o, &t);
+  struct sockaddr_storage sa;
+  th_addr("127.0.0.1", port, &sa);
+  int fd = th_connect((struct sockaddr *)&sa, NULL);
+  for (int turn = 0; turn < 20 && t.accepted < 1; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(t.accepted, 1);
+  uv_os_fd_t cfd;
+  int on = 0;
+  socklen_t len = sizeof(on);
+  ck_assert_int_eq(uv_fileno((uv_handle_t *)uvip_conn_tcp(t.conns[0]), &cfd), 0);
+  ck_assert_int_eq(getsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+  ck_assert_int_eq(on, 1);
+  close(fd);
+  finish(&loop, s);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("server");
   TCase *tc = tcase_create("server");
@@ -495,6 +525,7 @@ int main(void) {
   tcase_add_test(tc, test_per_vip_cap);
   tcase_add_test(tc, test_shutdown_with_open_conns);
   tcase_add_test(tc, test_remove_and_add_vip);
+  tcase_add_test(tc, test_nodelay_inherited);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
