@@ -122,7 +122,11 @@ enum {
   /* TCP_NODELAY on the listening sockets: Linux gives it to every accepted
    * connection, which saves the application a system call per connection
    * (uv_tcp_nodelay()). */
-  UVIP_NODELAY = 1u << 4
+  UVIP_NODELAY = 1u << 4,
+  /* Let uvip_server_listen() succeed with no VIP bound (or none at all):
+   * for pools whose addresses come later (uvip_server_add_vip(),
+   * uvip_vip_resume(), the live pool). */
+  UVIP_ALLOW_EMPTY = 1u << 5
 };
 
 typedef struct uvip_server_options_s {
@@ -135,7 +139,7 @@ typedef struct uvip_server_options_s {
   /* listen() backlog; 0 = the value of net.core.somaxconn. */
   int backlog;
   /* UVIP_REUSEPORT | UVIP_FREEBIND | UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
-   * UVIP_NODELAY */
+   * UVIP_NODELAY | UVIP_ALLOW_EMPTY */
   unsigned int flags;
   /* TCP_DEFER_ACCEPT seconds; 0 = off. */
   int defer_accept_secs;
@@ -236,7 +240,8 @@ typedef enum {
   UVIP_VIP_LISTENING, /* accepting */
   UVIP_VIP_FAILED,    /* bind or listen failed: see uvip_vip_error() */
   UVIP_VIP_DRAINING,  /* removed, waiting for its connections */
-  UVIP_VIP_STOPPED    /* listener closed (server stopped) */
+  UVIP_VIP_STOPPED,   /* listener closed (server stopped) */
+  UVIP_VIP_PAUSED     /* listener closed by uvip_vip_pause() */
 } uvip_vip_state_t;
 
 const struct sockaddr *uvip_vip_addr(const uvip_vip_t *vip);
@@ -250,6 +255,25 @@ uvip_server_t *uvip_vip_server(const uvip_vip_t *vip);
 /* Accept weight of a VIP (1..64, default 1): a weight-w VIP gets w times
  * the accept budget per turn. */
 int uvip_vip_set_weight(uvip_vip_t *vip, unsigned int weight);
+
+/* Application data hung on a VIP (NULL at first). */
+void *uvip_vip_get_data(const uvip_vip_t *vip);
+void uvip_vip_set_data(uvip_vip_t *vip, void *data);
+
+/* Closes a listening VIP's socket but keeps the VIP, its counters and its
+ * connections (for an address that went away and may come back). Queued,
+ * not yet accepted connections are reset by the kernel. UV_EINVAL unless
+ * the VIP is listening. */
+int uvip_vip_pause(uvip_vip_t *vip);
+
+/* Binds and listens again on a paused or failed VIP of a listening server.
+ * On failure the VIP is UVIP_VIP_FAILED with that error, which is returned.
+ * UV_EINVAL in any other state or when the server does not listen. */
+int uvip_vip_resume(uvip_vip_t *vip);
+
+/* 1 while the server listens (uvip_server_listen() succeeded and it was
+ * neither stopped nor closed), else 0. */
+int uvip_server_is_listening(const uvip_server_t *server);
 
 /* ------------------------------------------------------------------------ */
 /* Connections                                                              */

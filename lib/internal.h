@@ -53,6 +53,7 @@ struct uvip_vip_s {
   int error;
   int fd;
   unsigned int weight;
+  void *data;
   uvip_vip_stats_t stats;
 
   /* Scheduler state. */

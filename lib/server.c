@@ -68,7 +68,7 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
     UVIP_CHECK_ARG(opts->flags &
                    ~(unsigned)(UVIP_REUSEPORT | UVIP_FREEBIND |
                                UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
-                               UVIP_NODELAY));
+                               UVIP_NODELAY | UVIP_ALLOW_EMPTY));
   }
   n = uvip_addrs_count(addrs);
   for (i = 0; i < n; i++)
@@ -136,7 +136,7 @@ UVIP_EXPORT int uvip_server_listen(uvip_server_t *s, uvip_connection_cb cb,
   UVIP_CHECK_ARG(s == NULL || cb == NULL);
   if (s->listening || s->closing)
     return UV_EALREADY;
-  if (s->nvips == 0)
+  if (s->nvips == 0 && !(s->opts.flags & UVIP_ALLOW_EMPTY))
     return UV_EINVAL;
 
   for (i = 0; i < s->nvips; i++) {
@@ -150,7 +150,8 @@ UVIP_EXPORT int uvip_server_listen(uvip_server_t *s, uvip_connection_cb cb,
         break;
     }
   }
-  if (bound == 0 || (first_err && (s->opts.flags & UVIP_ALL_OR_NOTHING))) {
+  if ((bound == 0 && !(s->opts.flags & UVIP_ALLOW_EMPTY)) ||
+      (first_err && (s->opts.flags & UVIP_ALL_OR_NOTHING))) {
     for (i = 0; i < s->nvips; i++)
       if (s->vips[i]->state == UVIP_VIP_LISTENING)
         vip_unbind(s->vips[i], UVIP_VIP_IDLE);
@@ -404,4 +405,36 @@ UVIP_EXPORT int uvip_vip_set_weight(uvip_vip_t *v, unsigned int weight) {
   UVIP_CHECK_ARG(v == NULL || weight < 1 || weight > 64);
   v->weight = weight;
   return 0;
+}
+
+UVIP_EXPORT void *uvip_vip_get_data(const uvip_vip_t *v) {
+  return v ? v->data : NULL;
+}
+
+UVIP_EXPORT void uvip_vip_set_data(uvip_vip_t *v, void *data) {
+  if (v)
+    v->data = data;
+}
+
+UVIP_EXPORT int uvip_vip_pause(uvip_vip_t *v) {
+  UVIP_CHECK_ARG(v == NULL || v->state != UVIP_VIP_LISTENING);
+  vip_unbind(v, UVIP_VIP_PAUSED);
+  return 0;
+}
+
+UVIP_EXPORT int uvip_vip_resume(uvip_vip_t *v) {
+  int r;
+  UVIP_CHECK_ARG(v == NULL);
+  UVIP_CHECK_ARG(v->state != UVIP_VIP_PAUSED && v->state != UVIP_VIP_FAILED);
+  UVIP_CHECK_ARG(!uvip_server_is_listening(v->server));
+  r = vip_bind(v);
+  if (r == 0 && (r = uvip__sched_add(v->server, v)) != 0) {
+    vip_unbind(v, UVIP_VIP_FAILED);
+    v->error = r;
+  }
+  return r;
+}
+
+UVIP_EXPORT int uvip_server_is_listening(const uvip_server_t *s) {
+  return s && s->listening && !s->stopped && !s->closing;
 }

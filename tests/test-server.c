@@ -514,6 +514,78 @@ START_TEST(test_nodelay_inherited) {
 }
 END_TEST
 
+/* Pause keeps the VIP, its counters and its connections; resume listens
+ * again on the same VIP. An empty server may listen with UVIP_ALLOW_EMPTY. */
+START_TEST(test_pause_resume_and_empty) {
+  uv_loop_t loop;
+  th_track_t t = {0};
+  uvip_server_options_t o;
+  int port = th_free_port();
+  struct sockaddr_storage sa;
+  uv_loop_init(&loop);
+  uvip_server_options_init(&o);
+  uvip_server_t *s = start(&loop, "127.0.0.1", port, &o, &t);
+  uvip_vip_t *v = uvip_server_vip(s, 0);
+  int x;
+  ck_assert_int_eq(uvip_server_is_listening(s), 1);
+  uvip_vip_set_data(v, &x);
+  ck_assert_ptr_eq(uvip_vip_get_data(v), &x);
+  th_addr("127.0.0.1", port, &sa);
+  int fd = th_connect((struct sockaddr *)&sa, NULL);
+  for (int turn = 0; turn < 20 && t.accepted < 1; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(t.accepted, 1);
+
+  ck_assert_int_eq(uvip_vip_resume(v), UV_EINVAL); /* it is listening */
+  ck_assert_int_eq(uvip_vip_pause(v), 0);
+  ck_assert_int_eq(uvip_vip_pause(v), UV_EINVAL);
+  ck_assert_int_eq(uvip_vip_state(v), UVIP_VIP_PAUSED);
+  int nfd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ne(connect(nfd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+  close(nfd);
+  ck_assert_int_eq(write(fd, "p", 1), 1); /* its connection still echoes */
+  for (int turn = 0; turn < 20 && t.echoed_bytes < 1; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  char c;
+  ck_assert_int_eq(read(fd, &c, 1), 1);
+
+  ck_assert_int_eq(uvip_vip_resume(v), 0);
+  ck_assert_int_eq(uvip_vip_state(v), UVIP_VIP_LISTENING);
+  int fd2 = th_connect((struct sockaddr *)&sa, NULL);
+  for (int turn = 0; turn < 20 && t.accepted < 2; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  uvip_vip_stats_t st;
+  uvip_vip_stats(v, &st);
+  ck_assert_uint_eq(st.accepted, 2); /* one VIP, counters kept */
+  ck_assert_uint_eq(st.active, 2);
+  close(fd);
+  close(fd2);
+  finish(&loop, s);
+
+  /* No VIPs at all: refused, unless UVIP_ALLOW_EMPTY. */
+  uvip_addrs_t *none;
+  uv_loop_init(&loop);
+  ck_assert_int_eq(uvip_addrs_new(&none), 0);
+  ck_assert_int_eq(uvip_server_new(&loop, none, &o, &s), 0);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), UV_EINVAL);
+  uvip_server_close(s, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  o.flags = UVIP_ALLOW_EMPTY;
+  ck_assert_int_eq(uvip_server_new(&loop, none, &o, &s), 0);
+  uvip_server_set_data(s, &t);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+  ck_assert_int_eq(uvip_server_is_listening(s), 1);
+  ck_assert_int_eq(uvip_server_add_vip(s, (struct sockaddr *)&sa, &v), 0);
+  fd = th_connect((struct sockaddr *)&sa, NULL);
+  for (int turn = 0; turn < 20 && t.accepted < 3; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(t.accepted, 3);
+  close(fd);
+  uvip_addrs_free(none);
+  finish(&loop, s);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("server");
   TCase *tc = tcase_create("server");
@@ -526,6 +598,7 @@ int main(void) {
   tcase_add_test(tc, test_shutdown_with_open_conns);
   tcase_add_test(tc, test_remove_and_add_vip);
   tcase_add_test(tc, test_nodelay_inherited);
+  tcase_add_test(tc, test_pause_resume_and_empty);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -195,6 +195,8 @@ static const char *vip_state_name(uvip_vip_state_t st) {
     return "draining";
   case UVIP_VIP_STOPPED:
     return "stopped";
+  case UVIP_VIP_PAUSED:
+    return "paused";
   }
   return "unknown";
 }
