@@ -329,6 +329,7 @@ static size_t put_cond(char *p, const akey_t *k) {
   struct inet_diag_hostcond *hc = (struct inet_diag_hostcond *)(op + 1);
   size_t alen = k->fam == AF_INET6 ? 16 : 4;
   size_t len = sizeof(*op) + sizeof(*hc) + alen;
+  memset(p, 0, len); /* hostcond has padding: send no stray bytes */
   op->code = INET_DIAG_BC_S_COND;
   op->yes = (unsigned char)len;
   op->no = (unsigned short)(len + 4);

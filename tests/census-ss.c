@@ -23,6 +23,13 @@ void cs_fresh_netns(void) {
   ck_assert_int_eq(system("ip link set lo up"), 0);
 }
 
+void cs_fresh_netns_once(void) {
+  static int done;
+  if (!done)
+    cs_fresh_netns();
+  done = 1;
+}
+
 void cs_sysctl(const char *path, const char *value) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));

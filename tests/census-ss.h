@@ -11,6 +11,12 @@
  * must already have passed th_enter_netns_or_skip(). */
 void cs_fresh_netns(void);
 
+/* For tests that sample on the libuv threadpool: the pool's threads stay
+ * in the namespace where they started, so a process (CK_FORK=no, as under
+ * valgrind) must keep the first namespace it made for them. Enters a fresh
+ * namespace on the first call in a process, stays on later calls. */
+void cs_fresh_netns_once(void);
+
 /* Writes a sysctl (only ever inside the test's own namespace). */
 void cs_sysctl(const char *path, const char *value);
 

@@ -265,7 +265,7 @@ START_TEST(tracker_fires_once_per_crossing) {
   uv_loop_t loop;
   uvip_tracker_t *t = NULL;
   uvip_tracker_options_t o;
-  cs_fresh_netns();
+  cs_fresh_netns_once();
   cs_sysctl(RANGE, "40000 40009");
   memset(&LOG, 0, sizeof(LOG));
   LOG.lfd = cs_listen("127.77.0.1", 7800, 64);
@@ -340,7 +340,8 @@ START_TEST(tracker_listen_time_wait_overflow) {
   uv_loop_t loop;
   uvip_tracker_t *t = NULL;
   uvip_tracker_options_t o;
-  cs_fresh_netns();
+  cs_fresh_netns_once();
+  cs_sysctl(RANGE, "32768 60999");
   cs_sysctl("/proc/sys/net/ipv4/tcp_max_tw_buckets", "10");
   memset(&G, 0, sizeof(G));
   G.lfd = cs_listen("127.77.0.1", 7900, 2);

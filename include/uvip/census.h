@@ -173,8 +173,9 @@ void uvip_census_free(uvip_census_t *census);
 /* Takes a census now: one sock_diag dump per family plus, unless
  * UVIP_CENSUS_NO_LIMITS, uvip_limits_read(). Blocking (about a second per
  * million sockets): from a loop thread use uvip_tracker_t, which runs it
- * on the libuv threadpool. Replaces the previous results; does not
- * allocate. One thread at a time per census object. Errors: UV_EINVAL,
+ * on the libuv threadpool. Replaces the previous results; allocates nothing
+ * that depends on the number of sockets (only the short-lived netlink
+ * socket). One thread at a time per census object. Errors: UV_EINVAL,
  * a negative errno from netlink or /proc when neither source can be read
  * (e.g. UV_EACCES); the previous results are then cleared. */
 int uvip_census_sample(uvip_census_t *census);
@@ -425,7 +426,9 @@ int uvip_tracker_new(uv_loop_t *loop, const uvip_addrs_t *vips,
                      uvip_tracker_t **out);
 
 /* Samples at once, then every interval_ms, each on the libuv threadpool:
- * the loop never waits for a dump. A tick that comes while a sample is
+ * the loop never waits for a dump. The census is of the network namespace
+ * of the threadpool's threads (the process's namespace when the pool
+ * started). A tick that comes while a sample is
  * still running is skipped. Either callback may be NULL. UV_EALREADY when
  * started. */
 int uvip_tracker_start(uvip_tracker_t *tracker, uvip_tracker_sample_cb
