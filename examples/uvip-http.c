@@ -16,9 +16,17 @@
 #include "common.h"
 #include "http/http.h"
 
-static http_server_t *g_http;
+static http_server_t *g_http; /* without workers */
 static uvip_tracker_t *g_tracker;
 static char *g_census_prom, *g_census_json;
+
+/* With workers. */
+static uvip_server_t *g_server;
+static uvip_workers_t *g_workers;
+static http_shared_t *g_shared;
+static http_server_config_t g_cfg;
+static uv_timer_t g_publish, g_drain;
+static uint64_t g_drain_deadline;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -31,8 +39,10 @@ static void usage(FILE *f) {
           "  --accept-budget N        accepts per listener per turn (1..1024)\n"
           "  --backlog N              listen backlog (0 = somaxconn)\n"
           "  --reuseport              SO_REUSEPORT on the listeners\n"
-          "  --workers N              worker count (1 until workers exist)\n"
-          "  --worker-mode thread|process\n"
+          "  --workers N              serve on N worker loops (0 = none)\n"
+          "  --worker-mode MODE       thread (default) or process\n"
+          "  --balance MODE           exact (default), round-robin or "
+          "reuseport\n"
           "  --max-header-bytes N     request line + headers (default 8192)\n"
           "  --max-requests N         per connection (default 10000, 0 = no "
           "limit)\n"
@@ -55,6 +65,7 @@ enum {
   O_REUSEPORT,
   O_WORKERS,
   O_WORKER_MODE,
+  O_BALANCE,
   O_MAX_HDR,
   O_MAX_REQ,
   O_HDR_TIMEOUT,
@@ -75,6 +86,7 @@ static const struct option long_opts[] = {
     {"reuseport", no_argument, NULL, O_REUSEPORT},
     {"workers", required_argument, NULL, O_WORKERS},
     {"worker-mode", required_argument, NULL, O_WORKER_MODE},
+    {"balance", required_argument, NULL, O_BALANCE},
     {"max-header-bytes", required_argument, NULL, O_MAX_HDR},
     {"max-requests", required_argument, NULL, O_MAX_REQ},
     {"header-timeout-ms", required_argument, NULL, O_HDR_TIMEOUT},
@@ -109,14 +121,69 @@ static char *render(const uvip_census_t *c, int format) {
 /* The census runs on the threadpool; only the rendered text is kept, and
  * /metrics appends it as it is, so a request never waits for a dump. */
 static void on_census(uvip_tracker_t *t, const uvip_census_t *c, int status) {
-  http_ctx_t *ctx = http_server_ctx(g_http);
   (void)t;
   free(g_census_prom);
   free(g_census_json);
   g_census_prom = status == 0 ? render(c, UVIP_RENDER_PROMETHEUS) : NULL;
   g_census_json = status == 0 ? render(c, UVIP_RENDER_JSON) : NULL;
-  ctx->census_prom = g_census_prom;
-  ctx->census_json = g_census_json;
+  if (g_http) {
+    http_server_ctx(g_http)->census_prom = g_census_prom;
+    http_server_ctx(g_http)->census_json = g_census_json;
+  }
+}
+
+/* Workers: each gets an HTTP layer of its own on its own loop. */
+static void worker_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  http_server_t *hs;
+  int r = http_server_new(loop, NULL, g_shared, index, &g_cfg, &hs);
+  (void)arg;
+  if (r != 0) {
+    fprintf(stderr, "%s: worker %u: %s\n", ex_prog, index, uv_strerror(r));
+    abort();
+  }
+}
+
+static void worker_exit(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)loop;
+  (void)index;
+  (void)arg;
+  http_server_exit(http_server_current());
+}
+
+/* The acceptor copies what workers may not read themselves. */
+static void on_publish(uv_timer_t *t) {
+  (void)t;
+  http_shared_publish_server(g_shared, g_server, g_census_prom,
+                             g_census_json);
+}
+
+static void on_server_closed(uvip_server_t *server) {
+  (void)server;
+  ex_signals_close();
+}
+
+static void on_workers_closed(uvip_workers_t *w) {
+  (void)w;
+  g_workers = NULL;
+  uv_close((uv_handle_t *)&g_publish, NULL);
+  uv_close((uv_handle_t *)&g_drain, NULL);
+  uvip_server_close(g_server, on_server_closed);
+}
+
+/* Workers cannot be told to stop gracefully one by one: the acceptor stops
+ * accepting, waits until their connections are gone (idle keep-alive ones
+ * end at their timeout) or the shutdown timeout passes, then closes them. */
+static void on_drain(uv_timer_t *t) {
+  uint64_t active = 0;
+  for (unsigned int i = 0; i < uvip_workers_count(g_workers); i++) {
+    uvip_worker_stats_t ws;
+    if (uvip_workers_stats(g_workers, i, &ws) == 0)
+      active += ws.active;
+  }
+  if (active && uv_now(t->loop) < g_drain_deadline)
+    return;
+  uv_timer_stop(t);
+  uvip_workers_close(g_workers, on_workers_closed);
 }
 
 static int census_start(uv_loop_t *loop, const uvip_addrs_t *addrs,
@@ -143,10 +210,17 @@ static void on_done(http_server_t *hs) {
 static void on_signal(int signum) {
   fprintf(stderr, "%s: signal %d, stopping\n", ex_prog, signum);
   if (g_tracker) {
-    http_ctx_t *ctx = http_server_ctx(g_http);
-    ctx->census_prom = ctx->census_json = NULL;
+    if (g_http)
+      http_server_ctx(g_http)->census_prom =
+          http_server_ctx(g_http)->census_json = NULL;
     uvip_tracker_close(g_tracker, NULL);
     g_tracker = NULL;
+  }
+  if (g_workers) {
+    uvip_server_stop(g_server);
+    g_drain_deadline = uv_now(g_drain.loop) + g_cfg.shutdown_timeout_ms;
+    uv_timer_start(&g_drain, on_drain, 0, 50);
+    return;
   }
   http_server_shutdown(g_http, on_done);
 }
@@ -154,7 +228,9 @@ static void on_signal(int signum) {
 int main(int argc, char **argv) {
   const char *specs[64];
   size_t nspecs = 0, i, n;
-  int port = 8080, workers = 1, c, r;
+  int port = 8080, c, r;
+  const char *wopt = NULL;
+  uvip_workers_options_t wo;
   uint64_t census_ms = 5000;
   uvip_server_options_t opts;
   http_server_config_t cfg;
@@ -166,6 +242,8 @@ int main(int argc, char **argv) {
 
   ex_init(argv[0]);
   uvip_server_options_init(&opts);
+  uvip_workers_options_init(&wo);
+  wo.nworkers = 0;
   memset(&cfg, 0, sizeof(cfg));
   cfg.limits.max_header_bytes = 8192;
   cfg.limits.max_requests = 10000;
@@ -204,12 +282,31 @@ int main(int argc, char **argv) {
       opts.flags |= UVIP_REUSEPORT;
       break;
     case O_WORKERS:
-      workers = (int)ex_parse_num("--workers", optarg, 1, 1024);
+      wo.nworkers = (unsigned int)ex_parse_num("--workers", optarg, 0,
+                                               UVIP_WORKERS_MAX);
       break;
     case O_WORKER_MODE:
-      if (strcmp(optarg, "thread") != 0 && strcmp(optarg, "process") != 0)
+      wopt = "--worker-mode";
+      if (strcmp(optarg, "thread") == 0)
+        wo.mode = UVIP_WORKER_THREAD;
+      else if (strcmp(optarg, "process") == 0)
+        wo.mode = UVIP_WORKER_PROCESS;
+      else
         ex_usage_error("--worker-mode: expected 'thread' or 'process', "
                        "got '%s'",
+                       optarg);
+      break;
+    case O_BALANCE:
+      wopt = "--balance";
+      if (strcmp(optarg, "exact") == 0)
+        wo.balance = UVIP_BALANCE_EXACT;
+      else if (strcmp(optarg, "round-robin") == 0)
+        wo.balance = UVIP_BALANCE_ROUND_ROBIN;
+      else if (strcmp(optarg, "reuseport") == 0)
+        wo.balance = UVIP_BALANCE_REUSEPORT;
+      else
+        ex_usage_error("--balance: expected 'exact', 'round-robin' or "
+                       "'reuseport', got '%s'",
                        optarg);
       break;
     case O_MAX_HDR:
@@ -255,9 +352,8 @@ int main(int argc, char **argv) {
   }
   if (optind < argc)
     ex_usage_error("%s: unexpected argument", argv[optind]);
-  if (workers > 1)
-    fprintf(stderr, "%s: --workers: not supported yet, running one worker\n",
-            ex_prog);
+  if (wopt && wo.nworkers == 0)
+    ex_usage_error("%s: needs --workers N", wopt);
 
   if (uvip_addrs_new(&addrs) != 0) {
     fprintf(stderr, "%s: out of memory\n", ex_prog);
@@ -271,11 +367,30 @@ int main(int argc, char **argv) {
   raise_nofile();
   signal(SIGPIPE, SIG_IGN);
   opts.conn_close_cb = http_on_lib_close;
+  g_cfg = cfg;
   r = uvip_server_new(loop, addrs, &opts, &server);
-  if (r == 0)
-    r = http_server_new(loop, server, &cfg, &g_http);
-  if (r == 0)
-    r = uvip_server_listen(server, http_on_connection, err, sizeof(err));
+  g_server = server;
+  if (r == 0 && wo.nworkers == 0) {
+    r = http_server_new(loop, server, NULL, 0, &cfg, &g_http);
+    if (r == 0)
+      r = uvip_server_listen(server, http_on_connection, err, sizeof(err));
+  } else if (r == 0) {
+    wo.init_cb = worker_init;
+    wo.exit_cb = worker_exit;
+    r = http_shared_new(uvip_addrs_count(addrs), wo.nworkers, &g_shared);
+    if (r == 0)
+      r = uvip_workers_new(server, &wo, &g_workers);
+    if (r == 0)
+      r = uvip_workers_listen(g_workers, http_on_connection, err,
+                              sizeof(err));
+    if (r == 0) {
+      uv_timer_init(loop, &g_publish);
+      uv_timer_init(loop, &g_drain);
+      uv_timer_start(&g_publish, on_publish, 0, 250);
+      printf("%s: %u %s workers\n", ex_prog, wo.nworkers,
+             wo.mode == UVIP_WORKER_PROCESS ? "process" : "thread");
+    }
+  }
   if (r != 0) {
     fprintf(stderr, "%s: %s\n", ex_prog, err[0] ? err : uv_strerror(r));
     return 1;
@@ -304,6 +419,7 @@ int main(int argc, char **argv) {
   ex_on_signal(loop, on_signal);
   uv_run(loop, UV_RUN_DEFAULT);
   http_server_free(g_http);
+  http_shared_free(g_shared);
   free(g_census_prom);
   free(g_census_json);
   uvip_addrs_free(addrs);

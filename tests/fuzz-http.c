@@ -41,7 +41,7 @@ static void check(int cond, const char *what) {
 static uint64_t responses_total(void) {
   uint64_t n = 0;
   for (int i = 0; i < HTTP_NSTATUS; i++)
-    n += ctx.responses[i];
+    n += ctx.c.responses[i];
   return n;
 }
 

@@ -581,6 +581,49 @@ START_TEST(test_graceful_stop) {
 }
 END_TEST
 
+/* Workers (threads or processes): every connection is served, and /metrics
+ * from any worker shows all workers' connections and the acceptor's VIP
+ * counters (published every 250 ms, so polled for a bounded while). */
+static void check_workers(const char *mode) {
+  const char *extra[] = {"--workers", "2", "--worker-mode", mode,
+                         "--shutdown-timeout-ms", "500", NULL};
+  char args[128], series[128];
+  int held[4], i, found = 0;
+  srv_start(extra);
+  for (i = 0; i < 4; i++) {
+    held[i] = conn_to(i % 2 ? "127.0.0.2" : "127.0.0.1");
+    keepalive_roundtrip(held[i]);
+  }
+  curl_ok("127.0.0.2");
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.2:%d\"} 3\n", srv_port);
+  for (i = 0; i < 200 && !found; i++) {
+    char *out = curl(args);
+    /* 4 held + this scrape, on both workers; 3 accepted on .2 (2 held,
+     * the curl), counted by the acceptor. */
+    found = strstr(out, "\nuvip_http_connections_active 5\n") &&
+            strstr(out, series);
+    if (!found && i == 199)
+      fprintf(stderr, "last /metrics:\n%s\n", out);
+    free(out);
+    if (!found)
+      usleep(50000);
+  }
+  ck_assert_msg(found, "%s workers: /metrics never showed every worker", mode);
+  for (i = 0; i < 4; i++) {
+    keepalive_roundtrip(held[i]);
+    close(held[i]);
+  }
+  srv_stop();
+}
+
+START_TEST(test_workers_thread) { check_workers("thread"); }
+END_TEST
+
+START_TEST(test_workers_process) { check_workers("process"); }
+END_TEST
+
 static void expect_usage_error(const char *args, const char *name) {
   char cmd[4096 + 512];
   snprintf(cmd, sizeof(cmd), "%s %s 2>&1; echo \"status=$?\"", http_bin(),
@@ -600,6 +643,8 @@ START_TEST(test_bad_args) {
   expect_usage_error("--listen 10.0.0.1/33", "--listen");
   expect_usage_error("--accept-budget 0", "--accept-budget");
   expect_usage_error("--worker-mode fork", "--worker-mode");
+  expect_usage_error("--worker-mode thread", "--workers");
+  expect_usage_error("--workers 2 --balance best", "--balance");
   expect_usage_error("--bogus", "--bogus");
   expect_usage_error("--port", "--port");
   expect_usage_error("stray", "stray");
@@ -625,6 +670,8 @@ int main(void) {
   tcase_add_test(tc, test_backpressure);
   tcase_add_test(tc, test_graceful_stop);
   tcase_add_test(tc, test_bad_args);
+  tcase_add_test(tc, test_workers_thread);
+  tcase_add_test(tc, test_workers_process);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -60,6 +60,16 @@ enum {
   HTTP_NSTATUS
 };
 
+typedef struct http_counters_s {
+  uint64_t requests;
+  uint64_t responses[HTTP_NSTATUS];
+  uint64_t conns_total, conns_active;
+  uint64_t timeouts_header, timeouts_idle;
+  uint64_t write_stalls; /* responses the socket did not take at once */
+} http_counters_t;
+
+typedef struct http_shared_s http_shared_t;
+
 /* The `/` response in its three connection variants. */
 enum { HTTP_V_KEEP11 = 0, HTTP_V_KEEP10, HTTP_V_CLOSE, HTTP_NVARIANT };
 
@@ -81,12 +91,11 @@ typedef struct http_ctx_s {
 
   http_buf_t scratch; /* body rendering for /metrics and /stats.json */
 
-  /* Counters for /metrics. */
-  uint64_t requests;
-  uint64_t responses[HTTP_NSTATUS];
-  uint64_t conns_total, conns_active;
-  uint64_t timeouts_header, timeouts_idle;
-  uint64_t write_stalls; /* responses the socket did not take at once */
+  http_counters_t c; /* this loop's counters */
+  /* With workers: /metrics renders from here, and this loop is worker
+   * `worker` (its counters go to that slot). NULL without workers. */
+  http_shared_t *shared;
+  unsigned int worker;
 } http_ctx_t;
 
 int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits);
@@ -177,6 +186,35 @@ int http_render_metrics(http_ctx_t *ctx, http_buf_t *b);
 int http_render_json(http_ctx_t *ctx, http_buf_t *b);
 
 /* ------------------------------------------------------------------------ */
+/* Shared statistics for workers (http_shared.c)                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct http_shared_vip_s {
+  char addr[UVIP_ADDRSTRLEN]; /* "" when the VIP could not be read */
+  uvip_vip_state_t state;
+  uvip_vip_stats_t stats;
+} http_shared_vip_t;
+
+/* A MAP_SHARED mapping for nvips VIPs and nworkers workers: create it
+ * before the workers start (forked workers inherit it). */
+int http_shared_new(size_t nvips, unsigned int nworkers, http_shared_t **out);
+void http_shared_free(http_shared_t *sh);
+void http_shared_lock(http_shared_t *sh);
+void http_shared_unlock(http_shared_t *sh);
+/* Acceptor: copies the VIP counters and the census renderings (either may
+ * be NULL). */
+void http_shared_publish_server(http_shared_t *sh, uvip_server_t *server,
+                                const char *prom, const char *json);
+/* Worker: copies its counters into its slot. */
+void http_shared_publish_worker(http_shared_t *sh, unsigned int worker,
+                                const http_counters_t *c);
+/* Readers, with the lock held. */
+size_t http_shared_vip_count(const http_shared_t *sh);
+const http_shared_vip_t *http_shared_vip(const http_shared_t *sh, size_t i);
+const char *http_shared_census(const http_shared_t *sh, int json);
+void http_shared_counters(const http_shared_t *sh, http_counters_t *sum);
+
+/* ------------------------------------------------------------------------ */
 /* Server: connections on a uvip_server_t (http_server.c)                   */
 /* ------------------------------------------------------------------------ */
 
@@ -190,14 +228,24 @@ typedef struct http_server_config_s {
 
 typedef struct http_server_s http_server_t;
 
-/* Creates the HTTP layer for server (not yet listening). It becomes the
- * server's data: give http_on_connection to uvip_server_listen() and
- * http_on_lib_close as uvip_server_options_t.conn_close_cb. */
+/* Creates the HTTP layer on loop. Without workers, server is the uvip
+ * server (not yet listening) and the HTTP layer becomes its data: give
+ * http_on_connection to uvip_server_listen() and http_on_lib_close as
+ * uvip_server_options_t.conn_close_cb. In a worker, server is NULL, shared
+ * and worker say where /metrics reads and writes, and the HTTP layer is
+ * found through a thread-local pointer set here (so call it on the
+ * worker's thread, from its init_cb). */
 int http_server_new(uv_loop_t *loop, uvip_server_t *server,
+                    http_shared_t *shared, unsigned int worker,
                     const http_server_config_t *cfg, http_server_t **out);
+/* Worker exit: closes the HTTP layer's handles and frees it once they and
+ * the connections (closed by the library) are gone. */
+void http_server_exit(http_server_t *hs);
 void http_on_connection(uvip_server_t *server, uvip_conn_t *conn);
 void http_on_lib_close(uvip_conn_t *conn);
 http_ctx_t *http_server_ctx(http_server_t *hs);
+/* The worker HTTP layer of the calling thread (NULL outside workers). */
+http_server_t *http_server_current(void);
 
 /* Graceful stop: closes the uvip server (no more accepts), closes idle
  * connections, lets requests in progress finish with Connection: close,

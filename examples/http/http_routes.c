@@ -85,7 +85,7 @@ static int respond(http_ctx_t *ctx, http_buf_t *out, int status_idx,
                    const char *ctype, const char *extra, const char *body,
                    size_t blen, unsigned int rflags) {
   int r;
-  ctx->responses[status_idx]++;
+  ctx->c.responses[status_idx]++;
   r = http_buf_printf(out,
                       "%sServer: uvip\r\nDate: %s\r\nContent-Type: %s\r\n"
                       "Content-Length: %zu\r\n%s%s\r\n",
@@ -153,7 +153,7 @@ int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
     int v = (rflags & HTTP_RF_CLOSE)    ? HTTP_V_CLOSE
             : (rflags & HTTP_RF_HTTP10) ? HTTP_V_KEEP10
                                         : HTTP_V_KEEP11;
-    ctx->responses[HTTP_S200]++;
+    ctx->c.responses[HTTP_S200]++;
     return http_buf_append(out, ctx->hello[v],
                            (rflags & HTTP_RF_HEAD) ? ctx->hello_hdr_len[v]
                                                    : ctx->hello_len[v]);
@@ -242,13 +242,25 @@ static uint64_t vip_err(const uvip_vip_stats_t *st, int k) {
 }
 
 static size_t vip_count(const http_ctx_t *ctx) {
+  if (ctx->shared)
+    return http_shared_vip_count(ctx->shared);
   return ctx->server ? uvip_server_vip_count(ctx->server) : 0;
 }
 
 /* Formats the i-th VIP's address and reads its counters. */
 static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
                    uvip_vip_stats_t *st, uvip_vip_state_t *state) {
-  uvip_vip_t *vip = uvip_server_vip(ctx->server, i);
+  uvip_vip_t *vip;
+  if (ctx->shared) {
+    const http_shared_vip_t *v = http_shared_vip(ctx->shared, i);
+    if (!v || !v->addr[0])
+      return -1;
+    memcpy(addr, v->addr, UVIP_ADDRSTRLEN);
+    *st = v->stats;
+    *state = v->state;
+    return 0;
+  }
+  vip = uvip_server_vip(ctx->server, i);
   if (!vip || uvip_addr_format(uvip_vip_addr(vip), 1, addr,
                                UVIP_ADDRSTRLEN) != 0 ||
       uvip_vip_stats(vip, st) != 0)
@@ -260,7 +272,48 @@ static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
 static const char *const status_codes[HTTP_NSTATUS] = {
     "200", "400", "404", "405", "408", "431", "500"};
 
+/* With workers, every worker's counters summed (this one's fresh). */
+static const http_counters_t *counters(http_ctx_t *ctx, http_counters_t *sum) {
+  if (!ctx->shared)
+    return &ctx->c;
+  http_shared_counters(ctx->shared, sum);
+  return sum;
+}
+
+static const char *census(const http_ctx_t *ctx, int json) {
+  if (ctx->shared)
+    return http_shared_census(ctx->shared, json);
+  return json ? ctx->census_json : ctx->census_prom;
+}
+
+static int render_metrics(http_ctx_t *ctx, http_buf_t *b);
+static int render_json(http_ctx_t *ctx, http_buf_t *b);
+
+/* Workers render from the shared mapping, under its lock. */
+static int render_locked(http_ctx_t *ctx, http_buf_t *b,
+                         int (*fn)(http_ctx_t *, http_buf_t *)) {
+  int r;
+  if (!ctx->shared)
+    return fn(ctx, b);
+  http_shared_publish_worker(ctx->shared, ctx->worker, &ctx->c);
+  http_shared_lock(ctx->shared);
+  r = fn(ctx, b);
+  http_shared_unlock(ctx->shared);
+  return r;
+}
+
 int http_render_metrics(http_ctx_t *ctx, http_buf_t *b) {
+  return render_locked(ctx, b, render_metrics);
+}
+
+int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
+  return render_locked(ctx, b, render_json);
+}
+
+static int render_metrics(http_ctx_t *ctx, http_buf_t *b) {
+  http_counters_t sum;
+  const http_counters_t *c = counters(ctx, &sum);
+  const char *cen = census(ctx, 0);
   size_t n = vip_count(ctx), i;
   char addr[UVIP_ADDRSTRLEN];
   uvip_vip_stats_t st;
@@ -316,22 +369,25 @@ int http_render_metrics(http_ctx_t *ctx, http_buf_t *b) {
         "uvip_http_write_stalls_total %llu\n"
         "# HELP uvip_http_responses_total Responses by status code.\n"
         "# TYPE uvip_http_responses_total counter\n",
-        (unsigned long long)ctx->requests,
-        (unsigned long long)ctx->conns_total,
-        (unsigned long long)ctx->conns_active,
-        (unsigned long long)ctx->timeouts_header,
-        (unsigned long long)ctx->timeouts_idle,
-        (unsigned long long)ctx->write_stalls);
+        (unsigned long long)c->requests,
+        (unsigned long long)c->conns_total,
+        (unsigned long long)c->conns_active,
+        (unsigned long long)c->timeouts_header,
+        (unsigned long long)c->timeouts_idle,
+        (unsigned long long)c->write_stalls);
   for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
     r = http_buf_printf(b, "uvip_http_responses_total{code=\"%s\"} %llu\n",
                         status_codes[k],
-                        (unsigned long long)ctx->responses[k]);
-  if (r == 0 && ctx->census_prom)
-    r = http_buf_append(b, ctx->census_prom, strlen(ctx->census_prom));
+                        (unsigned long long)c->responses[k]);
+  if (r == 0 && cen)
+    r = http_buf_append(b, cen, strlen(cen));
   return r;
 }
 
-int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
+static int render_json(http_ctx_t *ctx, http_buf_t *b) {
+  http_counters_t sum;
+  const http_counters_t *c = counters(ctx, &sum);
+  const char *cen = census(ctx, 1);
   size_t n = vip_count(ctx), i;
   char addr[UVIP_ADDRSTRLEN];
   uvip_vip_stats_t st, tot;
@@ -339,8 +395,16 @@ int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
   int k, r, first = 1;
 
   memset(&tot, 0, sizeof(tot));
-  if (ctx->server)
+  if (ctx->server && !ctx->shared)
     (void)uvip_server_stats(ctx->server, &tot);
+  for (i = 0; ctx->shared && i < n; i++)
+    if (vip_get(ctx, i, addr, &st, &state) == 0) {
+      tot.accepted += st.accepted;
+      tot.active += st.active;
+      tot.closed += st.closed;
+      tot.deferred += st.deferred;
+      tot.backoffs += st.backoffs;
+    }
   r = http_buf_printf(b, "{\"vips\":[");
   for (i = 0; i < n && r == 0; i++) {
     if (vip_get(ctx, i, addr, &st, &state) != 0)
@@ -371,17 +435,16 @@ int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
         "\"responses\":{",
         (unsigned long long)tot.accepted, (unsigned long long)tot.active,
         (unsigned long long)tot.closed, (unsigned long long)tot.deferred,
-        (unsigned long long)tot.backoffs, (unsigned long long)ctx->requests,
-        (unsigned long long)ctx->conns_total,
-        (unsigned long long)ctx->conns_active,
-        (unsigned long long)ctx->timeouts_header,
-        (unsigned long long)ctx->timeouts_idle,
-        (unsigned long long)ctx->write_stalls);
+        (unsigned long long)tot.backoffs, (unsigned long long)c->requests,
+        (unsigned long long)c->conns_total,
+        (unsigned long long)c->conns_active,
+        (unsigned long long)c->timeouts_header,
+        (unsigned long long)c->timeouts_idle,
+        (unsigned long long)c->write_stalls);
   for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
     r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", status_codes[k],
-                        (unsigned long long)ctx->responses[k]);
+                        (unsigned long long)c->responses[k]);
   if (r == 0)
-    r = http_buf_printf(b, "}},\"census\":%s}\n",
-                        ctx->census_json ? ctx->census_json : "null");
+    r = http_buf_printf(b, "}},\"census\":%s}\n", cen ? cen : "null");
   return r;
 }

@@ -64,12 +64,18 @@ struct http_server_s {
   uv_timer_t tick, grace;
   int handles_open;
   int shutting_down;
+  int exiting; /* worker exit: free once handles and connections are gone */
   void (*done_cb)(http_server_t *hs);
   /* One read buffer per loop: a read is parsed before the next starts. */
   char rbuf[64 * 1024];
 };
 
 static void conn_input(http_conn_t *hc, const char *data, size_t len);
+static void maybe_free(http_server_t *hs);
+
+/* A worker's HTTP layer: the connection callback's server argument is the
+ * acceptor's (or a mirror of it), so its data cannot tell workers apart. */
+static __thread http_server_t *tls_hs;
 
 /* ------------------------------------------------------------------------ */
 /* Timeout queues                                                           */
@@ -121,8 +127,10 @@ static void conn_free(http_conn_t *hc) {
   http_server_t *hs = hc->hs;
   tq_remove(hs, hc);
   free(hc->in);
-  hs->ctx.conns_active--;
+  hs->ctx.c.conns_active--;
   free(hc);
+  if (hs->exiting)
+    maybe_free(hs);
 }
 
 static void on_conn_closed(uvip_conn_t *conn) {
@@ -277,7 +285,7 @@ static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
         return 0;
       }
       hc->flags |= CF_WRITING;
-      hc->hs->ctx.write_stalls++;
+      hc->hs->ctx.c.write_stalls++;
       if (after == AFTER_CLOSE)
         hc->flags |= CF_CLOSE_AFTER;
       else if (after == AFTER_LINGER)
@@ -349,7 +357,7 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
 }
 
 void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
-  http_server_t *hs = uvip_server_get_data(server);
+  http_server_t *hs = tls_hs ? tls_hs : uvip_server_get_data(server);
   http_conn_t *hc = malloc(sizeof(*hc));
   uv_os_fd_t fd;
   if (!hc) {
@@ -365,8 +373,8 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
   hc->flags = 0;
   http_session_init(&hc->s, &hs->ctx);
   uvip_conn_tcp(conn)->data = hc;
-  hs->ctx.conns_total++;
-  hs->ctx.conns_active++;
+  hs->ctx.c.conns_total++;
+  hs->ctx.c.conns_active++;
   tq_push(hs, hc, TQ_HEADER);
   /* Clients send their request right after connecting, so by the time the
    * connection is accepted it has usually arrived: reading it now saves a
@@ -395,7 +403,7 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
 
 static void expire(http_server_t *hs, http_conn_t *hc, int which) {
   if (which == TQ_HEADER) {
-    hs->ctx.timeouts_header++;
+    hs->ctx.c.timeouts_header++;
     hs->out.len = 0;
     (void)http_session_timeout(&hc->s, &hs->out);
     (void)conn_flush(hc, &hs->out,
@@ -404,7 +412,7 @@ static void expire(http_server_t *hs, http_conn_t *hc, int which) {
     return;
   }
   if (which == TQ_IDLE)
-    hs->ctx.timeouts_idle++;
+    hs->ctx.c.timeouts_idle++;
   conn_close(hc);
 }
 
@@ -413,6 +421,8 @@ static void on_tick(uv_timer_t *t) {
   uint64_t now = uv_now(hs->loop);
   int i;
   http_ctx_set_time(&hs->ctx, time(NULL));
+  if (hs->ctx.shared)
+    http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
   for (i = 0; i < TQ_COUNT; i++) {
     http_conn_t *hc;
     /* A connection taken from a queue goes back to a queue only with a
@@ -431,10 +441,11 @@ static void on_tick(uv_timer_t *t) {
 static uint64_t at_least_1(uint64_t v) { return v ? v : 1; }
 
 int http_server_new(uv_loop_t *loop, uvip_server_t *server,
+                    http_shared_t *shared, unsigned int worker,
                     const http_server_config_t *cfg, http_server_t **out) {
   http_server_t *hs;
   uint64_t tick;
-  if (!loop || !server || !cfg || !out)
+  if (!loop || !cfg || !out || (!server && !shared))
     return UV_EINVAL;
   hs = calloc(1, sizeof(*hs));
   if (!hs)
@@ -444,6 +455,8 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
   hs->cfg = *cfg;
   http_ctx_init(&hs->ctx, &cfg->limits);
   hs->ctx.server = server;
+  hs->ctx.shared = shared;
+  hs->ctx.worker = worker;
   hs->tq[TQ_HEADER].timeout = at_least_1(cfg->header_timeout_ms);
   hs->tq[TQ_IDLE].timeout = at_least_1(cfg->keepalive_timeout_ms);
   hs->tq[TQ_LINGER].timeout = at_least_1(cfg->linger_ms);
@@ -461,17 +474,43 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
   hs->tick.data = hs->grace.data = hs;
   hs->handles_open = 2;
   uv_timer_start(&hs->tick, on_tick, tick, tick);
-  uvip_server_set_data(server, hs);
+  if (server)
+    uvip_server_set_data(server, hs);
+  else
+    tls_hs = hs;
   *out = hs;
   return 0;
 }
 
 http_ctx_t *http_server_ctx(http_server_t *hs) { return &hs->ctx; }
 
+http_server_t *http_server_current(void) { return tls_hs; }
+
+static void maybe_free(http_server_t *hs) {
+  if (hs->handles_open == 0 && hs->ctx.c.conns_active == 0) {
+    if (tls_hs == hs)
+      tls_hs = NULL;
+    http_server_free(hs);
+  }
+}
+
 static void on_handle_closed(uv_handle_t *h) {
   http_server_t *hs = h->data;
   if (--hs->handles_open == 0 && hs->done_cb)
     hs->done_cb(hs);
+  if (hs->exiting)
+    maybe_free(hs);
+}
+
+void http_server_exit(http_server_t *hs) {
+  if (!hs || hs->exiting)
+    return;
+  hs->exiting = 1;
+  hs->ctx.stopping = 1;
+  if (hs->ctx.shared)
+    http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
+  uv_close((uv_handle_t *)&hs->tick, on_handle_closed);
+  uv_close((uv_handle_t *)&hs->grace, on_handle_closed);
 }
 
 static void on_uvip_closed(uvip_server_t *server) {

@@ -73,7 +73,7 @@ static int on_message_complete(llhttp_t *p) {
 
   s->flags &= (uint8_t)~(HTTP_SF_IN_MSG | HTTP_SF_IN_HEADERS);
   s->nreq++;
-  ctx->requests++;
+  ctx->c.requests++;
   if (method == HTTP_HEAD)
     rflags |= HTTP_RF_HEAD;
   /* Upgrade and CONNECT are not supported: whatever follows them is not
