@@ -1,6 +1,15 @@
 /* uvip_livepool_t: keeps a server's listeners in step with the pool
  * addresses present on the host, driven by address events.
  *
+ * Each pool address has at most one VIP for the life of the live pool: it
+ * is taken over from the server or added with uvip_server_add_vip() the
+ * first time the address is seen, paused (uvip_vip_pause()) when the
+ * address goes and resumed (uvip_vip_resume()) when it comes back, so its
+ * counters, weight, data and connections stay on one VIP object. Only the
+ * public server API is used; the live pool needs no way back from a VIP or
+ * a server to itself (nothing calls it back through them), so the server's
+ * and the VIPs' data pointers stay the application's.
+ *
  * The truth about an address is a bind probe, not the event alone: an
  * RTM_NEWADDR can reach us before the kernel has installed the address's
  * local route (the notification is sent first), and an address removed from
@@ -9,11 +18,13 @@
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <linux/if_addr.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* For uvip__ip_cmp() and the shared sockaddr helpers (uvip__sa_t,
+ * uvip__sa_len(), uvip__sa_equal(), UVIP_EXPORT, UVIP_CHECK_ARG); no
+ * server or VIP field is read here. */
 #include "rtnl.h"
 
 #define RECHECKS 3
@@ -22,11 +33,14 @@
 
 typedef struct live_entry_s {
   uvip__sa_t sa;     /* pool address, with its port */
-  uvip_vip_t *vip;   /* the VIP serving it (or failed on it), or NULL */
+  /* Its VIP once the address has been seen (listening, paused or failed);
+   * NULL until then, or while a first uvip_server_add_vip() keeps
+   * failing. Never freed by the live pool. */
+  uvip_vip_t *vip;
   int last_err;      /* the last UVIP_LIVE_FAILED status, 0 if none */
   unsigned int rechecks; /* probes still due */
   bool queued;
-  bool announced; /* UVIP_LIVE_UP reported for e->vip */
+  bool announced; /* UVIP_LIVE_UP reported since vip last listened */
 } live_entry_t;
 
 struct uvip_livepool_s {
@@ -41,53 +55,9 @@ struct uvip_livepool_s {
   uint64_t delay_ms;
   size_t *queue; /* entries due for a recheck */
   size_t nqueue;
-  /* VIPs reported UVIP_LIVE_DOWN and not drained yet. */
-  uvip_vip_t **draining;
-  size_t ndraining, cap_draining;
   bool started, closing, sync_all;
   int closes_pending;
-  uvip_livepool_t *next; /* registry */
 };
-
-/* uvip_vip_drain_cb carries no user pointer, so the drain callback finds
- * its live pool through the server. Servers may run on several loops (and
- * threads), hence the lock; each live pool itself is used on its loop only. */
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static uvip_livepool_t *registry;
-
-static uvip_livepool_t *registry_find(const uvip_server_t *s) {
-  uvip_livepool_t *lp;
-  pthread_mutex_lock(&registry_lock);
-  for (lp = registry; lp != NULL && lp->server != s; lp = lp->next)
-    ;
-  pthread_mutex_unlock(&registry_lock);
-  return lp;
-}
-
-static int registry_add(uvip_livepool_t *lp) {
-  int r = 0;
-  pthread_mutex_lock(&registry_lock);
-  for (uvip_livepool_t *o = registry; o != NULL; o = o->next)
-    if (o->server == lp->server)
-      r = UV_EEXIST;
-  if (r == 0) {
-    lp->next = registry;
-    registry = lp;
-  }
-  pthread_mutex_unlock(&registry_lock);
-  return r;
-}
-
-static void registry_remove(uvip_livepool_t *lp) {
-  pthread_mutex_lock(&registry_lock);
-  for (uvip_livepool_t **pp = &registry; *pp != NULL; pp = &(*pp)->next) {
-    if (*pp == lp) {
-      *pp = lp->next;
-      break;
-    }
-  }
-  pthread_mutex_unlock(&registry_lock);
-}
 
 static int port_of(const uvip__sa_t *sa) {
   return ntohs(sa->sa.sa_family == AF_INET ? sa->in.sin_port
@@ -125,10 +95,6 @@ static live_entry_t *find_exact(const uvip_livepool_t *lp,
   return NULL;
 }
 
-static bool server_serving(const uvip_server_t *s) {
-  return s->listening && !s->stopped && !s->closing;
-}
-
 static bool vip_listening(const uvip_vip_t *v) {
   return v != NULL && uvip_vip_state(v) == UVIP_VIP_LISTENING;
 }
@@ -154,8 +120,6 @@ static bool probe_present(const live_entry_t *e) {
   return r == 0 || err != EADDRNOTAVAIL;
 }
 
-static void on_vip_drained(uvip_vip_t *vip, int closed_by_timeout);
-
 /* Queues a probe of e; the caller (an event, or the timer itself) makes
  * sure the timer runs. */
 static void enqueue(uvip_livepool_t *lp, live_entry_t *e) {
@@ -166,8 +130,25 @@ static void enqueue(uvip_livepool_t *lp, live_entry_t *e) {
   }
 }
 
+/* The server's VIP for e's address and port that is not draining, or NULL:
+ * one that someone else added while the live pool runs (it is adopted). */
+static uvip_vip_t *find_server_vip(const uvip_livepool_t *lp,
+                                   const live_entry_t *e) {
+  size_t nv = uvip_server_vip_count(lp->server);
+  for (size_t i = 0; i < nv; i++) {
+    uvip_vip_t *v = uvip_server_vip(lp->server, i);
+    if (uvip_vip_state(v) != UVIP_VIP_DRAINING &&
+        uvip__sa_equal(uvip_vip_addr(v), &e->sa.sa))
+      return v;
+  }
+  return NULL;
+}
+
+/* The address is present: make its VIP listen. The first time, the VIP is
+ * added; after that the same VIP is resumed (from PAUSED, or from FAILED
+ * when an earlier bind failed). */
 static void entry_up(uvip_livepool_t *lp, live_entry_t *e) {
-  if (!server_serving(lp->server))
+  if (!uvip_server_is_listening(lp->server))
     return;
   if (vip_listening(e->vip)) {
     if (!e->announced) { /* taken over from the server: tell once */
@@ -176,63 +157,42 @@ static void entry_up(uvip_livepool_t *lp, live_entry_t *e) {
     }
     return;
   }
+  int r;
   if (e->vip != NULL) {
-    /* A VIP that failed to bind earlier: replace it. It has no
-     * connections, so it goes at once and without an event. */
-    if (uvip_server_remove_vip(lp->server, e->vip, 0, on_vip_drained) != 0)
-      return;
-    e->vip = NULL;
+    r = uvip_vip_resume(e->vip);
+  } else {
+    uvip_vip_t *v = NULL;
+    r = uvip_server_add_vip(lp->server, &e->sa.sa, &v);
+    if (r == UV_EEXIST && (v = find_server_vip(lp, e)) != NULL) {
+      e->vip = v;
+      r = vip_listening(v) ? 0 : uvip_vip_resume(v);
+    } else if (r == 0) {
+      e->vip = v;
+    }
   }
-  uvip_vip_t *v = NULL;
-  int r = uvip_server_add_vip(lp->server, &e->sa.sa, &v);
-  if (r == 0 && vip_listening(v)) {
-    e->vip = v;
+  if (r == 0 && vip_listening(e->vip)) {
     e->last_err = 0;
     e->announced = true;
-    lp->cb(lp, UVIP_LIVE_UP, &e->sa.sa, v, 0);
+    lp->cb(lp, UVIP_LIVE_UP, &e->sa.sa, e->vip, 0);
   } else if (r == UV_EADDRNOTAVAIL) {
     /* Not usable yet (or gone again): the recheck decides. */
     enqueue(lp, e);
   } else if (r != 0 && r != e->last_err) {
     e->last_err = r;
-    lp->cb(lp, UVIP_LIVE_FAILED, &e->sa.sa, NULL, r);
+    lp->cb(lp, UVIP_LIVE_FAILED, &e->sa.sa, e->vip, r);
   }
 }
 
+/* The address has gone: pause its VIP. The listener closes; the VIP, its
+ * counters and its connections stay, ready for entry_up(). */
 static void entry_down(uvip_livepool_t *lp, live_entry_t *e) {
   e->last_err = 0;
-  if (!vip_listening(e->vip) || !server_serving(lp->server))
+  if (!vip_listening(e->vip) || !uvip_server_is_listening(lp->server))
     return;
-  if (lp->ndraining == lp->cap_draining) {
-    size_t ncap = lp->cap_draining ? lp->cap_draining * 2 : 16;
-    uvip_vip_t **nd = realloc(lp->draining, ncap * sizeof(*nd));
-    if (nd == NULL)
-      return; /* keeps listening; the recheck tries again */
-    lp->draining = nd;
-    lp->cap_draining = ncap;
-  }
-  uvip_vip_t *v = e->vip;
-  /* Timeout 0: established connections run for as long as they like. */
-  if (uvip_server_remove_vip(lp->server, v, 0, on_vip_drained) != 0)
+  if (uvip_vip_pause(e->vip) != 0)
     return;
-  lp->draining[lp->ndraining++] = v;
-  e->vip = NULL;
   e->announced = false;
-  lp->cb(lp, UVIP_LIVE_DOWN, &e->sa.sa, v, 0);
-}
-
-static void on_vip_drained(uvip_vip_t *vip, int closed_by_timeout) {
-  (void)closed_by_timeout;
-  uvip_livepool_t *lp = registry_find(uvip_vip_server(vip));
-  if (lp == NULL || lp->closing)
-    return;
-  for (size_t i = 0; i < lp->ndraining; i++) {
-    if (lp->draining[i] == vip) {
-      lp->draining[i] = lp->draining[--lp->ndraining];
-      lp->cb(lp, UVIP_LIVE_DRAINED, uvip_vip_addr(vip), vip, 0);
-      return;
-    }
-  }
+  lp->cb(lp, UVIP_LIVE_DOWN, &e->sa.sa, e->vip, 0);
 }
 
 static void check_entry(uvip_livepool_t *lp, live_entry_t *e) {
@@ -324,7 +284,7 @@ UVIP_EXPORT int uvip_livepool_new(uvip_server_t *server,
                                   uvip_livepool_t **out) {
   UVIP_CHECK_ARG(out == NULL);
   *out = NULL;
-  UVIP_CHECK_ARG(server == NULL || pool == NULL || server->closing);
+  UVIP_CHECK_ARG(server == NULL || pool == NULL);
   size_t n = uvip_addrs_count(pool);
   UVIP_CHECK_ARG(n == 0);
   for (size_t i = 0; i < n; i++) {
@@ -352,14 +312,11 @@ UVIP_EXPORT int uvip_livepool_new(uvip_server_t *server,
   lp->delay_ms = RECHECK_FIRST_MS;
 
   /* Subscribed from now on: the kernel queues what happens before start. */
-  if ((r = uvip_addrwatch_new(server->loop, &lp->watch)) != 0)
+  uv_loop_t *loop = uvip_server_loop(server);
+  if ((r = uvip_addrwatch_new(loop, &lp->watch)) != 0)
     goto fail;
   uvip_addrwatch_set_data(lp->watch, lp);
-  if ((r = registry_add(lp)) != 0) {
-    uvip_addrwatch_close(lp->watch, NULL);
-    goto fail;
-  }
-  uv_timer_init(server->loop, &lp->timer);
+  uv_timer_init(loop, &lp->timer);
   lp->timer.data = lp;
   *out = lp;
   return 0;
@@ -375,11 +332,13 @@ UVIP_EXPORT int uvip_livepool_start(uvip_livepool_t *lp, uvip_livepool_cb cb) {
   UVIP_CHECK_ARG(lp == NULL || cb == NULL || lp->closing);
   if (lp->started)
     return UV_EALREADY;
-  UVIP_CHECK_ARG(!server_serving(lp->server));
+  UVIP_CHECK_ARG(!uvip_server_is_listening(lp->server));
   int r = uvip_addrwatch_start(lp->watch, on_addr_event);
   if (r != 0)
     return r;
-  /* Take over the server's VIPs for pool addresses. */
+  /* Take over the server's VIPs for pool addresses, whatever their state
+   * (listening, failed: absent at uvip_server_listen(), paused), except
+   * those draining: they are on their way out. */
   size_t nv = uvip_server_vip_count(lp->server);
   for (size_t i = 0; i < nv; i++) {
     uvip_vip_t *v = uvip_server_vip(lp->server, i);
@@ -403,7 +362,6 @@ static void maybe_free(uvip_livepool_t *lp) {
     lp->close_cb(lp);
   free(lp->entries);
   free(lp->queue);
-  free(lp->draining);
   free(lp);
 }
 
@@ -420,7 +378,6 @@ UVIP_EXPORT int uvip_livepool_close(uvip_livepool_t *lp,
     return UV_EALREADY;
   lp->closing = true;
   lp->close_cb = cb;
-  registry_remove(lp);
   lp->closes_pending = 2;
   uvip_addrwatch_close(lp->watch, on_watch_closed);
   uv_close((uv_handle_t *)&lp->timer, on_timer_closed);

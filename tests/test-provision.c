@@ -521,7 +521,7 @@ START_TEST(test_addrwatch) {
 END_TEST
 
 typedef struct {
-  int up, down, drained, failed;
+  int up, down, failed;
   uvip_live_event_t last_ev;
   char last_addr[UVIP_ADDRSTRLEN];
   uvip_vip_t *last_vip;
@@ -543,14 +543,14 @@ static void on_live(uvip_livepool_t *lp, uvip_live_event_t ev,
     log->up++;
     break;
   case UVIP_LIVE_DOWN:
-    ck_assert_int_eq(uvip_vip_state(vip), UVIP_VIP_DRAINING);
+    ck_assert_int_eq(status, 0);
+    ck_assert_int_eq(uvip_vip_state(vip), UVIP_VIP_PAUSED);
     log->down++;
-    break;
-  case UVIP_LIVE_DRAINED:
-    log->drained++;
     break;
   case UVIP_LIVE_FAILED:
     ck_assert_int_lt(status, 0);
+    if (vip != NULL)
+      ck_assert_int_eq(uvip_vip_state(vip), UVIP_VIP_FAILED);
     log->failed++;
     break;
   }
@@ -567,6 +567,35 @@ static void live_wait(uv_loop_t *loop, const int *counter, int want) {
   for (int turn = 0; turn < 1000 && *counter < want; turn++)
     uv_run(loop, UV_RUN_ONCE);
   ck_assert_int_eq(*counter, want);
+}
+
+/* The server's VIP for ip:port (NULL if none). */
+static uvip_vip_t *vip_of(uvip_server_t *s, const char *ip, int port) {
+  struct sockaddr_storage sa;
+  char want[UVIP_ADDRSTRLEN], got[UVIP_ADDRSTRLEN];
+  th_addr(ip, port, &sa);
+  ck_assert_int_eq(uvip_addr_format((struct sockaddr *)&sa, 1, want,
+                                    sizeof(want)), 0);
+  for (size_t i = 0; i < uvip_server_vip_count(s); i++) {
+    uvip_vip_t *v = uvip_server_vip(s, i);
+    ck_assert_int_eq(uvip_addr_format(uvip_vip_addr(v), 1, got, sizeof(got)),
+                     0);
+    if (strcmp(got, want) == 0)
+      return v;
+  }
+  return NULL;
+}
+
+static uint64_t vip_accepted(const uvip_vip_t *v) {
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_vip_stats(v, &st), 0);
+  return st.accepted;
+}
+
+static uint64_t vip_active(const uvip_vip_t *v) {
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_vip_stats(v, &st), 0);
+  return st.active;
 }
 
 static int try_connect(const char *ip, int port) {
@@ -608,12 +637,14 @@ static int connect_ip(const char *ip, int port) {
 }
 
 /* Addresses come and go under a live server: the listener of a deleted
- * address closes, its connection stays up and echoes, other VIPs keep
- * accepting; the address comes back and is served again; an address that
- * was missing when the server started is served once it appears. */
+ * address closes (its VIP is paused), its connection stays up and echoes,
+ * other VIPs keep accepting; the address comes back and the same VIP
+ * serves again, its counters going on; an address that was missing when
+ * the server started is served once it appears, by the VIP that failed to
+ * bind at uvip_server_listen(). The server never gets a second VIP. */
 START_TEST(test_livepool) {
   enter_netns();
-  /* Once a VIP is removed the kernel stops delivering packets to it, so
+  /* Once an address is removed the kernel stops delivering packets to it, so
    * its connections would stall whatever uvip does. These "local" routes
    * keep loopback packets to the pool flowing, so that a connection to a
    * removed address is refused (no listener) rather than unroutable, and
@@ -654,8 +685,6 @@ START_TEST(test_livepool) {
   ck_assert_int_eq(uvip_livepool_new(s, noport, &lp), UV_EINVAL);
   uvip_addrs_free(noport);
   ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
-  uvip_livepool_t *lp2 = NULL;
-  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp2), UV_EEXIST);
   live_log_t log = {0};
   uvip_livepool_set_data(lp, &log);
   /* The server must be listening first. */
@@ -673,6 +702,15 @@ START_TEST(test_livepool) {
   ck_assert(!has_listener("10.77.3.9", port));
   ck_assert(has_listener("10.77.3.1", port));
   ck_assert(has_listener("[fd77:3::4]", port));
+  /* 10.77.3.9 keeps the VIP that failed to bind at listen. */
+  ck_assert_uint_eq(uvip_server_vip_count(s), 9);
+  uvip_vip_t *v9 = vip_of(s, "10.77.3.9", port);
+  ck_assert_ptr_nonnull(v9);
+  ck_assert_int_eq(uvip_vip_state(v9), UVIP_VIP_FAILED);
+  ck_assert_int_eq(uvip_vip_error(v9), UV_EADDRNOTAVAIL);
+  /* Both data pointers stay the application's. */
+  ck_assert_ptr_eq(uvip_server_get_data(s), &t);
+  ck_assert_ptr_null(uvip_vip_get_data(v9));
 
   int a = connect_ip("10.77.3.2", port);
   int b = connect_ip("fd77:3::2", port);
@@ -681,6 +719,12 @@ START_TEST(test_livepool) {
   ck_assert_int_eq(t.accepted, 2);
   uvip_vip_t *va = uvip_conn_vip(t.conns[0]);
   uvip_vip_t *vb = uvip_conn_vip(t.conns[1]);
+  ck_assert_ptr_eq(va, vip_of(s, "10.77.3.2", port));
+  ck_assert_ptr_eq(vb, vip_of(s, "fd77:3::2", port));
+  ck_assert_uint_eq(vip_accepted(va), 1);
+  ck_assert_uint_eq(vip_accepted(vb), 1);
+  int app_data;
+  uvip_vip_set_data(va, &app_data);
 
   /* Delete an IPv4 and an IPv6 address under the live server. */
   char want[UVIP_ADDRSTRLEN];
@@ -696,8 +740,14 @@ START_TEST(test_livepool) {
   ck_assert_ptr_eq(log.last_vip, vb);
   ck_assert_uint_eq(uvip_livepool_up_count(lp), 6);
 
+  /* Their VIPs are paused, not replaced. */
+  ck_assert_uint_eq(uvip_server_vip_count(s), 9);
+  ck_assert_ptr_eq(vip_of(s, "10.77.3.2", port), va);
+  ck_assert_ptr_eq(vip_of(s, "fd77:3::2", port), vb);
+  ck_assert_ptr_eq(uvip_vip_get_data(va), &app_data);
   /* Their listeners are closed: a new connection is refused... */
-  ck_assert_int_eq(uvip_vip_state(va), UVIP_VIP_DRAINING);
+  ck_assert_int_eq(uvip_vip_state(va), UVIP_VIP_PAUSED);
+  ck_assert_int_eq(uvip_vip_state(vb), UVIP_VIP_PAUSED);
   ck_assert_int_eq(uvip_vip_fd(va), UV_EBADF);
   ck_assert_int_eq(uvip_vip_fd(vb), UV_EBADF);
   ck_assert(!has_listener("10.77.3.2", port));
@@ -714,6 +764,9 @@ START_TEST(test_livepool) {
   uvip_vip_stats_t st;
   ck_assert_int_eq(uvip_vip_stats(va, &st), 0);
   ck_assert_uint_eq(st.active, 1);
+  ck_assert_uint_eq(st.accepted, 1);
+  ck_assert_uint_eq(vip_active(vb), 1);
+  ck_assert_ptr_eq(uvip_conn_vip(t.conns[1]), vb);
   ck_assert_int_eq(tcp_state(a), TCP_ESTABLISHED);
   /* ...and the other VIPs keep accepting. */
   int c = connect_ip("10.77.3.1", port);
@@ -722,18 +775,25 @@ START_TEST(test_livepool) {
   echo_check(&loop, d, "d1");
   ck_assert_int_eq(t.accepted, 4);
   ck_assert_int_eq(log.up, 8);
-  ck_assert_int_eq(log.drained, 0);
+  ck_assert_int_eq(uvip_vip_state(va), UVIP_VIP_PAUSED);
 
-  /* The addresses come back: new listeners, while the old VIPs still
-   * drain with their connections. */
+  /* The addresses come back: the same VIPs listen again, with the
+   * connections they kept. */
   sh("ip addr add 10.77.3.2/32 dev lo");
   live_wait(&loop, &log.up, 9);
   snprintf(want, sizeof(want), "10.77.3.2:%d", port);
   ck_assert_str_eq(log.last_addr, want);
-  ck_assert_ptr_ne(log.last_vip, va);
+  ck_assert_ptr_eq(log.last_vip, va);
+  ck_assert_int_eq(uvip_vip_state(va), UVIP_VIP_LISTENING);
   sh("ip addr add fd77:3::2/128 dev lo nodad");
   live_wait(&loop, &log.up, 10);
+  ck_assert_ptr_eq(log.last_vip, vb);
+  ck_assert_int_eq(uvip_vip_state(vb), UVIP_VIP_LISTENING);
   ck_assert_uint_eq(uvip_livepool_up_count(lp), 8);
+  ck_assert_uint_eq(uvip_server_vip_count(s), 9);
+  ck_assert_ptr_eq(vip_of(s, "10.77.3.2", port), va);
+  ck_assert_ptr_eq(vip_of(s, "fd77:3::2", port), vb);
+  ck_assert_ptr_eq(uvip_vip_get_data(va), &app_data);
   ck_assert(has_listener("10.77.3.2", port));
   ck_assert(has_listener("[fd77:3::2]", port));
   int a2 = connect_ip("10.77.3.2", port);
@@ -741,26 +801,43 @@ START_TEST(test_livepool) {
   echo_check(&loop, a2, "a3");
   echo_check(&loop, b2, "b3");
   ck_assert_int_eq(t.accepted, 6);
-  ck_assert_ptr_ne(uvip_conn_vip(t.conns[4]), va);
+  /* The new connections land on the same VIPs, whose counters go on. */
+  ck_assert_ptr_eq(uvip_conn_vip(t.conns[4]), va);
+  ck_assert_ptr_eq(uvip_conn_vip(t.conns[5]), vb);
+  ck_assert_int_eq(uvip_vip_stats(va, &st), 0);
+  ck_assert_uint_eq(st.accepted, 2);
+  ck_assert_uint_eq(st.active, 2);
+  ck_assert_uint_eq(vip_accepted(vb), 2);
+  ck_assert_uint_eq(vip_active(vb), 2);
   echo_check(&loop, a, "a4");
   echo_check(&loop, b, "b4");
 
-  /* The old VIPs drain once their connections close. */
+  /* The kept connections close like any other, on the same VIPs, which
+   * keep listening. */
   close(a);
-  live_wait(&loop, &log.drained, 1);
-  ck_assert_ptr_eq(log.last_vip, va);
+  live_wait(&loop, &t.closed, 1);
+  ck_assert_int_eq(uvip_vip_stats(va, &st), 0);
+  ck_assert_uint_eq(st.active, 1);
+  ck_assert_uint_eq(st.closed, 1);
   close(b);
-  live_wait(&loop, &log.drained, 2);
-  ck_assert_ptr_eq(log.last_vip, vb);
+  live_wait(&loop, &t.closed, 2);
+  ck_assert_uint_eq(vip_active(vb), 1);
+  ck_assert_int_eq(uvip_vip_state(va), UVIP_VIP_LISTENING);
+  ck_assert_int_eq(uvip_vip_state(vb), UVIP_VIP_LISTENING);
 
-  /* An address missing at start is served once it appears. */
+  /* An address missing at start is served once it appears, by the VIP
+   * that failed at listen (resumed, not added). */
   sh("ip addr add 10.77.3.9/32 dev lo");
   live_wait(&loop, &log.up, 11);
   snprintf(want, sizeof(want), "10.77.3.9:%d", port);
   ck_assert_str_eq(log.last_addr, want);
+  ck_assert_ptr_eq(log.last_vip, v9);
   ck_assert_uint_eq(uvip_livepool_up_count(lp), 9);
+  ck_assert_uint_eq(uvip_server_vip_count(s), 9);
   int e = connect_ip("10.77.3.9", port);
   echo_check(&loop, e, "e1");
+  ck_assert_ptr_eq(uvip_conn_vip(t.conns[6]), v9);
+  ck_assert_uint_eq(vip_accepted(v9), 1);
   ck_assert_int_eq(log.failed, 0);
 
   live_closed = false;
@@ -786,6 +863,165 @@ START_TEST(test_livepool) {
   uvip_provision_free(p);
   uvip_addrs_free(pool);
   uvip_addrs_free(prov_addrs);
+}
+END_TEST
+
+/* Runs a few loop turns without blocking (the first sync is a 0 ms timer). */
+static void spin(uv_loop_t *loop) {
+  for (int i = 0; i < 20; i++) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+}
+
+/* None of the pool's addresses exists when the server starts: with
+ * UVIP_ALLOW_EMPTY the server listens with no VIP bound, the live pool
+ * starts, and each address is served by its own VIP once it appears. */
+START_TEST(test_livepool_empty_start) {
+  enter_netns();
+  int port = th_free_port();
+  uvip_addrs_t *pool = th_addrs("10.77.8.1-10.77.8.2,fd77:8::1", port);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  th_track_t t = {0};
+  uvip_server_t *s = NULL;
+
+  /* Without UVIP_ALLOW_EMPTY the server cannot listen, so the live pool
+   * cannot start. */
+  ck_assert_int_eq(uvip_server_new(&loop, pool, NULL, &s), 0);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0),
+                   UV_EADDRNOTAVAIL);
+  ck_assert_int_eq(uvip_server_is_listening(s), 0);
+  uvip_livepool_t *lp = NULL;
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), UV_EINVAL);
+  live_closed = false;
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), 0);
+  th_run_until(&loop, &live_closed, 100);
+  close_server(&loop, s);
+
+  uvip_server_options_t so;
+  uvip_server_options_init(&so);
+  so.flags = UVIP_ALLOW_EMPTY;
+  ck_assert_int_eq(uvip_server_new(&loop, pool, &so, &s), 0);
+  uvip_server_set_data(s, &t);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+  ck_assert_int_eq(uvip_server_is_listening(s), 1);
+  uvip_vip_t *v1 = vip_of(s, "10.77.8.1", port);
+  uvip_vip_t *v6 = vip_of(s, "fd77:8::1", port);
+  ck_assert_ptr_nonnull(v1);
+  ck_assert_ptr_nonnull(v6);
+  ck_assert_int_eq(uvip_vip_state(v1), UVIP_VIP_FAILED);
+
+  live_log_t log = {0};
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
+  uvip_livepool_set_data(lp, &log);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), 0);
+  spin(&loop);
+  /* Nothing to serve, and absence is no failure. */
+  ck_assert_int_eq(log.up, 0);
+  ck_assert_int_eq(log.down, 0);
+  ck_assert_int_eq(log.failed, 0);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 0);
+  ck_assert(!has_listener("10.77.8.1", port));
+
+  sh("ip addr add 10.77.8.1/32 dev lo");
+  live_wait(&loop, &log.up, 1);
+  char want[UVIP_ADDRSTRLEN];
+  snprintf(want, sizeof(want), "10.77.8.1:%d", port);
+  ck_assert_str_eq(log.last_addr, want);
+  ck_assert_ptr_eq(log.last_vip, v1);
+  ck_assert_int_eq(uvip_vip_state(v1), UVIP_VIP_LISTENING);
+  ck_assert(has_listener("10.77.8.1", port));
+  int fd = connect_ip("10.77.8.1", port);
+  echo_check(&loop, fd, "x1");
+  ck_assert_uint_eq(vip_accepted(v1), 1);
+
+  sh("ip addr add fd77:8::1/128 dev lo nodad");
+  live_wait(&loop, &log.up, 2);
+  ck_assert_ptr_eq(log.last_vip, v6);
+  int fd6 = connect_ip("fd77:8::1", port);
+  echo_check(&loop, fd6, "x2");
+  ck_assert_uint_eq(vip_accepted(v6), 1);
+  ck_assert_uint_eq(uvip_livepool_up_count(lp), 2);
+  ck_assert_uint_eq(uvip_server_vip_count(s), 3);
+  ck_assert_int_eq(log.failed, 0);
+
+  close(fd);
+  close(fd6);
+  live_closed = false;
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), 0);
+  th_run_until(&loop, &live_closed, 100);
+  close_server(&loop, s);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  uvip_addrs_free(pool);
+}
+END_TEST
+
+/* A server with no VIPs at all (UVIP_ALLOW_EMPTY): an address never seen
+ * before gets a VIP from uvip_server_add_vip(); when it goes and comes
+ * back, that VIP is paused and resumed, never added again. */
+START_TEST(test_livepool_no_vips) {
+  enter_netns();
+  int port = th_free_port();
+  uvip_addrs_t *pool = th_addrs("10.77.9.1", port);
+  uvip_addrs_t *none = NULL;
+  ck_assert_int_eq(uvip_addrs_new(&none), 0);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  th_track_t t = {0};
+  uvip_server_t *s = NULL;
+  uvip_server_options_t so;
+  uvip_server_options_init(&so);
+  so.flags = UVIP_ALLOW_EMPTY;
+  ck_assert_int_eq(uvip_server_new(&loop, none, &so, &s), 0);
+  uvip_server_set_data(s, &t);
+  ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
+  uvip_livepool_t *lp = NULL;
+  live_log_t log = {0};
+  ck_assert_int_eq(uvip_livepool_new(s, pool, &lp), 0);
+  uvip_livepool_set_data(lp, &log);
+  ck_assert_int_eq(uvip_livepool_start(lp, on_live), 0);
+  spin(&loop);
+  ck_assert_int_eq(log.up + log.down + log.failed, 0);
+  ck_assert_uint_eq(uvip_server_vip_count(s), 0);
+
+  sh("ip addr add 10.77.9.1/32 dev lo");
+  live_wait(&loop, &log.up, 1);
+  ck_assert_uint_eq(uvip_server_vip_count(s), 1);
+  uvip_vip_t *v = uvip_server_vip(s, 0);
+  ck_assert_ptr_eq(log.last_vip, v);
+  int fd = connect_ip("10.77.9.1", port);
+  echo_check(&loop, fd, "y1");
+  ck_assert_uint_eq(vip_accepted(v), 1);
+
+  sh("ip addr del 10.77.9.1/32 dev lo");
+  live_wait(&loop, &log.down, 1);
+  ck_assert_ptr_eq(log.last_vip, v);
+  ck_assert_int_eq(uvip_vip_state(v), UVIP_VIP_PAUSED);
+  ck_assert_int_eq(tcp_state(fd), TCP_ESTABLISHED);
+  ck_assert_uint_eq(vip_active(v), 1);
+
+  sh("ip addr add 10.77.9.1/32 dev lo");
+  live_wait(&loop, &log.up, 2);
+  ck_assert_ptr_eq(log.last_vip, v);
+  ck_assert_uint_eq(uvip_server_vip_count(s), 1);
+  int fd2 = connect_ip("10.77.9.1", port);
+  echo_check(&loop, fd2, "y2");
+  echo_check(&loop, fd, "y3");
+  ck_assert_uint_eq(vip_accepted(v), 2);
+  ck_assert_uint_eq(vip_active(v), 2);
+  ck_assert_int_eq(log.failed, 0);
+
+  close(fd);
+  close(fd2);
+  live_closed = false;
+  ck_assert_int_eq(uvip_livepool_close(lp, on_live_closed), 0);
+  th_run_until(&loop, &live_closed, 100);
+  close_server(&loop, s);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  uvip_addrs_free(pool);
+  uvip_addrs_free(none);
 }
 END_TEST
 
@@ -892,6 +1128,10 @@ START_TEST(test_livepool_failed) {
   char want[UVIP_ADDRSTRLEN];
   snprintf(want, sizeof(want), "10.77.7.2:%d", port);
   ck_assert_str_eq(log.last_addr, want);
+  uvip_vip_t *v2 = vip_of(s, "10.77.7.2", port);
+  ck_assert_ptr_nonnull(v2);
+  ck_assert_ptr_eq(log.last_vip, v2);
+  ck_assert_int_eq(uvip_vip_error(v2), UV_EADDRINUSE);
   ck_assert_uint_eq(uvip_livepool_up_count(lp), 1);
 
   /* The port is freed; the next event for the address brings it up. */
@@ -900,6 +1140,8 @@ START_TEST(test_livepool_failed) {
   sh("ip addr add 10.77.7.2/32 dev lo");
   live_wait(&loop, &log.up, 2);
   ck_assert_str_eq(log.last_addr, want);
+  ck_assert_ptr_eq(log.last_vip, v2); /* the failed VIP, resumed */
+  ck_assert_uint_eq(uvip_server_vip_count(s), 2);
   ck_assert_int_eq(log.failed, 1);
   ck_assert_uint_eq(uvip_livepool_up_count(lp), 2);
   int fd = connect_ip("10.77.7.2", port);
@@ -926,6 +1168,8 @@ int main(void) {
   tcase_add_test(tc, test_eperm);
   tcase_add_test(tc, test_addrwatch);
   tcase_add_test(tc, test_livepool);
+  tcase_add_test(tc, test_livepool_empty_start);
+  tcase_add_test(tc, test_livepool_no_vips);
   tcase_add_test(tc, test_livepool_overrun);
   tcase_add_test(tc, test_livepool_failed);
   suite_add_tcase(s, tc);

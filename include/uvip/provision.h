@@ -155,16 +155,25 @@ void uvip_addrwatch_set_data(uvip_addrwatch_t *watch, void *data);
 typedef struct uvip_livepool_s uvip_livepool_t;
 
 typedef enum {
-  /* The address is present and its listener accepts. vip is the new VIP. */
+  /* The address is present and its VIP listens (state UVIP_VIP_LISTENING).
+   * vip is the address's VIP: the same object every time the address comes
+   * back, with its counters, weight, data and connections. */
   UVIP_LIVE_UP = 1,
   /* The address is present but its listener could not be bound (status is
-   * the error, e.g. UV_EADDRINUSE); retried at the next event for it. */
+   * the error, e.g. UV_EADDRINUSE); reported once per distinct error and
+   * retried at the next event for the address. vip is the address's VIP
+   * (now UVIP_VIP_FAILED), or NULL when the address never had one (the
+   * first uvip_server_add_vip() for it failed). */
   UVIP_LIVE_FAILED = 2,
-  /* The address has gone: its listener is closed; its established
-   * connections keep running on vip, which now drains. */
-  UVIP_LIVE_DOWN = 3,
-  /* A drained VIP's last connection closed; vip is freed after the call. */
-  UVIP_LIVE_DRAINED = 4
+  /* The address has gone: its VIP is paused (uvip_vip_pause(), state
+   * UVIP_VIP_PAUSED). Its listener is closed; the VIP, its counters and its
+   * established connections stay, and the same VIP is resumed (UVIP_LIVE_UP)
+   * when the address comes back. Its connections close only when the
+   * application (or the peer) closes them; uvip_vip_stats() tells how many
+   * are still open. */
+  UVIP_LIVE_DOWN = 3
+  /* 4 was UVIP_LIVE_DRAINED while a gone address's VIP was removed and
+   * drained; VIPs are paused now and never removed by the live pool. */
 } uvip_live_event_t;
 
 /* Called on the loop thread. addr is the pool address (with its port). */
@@ -176,32 +185,40 @@ typedef void (*uvip_livepool_cb)(uvip_livepool_t *pool,
 typedef void (*uvip_livepool_close_cb)(uvip_livepool_t *pool);
 
 /* Creates a live pool for server over the addresses of pool (copied; ports
- * must be set). Addresses of pool that are already VIPs of server are taken
- * over at start; from then on the live pool adds and removes the VIPs of
- * pool addresses: do not remove them yourself while it runs. Close the live
- * pool before the server. Errors: UV_EINVAL,
- * UV_EEXIST (server already has a live pool), UV_ENOMEM, or the netlink
- * socket's error. */
+ * must be set). The server may have VIPs for some, all or none of them;
+ * those that exist are taken over at start, and a pool address that has no
+ * VIP gets one with uvip_server_add_vip() when it first appears. While the
+ * live pool runs it pauses and resumes the VIPs of pool addresses: do not
+ * remove, pause or resume them yourself. Give an address to one live pool
+ * only. Close the live pool before the server.
+ *
+ * The live pool uses neither uvip_server_set_data() nor
+ * uvip_vip_set_data(): both data pointers stay the application's.
+ *
+ * Errors: UV_EINVAL, UV_ENOMEM, or the netlink socket's error. */
 int uvip_livepool_new(uvip_server_t *server, const uvip_addrs_t *pool,
                       uvip_livepool_t **out);
 
 /* Starts following address events. On the next loop turn every pool
  * address is checked (a bind probe): present ones get a listening VIP
  * (UVIP_LIVE_UP, also for VIPs already listening), absent ones are left
- * without. From then on: an address that appears gets its listener
- * (UVIP_LIVE_UP or UVIP_LIVE_FAILED); one that disappears has its listener
- * closed and drains without a timeout (UVIP_LIVE_DOWN, then
- * UVIP_LIVE_DRAINED when its last connection closes); the same address
- * may have a new listening VIP while old ones drain. Every event is checked
- * again by bind probes about 10 ms, 100 ms and 1 s later, and all addresses
- * are after UVIP_ADDR_OVERRUN. The server must be listening
- * (uvip_server_listen() succeeded, not stopped): UV_EINVAL otherwise.
+ * without a listener. From then on: an address that appears gets its
+ * listener (UVIP_LIVE_UP or UVIP_LIVE_FAILED); one that disappears has its
+ * VIP paused (UVIP_LIVE_DOWN) and resumed when it comes back. Every event
+ * is checked again by bind probes about 10 ms, 100 ms and 1 s later, and
+ * all addresses are after UVIP_ADDR_OVERRUN.
+ *
+ * The server must be listening (uvip_server_is_listening()): UV_EINVAL
+ * otherwise. uvip_server_listen() fails when no VIP can be bound, so for a
+ * pool whose addresses may all be absent at start (or a server created
+ * with no VIPs at all) create the server with UVIP_ALLOW_EMPTY.
  * UV_EALREADY if already started. */
 int uvip_livepool_start(uvip_livepool_t *pool, uvip_livepool_cb cb);
 
 /* Stops following events and calls cb (may be NULL) from the loop; the live
- * pool is freed right after. The server's VIPs are left as they are;
- * VIPs still draining finish without UVIP_LIVE_DRAINED events. */
+ * pool is freed right after. The server's VIPs are left as they are: VIPs
+ * of absent addresses stay paused (or failed) with their connections, for
+ * the application to resume, remove or close with the server. */
 int uvip_livepool_close(uvip_livepool_t *pool, uvip_livepool_close_cb cb);
 
 /* The number of pool addresses that have a listening VIP right now. */
