@@ -164,3 +164,14 @@ for sc in ka close; do
     printf '%-8s %-11s %12s %12s %8sx\n' $sc "$name" "$n" "$u" "$ratio"
   done
 done
+echo
+# Each run measured both servers back to back: the median of the per-run
+# ratios is less sensitive to load that changes between runs.
+for sc in ka close; do
+  paired=$(awk -F'\t' -v sc="$sc" '$2 == sc { v[$3 "," $1] = $4; r[$3] = 1 }
+    END { for (k in r) if (v[k ",nginx"] > 0) print v[k ",uvip"] / v[k ",nginx"] }' \
+    "$results" | sort -g | awk '{ v[NR] = $1 } END {
+      if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "%.2f (min %.2f, max %.2f)", m, v[1], v[NR] }')
+  echo "$sc: median of per-run req/s ratios uvip/nginx: $paired"
+done
