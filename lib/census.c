@@ -1,11 +1,16 @@
-/* Census: one sock_diag dump per family, aggregated while streaming into
- * fixed-size hash tables (no allocation per socket or per sample).
+/* Census: sock_diag dumps aggregated while streaming into fixed-size hash
+ * tables (no allocation per socket or per sample). With shards > 1 the
+ * dump of each family is split between parallel netlink sockets, each on
+ * its own thread with its own tables, merged at the end.
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <fcntl.h>
 #include <libmnl/libmnl.h>
 #include <linux/inet_diag.h>
 #include <linux/sock_diag.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,20 +21,14 @@
 #define KSTATE_NEW_SYN_RECV 12
 /* Kernel states 1..12; bit 13 (TCP_BOUND_INACTIVE) is left out as ss does. */
 #define KSTATES_ALL 0x1ffeu
-/* Bytecode filters cost the kernel a pass over every condition per socket;
- * past this many addresses a userspace hash lookup is cheaper. */
-#define BC_MAX_ADDRS 64
+#define KSTATE_LISTEN_BIT (1u << (UVIP_TCP_LISTEN + 1))
 #define RCVBUF_MIN 32768
 #define PROC_CHUNK 65536
+/* The split when ip_local_port_range cannot be read (the kernel default). */
+#define SPLIT_LO_DEFAULT 32768
+#define SPLIT_HI_DEFAULT 60999
 
-/* A compact address key: family, port, 16 address bytes (IPv4 in the first
- * four). Hashing and comparing it is what the per-socket path costs. */
-typedef struct akey {
-  uint8_t fam;
-  uint8_t pad;
-  uint16_t port; /* host order */
-  uint32_t a[4];
-} akey_t;
+typedef uvip__akey_t akey_t;
 
 typedef struct tkey {
   akey_t l, r;
@@ -42,9 +41,38 @@ typedef struct tbl {
   size_t ksize, n, cap;
   uint32_t *slot, *sgen;
   uint32_t mask, gen;
-  uint32_t *order; /* accessor index -> dense index */
+  uint32_t *order; /* accessor index -> dense index (result tables only) */
   uint32_t *rank;  /* dense index -> accessor index */
 } tbl_t;
+
+typedef struct tcount {
+  uint64_t in_use, time_wait;
+} tcount_t;
+
+/* One shard: what one dump aggregates into. Its tables have the census's
+ * caps; rows hold counts only (keys are in the tables). Listeners are
+ * recorded in the census's own table (by shard 0, before the other shards
+ * run); a shard counts request sockets per listener in lsyn. */
+struct uvip__cshard_s {
+  uvip_census_t *c;
+  tbl_t vips, tup;
+  uvip_census_counts_t *vcnt; /* per vips dense index */
+  tcount_t *tcnt;             /* per tup dense index */
+  uint64_t *lsyn;             /* per census listener dense index */
+  uvip_census_counts_t totals;
+  uint64_t seen, sockets, vips_overflow, listeners_overflow,
+      tuples_overflow, reads, bytes;
+  uint64_t tw_seen; /* TIME_WAIT sockets received, before any filter */
+  char *buf;
+  size_t buflen;
+  char *bc; /* bytecode scratch, UVIP__BC_CAP bytes */
+  struct mnl_socket *nl;
+  /* The job of a parallel dump. */
+  int fam;
+  unsigned int states, seq;
+  int rc;
+  int index;
+};
 
 struct uvip_census_s {
   uvip_census_options_t opts;
@@ -52,6 +80,10 @@ struct uvip_census_s {
   size_t nfilter;       /* distinct filter addresses (0 = no filter) */
   akey_t *filter;       /* in list order */
   int nfilter4;         /* of them IPv4 */
+  int nshards;          /* shards allocated (opts.shards resolved) */
+  int split_lo, split_hi; /* the port range this sample splits */
+  uvip__cshard_t *shards;
+  /* Merged results; listeners are recorded here directly. */
   tbl_t vips, lst, tup;
   uvip_census_vip_t *vip_rows;
   uvip_census_listener_t *lst_rows;
@@ -64,11 +96,6 @@ struct uvip_census_s {
   int has_baseline;
   int has_limits;
   int usable;
-  uint64_t tw_seen; /* TIME_WAIT sockets received, before any filter */
-  char *buf;
-  size_t buflen;
-  char *bc; /* bytecode scratch */
-  size_t bccap;
 };
 
 static uint32_t hash_words(const uint32_t *w, size_t n) {
@@ -81,7 +108,7 @@ static uint32_t hash_words(const uint32_t *w, size_t n) {
   return (uint32_t)h;
 }
 
-static int tbl_init(tbl_t *t, size_t ksize, size_t cap) {
+static int tbl_init(tbl_t *t, size_t ksize, size_t cap, int ordered) {
   size_t slots = 16;
   while (slots < cap * 2)
     slots <<= 1;
@@ -93,9 +120,12 @@ static int tbl_init(tbl_t *t, size_t ksize, size_t cap) {
   t->keys = calloc(cap ? cap : 1, ksize);
   t->slot = calloc(slots, sizeof(uint32_t));
   t->sgen = calloc(slots, sizeof(uint32_t));
-  t->order = calloc(cap ? cap : 1, sizeof(uint32_t));
-  t->rank = calloc(cap ? cap : 1, sizeof(uint32_t));
-  if (!t->keys || !t->slot || !t->sgen || !t->order || !t->rank)
+  if (ordered) {
+    t->order = calloc(cap ? cap : 1, sizeof(uint32_t));
+    t->rank = calloc(cap ? cap : 1, sizeof(uint32_t));
+  }
+  if (!t->keys || !t->slot || !t->sgen ||
+      (ordered && (!t->order || !t->rank)))
     return UV_ENOMEM;
   return 0;
 }
@@ -192,36 +222,40 @@ static int akey_cmp(const akey_t *a, const akey_t *b) {
 
 /* ------------------------------------------------------------------------ */
 
-static int is_listening(uvip_census_t *c, const akey_t *l) {
+static int is_listening(const uvip_census_t *c, const akey_t *l) {
   akey_t w;
-  if (c->lst.n == 0)
+  tbl_t *lst = (tbl_t *)&c->lst; /* lookups only: safe from every shard */
+  if (lst->n == 0)
     return 0;
-  if (tbl_get(&c->lst, l, 0, NULL) >= 0)
+  if (tbl_get(lst, l, 0, NULL) >= 0)
     return 1;
   memset(&w, 0, sizeof(w));
   w.port = l->port;
   w.fam = l->fam;
-  if (tbl_get(&c->lst, &w, 0, NULL) >= 0)
+  if (tbl_get(lst, &w, 0, NULL) >= 0)
     return 1;
   /* An IPv4 connection accepted by a dual-stack "::" listener. */
   w.fam = AF_INET6;
-  return l->fam == AF_INET && tbl_get(&c->lst, &w, 0, NULL) >= 0;
+  return l->fam == AF_INET && tbl_get(lst, &w, 0, NULL) >= 0;
 }
 
 static int is_wildcard(const akey_t *k) {
   return !k->a[0] && !k->a[1] && !k->a[2] && !k->a[3];
 }
 
-/* The per-socket path. kstate is the kernel's state number. */
-static void count_socket(uvip_census_t *c, int fam, int kstate,
+/* The per-socket path. kstate is the kernel's state number. Listeners go
+ * into the census's table: only one shard sees them (shard 0, while no
+ * other runs). */
+static void count_socket(uvip__cshard_t *s, int fam, int kstate,
                          const uint32_t *src, int sport, const uint32_t *dst,
                          int dport, uint32_t rq, uint32_t wq) {
+  uvip_census_t *c = s->c;
   akey_t lk;
   int state, inbound, added = 0;
   long v, li;
 
-  c->info.seen++;
-  c->tw_seen += kstate == UVIP_TCP_TIME_WAIT + 1;
+  s->seen++;
+  s->tw_seen += kstate == UVIP_TCP_TIME_WAIT + 1;
   if (kstate == KSTATE_NEW_SYN_RECV)
     kstate = UVIP_TCP_SYN_RECV + 1;
   if (kstate < 1 || kstate > UVIP_TCP_STATE_COUNT)
@@ -229,11 +263,9 @@ static void count_socket(uvip_census_t *c, int fam, int kstate,
   state = kstate - 1;
   akey_from_raw(&lk, fam, src, 0);
 
-  v = tbl_get(&c->vips, &lk, c->nfilter == 0, &added);
-  if (added) { /* rows are cleared on insert: a reset is O(1) */
-    memset(&c->vip_rows[v], 0, sizeof(c->vip_rows[v]));
-    akey_to_sa(&lk, &c->vip_rows[v].addr);
-  }
+  v = tbl_get(&s->vips, &lk, c->nfilter == 0, &added);
+  if (added) /* rows are cleared on insert: a reset is O(1) */
+    memset(&s->vcnt[v], 0, sizeof(s->vcnt[v]));
 
   lk.port = (uint16_t)sport;
   if (state == UVIP_TCP_LISTEN) {
@@ -242,7 +274,7 @@ static void count_socket(uvip_census_t *c, int fam, int kstate,
     added = 0;
     li = tbl_get(&c->lst, &lk, 1, &added);
     if (li < 0) {
-      c->info.listeners_overflow++;
+      s->listeners_overflow++;
     } else {
       uvip_census_listener_t *L = &c->lst_rows[li];
       if (added) {
@@ -267,22 +299,22 @@ static void count_socket(uvip_census_t *c, int fam, int kstate,
         li = tbl_get(&c->lst, &w, 0, NULL);
       }
       if (li >= 0)
-        c->lst_rows[li].syn_recv++;
+        s->lsyn[li]++;
     }
   }
   if (!(c->opts.states & (1u << state)))
     return;
-  c->info.sockets++;
+  s->sockets++;
   if (inbound)
-    c->totals.in[state]++;
+    s->totals.in[state]++;
   else
-    c->totals.out[state]++;
+    s->totals.out[state]++;
   if (v < 0) {
-    c->info.vips_overflow++;
+    s->vips_overflow++;
   } else if (inbound) {
-    c->vip_rows[v].counts.in[state]++;
+    s->vcnt[v].in[state]++;
   } else {
-    c->vip_rows[v].counts.out[state]++;
+    s->vcnt[v].out[state]++;
   }
   if (inbound)
     return;
@@ -292,97 +324,183 @@ static void count_socket(uvip_census_t *c, int fam, int kstate,
   tk.l = lk;
   akey_from_raw(&tk.r, fam, dst, dport);
   added = 0;
-  long ti = tbl_get(&c->tup, &tk, 1, &added);
+  long ti = tbl_get(&s->tup, &tk, 1, &added);
   if (ti < 0) {
-    c->info.tuples_overflow++;
+    s->tuples_overflow++;
     return;
   }
-  uvip_census_tuple_t *T = &c->tup_rows[ti];
-  if (added) {
+  tcount_t *T = &s->tcnt[ti];
+  if (added)
     memset(T, 0, sizeof(*T));
-    akey_to_sa(&tk.l, &T->local);
-    akey_to_sa(&tk.r, &T->remote);
-  }
   T->in_use++;
   if (state == UVIP_TCP_TIME_WAIT)
     T->time_wait++;
+}
+
+void uvip__census_count(uvip__cshard_t *s, int fam, int kstate,
+                        const uint32_t *src, int sport, const uint32_t *dst,
+                        int dport, uint32_t rq, uint32_t wq) {
+  count_socket(s, fam, kstate, src, sport, dst, dport, rq, wq);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shards                                                                   */
+
+static int default_shards(void) {
+  cpu_set_t set;
+  long n = 0;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    n = CPU_COUNT(&set);
+  if (n < 1)
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n >= 2 ? 2 : 1;
+}
+
+static void shard_free(uvip__cshard_t *s) {
+  tbl_free(&s->vips);
+  tbl_free(&s->tup);
+  free(s->vcnt);
+  free(s->tcnt);
+  free(s->lsyn);
+  free(s->buf);
+  free(s->bc);
+}
+
+static int shard_init(uvip_census_t *c, uvip__cshard_t *s, int index) {
+  const uvip_census_options_t *o = &c->opts;
+  int rc;
+  s->c = c;
+  s->index = index;
+  s->buflen = o->rcvbuf > PROC_CHUNK ? o->rcvbuf : PROC_CHUNK;
+  s->buf = malloc(s->buflen);
+  s->bc = malloc(UVIP__BC_CAP);
+  s->vcnt = calloc(o->max_vips, sizeof(*s->vcnt));
+  s->tcnt = calloc(o->max_tuples, sizeof(*s->tcnt));
+  s->lsyn = calloc(o->max_listeners, sizeof(*s->lsyn));
+  if (!s->buf || !s->bc || !s->vcnt || !s->tcnt || !s->lsyn)
+    return UV_ENOMEM;
+  if ((rc = tbl_init(&s->vips, sizeof(akey_t), o->max_vips, 0)) != 0 ||
+      (rc = tbl_init(&s->tup, sizeof(tkey_t), o->max_tuples, 0)) != 0)
+    return rc;
+  return 0;
+}
+
+/* Empties a shard; the filter's rows exist (with zero counts) in every
+ * sample, in list order. lsyn is indexed like the census's listener table,
+ * which is reset at the same time. */
+static void shard_reset(uvip__cshard_t *s) {
+  uvip_census_t *c = s->c;
+  tbl_reset(&s->vips);
+  tbl_reset(&s->tup);
+  memset(&s->totals, 0, sizeof(s->totals));
+  s->seen = s->sockets = s->vips_overflow = s->listeners_overflow = 0;
+  s->tuples_overflow = s->reads = s->bytes = s->tw_seen = 0;
+  s->rc = 0;
+  for (size_t i = 0; i < c->nfilter; i++) {
+    long v = tbl_get(&s->vips, &c->filter[i], 1, NULL);
+    memset(&s->vcnt[v], 0, sizeof(s->vcnt[v]));
+  }
+  memset(s->lsyn, 0, c->opts.max_listeners * sizeof(*s->lsyn));
+}
+
+/* Adds a shard's results into the census's. The census's tables have the
+ * same caps; what finds them full is counted as overflow, as a socket
+ * would be. */
+static void shard_merge(uvip_census_t *c, const uvip__cshard_t *s) {
+  for (int st = 0; st < UVIP_TCP_STATE_COUNT; st++) {
+    c->totals.in[st] += s->totals.in[st];
+    c->totals.out[st] += s->totals.out[st];
+  }
+  c->info.seen += s->seen;
+  c->info.sockets += s->sockets;
+  c->info.vips_overflow += s->vips_overflow;
+  c->info.listeners_overflow += s->listeners_overflow;
+  c->info.tuples_overflow += s->tuples_overflow;
+  c->info.reads += s->reads;
+  c->info.bytes += s->bytes;
+
+  for (size_t i = 0; i < s->vips.n; i++) {
+    const akey_t *k = (const akey_t *)(s->vips.keys + i * s->vips.ksize);
+    const uvip_census_counts_t *n = &s->vcnt[i];
+    int added = 0;
+    long v = tbl_get(&c->vips, k, c->nfilter == 0, &added);
+    if (v < 0) {
+      for (int st = 0; st < UVIP_TCP_STATE_COUNT; st++)
+        c->info.vips_overflow += n->in[st] + n->out[st];
+      continue;
+    }
+    uvip_census_vip_t *V = &c->vip_rows[v];
+    if (added) {
+      memset(V, 0, sizeof(*V));
+      akey_to_sa(k, &V->addr);
+    }
+    for (int st = 0; st < UVIP_TCP_STATE_COUNT; st++) {
+      V->counts.in[st] += n->in[st];
+      V->counts.out[st] += n->out[st];
+    }
+  }
+  for (size_t i = 0; i < s->tup.n; i++) {
+    const tkey_t *k = (const tkey_t *)(s->tup.keys + i * s->tup.ksize);
+    int added = 0;
+    long t = tbl_get(&c->tup, k, 1, &added);
+    if (t < 0) {
+      c->info.tuples_overflow += s->tcnt[i].in_use;
+      continue;
+    }
+    uvip_census_tuple_t *T = &c->tup_rows[t];
+    if (added) {
+      memset(T, 0, sizeof(*T));
+      akey_to_sa(&k->l, &T->local);
+      akey_to_sa(&k->r, &T->remote);
+    }
+    T->in_use += s->tcnt[i].in_use;
+    T->time_wait += s->tcnt[i].time_wait;
+  }
+  for (size_t i = 0; i < c->lst.n; i++)
+    c->lst_rows[i].syn_recv += s->lsyn[i];
 }
 
 /* ------------------------------------------------------------------------ */
 /* Netlink                                                                  */
 
 static int on_diag_msg(const struct nlmsghdr *nlh, void *data) {
-  uvip_census_t *c = data;
+  uvip__cshard_t *s = data;
   const struct inet_diag_msg *m = mnl_nlmsg_get_payload(nlh);
   if (nlh->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
       nlh->nlmsg_len < NLMSG_LENGTH(sizeof(*m)))
     return MNL_CB_OK;
-  count_socket(c, m->idiag_family, m->idiag_state, m->id.idiag_src,
+  count_socket(s, m->idiag_family, m->idiag_state, m->id.idiag_src,
                ntohs(m->id.idiag_sport), m->id.idiag_dst,
                ntohs(m->id.idiag_dport), m->idiag_rqueue, m->idiag_wqueue);
   return MNL_CB_OK;
 }
 
-/* Appends one S_COND op; the JMP glue is added by build_bytecode(). */
-static size_t put_cond(char *p, const akey_t *k) {
-  struct inet_diag_bc_op *op = (struct inet_diag_bc_op *)p;
-  struct inet_diag_hostcond *hc = (struct inet_diag_hostcond *)(op + 1);
-  size_t alen = k->fam == AF_INET6 ? 16 : 4;
-  size_t len = sizeof(*op) + sizeof(*hc) + alen;
-  memset(p, 0, len); /* hostcond has padding: send no stray bytes */
-  op->code = INET_DIAG_BC_S_COND;
-  op->yes = (unsigned char)len;
-  op->no = (unsigned short)(len + 4);
-  hc->family = k->fam;
-  hc->prefix_len = (uint8_t)(alen * 8);
-  hc->port = -1;
-  memcpy(hc + 1, k->a, alen);
-  return len;
+/* The bytecode of shard `shard` of nshards (1: no split) for fam. */
+static size_t make_bytecode(uvip__cshard_t *s, int fam, int nshards,
+                            int *with_addrs) {
+  const uvip_census_t *c = s->c;
+  uvip__bc_spec_t sp = {
+      .fam = fam,
+      .filter = c->filter,
+      .nfilter = c->nfilter,
+      .nshards = nshards,
+      .shard = s->index,
+      .port_lo = c->split_lo,
+      .port_hi = c->split_hi,
+  };
+  return uvip__census_bytecode(&sp, s->bc, with_addrs);
 }
 
-/* "local address is one of the filter's, or a wildcard", as an OR chain
- * built the way ss builds one: COND, JMP over the rest on a match. Returns
- * the length, 0 when no bytecode is worth sending. */
-static size_t build_bytecode(uvip_census_t *c, int fam) {
-  akey_t wild;
-  size_t n = 0, conds = 0;
-  const akey_t *list[BC_MAX_ADDRS + 1];
-
-  if (c->nfilter == 0 || c->nfilter > BC_MAX_ADDRS)
-    return 0;
-  for (size_t i = 0; i < c->nfilter; i++) {
-    /* IPv4 conditions also match IPv4-mapped sockets in the IPv6 dump. */
-    if (c->filter[i].fam == fam || fam == AF_INET6)
-      list[conds++] = &c->filter[i];
-  }
-  memset(&wild, 0, sizeof(wild));
-  wild.fam = (uint8_t)fam;
-  list[conds++] = &wild;
-
-  /* Right-nested: cond_0 JMP (cond_1 JMP (... cond_k)). Each JMP skips to
-   * the end (accept); a failed cond skips its JMP; the last one's "no"
-   * jumps past the end (reject). Sizes: op 4, hostcond 8, address. */
-  size_t total = 0;
-  for (size_t i = 0; i < conds; i++)
-    total += 12 + (list[i]->fam == AF_INET6 ? 16 : 4) + (i + 1 < conds ? 4 : 0);
-  if (total > c->bccap)
-    return 0;
-  for (size_t i = 0; i < conds; i++) {
-    n += put_cond(c->bc + n, list[i]);
-    if (i + 1 < conds) {
-      struct inet_diag_bc_op *j = (struct inet_diag_bc_op *)(c->bc + n);
-      j->code = INET_DIAG_BC_JMP;
-      j->yes = 4;
-      j->no = (unsigned short)(total - n);
-      n += 4;
-    }
-  }
-  return n;
-}
-
-static int dump_family(uvip_census_t *c, struct mnl_socket *nl, int fam,
-                       unsigned int seq) {
-  char req[MNL_SOCKET_BUFFER_SIZE];
+/* One dump of family fam, kernel states `states`, into shard s, selecting
+ * the shard's part of the sockets when nshards > 1. */
+static int dump_family(uvip__cshard_t *s, int fam, unsigned int states,
+                       int nshards, unsigned int seq) {
+  const uvip_census_t *c = s->c;
+  /* Large enough for any bytecode (UVIP__BC_CAP) and the request. */
+  union {
+    char b[UVIP__BC_CAP + 256];
+    struct nlmsghdr align;
+  } req;
   struct nlmsghdr *nlh;
   struct inet_diag_req_v2 *r;
   size_t bclen;
@@ -391,29 +509,29 @@ static int dump_family(uvip_census_t *c, struct mnl_socket *nl, int fam,
 
   if (c->nfilter && fam == AF_INET && c->nfilter4 == 0)
     return 0; /* no IPv4 VIP: AF_INET sockets cannot match */
-  bclen = build_bytecode(c, fam);
-  if (bclen + 64 > sizeof(req))
-    bclen = 0;
-  nlh = mnl_nlmsg_put_header(req);
+  if (states == 0)
+    return 0;
+  bclen = make_bytecode(s, fam, nshards, NULL);
+  nlh = mnl_nlmsg_put_header(req.b);
   nlh->nlmsg_type = SOCK_DIAG_BY_FAMILY;
   nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
   nlh->nlmsg_seq = seq;
   r = mnl_nlmsg_put_extra_header(nlh, sizeof(*r));
   r->sdiag_family = (uint8_t)fam;
   r->sdiag_protocol = IPPROTO_TCP;
-  r->idiag_states = c->kstates;
+  r->idiag_states = states;
   if (bclen)
-    mnl_attr_put(nlh, INET_DIAG_REQ_BYTECODE, bclen, c->bc);
-  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
+    mnl_attr_put(nlh, INET_DIAG_REQ_BYTECODE, bclen, s->bc);
+  if (mnl_socket_sendto(s->nl, nlh, nlh->nlmsg_len) < 0)
     return -errno;
-  unsigned int portid = mnl_socket_get_portid(nl);
+  unsigned int portid = mnl_socket_get_portid(s->nl);
   for (;;) {
-    n = mnl_socket_recvfrom(nl, c->buf, c->buflen);
+    n = mnl_socket_recvfrom(s->nl, s->buf, s->buflen);
     if (n < 0)
       return errno == ENOBUFS ? UV_ENOBUFS : -errno;
-    c->info.reads++;
-    c->info.bytes += (uint64_t)n;
-    rc = mnl_cb_run(c->buf, (size_t)n, seq, portid, on_diag_msg, c);
+    s->reads++;
+    s->bytes += (uint64_t)n;
+    rc = mnl_cb_run(s->buf, (size_t)n, seq, portid, on_diag_msg, s);
     if (rc == MNL_CB_STOP)
       return 0;
     if (rc < 0)
@@ -443,138 +561,117 @@ static long long sockstat_field(const char *path, const char *prefix,
  * an empty IPv6 dump costs a large part of the census. It is skipped when
  * the namespace provably has no IPv6 socket: no TCP6 socket in use
  * (listeners, connections and IPv4-mapped ones all count there) and no
- * TIME_WAIT beyond those the unfiltered IPv4 dump just returned. */
-static int ipv6_empty(const uvip_census_t *c, size_t bclen4) {
-  if (bclen4 || (c->nfilter && c->nfilter4 == 0) ||
+ * TIME_WAIT beyond those the IPv4 dump (all its shards) just returned,
+ * which must not have been filtered by address. */
+static int ipv6_empty(uvip_census_t *c, int nshards) {
+  int addrs = 0;
+  uint64_t tw_seen = 0;
+  make_bytecode(&c->shards[0], AF_INET, 1, &addrs);
+  if (addrs || (c->nfilter && c->nfilter4 == 0) ||
       !(c->kstates & (1u << (UVIP_TCP_TIME_WAIT + 1))) ||
       (c->opts.flags & UVIP_CENSUS_NO_IPV4))
     return 0;
   if (sockstat_field("/proc/net/sockstat6", "TCP6:", "inuse ") != 0)
     return 0;
+  for (int i = 0; i < nshards; i++)
+    tw_seen += c->shards[i].tw_seen;
   long long tw = sockstat_field("/proc/net/sockstat", "TCP:", " tw ");
-  return tw >= 0 && (uint64_t)tw <= c->tw_seen;
+  return tw >= 0 && (uint64_t)tw <= tw_seen;
 }
 
-static int sample_netlink(uvip_census_t *c) {
-  struct mnl_socket *nl = mnl_socket_open2(NETLINK_SOCK_DIAG, SOCK_CLOEXEC);
+static void *shard_thread(void *arg) {
+  uvip__cshard_t *s = arg;
+  s->rc = dump_family(s, s->fam, s->states, s->c->info.shards, s->seq);
+  return NULL;
+}
+
+/* Dumps fam in every shard at once: shards 1.. on threads of their own
+ * (every signal blocked: the process's handlers run elsewhere), shard 0 on
+ * the calling thread. A thread that cannot be created is done here. */
+static int dump_parallel(uvip_census_t *c, int nshards, int fam,
+                         unsigned int states, unsigned int seq) {
+  pthread_t tid[UVIP_CENSUS_SHARDS_MAX];
+  int started[UVIP_CENSUS_SHARDS_MAX] = {0};
+  sigset_t all, old;
   int rc = 0;
-  if (!nl)
-    return -errno;
-  if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
-    rc = -errno;
-    mnl_socket_close(nl);
-    return rc;
+
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  for (int i = 0; i < nshards; i++) {
+    uvip__cshard_t *s = &c->shards[i];
+    s->fam = fam;
+    s->states = states;
+    s->seq = seq;
+    s->rc = 0;
+    if (i > 0)
+      started[i] = pthread_create(&tid[i], NULL, shard_thread, s) == 0;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  shard_thread(&c->shards[0]);
+  for (int i = 1; i < nshards; i++) {
+    if (started[i])
+      pthread_join(tid[i], NULL);
+    else
+      shard_thread(&c->shards[i]);
+  }
+  for (int i = 0; i < nshards && rc == 0; i++)
+    rc = c->shards[i].rc;
+  return rc;
+}
+
+/* One shard: both families in one dump each, listeners first (the kernel
+ * walks the listening hash before the established one), as ss does. Split:
+ * per family, the listeners alone (shard 0: every shard needs them to tell
+ * inbound from outbound), then the rest in parallel. */
+static int sample_netlink(uvip_census_t *c) {
+  int n = 0, rc = 0;
+  unsigned int rest = c->kstates & ~KSTATE_LISTEN_BIT;
+
+  for (; n < c->nshards; n++) {
+    struct mnl_socket *nl = mnl_socket_open2(NETLINK_SOCK_DIAG, SOCK_CLOEXEC);
+    int err = nl ? 0 : errno;
+    if (nl && mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+      err = errno;
+      mnl_socket_close(nl);
+      nl = NULL;
+    }
+    if (!nl) {
+      if (n == 0)
+        rc = -err;
+      break; /* fewer shards this time, if not none */
+    }
+    c->shards[n].nl = nl;
   }
   c->info.source = UVIP_CENSUS_SRC_NETLINK;
-  c->tw_seen = 0;
-  if (!(c->opts.flags & UVIP_CENSUS_NO_IPV4))
-    rc = dump_family(c, nl, AF_INET, 1);
-  if (rc == 0 && !(c->opts.flags & UVIP_CENSUS_NO_IPV6) &&
-      !ipv6_empty(c, build_bytecode(c, AF_INET)))
-    rc = dump_family(c, nl, AF_INET6, 2);
-  mnl_socket_close(nl);
-  return rc;
-}
-
-/* ------------------------------------------------------------------------ */
-/* /proc/net/tcp fallback                                                   */
-
-static int hexval(int ch) {
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  if (ch >= 'A' && ch <= 'F')
-    return ch - 'A' + 10;
-  if (ch >= 'a' && ch <= 'f')
-    return ch - 'a' + 10;
-  return -1;
-}
-
-/* Parses up to max hex digits at *p into *v; returns digits read. */
-static int hexnum(const char **p, const char *end, int max, uint32_t *v) {
-  int n = 0, d;
-  *v = 0;
-  while (*p < end && n < max && (d = hexval(**p)) >= 0) {
-    *v = (*v << 4) | (uint32_t)d;
-    (*p)++;
-    n++;
-  }
-  return n;
-}
-
-/* "sl: LOCAL:PORT REMOTE:PORT ST TXQ:RXQ ..." where an address is the
- * in-memory words printed with %08X. */
-static void proc_line(uvip_census_t *c, int fam, const char *p,
-                      const char *end) {
-  uint32_t a[2][4] = {{0}}, port[2], st, txq, rxq;
-  int words = fam == AF_INET6 ? 4 : 1;
-  while (p < end && *p != ':')
-    p++;
-  if (p == end || p[1] != ' ')
-    return; /* the header line */
-  p++;
-  for (int side = 0; side < 2; side++) {
-    while (p < end && *p == ' ')
-      p++;
-    for (int w = 0; w < words; w++)
-      if (hexnum(&p, end, 8, &a[side][w]) != 8)
-        return;
-    if (p == end || *p++ != ':' || hexnum(&p, end, 4, &port[side]) != 4)
-      return;
-  }
-  while (p < end && *p == ' ')
-    p++;
-  if (hexnum(&p, end, 2, &st) < 1 || p == end || *p++ != ' ')
-    return;
-  if (hexnum(&p, end, 8, &txq) < 1 || p == end || *p++ != ':' ||
-      hexnum(&p, end, 8, &rxq) < 1)
-    return;
-  /* The words are already in memory (network) order. */
-  if (!(c->kstates & (1u << st)))
-    return;
-  count_socket(c, fam, (int)st, a[0], (int)port[0], a[1], (int)port[1], rxq,
-               0);
-}
-
-static int proc_file(uvip_census_t *c, const char *path, int fam) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  size_t have = 0;
-  if (fd < 0)
-    return errno == ENOENT ? 0 : -errno; /* no IPv6 in this kernel */
-  for (;;) {
-    ssize_t n = read(fd, c->buf + have, c->buflen - have);
-    if (n < 0 && errno == EINTR)
+  c->info.shards = n;
+  for (int fam = 0; rc == 0 && fam < 2; fam++) {
+    int af = fam ? AF_INET6 : AF_INET;
+    if (c->opts.flags & (fam ? UVIP_CENSUS_NO_IPV6 : UVIP_CENSUS_NO_IPV4))
       continue;
-    if (n < 0) {
-      int e = -errno;
-      close(fd);
-      return e;
+    if (af == AF_INET6 && ipv6_empty(c, n))
+      continue;
+    if (n == 1) {
+      rc = dump_family(&c->shards[0], af, c->kstates, 1, 1 + fam);
+    } else {
+      rc = dump_family(&c->shards[0], af, KSTATE_LISTEN_BIT, 1, 1 + fam);
+      if (rc == 0)
+        rc = dump_parallel(c, n, af, rest, 3 + fam);
     }
-    c->info.reads++;
-    c->info.bytes += (uint64_t)n;
-    have += (size_t)n;
-    char *s = c->buf, *e = c->buf + have, *nl;
-    while ((nl = memchr(s, '\n', (size_t)(e - s))) != NULL) {
-      proc_line(c, fam, s, nl);
-      s = nl + 1;
-    }
-    have = (size_t)(e - s);
-    memmove(c->buf, s, have);
-    if (n == 0 || have == c->buflen)
-      break;
   }
-  close(fd);
-  return 0;
+  for (int i = 0; i < n; i++) {
+    mnl_socket_close(c->shards[i].nl);
+    c->shards[i].nl = NULL;
+  }
+  return rc;
 }
 
-/* /proc lists listeners first too (listening hash, then established). */
+/* /proc/net/tcp fallback (census-proc.c): single threaded, shard 0. */
 static int sample_procfs(uvip_census_t *c) {
-  int rc = 0;
+  uvip__cshard_t *s = &c->shards[0];
   c->info.source = UVIP_CENSUS_SRC_PROCFS;
-  if (!(c->opts.flags & UVIP_CENSUS_NO_IPV4))
-    rc = proc_file(c, "/proc/net/tcp", AF_INET);
-  if (rc == 0 && !(c->opts.flags & UVIP_CENSUS_NO_IPV6))
-    rc = proc_file(c, "/proc/net/tcp6", AF_INET6);
-  return rc;
+  c->info.shards = 1;
+  return uvip__census_procfs(s, c->kstates, c->opts.flags, s->buf,
+                             s->buflen, &s->reads, &s->bytes);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -598,12 +695,16 @@ UVIP_EXPORT int uvip_census_options_init(uvip_census_options_t *opts) {
   opts->max_listeners = 4096;
   opts->max_tuples = 16384;
   opts->rcvbuf = 65536;
+  opts->shards = 0; /* min(2, CPUs), resolved by uvip_census_new() */
   return 0;
 }
 
 UVIP_EXPORT void uvip_census_free(uvip_census_t *c) {
   if (!c)
     return;
+  for (int i = 0; c->shards && i < c->nshards; i++)
+    shard_free(&c->shards[i]);
+  free(c->shards);
   tbl_free(&c->vips);
   tbl_free(&c->lst);
   tbl_free(&c->tup);
@@ -613,8 +714,6 @@ UVIP_EXPORT void uvip_census_free(uvip_census_t *c) {
   free(c->tup_flags);
   free(c->lst_flags);
   free(c->filter);
-  free(c->buf);
-  free(c->bc);
   free(c);
 }
 
@@ -638,10 +737,13 @@ UVIP_EXPORT int uvip_census_new(const uvip_addrs_t *vips,
   UVIP_CHECK_ARG(o.max_tuples < 1 || o.max_tuples > (1u << 20));
   UVIP_CHECK_ARG(o.states >> UVIP_TCP_STATE_COUNT);
   UVIP_CHECK_ARG(o.flags & ~0xfu);
+  UVIP_CHECK_ARG(o.shards > UVIP_CENSUS_SHARDS_MAX);
   if (o.rcvbuf < RCVBUF_MIN)
     o.rcvbuf = RCVBUF_MIN;
   if (o.states == 0)
     o.states = (1u << UVIP_TCP_STATE_COUNT) - 1;
+  if (o.shards == 0)
+    o.shards = (unsigned int)default_shards();
 
   c = calloc(1, sizeof(*c));
   if (!c)
@@ -653,26 +755,30 @@ UVIP_EXPORT int uvip_census_new(const uvip_addrs_t *vips,
   if (o.states & (1u << UVIP_TCP_SYN_RECV))
     c->kstates |= 1u << KSTATE_NEW_SYN_RECV;
   c->kstates &= KSTATES_ALL;
-  c->buflen = o.rcvbuf > PROC_CHUNK ? o.rcvbuf : PROC_CHUNK;
-  c->buf = malloc(c->buflen);
-  c->bccap = (BC_MAX_ADDRS + 1) * 32;
-  c->bc = malloc(c->bccap);
+  c->nshards = (int)o.shards;
+  c->shards = calloc(o.shards, sizeof(*c->shards));
   c->filter = calloc(nv ? nv : 1, sizeof(akey_t));
   c->vip_rows = calloc(o.max_vips, sizeof(*c->vip_rows));
   c->lst_rows = calloc(o.max_listeners, sizeof(*c->lst_rows));
   c->tup_rows = calloc(o.max_tuples, sizeof(*c->tup_rows));
   c->lst_flags = calloc(o.max_listeners, 1);
   c->tup_flags = calloc(o.max_tuples, 1);
-  if (!c->buf || !c->bc || !c->filter || !c->vip_rows || !c->lst_rows ||
+  if (!c->shards || !c->filter || !c->vip_rows || !c->lst_rows ||
       !c->tup_rows || !c->lst_flags || !c->tup_flags) {
     uvip_census_free(c);
     return UV_ENOMEM;
   }
-  if ((rc = tbl_init(&c->vips, sizeof(akey_t), o.max_vips)) != 0 ||
-      (rc = tbl_init(&c->lst, sizeof(akey_t), o.max_listeners)) != 0 ||
-      (rc = tbl_init(&c->tup, sizeof(tkey_t), o.max_tuples)) != 0) {
+  if ((rc = tbl_init(&c->vips, sizeof(akey_t), o.max_vips, 1)) != 0 ||
+      (rc = tbl_init(&c->lst, sizeof(akey_t), o.max_listeners, 1)) != 0 ||
+      (rc = tbl_init(&c->tup, sizeof(tkey_t), o.max_tuples, 1)) != 0) {
     uvip_census_free(c);
     return rc;
+  }
+  for (int i = 0; i < c->nshards; i++) {
+    if ((rc = shard_init(c, &c->shards[i], i)) != 0) {
+      uvip_census_free(c);
+      return rc;
+    }
   }
   /* The filter: distinct addresses, ports dropped, list order kept. */
   for (size_t i = 0; i < nv; i++) {
@@ -752,6 +858,8 @@ static void clear_results(uvip_census_t *c) {
     memset(&c->vip_rows[v], 0, sizeof(c->vip_rows[v]));
     akey_to_sa(&c->filter[i], &c->vip_rows[v].addr);
   }
+  for (int i = 0; i < c->nshards; i++)
+    shard_reset(&c->shards[i]);
 }
 
 UVIP_EXPORT int uvip_census_sample(uvip_census_t *c) {
@@ -760,6 +868,18 @@ UVIP_EXPORT int uvip_census_sample(uvip_census_t *c) {
 
   UVIP_CHECK_ARG(c == NULL);
   clear_results(c);
+  /* The ephemeral range: usable ports per tuple, and where the shards
+   * split (any split is exact; the range only balances it). */
+  c->usable = -1;
+  c->split_lo = SPLIT_LO_DEFAULT;
+  c->split_hi = SPLIT_HI_DEFAULT;
+  if (uvip__port_range(&lo, &hi, &res) == 0) {
+    c->usable = hi - lo + 1 - res;
+    if (lo > 0 && hi >= lo && hi < 65536) {
+      c->split_lo = lo;
+      c->split_hi = hi;
+    }
+  }
 
   int use_proc = (c->opts.flags & UVIP_CENSUS_PROCFS) != 0;
   rc = 0;
@@ -780,9 +900,8 @@ UVIP_EXPORT int uvip_census_sample(uvip_census_t *c) {
     return rc;
   }
 
-  c->usable = -1;
-  if (uvip__port_range(&lo, &hi, &res) == 0)
-    c->usable = hi - lo + 1 - res;
+  for (int i = 0; i < c->info.shards; i++)
+    shard_merge(c, &c->shards[i]);
   if (!(c->opts.flags & UVIP_CENSUS_NO_LIMITS)) {
     c->info.limits_status = uvip_limits_read(&c->limits);
     c->has_limits = c->info.limits_status == 0;

@@ -395,6 +395,161 @@ START_TEST(state_mask) {
 }
 END_TEST
 
+/* Every result of b equals a's (rows, listeners, tuples, totals, counts). */
+static void same_census(const uvip_census_t *a, const uvip_census_t *b) {
+  const uvip_census_info_t *ia = uvip_census_info(a), *ib = uvip_census_info(b);
+  ck_assert_int_eq(memcmp(uvip_census_totals(a), uvip_census_totals(b),
+                          sizeof(uvip_census_counts_t)), 0);
+  ck_assert_uint_eq(ia->sockets, ib->sockets);
+  ck_assert_uint_eq(ia->seen, ib->seen);
+  ck_assert_uint_eq(ia->vips_overflow, ib->vips_overflow);
+  ck_assert_uint_eq(ia->listeners_overflow, ib->listeners_overflow);
+  ck_assert_uint_eq(ia->tuples_overflow, ib->tuples_overflow);
+  ck_assert_uint_eq(uvip_census_vip_count(a), uvip_census_vip_count(b));
+  for (size_t i = 0; i < uvip_census_vip_count(a); i++) {
+    const uvip_census_vip_t *x = uvip_census_vip(a, i), *y = uvip_census_vip(b, i);
+    ck_assert_int_eq(memcmp(&x->addr, &y->addr, sizeof(x->addr)), 0);
+    ck_assert_int_eq(memcmp(&x->counts, &y->counts, sizeof(x->counts)), 0);
+  }
+  ck_assert_uint_eq(uvip_census_listener_count(a), uvip_census_listener_count(b));
+  for (size_t i = 0; i < uvip_census_listener_count(a); i++) {
+    const uvip_census_listener_t *x = uvip_census_listener(a, i);
+    const uvip_census_listener_t *y = uvip_census_listener(b, i);
+    ck_assert_int_eq(memcmp(&x->addr, &y->addr, sizeof(x->addr)), 0);
+    ck_assert_uint_eq(x->queue, y->queue);
+    ck_assert_int_eq(x->backlog, y->backlog);
+    ck_assert_uint_eq(x->syn_recv, y->syn_recv);
+  }
+  ck_assert_uint_eq(uvip_census_tuple_count(a), uvip_census_tuple_count(b));
+  for (size_t i = 0; i < uvip_census_tuple_count(a); i++) {
+    const uvip_census_tuple_t *x = uvip_census_tuple(a, i);
+    const uvip_census_tuple_t *y = uvip_census_tuple(b, i);
+    ck_assert_int_eq(memcmp(&x->local, &y->local, sizeof(x->local)), 0);
+    ck_assert_int_eq(memcmp(&x->remote, &y->remote, sizeof(x->remote)), 0);
+    ck_assert_uint_eq(x->in_use, y->in_use);
+    ck_assert_uint_eq(x->time_wait, y->time_wait);
+    ck_assert_int_eq(x->usable, y->usable);
+  }
+}
+
+static uvip_census_t *census_shards(const uvip_addrs_t *vips,
+                                    unsigned int shards, unsigned int flags) {
+  uvip_census_options_t o;
+  uvip_census_t *c = NULL;
+  uvip_census_options_init(&o);
+  o.shards = shards;
+  o.flags = flags;
+  ck_assert_int_eq(uvip_census_new(vips, &o, &c), 0);
+  ck_assert_int_eq(uvip_census_sample(c), 0);
+  return c;
+}
+
+/* The same census with 1, 2, 3 and 16 parallel dumps, and the default. */
+static void shards_agree(const uvip_addrs_t *vips, int with_ss) {
+  static const unsigned int counts[] = {2, 3, 16, 0};
+  uvip_census_t *one = census_shards(vips, 1, 0);
+  ck_assert_int_eq(uvip_census_info(one)->shards, 1);
+  if (with_ss)
+    cs_compare_with_ss(one);
+  for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+    uvip_census_t *n = census_shards(vips, counts[i], 0);
+    if (counts[i])
+      ck_assert_int_eq(uvip_census_info(n)->shards, (int)counts[i]);
+    same_census(one, n);
+    if (with_ss)
+      cs_compare_with_ss(n);
+    uvip_census_free(n);
+  }
+  uvip_census_free(one);
+}
+
+/* Client and server sockets on ports below and above the middle of the
+ * ephemeral range, both directions of TIME_WAIT, IPv6 and IPv4-mapped, a
+ * filled listen queue: shards = 1 and shards = N give the same census
+ * (and the one ss shows), unfiltered, with a VIP list (bytecode) and with
+ * a narrow port range (the split follows it). */
+START_TEST(shards_equal_one_dump) {
+  enum { PER = 40 };
+  int fds[8 * PER + 16], n = 0;
+  uvip_census_options_t o;
+  uvip_census_t *c = NULL;
+  cs_fresh_netns();
+  uvip_census_options_init(&o);
+  ck_assert_uint_eq(o.shards, 0);
+  o.shards = UVIP_CENSUS_SHARDS_MAX + 1;
+  ck_assert_int_eq(uvip_census_new(NULL, &o, &c), UV_EINVAL);
+  ck_assert_ptr_null(c);
+
+  int llo = cs_listen("127.77.0.1", 7600, 4 * PER);  /* below the range */
+  int lhi = cs_listen("127.77.0.1", 50000, 4 * PER); /* inside, high half */
+  int l6 = cs_listen("::", 7601, 4 * PER);           /* dual stack */
+  int lq = cs_listen("127.77.0.4", 7602, 2);         /* left unaccepted */
+  for (int i = 0; i < PER; i++) {
+    int port = i % 2 ? 50000 : 7600, lfd = i % 2 ? lhi : llo;
+    int cl = cs_connect_from("127.77.0.2", "127.77.0.1", port, 0);
+    ck_assert_int_ge(cl, 0);
+    int sv = accept1(lfd);
+    if (i % 4 == 0) {
+      close_pair(cl, sv); /* outbound TIME_WAIT */
+    } else if (i % 4 == 1) {
+      close_pair(sv, cl); /* inbound TIME_WAIT */
+    } else {
+      fds[n++] = cl;
+      fds[n++] = sv;
+    }
+  }
+  for (int i = 0; i < PER / 4; i++) {
+    int cl = cs_connect_from("::1", "::1", 7601, 0);
+    ck_assert_int_ge(cl, 0);
+    fds[n++] = cl;
+    fds[n++] = accept1(l6);
+    cl = cs_connect_from("127.77.0.3", "127.77.0.1", 7601, 0);
+    ck_assert_int_ge(cl, 0);
+    fds[n++] = cl;
+    fds[n++] = accept1(l6);
+  }
+  for (int i = 0; i < 3; i++)
+    fds[n++] = cs_connect_from("127.77.0.3", "127.77.0.4", 7602, 0);
+  uvip_census_t *settle = census_all();
+  cs_sample_settled(settle, 200);
+  uvip_census_free(settle);
+
+  shards_agree(NULL, 1);
+  uvip_addrs_t *some = th_addrs("127.77.0.1,127.77.0.4,::1", 0);
+  shards_agree(some, 0);
+
+  /* The /proc fallback stays single threaded and agrees too. */
+  uvip_census_t *one = census_shards(NULL, 1, 0);
+  uvip_census_t *pf = census_shards(NULL, 2, UVIP_CENSUS_PROCFS);
+  ck_assert_int_eq(uvip_census_info(pf)->shards, 1);
+  ck_assert_uint_eq(uvip_census_info(pf)->sockets, uvip_census_info(one)->sockets);
+  ck_assert_int_eq(memcmp(uvip_census_totals(pf), uvip_census_totals(one),
+                          sizeof(uvip_census_counts_t)), 0);
+  uvip_census_free(pf);
+  uvip_census_free(one);
+
+  /* A narrow range: new client ports all fall in it, on both sides of
+   * its middle. */
+  cs_sysctl("/proc/sys/net/ipv4/ip_local_port_range", "40000 40063");
+  for (int i = 0; i < 12; i++) {
+    int cl = cs_connect_from("127.77.0.5", "127.77.0.1", 7600, 0);
+    ck_assert_int_ge(cl, 0);
+    fds[n++] = cl;
+    fds[n++] = accept1(llo);
+  }
+  shards_agree(NULL, 1);
+  shards_agree(some, 0);
+
+  uvip_addrs_free(some);
+  for (int i = 0; i < n; i++)
+    close(fds[i]);
+  close(llo);
+  close(lhi);
+  close(l6);
+  close(lq);
+}
+END_TEST
+
 int main(void) {
   th_enter_netns_or_skip();
   Suite *s = suite_create("census");
@@ -406,6 +561,7 @@ int main(void) {
   tcase_add_test(tc, bounded_tables_count_overflow);
   tcase_add_test(tc, arguments);
   tcase_add_test(tc, state_mask);
+  tcase_add_test(tc, shards_equal_one_dump);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

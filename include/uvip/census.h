@@ -5,7 +5,8 @@
  * listen queues, ephemeral port use per (local, remote:port) tuple, the
  * kernel limits that bound all of it, and a capacity report with advice.
  * It uses sock_diag netlink (one dump per family, aggregated while
- * streaming); /proc/net/tcp{,6} is read only when netlink is unavailable.
+ * streaming, split into parallel shards on machines with more than one
+ * CPU); /proc/net/tcp{,6} is read only when netlink is unavailable.
  *
  * A census does not need a server: uvip-stat runs it standalone. Memory is
  * allocated once when the census is created and is bounded by the table
@@ -144,7 +145,27 @@ typedef struct uvip_census_options_s {
    * skips the other states. Listeners are always fetched (they tell
    * inbound from outbound) but only counted when LISTEN is in the mask. */
   unsigned int states;
+  /* Parallel dumps (netlink only): 0 (the default) = min(2, CPUs this
+   * process may run on), 1 = one dump per family on the calling thread,
+   * at most UVIP_CENSUS_SHARDS_MAX. With N > 1, each family's listeners
+   * are dumped first, then N netlink sockets dump the other sockets at
+   * once, shard 0 on the calling thread and the others on threads of their
+   * own, each keeping the sockets a kernel bytecode filter gives it (a
+   * partition by source and destination port: shard (b(sport) + b(dport))
+   * mod N, b() the port's Nth of ip_local_port_range; for N = 2, shard 0
+   * has the sockets whose ports are both below or both at/above the
+   * middle of the range) into its own tables (the table caps apply per
+   * shard; memory is about N times the tables'), merged at the end.
+   * Results equal one dump's unless a table overflows (which rows are kept
+   * may then differ; the totals and overflow counters stay exact). Each
+   * shard's kernel dump still walks the whole established hash: the gain
+   * is the rest of the kernel's work (message building) and the
+   * aggregation, split over CPUs; the CPU time grows a little. */
+  unsigned int shards;
 } uvip_census_options_t;
+
+/* Most parallel dumps a census makes (uvip_census_options_t.shards). */
+#define UVIP_CENSUS_SHARDS_MAX 16
 
 /* Fills the options with their defaults. Returns 0 or UV_EINVAL. */
 int uvip_census_options_init(uvip_census_options_t *opts);
@@ -175,7 +196,9 @@ void uvip_census_free(uvip_census_t *census);
  * million sockets): from a loop thread use uvip_tracker_t, which runs it
  * on the libuv threadpool. Replaces the previous results; allocates nothing
  * that depends on the number of sockets (only the short-lived netlink
- * socket). One thread at a time per census object. Errors: UV_EINVAL,
+ * sockets and, with shards > 1, shards - 1 short-lived threads, which
+ * inherit the calling thread's network namespace). One thread at a time
+ * per census object. Errors: UV_EINVAL,
  * a negative errno from netlink or /proc when neither source can be read
  * (e.g. UV_EACCES); the previous results are then cleared. */
 int uvip_census_sample(uvip_census_t *census);
@@ -234,6 +257,8 @@ typedef struct uvip_census_info_s {
    * (all zero after the first one). */
   uvip_netstat_t netstat_delta;
   int has_netstat_delta;   /* 1 when netstat_delta covers an interval */
+  int shards;              /* parallel dumps made (1 with procfs; fewer
+                              than asked when netlink sockets ran out) */
 } uvip_census_info_t;
 
 enum { UVIP_CENSUS_SRC_NONE = 0, UVIP_CENSUS_SRC_NETLINK, UVIP_CENSUS_SRC_PROCFS };
