@@ -44,10 +44,42 @@ static struct {
   size_t ndirty;
   unsigned writes;
   bool stopping, own_closed, done;
+  uvip_conn_t *free_conns; /* connection slabs: see conn_alloc() */
+  char *slab;
+  size_t slab_left;
   unsigned char part[sizeof(uvip__msg_t)];
   size_t plen;
   char rbuf[4096];
 } ch;
+
+/* Connections come from slabs of our own: a worker process may hold tens
+ * of thousands, and malloc's header and 16-byte rounding would add 8 bytes
+ * to each 280-byte uvip_conn_t. Slabs are never given back (a worker's
+ * peak stays its own); freed connections are reused first. Pages of a slab
+ * are touched only as connections are carved from it. */
+#define SLAB_CONNS 1024
+
+static uvip_conn_t *conn_alloc(void) {
+  uvip_conn_t *c = ch.free_conns;
+  if (c) {
+    memcpy(&ch.free_conns, c, sizeof(c));
+    return c;
+  }
+  if (ch.slab_left == 0) {
+    if (!(ch.slab = malloc(SLAB_CONNS * sizeof(uvip_conn_t))))
+      return NULL;
+    ch.slab_left = SLAB_CONNS;
+  }
+  c = (uvip_conn_t *)ch.slab;
+  ch.slab += sizeof(uvip_conn_t);
+  ch.slab_left--;
+  return c;
+}
+
+static void conn_free(uvip_conn_t *c) {
+  memcpy(c, &ch.free_conns, sizeof(c));
+  ch.free_conns = c;
+}
 
 static void send_blocking(int fd, uint32_t kind, int64_t a) {
   uvip__rep_t rep = {.kind = kind, .a = (uint64_t)a};
@@ -210,7 +242,7 @@ static void child_closed(uvip_conn_t *c) {
   uvip__conn_list_del(&ch.conns, c);
   if (cb)
     cb(c);
-  free(c);
+  conn_free(c);
   v->stats.active--;
   v->stats.closed++;
   ch.shell->active--;
@@ -267,7 +299,7 @@ static uvip_vip_t *mirror_vip(uint32_t id, const struct sockaddr *sa) {
   return v;
 }
 
-static void free_conn(uv_handle_t *h) { free(h); }
+static void free_conn(uv_handle_t *h) { conn_free((uvip_conn_t *)h); }
 
 static void take_conn(const uvip__msg_t *m) {
   uvip_vip_t *v = mirror_vip(m->id, &m->addr.sa);
@@ -275,7 +307,7 @@ static void take_conn(const uvip__msg_t *m) {
   /* A descriptor lost on the way (the kernel drops what does not fit
    * under our limit) leaves a message without one; out of memory, the
    * descriptor waits and goes with the next message. */
-  if (uv_pipe_pending_count(&ch.pipe) == 0 || !(c = malloc(sizeof(*c)))) {
+  if (uv_pipe_pending_count(&ch.pipe) == 0 || !(c = conn_alloc())) {
     note(m->id, true);
     return;
   }

@@ -10,7 +10,7 @@
 
 /* Hand-offs a worker process may have queued in the acceptor and not yet
  * written to its pipe: each holds a descriptor of the acceptor's. */
-#define UVIP__WK_MAX_INFLIGHT 256
+#define UVIP__WK_MAX_INFLIGHT 64
 /* How often REUSEPORT workers report their own counts. */
 #define UVIP__WK_REPORT_MS 200
 

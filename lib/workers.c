@@ -150,43 +150,48 @@ void uvip__wk_ended(uvip__wk_t *wk) {
   uvip__wk_maybe_finish(wk->ws);
 }
 
-static bool has_room_wk(const uvip_workers_t *ws, const uvip__wk_t *wk) {
+/* Alive, not closing and below its connection limit. */
+static bool can_take(const uvip_workers_t *ws, const uvip__wk_t *wk) {
   if (!wk->alive || ws->closing)
     return false;
-  if (ws->opts.max_conns_per_worker && wk->active >= ws->opts.max_conns_per_worker)
-    return false;
+  return !ws->opts.max_conns_per_worker ||
+         wk->active < ws->opts.max_conns_per_worker;
+}
+
+/* A process worker whose pipe is backed up waits for it to drain. */
+static bool pipe_free(const uvip_workers_t *ws, const uvip__wk_t *wk) {
   return ws->opts.mode != UVIP_WORKER_PROCESS ||
          wk->inflight < UVIP__WK_MAX_INFLIGHT;
 }
 
-static bool on_has_room(uvip_server_t *s) {
-  uvip_workers_t *ws = s->handoff_ctx;
-  for (unsigned i = 0; i < ws->n; i++)
-    if (has_room_wk(ws, &ws->wk[i]))
-      return true;
-  return false;
-}
-
-/* Scans from the round-robin cursor so that ties in EXACT mode rotate too. */
-static uvip__wk_t *choose(uvip_workers_t *ws) {
+/* Scans from the round-robin cursor so that ties rotate. EXACT takes the
+ * least loaded of the workers that can take one, and when its pipe is
+ * backed up (a slow process) waits for it rather than overload another:
+ * counts stay within one of each other. ROUND_ROBIN takes the next one
+ * that can take one and whose pipe is free. */
+static uvip__wk_t *choose(uvip_workers_t *ws, bool count_refusals) {
   uvip__wk_t *best = NULL;
   for (unsigned k = 0; k < ws->n; k++) {
     uvip__wk_t *wk = &ws->wk[(ws->rr + k) % ws->n];
-    if (!has_room_wk(ws, wk)) {
-      if (wk->alive)
+    if (!can_take(ws, wk)) {
+      if (wk->alive && count_refusals)
         wk->refused++;
       continue;
     }
     if (ws->opts.balance == UVIP_BALANCE_ROUND_ROBIN) {
-      best = wk;
-      break;
+      if (pipe_free(ws, wk))
+        return wk;
+      continue;
     }
-    if (!best || wk->active < best->active)
+    if (!best || wk->active < best->active ||
+        (wk->active == best->active && !pipe_free(ws, best) && pipe_free(ws, wk)))
       best = wk;
   }
-  if (best)
-    ws->rr = (best->index + 1) % ws->n;
-  return best;
+  return best && pipe_free(ws, best) ? best : NULL;
+}
+
+static bool on_has_room(uvip_server_t *s) {
+  return choose(s->handoff_ctx, false) != NULL;
 }
 
 static int grow_vip_active(uvip__wk_t *wk, uint32_t id) {
@@ -208,11 +213,12 @@ static int grow_vip_active(uvip__wk_t *wk, uint32_t id) {
 
 static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
   uvip_workers_t *ws = s->handoff_ctx;
-  uvip__wk_t *wk = choose(ws);
+  uvip__wk_t *wk = choose(ws, true);
   uint32_t id;
   int r;
   if (!wk)
     return UV_EAGAIN;
+  ws->rr = (wk->index + 1) % ws->n;
   if ((r = uvip__wk_vip_id(ws, vip, &id)) != 0 ||
       (r = grow_vip_active(wk, id)) != 0)
     return r;
