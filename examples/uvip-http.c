@@ -39,6 +39,8 @@ static void usage(FILE *f) {
           "  --accept-budget N        accepts per listener per turn (1..1024)\n"
           "  --backlog N              listen backlog (0 = somaxconn)\n"
           "  --reuseport              SO_REUSEPORT on the listeners\n"
+          "  --defer-accept SECS      TCP_DEFER_ACCEPT: accept once the request\n"
+          "                           has arrived (default 1, 0 = off)\n"
           "  --workers N              serve on N worker loops (0 = none)\n"
           "  --worker-mode MODE       thread (default) or process\n"
           "  --balance MODE           exact (default), round-robin or "
@@ -63,6 +65,7 @@ enum {
   O_BUDGET,
   O_BACKLOG,
   O_REUSEPORT,
+  O_DEFER_ACCEPT,
   O_WORKERS,
   O_WORKER_MODE,
   O_BALANCE,
@@ -84,6 +87,7 @@ static const struct option long_opts[] = {
     {"accept-budget", required_argument, NULL, O_BUDGET},
     {"backlog", required_argument, NULL, O_BACKLOG},
     {"reuseport", no_argument, NULL, O_REUSEPORT},
+    {"defer-accept", required_argument, NULL, O_DEFER_ACCEPT},
     {"workers", required_argument, NULL, O_WORKERS},
     {"worker-mode", required_argument, NULL, O_WORKER_MODE},
     {"balance", required_argument, NULL, O_BALANCE},
@@ -242,6 +246,11 @@ int main(int argc, char **argv) {
 
   ex_init(argv[0]);
   uvip_server_options_init(&opts);
+  /* HTTP clients speak first: accepting once the request is there saves a
+   * wake-up and a failed read per connection. TCP_NODELAY is set once on
+   * the listeners and inherited by every connection. */
+  opts.defer_accept_secs = 1;
+  opts.flags |= UVIP_NODELAY;
   uvip_workers_options_init(&wo);
   wo.nworkers = 0;
   memset(&cfg, 0, sizeof(cfg));
@@ -280,6 +289,10 @@ int main(int argc, char **argv) {
       break;
     case O_REUSEPORT:
       opts.flags |= UVIP_REUSEPORT;
+      break;
+    case O_DEFER_ACCEPT:
+      opts.defer_accept_secs =
+          (int)ex_parse_num("--defer-accept", optarg, 0, 3600);
       break;
     case O_WORKERS:
       wo.nworkers = (unsigned int)ex_parse_num("--workers", optarg, 0,

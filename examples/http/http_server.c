@@ -25,7 +25,6 @@ enum {
   CF_LINGER_AFTER = 1u << 3,
   CF_CLOSING = 1u << 4,
   CF_LINGERING = 1u << 5, /* shut down for writing, discarding input */
-  CF_NODELAY = 1u << 6
 };
 
 enum { AFTER_NONE = 0, AFTER_CLOSE, AFTER_LINGER };
@@ -347,12 +346,8 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
     return;
   if (!hc->in && !(hc->flags & CF_WRITING) && conn_read_start(hc) != 0)
     return;
-  /* Nagle only hurts a connection that makes more than one exchange; a
-   * one-request connection never pays for the setsockopt. */
-  if (!(hc->flags & CF_NODELAY) && hc->s.nreq > 0) {
-    hc->flags |= CF_NODELAY;
-    uv_tcp_nodelay(uvip_conn_tcp(hc->conn), 1);
-  }
+  /* No uv_tcp_nodelay() here: uvip-http sets UVIP_NODELAY on the
+   * listeners, so every connection inherits TCP_NODELAY for free. */
   conn_set_timeout(hc);
 }
 
