@@ -4,7 +4,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -85,17 +84,14 @@ struct uvip_connector_s {
 };
 
 static void read_port_range(uint32_t *lo, uint32_t *hi) {
-  unsigned int a = 0, b = 0;
-  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re");
+  int64_t r[2];
   *lo = DEFAULT_PORT_LO;
   *hi = DEFAULT_PORT_HI;
-  if (f == NULL)
-    return;
-  if (fscanf(f, "%u %u", &a, &b) == 2 && a > 0 && a <= b && b <= 65535) {
-    *lo = a;
-    *hi = b;
+  if (uvip__proc_ints("/proc/sys/net/ipv4/ip_local_port_range", r, 2) == 2 &&
+      r[0] > 0 && r[0] <= r[1] && r[1] <= 65535) {
+    *lo = (uint32_t)r[0];
+    *hi = (uint32_t)r[1];
   }
-  fclose(f);
 }
 
 /* Probed once per connector: kernels before 6.3 refuse the option. */

@@ -33,6 +33,12 @@ typedef union uvip__sa {
 socklen_t uvip__sa_len(const struct sockaddr *sa);
 int uvip__sa_equal(const struct sockaddr *a, const struct sockaddr *b);
 
+/* procfs.c */
+/* Reads a small /proc file into buf, NUL terminated (empty on error). */
+int uvip__proc_read(const char *path, char *buf, size_t len);
+/* Reads up to max whitespace-separated integers; returns how many. */
+int uvip__proc_ints(const char *path, int64_t *v, int max);
+
 /* sockopt.c */
 int uvip__somaxconn(void);
 /* Creates, configures, binds and listens a non-blocking socket. */

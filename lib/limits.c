@@ -21,45 +21,9 @@
 #define IP_LOCAL_PORT_RANGE 51
 #endif
 
-/* Reads a small /proc file into buf (NUL terminated). */
-static int read_small(const char *path, char *buf, size_t len) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  size_t have = 0;
-  ssize_t n;
-  if (fd < 0)
-    return -errno;
-  while (have + 1 < len) {
-    n = read(fd, buf + have, len - 1 - have);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    have += (size_t)n;
-  }
-  close(fd);
-  buf[have] = 0;
-  return 0;
-}
-
-/* Reads up to max integers from a sysctl; returns how many. */
-static int read_ints(const char *path, int64_t *v, int max) {
-  char buf[256], *p = buf, *end;
-  int n = 0;
-  if (read_small(path, buf, sizeof(buf)) != 0)
-    return 0;
-  while (n < max) {
-    long long x = strtoll(p, &end, 10);
-    if (end == p)
-      break;
-    v[n++] = x;
-    p = end;
-  }
-  return n;
-}
-
 static int64_t read_one(const char *path, unsigned int bit, unsigned int *missing) {
   int64_t v;
-  if (read_ints(path, &v, 1) != 1) {
+  if (uvip__proc_ints(path, &v, 1) != 1) {
     *missing |= bit;
     return -1;
   }
@@ -96,12 +60,12 @@ static int reserved_in(const char *list, int lo, int hi) {
 int uvip__port_range(int *lo, int *hi, int *reserved) {
   int64_t r[2];
   char buf[4096];
-  if (read_ints("/proc/sys/net/ipv4/ip_local_port_range", r, 2) != 2)
+  if (uvip__proc_ints("/proc/sys/net/ipv4/ip_local_port_range", r, 2) != 2)
     return UV_ENOENT;
   *lo = (int)r[0];
   *hi = (int)r[1];
   *reserved = 0;
-  if (read_small("/proc/sys/net/ipv4/ip_local_reserved_ports", buf,
+  if (uvip__proc_read("/proc/sys/net/ipv4/ip_local_reserved_ports", buf,
                  sizeof(buf)) == 0)
     *reserved = reserved_in(buf, *lo, *hi);
   return 0;
@@ -122,7 +86,7 @@ int uvip__read_netstat(uvip_netstat_t *out) {
       {"SyncookiesSent", offsetof(uvip_netstat_t, syncookies_sent)},
   };
   char buf[16384];
-  int rc = read_small("/proc/net/netstat", buf, sizeof(buf));
+  int rc = uvip__proc_read("/proc/net/netstat", buf, sizeof(buf));
   memset(out, 0, sizeof(*out));
   if (rc != 0)
     return rc;
@@ -171,7 +135,7 @@ static void read_sockstat(uvip_limits_t *l) {
   long long inuse, orphan, tw, alloc, mem;
   l->sock_inuse = l->sock_orphan = l->sock_tw = l->sock_alloc =
       l->sock_mem_pages = -1;
-  char *p = read_small("/proc/net/sockstat", buf, sizeof(buf)) == 0
+  char *p = uvip__proc_read("/proc/net/sockstat", buf, sizeof(buf)) == 0
                 ? strstr(buf, "TCP: ")
                 : NULL;
   if (p && sscanf(p, "TCP: inuse %lld orphan %lld tw %lld alloc %lld mem %lld",
@@ -202,7 +166,7 @@ static int64_t count_fds(void) {
 static int64_t mem_total(void) {
   char buf[4096];
   long long kb;
-  char *p = read_small("/proc/meminfo", buf, sizeof(buf)) == 0
+  char *p = uvip__proc_read("/proc/meminfo", buf, sizeof(buf)) == 0
                 ? strstr(buf, "MemTotal:")
                 : NULL;
   if (p && sscanf(p, "MemTotal: %lld kB", &kb) == 1)
@@ -238,7 +202,7 @@ UVIP_EXPORT int uvip_limits_read(uvip_limits_t *l) {
     l->port_lo = l->port_hi = l->reserved_in_range = l->usable_ports = -1;
     l->missing |= UVIP_LIMIT_PORT_RANGE;
   }
-  if (read_small("/proc/sys/net/ipv4/ip_local_reserved_ports", buf,
+  if (uvip__proc_read("/proc/sys/net/ipv4/ip_local_reserved_ports", buf,
                  sizeof(buf)) != 0)
     l->missing |= UVIP_LIMIT_RESERVED_PORTS;
   l->somaxconn = (int)read_one("/proc/sys/net/core/somaxconn",
@@ -252,7 +216,7 @@ UVIP_EXPORT int uvip_limits_read(uvip_limits_t *l) {
                                   UVIP_LIMIT_TW_REUSE, &l->missing);
   l->tcp_fin_timeout = (int)read_one("/proc/sys/net/ipv4/tcp_fin_timeout",
                                      UVIP_LIMIT_FIN_TIMEOUT, &l->missing);
-  if (read_ints("/proc/sys/net/ipv4/tcp_mem", v, 3) == 3) {
+  if (uvip__proc_ints("/proc/sys/net/ipv4/tcp_mem", v, 3) == 3) {
     memcpy(l->tcp_mem, v, sizeof(v));
   } else {
     l->tcp_mem[0] = l->tcp_mem[1] = l->tcp_mem[2] = -1;
@@ -261,7 +225,7 @@ UVIP_EXPORT int uvip_limits_read(uvip_limits_t *l) {
   l->page_size = sysconf(_SC_PAGESIZE);
   l->file_max = read_one("/proc/sys/fs/file-max", UVIP_LIMIT_FILE_MAX,
                          &l->missing);
-  l->file_nr = read_ints("/proc/sys/fs/file-nr", v, 1) == 1 ? v[0] : -1;
+  l->file_nr = uvip__proc_ints("/proc/sys/fs/file-nr", v, 1) == 1 ? v[0] : -1;
   l->nr_open = read_one("/proc/sys/fs/nr_open", UVIP_LIMIT_NR_OPEN,
                         &l->missing);
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {

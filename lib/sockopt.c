@@ -5,19 +5,15 @@
 
 #include <errno.h>
 #include <netinet/tcp.h>
-#include <stdio.h>
 #include <unistd.h>
 
 int uvip__somaxconn(void) {
-  int v = 0;
-  FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
-  if (f) {
-    if (fscanf(f, "%d", &v) != 1)
-      v = 0;
-    fclose(f);
-  }
-  /* The kernel's default since 5.4; used when /proc is not mounted. */
-  return v > 0 ? v : 4096;
+  int64_t v = 0;
+  /* 4096 is the kernel's default since 5.4; used when /proc is missing. */
+  if (uvip__proc_ints("/proc/sys/net/core/somaxconn", &v, 1) != 1 || v <= 0 ||
+      v > INT32_MAX)
+    return 4096;
+  return (int)v;
 }
 
 static int set_int(int fd, int level, int name, int value) {
