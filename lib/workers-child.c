@@ -62,7 +62,7 @@ static struct {
 static uvip_conn_t *conn_alloc(void) {
   uvip_conn_t *c = ch.free_conns;
   if (c) {
-    memcpy(&ch.free_conns, c, sizeof(c));
+    memcpy(&ch.free_conns, (const void *)c, sizeof(uvip_conn_t *));
     return c;
   }
   if (ch.slab_left == 0) {
@@ -77,7 +77,7 @@ static uvip_conn_t *conn_alloc(void) {
 }
 
 static void conn_free(uvip_conn_t *c) {
-  memcpy(c, &ch.free_conns, sizeof(c));
+  memcpy((void *)c, &ch.free_conns, sizeof(uvip_conn_t *));
   ch.free_conns = c;
 }
 
