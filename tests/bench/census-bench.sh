@@ -1,9 +1,11 @@
 #!/bin/bash
 # Census benchmark (issue 3): with SOCKETS TCP sockets open on loopback
-# (default 1,000,000), time a full census side by side with `ss -tanH | wc -l`
-# and with reading /proc/net/tcp{,6}, RUNS times each (default 5, methods
-# interleaved), and report medians, ratios and the census's peak memory at a
-# small and at the full socket count.
+# (default 1,000,000), time a full census (default options: min(2, CPUs)
+# parallel shards; and with shards = 1 for comparison) side by side with
+# `ss -tanH | wc -l` and with reading /proc/net/tcp{,6}, RUNS times each
+# (default 5, methods interleaved), and report medians, ratios and the
+# census's peak memory at a small and at the full socket count, with the
+# load average before and after (the figures mean little on a busy host).
 #
 #   sudo tests/bench/census-bench.sh [BUILD_DIR]     (default: build)
 #
@@ -53,6 +55,20 @@ echo "1024 65535" > /proc/sys/net/ipv4/ip_local_port_range
 cc -O2 -Wall -o "$OUT/census-hold" "$SRC/tests/bench/census-hold.c" || exit 1
 cc -O2 -Wall -I"$SRC/include" -o "$OUT/census-time" "$SRC/tests/bench/census-time.c" \
   "$BUILD/lib/libuvip.a" -luv -lmnl -lpthread || exit 1
+# census-time1: the same program with uvip_census_options_init() wrapped to
+# set shards = 1 (one dump per family on one thread).
+cat > "$OUT/shards1.h" <<'HDR'
+#include <uvip.h>
+static inline int census_bench_opts_init(uvip_census_options_t *o) {
+  int rc = uvip_census_options_init(o);
+  o->shards = 1;
+  return rc;
+}
+#define uvip_census_options_init census_bench_opts_init
+HDR
+cc -O2 -Wall -I"$SRC/include" -include "$OUT/shards1.h" -o "$OUT/census-time1" \
+  "$SRC/tests/bench/census-time.c" "$BUILD/lib/libuvip.a" -luv -lmnl -lpthread || exit 1
+echo "cpus: $(nproc) (census default shards: min(2, CPUs)); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 PROCS=$(( (SOCKETS + 2 * PER) / (2 * PER + 1) ))
 need_kb=$(( SOCKETS * 5 ))
@@ -98,6 +114,8 @@ start_holder 0
 wait_ready 1
 small=$(for r in 1 2 3; do "$OUT/census-time"; done | sort -n | sed -n 2p)
 echo "small: $small (seconds sockets maxrss_kb reads)" | tee "$OUT/small.txt"
+small1=$(for r in 1 2 3; do "$OUT/census-time1"; done | sort -n | sed -n 2p)
+echo "small, shards=1: $small1" | tee -a "$OUT/small.txt"
 
 t0=$(date +%s)
 for i in $(seq 1 $((PROCS - 1))); do start_holder "$i"; done
@@ -119,24 +137,29 @@ proc_count() { cat /proc/net/tcp /proc/net/tcp6 | wc -l; }
 rm -f "$OUT"/*.t
 for r in $(seq 1 "$RUNS"); do
   timed census "$OUT/census-time"; cat "$OUT/census.out" >> "$OUT/census.raw"
+  timed census1 "$OUT/census-time1"; cat "$OUT/census1.out" >> "$OUT/census1.raw"
   timed ss ss_count
   timed proc proc_count
   timed procfs "$OUT/census-time" --procfs
-  echo "run $r: census $(cat "$OUT/census.out") | ss $(cat "$OUT/ss.out") lines" \
+  echo "run $r: census $(cat "$OUT/census.out") | shards=1 $(cat "$OUT/census1.out")" \
+       "| ss $(cat "$OUT/ss.out") lines" \
        "| /proc $(cat "$OUT/proc.out") lines (2 headers) | census --procfs $(cat "$OUT/procfs.out")"
 done
 
 col() { awk -v k="$2" '{print $k}' "$OUT/$1.t" | median; }
 seen=$(awk '{print $2}' "$OUT/census.raw" | median)
 rss=$(awk '{print $3}' "$OUT/census.raw" | median)
+rss1=$(awk '{print $3}' "$OUT/census1.raw" | median)
 inner=$(awk '{print $1 * 1000}' "$OUT/census.raw" | median)
+inner1=$(awk '{print $1 * 1000}' "$OUT/census1.raw" | median)
 echo
 echo "sockets: census saw $seen, ss printed $(cat "$OUT/ss.out") lines; medians of $RUNS runs:"
 printf "  %-42s %10s %10s %8s %8s\n" method "wall ms" "cpu ms" "wall x" "cpu x"
 cw=$(col census 1); cc=$(col census 2)
-for m in census ss proc procfs; do
+for m in census census1 ss proc procfs; do
   case $m in
-  census) name="uvip census (netlink)" ;;
+  census) name="uvip census (netlink, default shards)" ;;
+  census1) name="uvip census (netlink, shards=1)" ;;
   ss) name="ss -tanH | wc -l" ;;
   proc) name="cat /proc/net/tcp /proc/net/tcp6 | wc -l" ;;
   procfs) name="uvip census --procfs (fallback)" ;;
@@ -147,5 +170,9 @@ for m in census ss proc procfs; do
 done
 awk -v i="$inner" -v w="$cw" -v c="$cc" -v n="$seen" 'BEGIN {
   printf "census per 1M sockets: %.2f s wall (sample alone %.2f s), %.2f s cpu\n", w / 1000 / (n / 1e6), i / 1000 / (n / 1e6), c / 1000 / (n / 1e6) }'
+awk -v i="$inner1" -v w="$(col census1 1)" -v c="$(col census1 2)" -v n="$seen" 'BEGIN {
+  printf "shards=1 per 1M sockets: %.2f s wall (sample alone %.2f s), %.2f s cpu\n", w / 1000 / (n / 1e6), i / 1000 / (n / 1e6), c / 1000 / (n / 1e6) }'
 echo "census peak RSS: $rss KiB at $seen sockets; $(echo "$small" | awk '{print $3 " KiB at " $2 " sockets"}')"
+echo "shards=1 peak RSS: $rss1 KiB at $seen sockets; $(echo "$small1" | awk '{print $3 " KiB at " $2 " sockets"}')"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "raw logs: $OUT"
