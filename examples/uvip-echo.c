@@ -139,7 +139,6 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void on_connection(uvip_server_t *srv, uvip_conn_t *c) {
   (void)srv;
-  uv_tcp_nodelay(uvip_conn_tcp(c), 1);
   if (uv_read_start(uvip_conn_stream(c), on_alloc, on_read) != 0)
     uvip_conn_close(c, NULL);
 }
@@ -283,6 +282,7 @@ int main(int argc, char **argv) {
 
   ex_init(argv[0]);
   uvip_server_options_init(&opts);
+  opts.flags |= UVIP_NODELAY; /* set once on the listeners, inherited */
   uvip_workers_options_init(&wopts);
   wopts.nworkers = 0;
   opterr = 0;
