@@ -1,102 +1,16 @@
-/* Census: sock_diag dumps aggregated while streaming into fixed-size hash
- * tables (no allocation per socket or per sample). With shards > 1 the
- * dump of each family is split between parallel netlink sockets, each on
- * its own thread with its own tables, merged at the end.
+/* Census: fixed-size hash tables that the dumps (census-dump.c) count
+ * sockets into while streaming (no allocation per socket or per sample),
+ * the merge of the shards' tables, and the public API over the results.
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
-#include <fcntl.h>
-#include <libmnl/libmnl.h>
-#include <linux/inet_diag.h>
-#include <linux/sock_diag.h>
-#include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "census-internal.h"
 
-/* The kernel's TCP_NEW_SYN_RECV: a request socket, shown by ss as SYN-RECV. */
-#define KSTATE_NEW_SYN_RECV 12
-/* Kernel states 1..12; bit 13 (TCP_BOUND_INACTIVE) is left out as ss does. */
-#define KSTATES_ALL 0x1ffeu
-#define KSTATE_LISTEN_BIT (1u << (UVIP_TCP_LISTEN + 1))
-#define RCVBUF_MIN 32768
-#define PROC_CHUNK 65536
-/* The split when ip_local_port_range cannot be read (the kernel default). */
-#define SPLIT_LO_DEFAULT 32768
-#define SPLIT_HI_DEFAULT 60999
-
-typedef uvip__akey_t akey_t;
-
-typedef struct tkey {
-  akey_t l, r;
-} tkey_t;
-
-/* Open addressing over a dense key array. A slot is live when its
- * generation equals the table's, so a reset is O(1). */
-typedef struct tbl {
-  char *keys;
-  size_t ksize, n, cap;
-  uint32_t *slot, *sgen;
-  uint32_t mask, gen;
-  uint32_t *order; /* accessor index -> dense index (result tables only) */
-  uint32_t *rank;  /* dense index -> accessor index */
-} tbl_t;
-
-typedef struct tcount {
-  uint64_t in_use, time_wait;
-} tcount_t;
-
-/* One shard: what one dump aggregates into. Its tables have the census's
- * caps; rows hold counts only (keys are in the tables). Listeners are
- * recorded in the census's own table (by shard 0, before the other shards
- * run); a shard counts request sockets per listener in lsyn. */
-struct uvip__cshard_s {
-  uvip_census_t *c;
-  tbl_t vips, tup;
-  uvip_census_counts_t *vcnt; /* per vips dense index */
-  tcount_t *tcnt;             /* per tup dense index */
-  uint64_t *lsyn;             /* per census listener dense index */
-  uvip_census_counts_t totals;
-  uint64_t seen, sockets, vips_overflow, listeners_overflow,
-      tuples_overflow, reads, bytes;
-  uint64_t tw_seen; /* TIME_WAIT sockets received, before any filter */
-  char *buf;
-  size_t buflen;
-  char *bc; /* bytecode scratch, UVIP__BC_CAP bytes */
-  struct mnl_socket *nl;
-  /* The job of a parallel dump. */
-  int fam;
-  unsigned int states, seq;
-  int rc;
-  int index;
-};
-
-struct uvip_census_s {
-  uvip_census_options_t opts;
-  unsigned int kstates; /* kernel state bitmask requested */
-  size_t nfilter;       /* distinct filter addresses (0 = no filter) */
-  akey_t *filter;       /* in list order */
-  int nfilter4;         /* of them IPv4 */
-  int nshards;          /* shards allocated (opts.shards resolved) */
-  int split_lo, split_hi; /* the port range this sample splits */
-  uvip__cshard_t *shards;
-  /* Merged results; listeners are recorded here directly. */
-  tbl_t vips, lst, tup;
-  uvip_census_vip_t *vip_rows;
-  uvip_census_listener_t *lst_rows;
-  uvip_census_tuple_t *tup_rows;
-  unsigned char *tup_flags, *lst_flags;
-  uvip_census_counts_t totals;
-  uvip_census_info_t info;
-  uvip_limits_t limits;
-  uvip_netstat_t baseline;
-  int has_baseline;
-  int has_limits;
-  int usable;
-};
+#include "census-state.h"
 
 static uint32_t hash_words(const uint32_t *w, size_t n) {
   uint64_t h = 0x9e3779b97f4a7c15ull;
@@ -461,220 +375,6 @@ static void shard_merge(uvip_census_t *c, const uvip__cshard_t *s) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Netlink                                                                  */
-
-static int on_diag_msg(const struct nlmsghdr *nlh, void *data) {
-  uvip__cshard_t *s = data;
-  const struct inet_diag_msg *m = mnl_nlmsg_get_payload(nlh);
-  if (nlh->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
-      nlh->nlmsg_len < NLMSG_LENGTH(sizeof(*m)))
-    return MNL_CB_OK;
-  count_socket(s, m->idiag_family, m->idiag_state, m->id.idiag_src,
-               ntohs(m->id.idiag_sport), m->id.idiag_dst,
-               ntohs(m->id.idiag_dport), m->idiag_rqueue, m->idiag_wqueue);
-  return MNL_CB_OK;
-}
-
-/* The bytecode of shard `shard` of nshards (1: no split) for fam. */
-static size_t make_bytecode(uvip__cshard_t *s, int fam, int nshards,
-                            int *with_addrs) {
-  const uvip_census_t *c = s->c;
-  uvip__bc_spec_t sp = {
-      .fam = fam,
-      .filter = c->filter,
-      .nfilter = c->nfilter,
-      .nshards = nshards,
-      .shard = s->index,
-      .port_lo = c->split_lo,
-      .port_hi = c->split_hi,
-  };
-  return uvip__census_bytecode(&sp, s->bc, with_addrs);
-}
-
-/* One dump of family fam, kernel states `states`, into shard s, selecting
- * the shard's part of the sockets when nshards > 1. */
-static int dump_family(uvip__cshard_t *s, int fam, unsigned int states,
-                       int nshards, unsigned int seq) {
-  const uvip_census_t *c = s->c;
-  /* Large enough for any bytecode (UVIP__BC_CAP) and the request. */
-  union {
-    char b[UVIP__BC_CAP + 256];
-    struct nlmsghdr align;
-  } req;
-  struct nlmsghdr *nlh;
-  struct inet_diag_req_v2 *r;
-  size_t bclen;
-  ssize_t n;
-  int rc;
-
-  if (c->nfilter && fam == AF_INET && c->nfilter4 == 0)
-    return 0; /* no IPv4 VIP: AF_INET sockets cannot match */
-  if (states == 0)
-    return 0;
-  bclen = make_bytecode(s, fam, nshards, NULL);
-  nlh = mnl_nlmsg_put_header(req.b);
-  nlh->nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  nlh->nlmsg_seq = seq;
-  r = mnl_nlmsg_put_extra_header(nlh, sizeof(*r));
-  r->sdiag_family = (uint8_t)fam;
-  r->sdiag_protocol = IPPROTO_TCP;
-  r->idiag_states = states;
-  if (bclen)
-    mnl_attr_put(nlh, INET_DIAG_REQ_BYTECODE, bclen, s->bc);
-  if (mnl_socket_sendto(s->nl, nlh, nlh->nlmsg_len) < 0)
-    return -errno;
-  unsigned int portid = mnl_socket_get_portid(s->nl);
-  for (;;) {
-    n = mnl_socket_recvfrom(s->nl, s->buf, s->buflen);
-    if (n < 0)
-      return errno == ENOBUFS ? UV_ENOBUFS : -errno;
-    s->reads++;
-    s->bytes += (uint64_t)n;
-    rc = mnl_cb_run(s->buf, (size_t)n, seq, portid, on_diag_msg, s);
-    if (rc == MNL_CB_STOP)
-      return 0;
-    if (rc < 0)
-      return errno ? -errno : UV_EIO;
-  }
-}
-
-/* Reads "KEY N" after prefix from a /proc/net/sockstat* file; -1 if absent. */
-static long long sockstat_field(const char *path, const char *prefix,
-                                const char *key) {
-  char buf[1024], *p;
-  long long v = -1;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
-  if (fd >= 0)
-    close(fd);
-  if (n <= 0)
-    return -1;
-  buf[n] = 0;
-  if ((p = strstr(buf, prefix)) != NULL && (p = strstr(p, key)) != NULL)
-    v = strtoll(p + strlen(key), NULL, 10);
-  return v;
-}
-
-/* Every family's dump walks the whole established hash, touching each
- * socket of the other family just to skip it: at a million IPv4 sockets
- * an empty IPv6 dump costs a large part of the census. It is skipped when
- * the namespace provably has no IPv6 socket: no TCP6 socket in use
- * (listeners, connections and IPv4-mapped ones all count there) and no
- * TIME_WAIT beyond those the IPv4 dump (all its shards) just returned,
- * which must not have been filtered by address. */
-static int ipv6_empty(uvip_census_t *c, int nshards) {
-  int addrs = 0;
-  uint64_t tw_seen = 0;
-  make_bytecode(&c->shards[0], AF_INET, 1, &addrs);
-  if (addrs || (c->nfilter && c->nfilter4 == 0) ||
-      !(c->kstates & (1u << (UVIP_TCP_TIME_WAIT + 1))) ||
-      (c->opts.flags & UVIP_CENSUS_NO_IPV4))
-    return 0;
-  if (sockstat_field("/proc/net/sockstat6", "TCP6:", "inuse ") != 0)
-    return 0;
-  for (int i = 0; i < nshards; i++)
-    tw_seen += c->shards[i].tw_seen;
-  long long tw = sockstat_field("/proc/net/sockstat", "TCP:", " tw ");
-  return tw >= 0 && (uint64_t)tw <= tw_seen;
-}
-
-static void *shard_thread(void *arg) {
-  uvip__cshard_t *s = arg;
-  s->rc = dump_family(s, s->fam, s->states, s->c->info.shards, s->seq);
-  return NULL;
-}
-
-/* Dumps fam in every shard at once: shards 1.. on threads of their own
- * (every signal blocked: the process's handlers run elsewhere), shard 0 on
- * the calling thread. A thread that cannot be created is done here. */
-static int dump_parallel(uvip_census_t *c, int nshards, int fam,
-                         unsigned int states, unsigned int seq) {
-  pthread_t tid[UVIP_CENSUS_SHARDS_MAX];
-  int started[UVIP_CENSUS_SHARDS_MAX] = {0};
-  sigset_t all, old;
-  int rc = 0;
-
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  for (int i = 0; i < nshards; i++) {
-    uvip__cshard_t *s = &c->shards[i];
-    s->fam = fam;
-    s->states = states;
-    s->seq = seq;
-    s->rc = 0;
-    if (i > 0)
-      started[i] = pthread_create(&tid[i], NULL, shard_thread, s) == 0;
-  }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  shard_thread(&c->shards[0]);
-  for (int i = 1; i < nshards; i++) {
-    if (started[i])
-      pthread_join(tid[i], NULL);
-    else
-      shard_thread(&c->shards[i]);
-  }
-  for (int i = 0; i < nshards && rc == 0; i++)
-    rc = c->shards[i].rc;
-  return rc;
-}
-
-/* One shard: both families in one dump each, listeners first (the kernel
- * walks the listening hash before the established one), as ss does. Split:
- * per family, the listeners alone (shard 0: every shard needs them to tell
- * inbound from outbound), then the rest in parallel. */
-static int sample_netlink(uvip_census_t *c) {
-  int n = 0, rc = 0;
-  unsigned int rest = c->kstates & ~KSTATE_LISTEN_BIT;
-
-  for (; n < c->nshards; n++) {
-    struct mnl_socket *nl = mnl_socket_open2(NETLINK_SOCK_DIAG, SOCK_CLOEXEC);
-    int err = nl ? 0 : errno;
-    if (nl && mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
-      err = errno;
-      mnl_socket_close(nl);
-      nl = NULL;
-    }
-    if (!nl) {
-      if (n == 0)
-        rc = -err;
-      break; /* fewer shards this time, if not none */
-    }
-    c->shards[n].nl = nl;
-  }
-  c->info.source = UVIP_CENSUS_SRC_NETLINK;
-  c->info.shards = n;
-  for (int fam = 0; rc == 0 && fam < 2; fam++) {
-    int af = fam ? AF_INET6 : AF_INET;
-    if (c->opts.flags & (fam ? UVIP_CENSUS_NO_IPV6 : UVIP_CENSUS_NO_IPV4))
-      continue;
-    if (af == AF_INET6 && ipv6_empty(c, n))
-      continue;
-    if (n == 1) {
-      rc = dump_family(&c->shards[0], af, c->kstates, 1, 1 + fam);
-    } else {
-      rc = dump_family(&c->shards[0], af, KSTATE_LISTEN_BIT, 1, 1 + fam);
-      if (rc == 0)
-        rc = dump_parallel(c, n, af, rest, 3 + fam);
-    }
-  }
-  for (int i = 0; i < n; i++) {
-    mnl_socket_close(c->shards[i].nl);
-    c->shards[i].nl = NULL;
-  }
-  return rc;
-}
-
-/* /proc/net/tcp fallback (census-proc.c): single threaded, shard 0. */
-static int sample_procfs(uvip_census_t *c) {
-  uvip__cshard_t *s = &c->shards[0];
-  c->info.source = UVIP_CENSUS_SRC_PROCFS;
-  c->info.shards = 1;
-  return uvip__census_procfs(s, c->kstates, c->opts.flags, s->buf,
-                             s->buflen, &s->reads, &s->bytes);
-}
-
-/* ------------------------------------------------------------------------ */
 /* Public API                                                               */
 
 static const char *const state_names[UVIP_TCP_STATE_COUNT] = {
@@ -884,7 +584,7 @@ UVIP_EXPORT int uvip_census_sample(uvip_census_t *c) {
   int use_proc = (c->opts.flags & UVIP_CENSUS_PROCFS) != 0;
   rc = 0;
   if (!use_proc) {
-    rc = sample_netlink(c);
+    rc = uvip__census_sample_netlink(c);
     /* Refused or not built into this kernel: the documented fallback. */
     if (rc == UV_EPROTONOSUPPORT || rc == UV_EACCES || rc == UV_EPERM ||
         rc == UV_ENOENT || rc == UV_EAFNOSUPPORT) {
@@ -893,7 +593,7 @@ UVIP_EXPORT int uvip_census_sample(uvip_census_t *c) {
     }
   }
   if (use_proc)
-    rc = sample_procfs(c);
+    rc = uvip__census_sample_procfs(c);
   if (rc != 0) {
     clear_results(c);
     c->info.status = rc;

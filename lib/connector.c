@@ -8,13 +8,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
-#ifndef IP_LOCAL_PORT_RANGE
-#define IP_LOCAL_PORT_RANGE 51
-#endif
-
 /* What Linux uses when the sysctl cannot be read. */
 #define DEFAULT_PORT_LO 32768
 #define DEFAULT_PORT_HI 60999

@@ -22,6 +22,14 @@
       return UV_EINVAL;                                                        \
   } while (0)
 
+/* Linux 4.2 and 6.3 options, for headers that predate them. */
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+#ifndef IP_LOCAL_PORT_RANGE
+#define IP_LOCAL_PORT_RANGE 51
+#endif
+
 typedef union uvip__sa {
   struct sockaddr sa;
   struct sockaddr_in in;

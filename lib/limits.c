@@ -14,13 +14,6 @@
 
 #include "census-internal.h"
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
-#ifndef IP_LOCAL_PORT_RANGE
-#define IP_LOCAL_PORT_RANGE 51
-#endif
-
 static int64_t read_one(const char *path, unsigned int bit, unsigned int *missing) {
   int64_t v;
   if (uvip__proc_ints(path, &v, 1) != 1) {
