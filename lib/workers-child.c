@@ -388,24 +388,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 static int start_own(void) {
-  uvip_workers_t *ws = ch.ws;
-  uvip_server_options_t o = ws->server->opts;
-  uvip_addrs_t *addrs;
-  int r;
-  if ((r = uvip_addrs_new(&addrs)) != 0)
-    return r;
-  for (size_t i = 0; i < ws->server->nvips && r == 0; i++)
-    r = uvip_addrs_add(addrs, &ws->server->vips[i]->addr.sa);
-  o.flags |= UVIP_REUSEPORT;
-  if (o.max_conns == 0 || o.max_conns > ws->opts.max_conns_per_worker)
-    o.max_conns = ws->opts.max_conns_per_worker;
-  if (r == 0)
-    r = uvip_server_new(&ch.loop, addrs, &o, &ch.own);
-  uvip_addrs_free(addrs);
-  if (r == 0) {
-    uvip_server_set_data(ch.own, ws->server->data);
-    r = uvip_server_listen(ch.own, ws->cb, NULL, 0);
-  }
+  int r = uvip__wk_own_server(ch.ws, &ch.loop, &ch.own, NULL, 0);
   if (r == 0)
     uv_timer_start(&ch.timer, on_timer, UVIP__WK_REPORT_MS, UVIP__WK_REPORT_MS);
   return r;

@@ -136,6 +136,11 @@ void uvip__wk_ended(uvip__wk_t *wk);
 /* A handle of the workers closed; frees them once all have. */
 void uvip__wk_handle_closed(uv_handle_t *h);
 void uvip__wk_maybe_finish(uvip_workers_t *ws);
+/* REUSEPORT: a worker's own server on loop, listening on the same VIPs
+ * with SO_REUSEPORT and the per-worker cap. *out is set once created, even
+ * when listening then fails (the caller closes it). */
+int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
+                        uvip_server_t **out, char *errbuf, size_t errlen);
 
 /* workers-thread.c */
 int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen);

@@ -165,25 +165,8 @@ static void thread_main(void *arg) {
 
 /* REUSEPORT: the worker's own server on the same VIPs, not shared. */
 static int own_server(uvip__wk_t *wk, char *errbuf, size_t errlen) {
-  uvip_workers_t *ws = wk->ws;
-  uvip_server_options_t o = ws->server->opts;
-  uvip_addrs_t *addrs;
-  int r;
-  if ((r = uvip_addrs_new(&addrs)) != 0)
-    return r;
-  for (size_t i = 0; i < ws->server->nvips && r == 0; i++)
-    r = uvip_addrs_add(addrs, &ws->server->vips[i]->addr.sa);
-  o.flags |= UVIP_REUSEPORT;
-  if (ws->opts.max_conns_per_worker &&
-      (o.max_conns == 0 || o.max_conns > ws->opts.max_conns_per_worker))
-    o.max_conns = ws->opts.max_conns_per_worker;
-  if (r == 0)
-    r = uvip_server_new(wk->loop, addrs, &o, &wk->own);
-  uvip_addrs_free(addrs);
+  int r = uvip__wk_own_server(wk->ws, wk->loop, &wk->own, errbuf, errlen);
   if (r != 0)
-    return r;
-  uvip_server_set_data(wk->own, ws->server->data);
-  if ((r = uvip_server_listen(wk->own, ws->cb, errbuf, errlen)) != 0)
     return r;
   if (!(wk->rp_timer = malloc(sizeof(*wk->rp_timer))))
     return UV_ENOMEM;

@@ -511,3 +511,25 @@ UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
   uv_close((uv_handle_t *)&ws->closer, on_deferred);
   return 0;
 }
+
+int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
+                        uvip_server_t **out, char *errbuf, size_t errlen) {
+  uvip_server_options_t o = ws->server->opts;
+  uvip_addrs_t *addrs;
+  int r;
+  if ((r = uvip_addrs_new(&addrs)) != 0)
+    return r;
+  for (size_t i = 0; i < ws->server->nvips && r == 0; i++)
+    r = uvip_addrs_add(addrs, &ws->server->vips[i]->addr.sa);
+  o.flags |= UVIP_REUSEPORT;
+  if (ws->opts.max_conns_per_worker &&
+      (o.max_conns == 0 || o.max_conns > ws->opts.max_conns_per_worker))
+    o.max_conns = ws->opts.max_conns_per_worker;
+  if (r == 0)
+    r = uvip_server_new(loop, addrs, &o, out);
+  uvip_addrs_free(addrs);
+  if (r != 0)
+    return r;
+  uvip_server_set_data(*out, ws->server->data);
+  return uvip_server_listen(*out, ws->cb, errbuf, errlen);
+}
