@@ -36,6 +36,8 @@
 #include <uv.h>
 #include <uvip.h>
 
+#include "common.h"
+
 #define DEFAULT_SPEC "127.0.0.1-127.0.0.16"
 #define READ_BUF 65536
 
@@ -53,7 +55,6 @@ typedef struct {
   char data[];
 } pending_write_t;
 
-static const char *prog = "bench-baseline-server";
 static uv_loop_t *loop;
 static listener_t *listeners;
 static size_t nlisteners;
@@ -61,29 +62,6 @@ static uint64_t max_conns, active, max_active;
 static char read_buf[READ_BUF];
 static uv_signal_t sig_int, sig_term;
 
-__attribute__((format(printf, 1, 2), noreturn)) static void
-usage_error(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, "%s: ", prog);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  exit(2);
-}
-
-static uint64_t parse_num(const char *opt, const char *val, uint64_t min,
-                          uint64_t max) {
-  char *end = NULL;
-  unsigned long long v;
-  if (!val || !*val || *val == '-' || *val == '+')
-    usage_error("bad value for %s", opt);
-  errno = 0;
-  v = strtoull(val, &end, 10);
-  if (errno || *end || v < min || v > max)
-    usage_error("bad value for %s", opt);
-  return v;
-}
 
 static int somaxconn(void) {
   int v = 0;
@@ -222,12 +200,12 @@ static void on_signal(uv_signal_t *h, int signum) {
   for (size_t i = 0; i < nlisteners; i++) {
     listener_t *l = &listeners[i];
     acc += l->accepted;
-    fprintf(stderr, "%s: %s accepted=%llu deferred=%llu errors=%llu\n", prog,
+    fprintf(stderr, "%s: %s accepted=%llu deferred=%llu errors=%llu\n", ex_prog,
             l->name, (unsigned long long)l->accepted,
             (unsigned long long)l->deferred, (unsigned long long)l->errors);
   }
   fprintf(stderr, "%s: %s, accepted=%llu active=%llu max_active=%llu, exiting\n",
-          prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
+          ex_prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
           (unsigned long long)acc, (unsigned long long)active,
           (unsigned long long)max_active);
   fflush(stderr);
@@ -241,10 +219,11 @@ static void usage(FILE *f) {
           "  --port P        port for addresses without one (default 7000)\n"
           "  --max-conns N   connections open at once (0 = no cap: plain libuv echo)\n"
           "  --backlog N     listen backlog (default net.core.somaxconn)\n",
-          prog);
+          ex_prog);
 }
 
 int main(int argc, char **argv) {
+  ex_init("bench-baseline-server");
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_BACKLOG, O_HELP };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
@@ -265,15 +244,15 @@ int main(int argc, char **argv) {
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (opt) {
     case O_LISTEN: specs[nspecs++] = optarg; break;
-    case O_PORT: port = (int)parse_num("--port", optarg, 1, 65535); break;
-    case O_MAX: max_conns = parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
-    case O_BACKLOG: backlog = (int)parse_num("--backlog", optarg, 1, 1 << 30); break;
+    case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
+    case O_MAX: max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
+    case O_BACKLOG: backlog = (int)ex_parse_num("--backlog", optarg, 1, 1 << 30); break;
     case O_HELP: usage(stdout); return 0;
-    default: usage_error("unknown option or missing value: '%s'", argv[optind - 1]);
+    default: ex_usage_error("unknown option or missing value: '%s'", argv[optind - 1]);
     }
   }
   if (optind < argc)
-    usage_error("unexpected argument '%s'", argv[optind]);
+    ex_usage_error("unexpected argument '%s'", argv[optind]);
   if (nspecs == 0)
     specs[nspecs++] = DEFAULT_SPEC;
   if (backlog == 0)
@@ -285,7 +264,7 @@ int main(int argc, char **argv) {
     err[0] = '\0';
     r = uvip_addrs_parse(addrs, specs[i], port, err, sizeof(err));
     if (r != 0)
-      usage_error("--listen: %s", err[0] ? err : uv_strerror(r));
+      ex_usage_error("--listen: %s", err[0] ? err : uv_strerror(r));
   }
   free(specs);
 
@@ -302,15 +281,15 @@ int main(int argc, char **argv) {
     uv_tcp_init(loop, &l->tcp);
     if ((r = uv_tcp_bind(&l->tcp, sa, 0)) != 0 ||
         (r = uv_listen((uv_stream_t *)&l->tcp, backlog, on_connection)) != 0) {
-      fprintf(stderr, "%s: cannot listen on %s: %s\n", prog, l->name,
+      fprintf(stderr, "%s: cannot listen on %s: %s\n", ex_prog, l->name,
               uv_strerror(r));
       continue;
     }
-    printf("%s: listening on %s\n", prog, l->name);
+    printf("%s: listening on %s\n", ex_prog, l->name);
     ok++;
   }
   uvip_addrs_free(addrs);
-  printf("%s: serving %zu of %zu VIPs\n", prog, ok, nlisteners);
+  printf("%s: serving %zu of %zu VIPs\n", ex_prog, ok, nlisteners);
   fflush(stdout);
   if (ok == 0)
     return 1;

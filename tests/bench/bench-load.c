@@ -48,6 +48,8 @@
 
 #include <uvip.h>
 
+#include "common.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -73,7 +75,6 @@ typedef struct {
   size_t n, cap;
 } samples_t;
 
-static const char *prog = "bench-load";
 static enum mode mode = M_STARVE;
 static uvip_addrs_t *targets, *sources;
 static size_t ntargets, nsources, next_src;
@@ -100,29 +101,6 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-__attribute__((format(printf, 1, 2), noreturn)) static void
-die(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, "%s: ", prog);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  exit(2);
-}
-
-static uint64_t parse_num(const char *opt, const char *val, uint64_t min,
-                          uint64_t max) {
-  char *end = NULL;
-  unsigned long long v;
-  if (!val || !*val || *val == '-' || *val == '+')
-    die("bad value for %s", opt);
-  errno = 0;
-  v = strtoull(val, &end, 10);
-  if (errno || *end || v < min || v > max)
-    die("bad value for %s", opt);
-  return v;
-}
 
 static void sample_add(samples_t *s, uint64_t ns) {
   uint64_t us = ns / 1000;
@@ -350,7 +328,7 @@ static void usage(FILE *f) {
           "  --conns N         concurrent connections (default 100)\n"
           "  --size N          bytes per ping-pong message, throughput (default 4096)\n"
           "  --warmup-ms N     not measured at the start (default 500)\n",
-          prog);
+          ex_prog);
 }
 
 static void raise_nofile(void) {
@@ -362,6 +340,7 @@ static void raise_nofile(void) {
 }
 
 int main(int argc, char **argv) {
+  ex_init("bench-load");
   enum { O_MODE = 256, O_TARGET, O_PORT, O_SRC, O_DUR, O_MAXT, O_LINGER,
          O_HVIP, O_HEAVY, O_LIGHT, O_HOLD, O_CONNS, O_SIZE, O_WARM, O_HELP };
   static const struct option longopts[] = {
@@ -399,43 +378,43 @@ int main(int argc, char **argv) {
       else if (!strcmp(optarg, "rate"))
         mode = M_RATE;
       else
-        die("--mode: expected starve, throughput or rate, got '%s'", optarg);
+        ex_usage_error("--mode: expected starve, throughput or rate, got '%s'", optarg);
       break;
     case O_TARGET: target_spec = optarg; break;
-    case O_PORT: port = (int)parse_num("--port", optarg, 1, 65535); break;
+    case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
     case O_SRC: src_spec = optarg; break;
-    case O_DUR: duration_ns = parse_num("--duration-ms", optarg, 1, 600000) * 1000000ull; break;
-    case O_MAXT: max_total = parse_num("--max-total", optarg, 1, UINT64_MAX / 2); break;
+    case O_DUR: duration_ns = ex_parse_num("--duration-ms", optarg, 1, 600000) * 1000000ull; break;
+    case O_MAXT: max_total = ex_parse_num("--max-total", optarg, 1, UINT64_MAX / 2); break;
     case O_LINGER: linger0 = 1; break;
-    case O_HVIP: heavy_vip = (int)parse_num("--heavy-vip", optarg, 0, 65535); break;
-    case O_HEAVY: heavy_n = (int)parse_num("--heavy", optarg, 0, MAX_CONNS); break;
-    case O_LIGHT: light_n = (int)parse_num("--light", optarg, 0, MAX_CONNS); break;
-    case O_HOLD: hold_ns = parse_num("--hold-ms", optarg, 0, 60000) * 1000000ull; break;
-    case O_CONNS: nconns = (int)parse_num("--conns", optarg, 1, MAX_CONNS); break;
-    case O_SIZE: msg_size = parse_num("--size", optarg, 1, MAX_MSG); break;
-    case O_WARM: warmup_ns = parse_num("--warmup-ms", optarg, 0, 600000) * 1000000ull; break;
+    case O_HVIP: heavy_vip = (int)ex_parse_num("--heavy-vip", optarg, 0, 65535); break;
+    case O_HEAVY: heavy_n = (int)ex_parse_num("--heavy", optarg, 0, MAX_CONNS); break;
+    case O_LIGHT: light_n = (int)ex_parse_num("--light", optarg, 0, MAX_CONNS); break;
+    case O_HOLD: hold_ns = ex_parse_num("--hold-ms", optarg, 0, 60000) * 1000000ull; break;
+    case O_CONNS: nconns = (int)ex_parse_num("--conns", optarg, 1, MAX_CONNS); break;
+    case O_SIZE: msg_size = ex_parse_num("--size", optarg, 1, MAX_MSG); break;
+    case O_WARM: warmup_ns = ex_parse_num("--warmup-ms", optarg, 0, 600000) * 1000000ull; break;
     case O_HELP: usage(stdout); return 0;
-    default: die("unknown option or missing value: '%s'; see --help", argv[optind - 1]);
+    default: ex_usage_error("unknown option or missing value: '%s'; see --help", argv[optind - 1]);
     }
   }
   if (optind < argc)
-    die("unexpected argument '%s'", argv[optind]);
+    ex_usage_error("unexpected argument '%s'", argv[optind]);
 
   if (uvip_addrs_new(&targets) != 0 || uvip_addrs_new(&sources) != 0)
     return 1;
   if ((r = uvip_addrs_parse(targets, target_spec, port, err, sizeof(err))) != 0)
-    die("--target: %s", err[0] ? err : uv_strerror(r));
+    ex_usage_error("--target: %s", err[0] ? err : uv_strerror(r));
   if (*src_spec &&
       (r = uvip_addrs_parse(sources, src_spec, 0, err, sizeof(err))) != 0)
-    die("--src: %s", err[0] ? err : uv_strerror(r));
+    ex_usage_error("--src: %s", err[0] ? err : uv_strerror(r));
   ntargets = uvip_addrs_count(targets);
   nsources = uvip_addrs_count(sources);
   if (nsources == 0)
     nsources = 1; /* uvip_addrs_at() returns NULL: no bind */
   if (mode == M_STARVE && (size_t)heavy_vip >= ntargets)
-    die("--heavy-vip: index %d is not in --target", heavy_vip);
+    ex_usage_error("--heavy-vip: index %d is not in --target", heavy_vip);
   if (mode != M_STARVE && warmup_ns >= duration_ns)
-    die("--warmup-ms must be shorter than --duration-ms");
+    ex_usage_error("--warmup-ms must be shorter than --duration-ms");
 
   raise_nofile();
   msg = malloc(MAX_MSG);
@@ -446,7 +425,7 @@ int main(int argc, char **argv) {
   else
     nconn = (size_t)nconns;
   if (nconn > MAX_CONNS)
-    die("--heavy/--light/--conns: more than %d connections", MAX_CONNS);
+    ex_usage_error("--heavy/--light/--conns: more than %d connections", MAX_CONNS);
   conns = calloc(nconn, sizeof(*conns));
   if (!msg || !rbuf || !served || !conns)
     return 1;
