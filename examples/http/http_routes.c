@@ -142,9 +142,20 @@ static int path_is(const char *url, size_t len, const char *path) {
          (len == n || url[n] == '?' || url[n] == '#');
 }
 
+/* A 200 whose body a renderer writes into the context's scratch buffer. */
+static int respond_rendered(http_ctx_t *ctx, http_buf_t *out,
+                            int (*render)(http_ctx_t *, http_buf_t *),
+                            const char *ctype, unsigned int rflags) {
+  int r;
+  ctx->scratch.len = 0;
+  if ((r = render(ctx, &ctx->scratch)) != 0)
+    return r;
+  return respond(ctx, out, HTTP_S200, ctype, "", ctx->scratch.base,
+                 ctx->scratch.len, rflags);
+}
+
 int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
                size_t url_len, int url_long, unsigned int rflags) {
-  int r;
   if (method != HTTP_GET && method != HTTP_HEAD)
     return respond(ctx, out, HTTP_S405, "text/plain",
                    "Allow: GET, HEAD\r\n", statuses[HTTP_S405].body,
@@ -158,22 +169,12 @@ int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
                            (rflags & HTTP_RF_HEAD) ? ctx->hello_hdr_len[v]
                                                    : ctx->hello_len[v]);
   }
-  if (!url_long && path_is(url, url_len, "/metrics")) {
-    ctx->scratch.len = 0;
-    r = http_render_metrics(ctx, &ctx->scratch);
-    if (r != 0)
-      return r;
-    return respond(ctx, out, HTTP_S200, "text/plain; version=0.0.4", "",
-                   ctx->scratch.base, ctx->scratch.len, rflags);
-  }
-  if (!url_long && path_is(url, url_len, "/stats.json")) {
-    ctx->scratch.len = 0;
-    r = http_render_json(ctx, &ctx->scratch);
-    if (r != 0)
-      return r;
-    return respond(ctx, out, HTTP_S200, "application/json", "",
-                   ctx->scratch.base, ctx->scratch.len, rflags);
-  }
+  if (!url_long && path_is(url, url_len, "/metrics"))
+    return respond_rendered(ctx, out, http_render_metrics,
+                            "text/plain; version=0.0.4", rflags);
+  if (!url_long && path_is(url, url_len, "/stats.json"))
+    return respond_rendered(ctx, out, http_render_json, "application/json",
+                            rflags);
   return respond(ctx, out, HTTP_S404, "text/plain", "",
                  statuses[HTTP_S404].body, strlen(statuses[HTTP_S404].body),
                  rflags);
