@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -485,6 +489,52 @@ START_TEST(test_http10) {
 }
 END_TEST
 
+/* glibc's struct tcp_info stops before the segment counters that Linux
+ * (4.2 and later) appends; this is the kernel's layout up to them. */
+struct tcp_info_segs {
+  struct tcp_info base;
+  uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+  uint32_t segs_out, segs_in;
+};
+_Static_assert(offsetof(struct tcp_info_segs, segs_in) == 140,
+               "tcpi_segs_in is at offset 140 in the kernel's tcp_info");
+
+static unsigned int segs_in(int fd) {
+  struct tcp_info_segs ti;
+  socklen_t len = sizeof(ti);
+  memset(&ti, 0, sizeof(ti));
+  ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+  ck_assert_uint_ge(len, offsetof(struct tcp_info_segs, segs_in) +
+                             sizeof(ti.segs_in));
+  return ti.segs_in;
+}
+
+/* The last response before the server closes carries the FIN in its own
+ * segment: a fresh connection that asks for Connection: close receives no
+ * more segments than one that stays open (same handshake, same answer).
+ * A separate FIN would be one more segment for the client to process. */
+START_TEST(test_close_fin_with_response) {
+  char buf[2048];
+  size_t len = 0;
+  unsigned int keep, closed;
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  keepalive_roundtrip(fd);
+  keep = segs_in(fd);
+  close(fd);
+  fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_ptr_nonnull(strstr(buf, "\r\n\r\nHello from uvip\n"));
+  closed = segs_in(fd);
+  close(fd);
+  ck_assert_msg(keep > 0 && closed == keep,
+                "segments received: %u with Connection: close, %u without",
+                closed, keep);
+  srv_stop();
+}
+END_TEST
+
 /* A client that pipelines far more than it reads: the server must stop
  * parsing (not buffer without bound) and still answer every request. */
 START_TEST(test_backpressure) {
@@ -667,6 +717,7 @@ int main(void) {
   tcase_add_test(tc, test_idle_keepalive);
   tcase_add_test(tc, test_max_requests);
   tcase_add_test(tc, test_http10);
+  tcase_add_test(tc, test_close_fin_with_response);
   tcase_add_test(tc, test_backpressure);
   tcase_add_test(tc, test_graceful_stop);
   tcase_add_test(tc, test_bad_args);

@@ -254,6 +254,25 @@ static void on_write(uv_write_t *req, int status) {
     conn_set_timeout(hc);
 }
 
+/* The last response before close() goes out with MSG_MORE: the kernel
+ * holds it for a moment and close() then sends the FIN in the same segment.
+ * The client sees data and end of stream at once, in one wakeup, instead
+ * of a second packet that may reach it while it is already closing (which
+ * costs both ends a backlog pass). No uv_write() can be queued here (reading
+ * stopped while one was), so writing around libuv keeps the order. */
+static int send_last(http_conn_t *hc, const http_buf_t *out) {
+  uv_os_fd_t fd;
+  ssize_t n;
+  if (uv_fileno((uv_handle_t *)conn_stream(hc), &fd) != 0)
+    return UV_EBADF;
+  do
+    n = send(fd, out->base, out->len, MSG_MORE | MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n >= 0)
+    return (int)n;
+  return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+}
+
 /* Writes out; returns 1 when it all went out and the connection can take
  * more input at once. */
 static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
@@ -261,8 +280,12 @@ static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
   size_t off = 0;
   if (out->len) {
     uv_buf_t b = uv_buf_init(out->base, (unsigned int)out->len);
-    int n = uv_try_write(st, &b, 1);
+    int n;
     wreq_t *w;
+    if (after == AFTER_CLOSE)
+      n = send_last(hc, out);
+    else
+      n = uv_try_write(st, &b, 1);
     if (n < 0 && n != UV_EAGAIN) {
       conn_close(hc);
       return 0;
