@@ -13,6 +13,10 @@
 # first, so that background load hits both alike. Reported: the median
 # requests/s and p99 latency (wrk --latency) over the runs, the server's CPU
 # time per request (utime+stime from /proc), and uvip/nginx ratios.
+# Both scenarios also measure bench-http-ceiling, a bare epoll loop that
+# answers every read with the same bytes and makes the fewest system calls
+# per request: what wrk -t1 reaches against it is the most any server can
+# show with this client on this machine.
 # SPDX-License-Identifier: MIT
 set -eu
 
@@ -20,17 +24,23 @@ build=${1:-build}
 runs=${2:-5}
 secs=${3:-5}
 bin=$build/examples/uvip-http
-[ -x "$bin" ] || { echo "no $bin (build first)" >&2; exit 2; }
+ceil_bin=$build/tests/bench/bench-http-ceiling
+for b in "$bin" "$ceil_bin"; do
+  [ -x "$b" ] || { echo "no $b (build first)" >&2; exit 2; }
+done
 for t in nginx wrk curl; do
   command -v $t >/dev/null || { echo "needs $t" >&2; exit 2; }
 done
 
 ngx_port=${NGX_PORT:-18480}
 uvip_port=${UVIP_PORT:-18481}
+ceil_port=${CEIL_PORT:-18482}
 tmp=$(mktemp -d)
 ngx_pid=
 uvip_pid=
+ceil_pid=
 cleanup() {
+  [ -n "$ceil_pid" ] && kill "$ceil_pid" 2>/dev/null || true
   [ -n "$uvip_pid" ] && kill "$uvip_pid" 2>/dev/null || true
   [ -n "$ngx_pid" ] && kill "$ngx_pid" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -74,6 +84,8 @@ ngx_pid=$!
 $srv_cpu "$bin" --listen 127.0.0.1 --port "$uvip_port" --max-requests 10000 \
   --keepalive-timeout-ms 30000 >"$tmp/uvip.log" 2>&1 &
 uvip_pid=$!
+$srv_cpu "$ceil_bin" "$ceil_port" &
+ceil_pid=$!
 
 wait_up() {
   i=0
@@ -85,6 +97,7 @@ wait_up() {
 }
 wait_up "$ngx_port"
 wait_up "$uvip_port"
+wait_up "$ceil_port"
 
 # CPU ticks (utime+stime) of a process and its children (nginx's worker).
 cpu_ticks() {
@@ -136,7 +149,9 @@ while [ $r -le "$runs" ]; do
     if [ $((r % 2)) -eq 1 ]; then
       one nginx "$ngx_port" "$ngx_pid" $sc $r
       one uvip "$uvip_port" "$uvip_pid" $sc $r
+      one ceiling "$ceil_port" "$ceil_pid" $sc $r
     else
+      one ceiling "$ceil_port" "$ceil_pid" $sc $r
       one uvip "$uvip_port" "$uvip_pid" $sc $r
       one nginx "$ngx_port" "$ngx_pid" $sc $r
     fi
@@ -174,4 +189,13 @@ for sc in ka close; do
       if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
       printf "%.2f (min %.2f, max %.2f)", m, v[1], v[NR] }')
   echo "$sc: median of per-run req/s ratios uvip/nginx: $paired"
+done
+# The client's ceiling: how near each server comes to it.
+for sc in ka close; do
+  c=$(median ceiling $sc 4)
+  n=$(median nginx $sc 4)
+  u=$(median uvip $sc 4)
+  awk -v sc=$sc -v c="$c" -v n="$n" -v u="$u" 'BEGIN {
+    printf "%s: ceiling (bench-http-ceiling) %.0f req/s; uvip-http at %.2f of it, nginx at %.2f; the most any server could show over nginx here: %.2fx\n",
+      sc, c, (c > 0 ? u / c : 0), (c > 0 ? n / c : 0), (n > 0 ? c / n : 0) }'
 done
