@@ -1,5 +1,6 @@
-/* Internal interfaces between the census files (census.c, census-filter.c,
- * census-proc.c, limits.c, capacity.c, render.c, tracker.c). Not installed.
+/* Internal interfaces between the census files (census.c, census-table.c,
+ * census-dump.c, census-filter.c, census-proc.c, limits.c, capacity.c,
+ * render.c, tracker.c). Not installed.
  * SPDX-License-Identifier: MIT */
 #ifndef UVIP_CENSUS_INTERNAL_H
 #define UVIP_CENSUS_INTERNAL_H
@@ -25,13 +26,15 @@ void uvip__census_set_baseline(uvip_census_t *census,
  * accessors; zeroed by every sample. */
 unsigned char *uvip__census_tuple_flags(uvip_census_t *census);
 unsigned char *uvip__census_listener_flags(uvip_census_t *census);
+/* census-table.c */
 /* Index (as for the accessors) of the row with the same key, or -1. */
 long uvip__census_find_tuple(const uvip_census_t *census,
                              const uvip_census_tuple_t *t);
 long uvip__census_find_listener(const uvip_census_t *census,
                                 const uvip_census_listener_t *l);
 
-/* Between census.c, census-filter.c and census-proc.c only. */
+/* Between census.c, census-table.c, census-dump.c, census-filter.c and
+ * census-proc.c only. */
 
 /* A compact address key: family, port, 16 address bytes (IPv4 in the first
  * four). Hashing and comparing it is what the per-socket path costs. */
@@ -67,11 +70,29 @@ typedef struct uvip__bc_spec_s {
 size_t uvip__census_bytecode(const uvip__bc_spec_t *spec, char *out,
                              int *with_addrs);
 
-/* census.c: the per-socket path, for one shard of a census. */
+/* census-table.c: the per-socket path, for one shard of a census. */
 typedef struct uvip__cshard_s uvip__cshard_t;
 void uvip__census_count(uvip__cshard_t *s, int fam, int kstate,
                         const uint32_t *src, int sport, const uint32_t *dst,
                         int dport, uint32_t rq, uint32_t wq);
+
+/* census-table.c: a census's tables, for census.c. */
+/* Allocates the result tables and every shard's (c->shards and the result
+ * rows are allocated by the caller). */
+int uvip__census_tables_init(uvip_census_t *c);
+/* Frees what uvip__census_tables_init() allocated, also when it failed. */
+void uvip__census_tables_free(uvip_census_t *c);
+/* Records the VIP filter (vips may be NULL: no filter): distinct
+ * addresses, ports dropped, list order kept. UV_E2BIG past max_vips. */
+int uvip__census_filter_init(uvip_census_t *c, const uvip_addrs_t *vips);
+/* Empties the results and every shard for a sample; the filter's rows
+ * exist, with zero counts, in every sample. */
+void uvip__census_clear(uvip_census_t *c);
+/* Adds the shards that ran (info.shards) into the results. */
+void uvip__census_merge(uvip_census_t *c);
+/* The accessors' order: VIPs in filter order (by address without a
+ * filter), listeners by address, tuples busiest first. */
+void uvip__census_order(uvip_census_t *c);
 
 /* census-proc.c: the /proc/net/tcp{,6} fallback into one shard (single
  * threaded). kstates is the kernel state bitmask to keep; flags the

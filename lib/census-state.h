@@ -1,5 +1,6 @@
-/* Private state of a census, shared by census.c (tables, aggregation,
- * results) and census-dump.c (the netlink and procfs dumps). Not installed.
+/* Private state of a census, shared by census.c (the public API),
+ * census-table.c (tables, aggregation, merge) and census-dump.c (the
+ * netlink and procfs dumps). Not installed.
  * SPDX-License-Identifier: MIT */
 #ifndef UVIP_CENSUS_STATE_H
 #define UVIP_CENSUS_STATE_H
@@ -87,7 +88,8 @@ struct uvip_census_s {
   int usable;
 };
 
-/* census-dump.c: one sample into the shards' tables (merged by census.c). */
+/* census-dump.c: one sample into the shards' tables (merged by
+ * census-table.c). */
 int uvip__census_sample_netlink(uvip_census_t *c);
 int uvip__census_sample_procfs(uvip_census_t *c);
 
