@@ -26,52 +26,20 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "loadgen-report.h"
 
 #define DEFAULT_TARGET "127.0.0.1"
 /* Connects in flight (and echoes not yet back) per process: enough to keep
  * the kernel busy, few enough not to overflow the server's SYN queues. */
 #define PENDING_MAX 1000
-#define MAX_ERRS 16
-#define MAX_TGT 64 /* targets whose counts a report carries */
 #define REPORT_MS 500
 #define FD_SLACK 64 /* descriptors for everything that is not a connection */
 
 /* Connection state, kept in the uv_tcp_t's data field. */
 enum { C_SETTLED = 1, C_ESTABLISHED = 2, C_DROPPED = 4 };
 
-typedef struct {
-  int32_t code;
-  uint32_t pad;
-  uint64_t count;
-} err_count_t;
-
-/* What a worker tells the parent; fixed size, below PIPE_BUF, so that each
- * write arrives whole. */
-typedef struct {
-  uint32_t done;       /* final report: the worker is finishing */
-  uint32_t nerrs;
-  uint64_t attempted;  /* connections started or failed at once */
-  uint64_t established;
-  uint64_t verified;
-  uint64_t open;
-  uint64_t peak_open;
-  uint64_t pending;
-  uint64_t failed;
-  uint64_t settle_ms;  /* when its share was all settled; 0 = not (yet) */
-  uint64_t range;      /* usable ports per (source, target) pair */
-  uint64_t exhausted;  /* bit t: target t ran out of ports */
-  uint32_t in_use[MAX_TGT];
-  err_count_t errs[MAX_ERRS];
-} report_t;
-
-_Static_assert(sizeof(report_t) <= 4096, "report must fit in PIPE_BUF");
-
 /* Options. */
-static uvip_addrs_t *targets, *sources;
-static size_t ntargets;
-static uint64_t opt_conns = 1000, opt_procs = 1, opt_seconds = 0;
-static double opt_churn;
-static int opt_hold, opt_echo, opt_json;
+static lg_opts_t opts = {.conns = 1000, .procs = 1};
 
 /* Worker state. */
 static uv_loop_t *loop;
@@ -87,40 +55,19 @@ static uint64_t t0;           /* uv_now() at start */
 static int report_fd = -1;    /* -1: single process, report in-process */
 static int finishing;
 static int draining; /* churn over: waiting for connects in flight */
-static report_t rep;
+static lg_report_t rep;
 static uvip_outconn_t **ring; /* settled connections, oldest first (churn) */
 static size_t ring_cap, ring_head, ring_len;
 static char read_buf[64];
 
 /* Parent (or single-process) aggregation. */
-static report_t *reps;
-static size_t nreps;
-static uint64_t last_established;
-static int got_final_all;
+static lg_tally_t tally;
 
 /* ------------------------------------------------------------------------ */
 
-static void add_err(report_t *r, int code, uint64_t n) {
-  uint32_t i;
-  for (i = 0; i < r->nerrs; i++)
-    if (r->errs[i].code == code)
-      break;
-  if (i == r->nerrs) {
-    if (r->nerrs == MAX_ERRS)
-      i = MAX_ERRS - 1; /* lumped with the last kind; rare */
-    else
-      r->errs[r->nerrs++].code = code;
-  }
-  r->errs[i].count += n;
-}
-
 static void count_failure(int code) {
   rep.failed++;
-  add_err(&rep, code, 1);
-}
-
-static const char *err_name(int code) {
-  return code == 0 ? "OTHER" : uv_err_name(code);
+  lg_add_err(&rep, code, 1);
 }
 
 static uintptr_t cstate(uvip_outconn_t *oc) {
@@ -142,7 +89,7 @@ static void on_conn_closed(uvip_outconn_t *oc) {
 static void settle(uvip_outconn_t *oc) {
   set_cstate(oc, cstate(oc) | C_SETTLED);
   rep.pending--;
-  if (opt_echo)
+  if (opts.echo)
     rep.verified++;
   if (ring && ring_len < ring_cap) {
     ring[(ring_head + ring_len) % ring_cap] = oc;
@@ -164,7 +111,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   uintptr_t st = cstate(oc);
   if (n == 0)
     return;
-  if (n > 0 && opt_echo && !(st & C_SETTLED)) {
+  if (n > 0 && opts.echo && !(st & C_SETTLED)) {
     if (n == 1 && buf->base[0] == 'u') {
       settle(oc);
       pump();
@@ -215,7 +162,7 @@ static void on_connect(uvip_outconn_t *oc, int status,
     pump();
     return;
   }
-  if (!opt_echo) {
+  if (!opts.echo) {
     settle(oc);
     pump();
     return;
@@ -233,7 +180,8 @@ static void on_connect(uvip_outconn_t *oc, int status,
 
 /* Starts connection number `index` (global, for the round-robin). */
 static int start_one(uint64_t index) {
-  const struct sockaddr *dst = uvip_addrs_at(targets, index % ntargets);
+  const struct sockaddr *dst =
+      uvip_addrs_at(opts.targets, index % opts.ntargets);
   int r;
   rep.attempted++;
   r = uvip_connect(connector, dst, NULL, on_connect, NULL);
@@ -242,8 +190,8 @@ static int start_one(uint64_t index) {
     return 0;
   }
   count_failure(r);
-  if (r == UV_EADDRNOTAVAIL && index % ntargets < MAX_TGT)
-    rep.exhausted |= 1ull << (index % ntargets);
+  if (r == UV_EADDRNOTAVAIL && index % opts.ntargets < LG_MAX_TGT)
+    rep.exhausted |= 1ull << (index % opts.ntargets);
   return r;
 }
 
@@ -251,11 +199,11 @@ static int start_one(uint64_t index) {
  * started; in plain mode, ends the run when everything has settled. */
 static void pump(void) {
   while (!finishing && started < share && rep.pending < PENDING_MAX) {
-    start_one(first_index + started * opt_procs);
+    start_one(first_index + started * opts.procs);
     started++;
   }
   if (!finishing && started == share && rep.pending == 0 &&
-      (draining || (!opt_hold && opt_churn == 0)))
+      (draining || (!opts.hold && opts.churn == 0)))
     finish(0);
 }
 
@@ -282,213 +230,16 @@ static void on_churn(uv_timer_t *t) {
     }
     if (rep.open + rep.pending >= ring_cap)
       break;
-    start_one(first_index + (share + churned) * opt_procs);
+    start_one(first_index + (share + churned) * opts.procs);
     churned++;
   }
 }
 
-/* ------------------------------------------------------------------------ */
-/* Aggregation and printing                                                 */
-/* ------------------------------------------------------------------------ */
-
-static void sum_reports(report_t *s) {
-  size_t i, t;
-  uint32_t e;
-  memset(s, 0, sizeof(*s));
-  for (i = 0; i < nreps; i++) {
-    const report_t *r = &reps[i];
-    s->attempted += r->attempted;
-    s->established += r->established;
-    s->verified += r->verified;
-    s->open += r->open;
-    s->peak_open += r->peak_open;
-    s->pending += r->pending;
-    s->failed += r->failed;
-    s->exhausted |= r->exhausted;
-    if (r->range)
-      s->range = r->range;
-    if (r->settle_ms > s->settle_ms)
-      s->settle_ms = r->settle_ms;
-    for (t = 0; t < MAX_TGT; t++)
-      s->in_use[t] += r->in_use[t];
-    for (e = 0; e < r->nerrs; e++)
-      add_err(s, r->errs[e].code, r->errs[e].count);
-  }
-}
-
-static void format_errs(const report_t *s, char *buf, size_t len) {
-  size_t off = 0;
-  uint32_t e;
-  buf[0] = 0;
-  for (e = 0; e < s->nerrs && off < len; e++)
-    off += (size_t)snprintf(buf + off, len - off, "%s%s %llu",
-                            e ? ", " : " (", err_name(s->errs[e].code),
-                            (unsigned long long)s->errs[e].count);
-  if (s->nerrs && off < len)
-    snprintf(buf + off, len - off, ")");
-}
-
-static void print_progress(void) {
-  report_t s;
-  char errs[512];
-  uint64_t secs = (uv_now(loop) - t0 + 500) / 1000;
-  sum_reports(&s);
-  format_errs(&s, errs, sizeof(errs));
-  fprintf(stderr,
-          "%s: %llus: established %llu (+%llu/s), open %llu, verified %llu, "
-          "pending %llu, failed %llu%s\n",
-          ex_prog, (unsigned long long)secs,
-          (unsigned long long)s.established,
-          (unsigned long long)(s.established - last_established),
-          (unsigned long long)s.open, (unsigned long long)s.verified,
-          (unsigned long long)s.pending, (unsigned long long)s.failed, errs);
-  last_established = s.established;
-}
-
-/* The sources a target's connections came from, for messages. */
-static void source_label(const struct sockaddr *dst, char *buf, size_t len) {
-  size_t i, n = 0;
-  const struct sockaddr *one = NULL;
-  for (i = 0; i < uvip_addrs_count(sources); i++) {
-    const struct sockaddr *sa = uvip_addrs_at(sources, i);
-    if (sa->sa_family == dst->sa_family) {
-      one = sa;
-      n++;
-    }
-  }
-  if (n == 1) {
-    uvip_addr_format(one, 0, buf, len);
-  } else if (n > 1) {
-    snprintf(buf, len, "%zu sources", n);
-  } else {
-    /* The kernel's choice: ask the routing table the same way. */
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    int fd = socket(dst->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    snprintf(buf, len, "the kernel's choice");
-    if (fd >= 0 &&
-        connect(fd, dst, dst->sa_family == AF_INET6
-                             ? sizeof(struct sockaddr_in6)
-                             : sizeof(struct sockaddr_in)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-      uvip_addr_format((struct sockaddr *)&ss, 0, buf, len);
-    if (fd >= 0)
-      close(fd);
-  }
-}
-
-static size_t sources_for(const struct sockaddr *dst) {
-  size_t i, n = 0;
-  for (i = 0; i < uvip_addrs_count(sources); i++)
-    n += uvip_addrs_at(sources, i)->sa_family == dst->sa_family;
-  return n ? n : 1;
-}
-
-static void json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; *s; s++) {
-    if (*s == '"' || *s == '\\')
-      fputc('\\', f);
-    fputc(*s, f);
-  }
-  fputc('"', f);
-}
-
-static int print_summary(void) {
-  report_t s;
-  char errs[512], src[UVIP_ADDRSTRLEN + 32], dst[UVIP_ADDRSTRLEN];
-  double secs = (double)(uv_now(loop) - t0) / 1000.0;
-  uint64_t expected;
-  size_t t;
-  int ok, first = 1;
-  FILE *out = opt_json ? stderr : stdout;
-
-  sum_reports(&s);
-  format_errs(&s, errs, sizeof(errs));
-  expected = s.attempted;
-  ok = got_final_all && s.failed == 0 && s.established == expected &&
-       (!opt_echo || s.verified == expected);
-
-  fprintf(out,
-          "%s: %llu connections to %zu target%s, %zu source%s, %llu "
-          "process%s: established %llu, verified %llu, peak open %llu, "
-          "failed %llu%s in %.1f s\n",
-          ex_prog, (unsigned long long)expected, ntargets,
-          ntargets == 1 ? "" : "s", uvip_addrs_count(sources),
-          uvip_addrs_count(sources) == 1 ? "" : "s",
-          (unsigned long long)opt_procs, opt_procs == 1 ? "" : "es",
-          (unsigned long long)s.established, (unsigned long long)s.verified,
-          (unsigned long long)s.peak_open, (unsigned long long)s.failed, errs,
-          secs);
-  for (t = 0; t < ntargets && t < MAX_TGT; t++) {
-    const struct sockaddr *ta = uvip_addrs_at(targets, t);
-    if (!(s.exhausted & (1ull << t)))
-      continue;
-    source_label(ta, src, sizeof(src));
-    uvip_addr_format(ta, 1, dst, sizeof(dst));
-    fprintf(out,
-            "%s: ports exhausted for %s -> %s: %llu of %llu ephemeral ports "
-            "in use; add --sources or more --target VIPs\n",
-            ex_prog, src, dst, (unsigned long long)s.in_use[t],
-            (unsigned long long)(s.range * sources_for(ta)));
-  }
-  if (!got_final_all)
-    fprintf(out, "%s: a worker process ended without its final report\n",
-            ex_prog);
-  fprintf(out, "%s: %s\n", ex_prog,
-          ok ? "ok: every connection succeeded" : "FAILED");
-
-  if (opt_json) {
-    uint32_t e;
-    printf("{\"ok\":%s,\"conns\":%llu,\"attempted\":%llu,\"established\":%llu,"
-           "\"verified\":%llu,\"peak_open\":%llu,\"failed_total\":%llu,"
-           "\"failed\":{",
-           ok ? "true" : "false", (unsigned long long)opt_conns,
-           (unsigned long long)expected, (unsigned long long)s.established,
-           (unsigned long long)s.verified, (unsigned long long)s.peak_open,
-           (unsigned long long)s.failed);
-    for (e = 0; e < s.nerrs; e++)
-      printf("%s\"%s\":%llu", e ? "," : "", err_name(s.errs[e].code),
-             (unsigned long long)s.errs[e].count);
-    printf("},\"seconds\":%.3f,\"establish_seconds\":", secs);
-    if (s.settle_ms && ok)
-      printf("%.3f", (double)(s.settle_ms - 1) / 1000.0);
-    else
-      printf("null");
-    printf(",\"procs\":%llu,\"targets\":%zu,\"sources\":%zu,\"echo\":%s,"
-           "\"hold\":%s,\"churn\":%g,\"exhausted\":[",
-           (unsigned long long)opt_procs, ntargets, uvip_addrs_count(sources),
-           opt_echo ? "true" : "false", opt_hold ? "true" : "false",
-           opt_churn);
-    for (t = 0; t < ntargets && t < MAX_TGT; t++) {
-      const struct sockaddr *ta = uvip_addrs_at(targets, t);
-      if (!(s.exhausted & (1ull << t)))
-        continue;
-      source_label(ta, src, sizeof(src));
-      uvip_addr_format(ta, 1, dst, sizeof(dst));
-      printf("%s{\"source\":", first ? "" : ",");
-      json_str(stdout, src);
-      printf(",\"target\":");
-      json_str(stdout, dst);
-      printf(",\"in_use\":%llu,\"ports\":%llu}", (unsigned long long)s.in_use[t],
-             (unsigned long long)(s.range * sources_for(ta)));
-      first = 0;
-    }
-    printf("]}\n");
-  }
-  fflush(stdout);
-  return ok ? 0 : 1;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Worker                                                                   */
-/* ------------------------------------------------------------------------ */
-
 static void fill_report(void) {
   size_t t, i;
   const uvip_connector_ports_t zero = {0, 0, 0, 0};
-  for (t = 0; t < ntargets && t < MAX_TGT; t++) {
-    const struct sockaddr *ta = uvip_addrs_at(targets, t);
+  for (t = 0; t < opts.ntargets && t < LG_MAX_TGT; t++) {
+    const struct sockaddr *ta = uvip_addrs_at(opts.targets, t);
     uint64_t n = 0;
     for (i = 0; i < uvip_connector_source_count(connector); i++) {
       uvip_connector_ports_t p = zero;
@@ -506,7 +257,7 @@ static void fill_report(void) {
 static void emit_report(void) {
   fill_report();
   if (report_fd < 0) {
-    reps[0] = rep;
+    tally.reps[0] = rep;
     return;
   }
   /* A full pipe means the parent is gone or stuck; a lost report is
@@ -520,7 +271,7 @@ static void on_report_timer(uv_timer_t *t) {
   (void)t;
   emit_report();
   if (report_fd == -1)
-    print_progress();
+    lg_print_progress(&tally, uv_now(loop) - t0);
 }
 
 static void on_connector_closed(uvip_connector_t *c) {
@@ -542,7 +293,7 @@ static void finish(int code) {
     left = rep.pending + (share - started);
     if (left) {
       rep.failed += left;
-      add_err(&rep, code, left);
+      lg_add_err(&rep, code, left);
       rep.attempted += share - started;
     }
     rep.pending = 0;
@@ -558,7 +309,7 @@ static void finish(int code) {
 
 static void on_deadline(uv_timer_t *t) {
   (void)t;
-  if (opt_churn > 0 && !draining && started == share) {
+  if (opts.churn > 0 && !draining && started == share) {
     /* Replacements still connecting are not failures of the run: give
      * them a bounded grace period. */
     draining = 1;
@@ -581,10 +332,10 @@ static int run_worker(uint64_t k, uint64_t n) {
   int r;
 
   loop = uv_default_loop();
-  share = opt_conns / n + (k < opt_conns % n ? 1 : 0);
+  share = opts.conns / n + (k < opts.conns % n ? 1 : 0);
   first_index = k;
-  churn_rate = opt_churn / (double)n;
-  if (opt_churn > 0) {
+  churn_rate = opts.churn / (double)n;
+  if (opts.churn > 0) {
     ring_cap = share + PENDING_MAX + 1;
     ring = calloc(ring_cap, sizeof(*ring));
     if (ring == NULL) {
@@ -592,7 +343,7 @@ static int run_worker(uint64_t k, uint64_t n) {
       return 1;
     }
   }
-  r = uvip_connector_new(loop, sources, NULL, &c);
+  r = uvip_connector_new(loop, opts.sources, NULL, &c);
   if (r != 0) {
     fprintf(stderr, "%s: connector: %s\n", ex_prog, uv_strerror(r));
     return 1;
@@ -605,8 +356,8 @@ static int run_worker(uint64_t k, uint64_t n) {
   uv_timer_start(&report_timer, on_report_timer,
                  report_fd == -1 ? 1000 : REPORT_MS,
                  report_fd == -1 ? 1000 : REPORT_MS);
-  uv_timer_start(&deadline_timer, on_deadline, opt_seconds * 1000, 0);
-  if (opt_churn > 0)
+  uv_timer_start(&deadline_timer, on_deadline, opts.seconds * 1000, 0);
+  if (opts.churn > 0)
     uv_timer_start(&churn_timer, on_churn, 10, 10);
   ex_on_signal(loop, on_worker_signal);
   pump();
@@ -625,7 +376,7 @@ typedef struct {
   size_t idx;
   size_t have;
   int final;
-  char buf[sizeof(report_t)];
+  char buf[sizeof(lg_report_t)];
 } child_t;
 
 static child_t *children;
@@ -644,9 +395,9 @@ static void on_child_closed(uv_handle_t *h) {
     size_t i;
     uv_close((uv_handle_t *)&progress_timer, NULL);
     ex_signals_close();
-    got_final_all = 1;
-    for (i = 0; i < nreps; i++)
-      got_final_all &= children[i].final;
+    tally.got_final_all = 1;
+    for (i = 0; i < tally.nreps; i++)
+      tally.got_final_all &= children[i].final;
   }
 }
 
@@ -658,21 +409,21 @@ static void on_child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   ch->have += (size_t)n;
-  if (ch->have == sizeof(report_t)) {
-    memcpy(&reps[ch->idx], ch->buf, sizeof(report_t));
-    ch->final |= reps[ch->idx].done != 0;
+  if (ch->have == sizeof(lg_report_t)) {
+    memcpy(&tally.reps[ch->idx], ch->buf, sizeof(lg_report_t));
+    ch->final |= tally.reps[ch->idx].done != 0;
     ch->have = 0;
   }
 }
 
 static void on_progress(uv_timer_t *t) {
   (void)t;
-  print_progress();
+  lg_print_progress(&tally, uv_now(loop) - t0);
 }
 
 static void on_parent_signal(int signum) {
   size_t i;
-  for (i = 0; i < nreps; i++)
+  for (i = 0; i < tally.nreps; i++)
     kill(children[i].pid, signum);
 }
 
@@ -680,12 +431,12 @@ static int run_parent(void) {
   size_t i;
   int status, rc;
   pid_t parent = getpid();
-  children = calloc(opt_procs, sizeof(*children));
+  children = calloc(opts.procs, sizeof(*children));
   if (children == NULL)
     return 1;
   fflush(stdout);
   fflush(stderr);
-  for (i = 0; i < opt_procs; i++) {
+  for (i = 0; i < opts.procs; i++) {
     int fds[2];
     pid_t pid;
     if (pipe2(fds, O_CLOEXEC) != 0) {
@@ -712,8 +463,8 @@ static int run_parent(void) {
       /* A full pipe must not stall the worker: see emit_report(). */
       fcntl(fds[1], F_SETFL, O_NONBLOCK);
       report_fd = fds[1];
-      nreps = 1;
-      exit(run_worker(i, opt_procs));
+      tally.nreps = 1;
+      exit(run_worker(i, opts.procs));
     }
     close(fds[1]);
     children[i].pid = pid;
@@ -722,7 +473,7 @@ static int run_parent(void) {
   }
   loop = uv_default_loop();
   t0 = uv_now(loop);
-  for (i = 0; i < opt_procs; i++) {
+  for (i = 0; i < opts.procs; i++) {
     int fd = (int)(intptr_t)children[i].pipe.data;
     uv_pipe_init(loop, &children[i].pipe, 0);
     uv_pipe_open(&children[i].pipe, fd);
@@ -734,8 +485,8 @@ static int run_parent(void) {
   uv_timer_start(&progress_timer, on_progress, 1000, 1000);
   ex_on_signal(loop, on_parent_signal);
   uv_run(loop, UV_RUN_DEFAULT);
-  rc = print_summary();
-  for (i = 0; i < opt_procs; i++) {
+  rc = lg_print_summary(&tally, &opts, uv_now(loop) - t0);
+  for (i = 0; i < opts.procs; i++) {
     if (waitpid(children[i].pid, &status, 0) == children[i].pid &&
         !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
       fprintf(stderr, "%s: worker %zu (pid %d) %s %d\n", ex_prog, i,
@@ -781,17 +532,17 @@ static void check_fd_limit(void) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
-  per = opt_conns / opt_procs + (opt_conns % opt_procs ? 1 : 0);
-  need = per + (opt_churn > 0 ? PENDING_MAX : 0) + FD_SLACK;
+  per = opts.conns / opts.procs + (opts.conns % opts.procs ? 1 : 0);
+  need = per + (opts.churn > 0 ? PENDING_MAX : 0) + FD_SLACK;
   if (rl.rlim_cur == RLIM_INFINITY || need <= rl.rlim_cur)
     return;
-  usable = rl.rlim_cur > FD_SLACK + (opt_churn > 0 ? PENDING_MAX : 0) + 1
-               ? rl.rlim_cur - FD_SLACK - (opt_churn > 0 ? PENDING_MAX : 0)
+  usable = rl.rlim_cur > FD_SLACK + (opts.churn > 0 ? PENDING_MAX : 0) + 1
+               ? rl.rlim_cur - FD_SLACK - (opts.churn > 0 ? PENDING_MAX : 0)
                : 1;
   ex_usage_error("%llu connections per process exceed the descriptor limit "
                  "(%llu); use --procs %llu or more",
                  (unsigned long long)per, (unsigned long long)rl.rlim_cur,
-                 (unsigned long long)((opt_conns + usable - 1) / usable));
+                 (unsigned long long)((opts.conns + usable - 1) / usable));
 }
 
 int main(int argc, char **argv) {
@@ -828,13 +579,13 @@ int main(int argc, char **argv) {
         sspecs[nsspecs++] = optarg;
       break;
     case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
-    case O_CONNS: opt_conns = ex_parse_num("--conns", optarg, 0, 100000000); break;
-    case O_PROCS: opt_procs = ex_parse_num("--procs", optarg, 1, 1024); break;
-    case O_HOLD: opt_hold = 1; break;
-    case O_SECONDS: opt_seconds = ex_parse_num("--seconds", optarg, 1, 86400); break;
-    case O_ECHO: opt_echo = 1; break;
-    case O_CHURN: opt_churn = (double)ex_parse_num("--churn", optarg, 1, 10000000); break;
-    case O_JSON: opt_json = 1; break;
+    case O_CONNS: opts.conns = ex_parse_num("--conns", optarg, 0, 100000000); break;
+    case O_PROCS: opts.procs = ex_parse_num("--procs", optarg, 1, 1024); break;
+    case O_HOLD: opts.hold = 1; break;
+    case O_SECONDS: opts.seconds = ex_parse_num("--seconds", optarg, 1, 86400); break;
+    case O_ECHO: opts.echo = 1; break;
+    case O_CHURN: opts.churn = (double)ex_parse_num("--churn", optarg, 1, 10000000); break;
+    case O_JSON: opts.json = 1; break;
     case O_HELP: usage(stdout); return 0;
     default:
       if (optopt)
@@ -845,45 +596,45 @@ int main(int argc, char **argv) {
   }
   if (optind < argc)
     ex_usage_error("unexpected argument '%s'; see --help", argv[optind]);
-  if (opt_seconds == 0)
-    opt_seconds = opt_hold || opt_churn > 0 ? 10 : 60;
+  if (opts.seconds == 0)
+    opts.seconds = opts.hold || opts.churn > 0 ? 10 : 60;
 
-  if (uvip_addrs_new(&targets) != 0 || uvip_addrs_new(&sources) != 0)
+  if (uvip_addrs_new(&opts.targets) != 0 || uvip_addrs_new(&opts.sources) != 0)
     ex_usage_error("out of memory");
   if (ntspecs == 0)
     tspecs[ntspecs++] = DEFAULT_TARGET;
   for (i = 0; i < ntspecs; i++)
-    ex_parse_spec("--target", targets, tspecs[i], port);
+    ex_parse_spec("--target", opts.targets, tspecs[i], port);
   for (i = 0; i < nsspecs; i++)
-    ex_parse_spec("--sources", sources, sspecs[i], 0);
-  for (i = 0; i < uvip_addrs_count(sources); i++) {
-    const struct sockaddr *sa = uvip_addrs_at(sources, i);
+    ex_parse_spec("--sources", opts.sources, sspecs[i], 0);
+  for (i = 0; i < uvip_addrs_count(opts.sources); i++) {
+    const struct sockaddr *sa = uvip_addrs_at(opts.sources, i);
     if ((sa->sa_family == AF_INET &&
          ((const struct sockaddr_in *)sa)->sin_port != 0) ||
         (sa->sa_family == AF_INET6 &&
          ((const struct sockaddr_in6 *)sa)->sin6_port != 0))
       ex_usage_error("--sources: addresses take no port (the kernel picks it)");
   }
-  ntargets = uvip_addrs_count(targets);
+  opts.ntargets = uvip_addrs_count(opts.targets);
   check_fd_limit();
   signal(SIGPIPE, SIG_IGN);
 
-  nreps = opt_procs;
-  reps = calloc(nreps, sizeof(*reps));
-  if (reps == NULL)
+  tally.nreps = opts.procs;
+  tally.reps = calloc(tally.nreps, sizeof(*tally.reps));
+  if (tally.reps == NULL)
     ex_usage_error("out of memory");
-  if (opt_procs == 1) {
+  if (opts.procs == 1) {
     rc = run_worker(0, 1);
     if (rc == 0) {
-      got_final_all = 1;
-      rc = print_summary();
+      tally.got_final_all = 1;
+      rc = lg_print_summary(&tally, &opts, uv_now(loop) - t0);
     }
   } else {
     rc = run_parent();
   }
   uv_loop_close(uv_default_loop());
-  uvip_addrs_free(targets);
-  uvip_addrs_free(sources);
-  free(reps);
+  uvip_addrs_free(opts.targets);
+  uvip_addrs_free(opts.sources);
+  free(tally.reps);
   return rc;
 }
