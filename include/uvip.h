@@ -188,7 +188,17 @@ int uvip_server_listen(uvip_server_t *server, uvip_connection_cb cb,
 int uvip_server_stop(uvip_server_t *server);
 
 /* Closes every open connection of the server (as uvip_conn_close() with no
- * callback would). Connection close callbacks still run. */
+ * callback would). Connection close callbacks still run. With workers
+ * (<uvip/workers.h>), every running worker is also told to close the
+ * connections it holds (those handed to it, or in REUSEPORT mode accepted
+ * by it), with the server's conn_close_cb, on its own loop: this returns
+ * before they are closed, their close callbacks run on their worker, and
+ * their slots come back to the caps and to uvip_workers_stats() as the
+ * closes are reported. The workers keep accepting new connections. Not
+ * needed once uvip_workers_close() was called (it closes them all).
+ * Returns 0; UV_EINVAL for NULL; or the first error met telling a worker
+ * process (the other workers are still told; that one keeps its
+ * connections). */
 int uvip_server_close_conns(uvip_server_t *server);
 
 /* Stops the server (uvip_server_stop()) and, once every connection has been

@@ -120,6 +120,10 @@ struct uvip_server_s {
    * negative error (the scheduler closes the descriptor). */
   int (*handoff_dispatch)(uvip_server_t *server, uvip_vip_t *vip, int fd);
   void (*remote_closed)(uvip_conn_t *conn);
+  /* Set while the server has workers (any balance mode): their connections
+   * are on no list of this server, so uvip_server_close_conns() asks the
+   * workers to close them. Returns 0 or the first error. */
+  int (*remote_close_conns)(uvip_server_t *server);
   void *handoff_ctx;
   bool listening, stopped, closing;
   int handles_open;     /* scheduler handles not yet closed */

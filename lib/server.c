@@ -199,7 +199,7 @@ UVIP_EXPORT int uvip_server_close_conns(uvip_server_t *s) {
   UVIP_CHECK_ARG(s == NULL);
   for (size_t i = 0; i < s->nvips; i++)
     uvip__conn_close_all(s->vips[i]->conns, s->opts.conn_close_cb);
-  return 0;
+  return s->remote_close_conns ? s->remote_close_conns(s) : 0;
 }
 
 void uvip__server_release(uvip_server_t *s, uvip_vip_t *v) {

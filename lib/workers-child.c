@@ -329,20 +329,33 @@ static void take_conn(const uvip__msg_t *m) {
   ch.ws->cb(ch.shell, c);
 }
 
-static void stop(void) {
-  uvip_workers_t *ws = ch.ws;
-  if (ch.stopping)
-    return;
-  ch.stopping = true;
-  uvip__conn_close_all(ch.conns, ws->server->opts.conn_close_cb);
-  if (ws->opts.exit_cb)
-    ws->opts.exit_cb(&ch.loop, ch.wk->index, ws->opts.arg);
-  want_flush();
+/* Both orders close everything we hold: handed-over connections are on
+ * our list, REUSEPORT ones on our own server. Their releases go out with
+ * the next flush. */
+static void close_conns(void) {
+  uvip__conn_close_all(ch.conns, ch.ws->server->opts.conn_close_cb);
+  if (ch.own)
+    uvip_server_close_conns(ch.own);
 }
 
 static void on_own_closed(uvip_server_t *s) {
   (void)s;
   ch.own_closed = true;
+  want_flush();
+}
+
+static void stop(void) {
+  uvip_workers_t *ws = ch.ws;
+  if (ch.stopping)
+    return;
+  ch.stopping = true;
+  /* The last counts reported are those from before the stop. */
+  send_stats();
+  close_conns();
+  if (ch.own)
+    uvip_server_close(ch.own, on_own_closed);
+  if (ws->opts.exit_cb)
+    ws->opts.exit_cb(&ch.loop, ch.wk->index, ws->opts.arg);
   want_flush();
 }
 
@@ -374,16 +387,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       continue;
     memcpy(&m, ch.part, sizeof(m));
     ch.plen = 0;
-    if (m.kind == UVIP__MSG_CONN && !ch.stopping)
-      take_conn(&m);
-    else if (m.kind == UVIP__MSG_STOP) {
+    if (m.kind == UVIP__MSG_STOP)
       stop();
-      if (ch.own) {
-        send_stats();
-        uvip_server_close_conns(ch.own);
-        uvip_server_close(ch.own, on_own_closed);
-      }
-    }
+    else if (ch.stopping)
+      continue; /* everything is closing already */
+    else if (m.kind == UVIP__MSG_CONN)
+      take_conn(&m);
+    else if (m.kind == UVIP__MSG_CLOSE_CONNS)
+      close_conns();
   }
 }
 

@@ -50,11 +50,16 @@ struct uvip__wk {
   /* Threads. */
   uv_thread_t thread;
   uv_loop_t *loop;
-  uv_async_t *async; /* wakes the worker: new descriptors or stop */
+  uv_async_t *async; /* wakes the worker: new descriptors or an order */
   uv_mutex_t lock;
   struct { uvip_vip_t *vip; int fd; } *queue;
   size_t qlen, qcap;
   bool stop;
+  /* An order to close the connections, to be carried out before queue
+   * entry close_at: those handed over before the order are closed too,
+   * those handed over after it are not. */
+  bool close_order;
+  size_t close_at;
   uvip_conn_t *conns;    /* the worker's open connections */
   uvip_server_t *own;    /* REUSEPORT: the worker's own server */
   uint64_t rp_active, rp_handed; /* REUSEPORT counts, under lock */
@@ -101,8 +106,9 @@ struct uvip_workers_s {
   int handles_open;
 };
 
-/* What goes over a worker process's pipe. Parent to child: */
-enum { UVIP__MSG_CONN = 1, UVIP__MSG_STOP = 2 };
+/* What goes over a worker process's pipe. Parent to child. STOP and
+ * CLOSE_CONNS are also the orders given to thread workers. */
+enum { UVIP__MSG_CONN = 1, UVIP__MSG_STOP = 2, UVIP__MSG_CLOSE_CONNS = 3 };
 typedef struct {
   uint32_t kind;
   uint32_t id; /* VIP id */
@@ -145,7 +151,8 @@ int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
 /* workers-thread.c */
 int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen);
 int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd);
-void uvip__wk_thread_stop(uvip__wk_t *wk);
+/* kind: UVIP__MSG_STOP or UVIP__MSG_CLOSE_CONNS. */
+void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind);
 void uvip__wk_thread_remote_closed(uvip_conn_t *c);
 void uvip__wk_thread_on_inbox(uv_async_t *a);
 void uvip__wk_thread_free(uvip__wk_t *wk);
@@ -154,7 +161,9 @@ void uvip__wk_thread_free(uvip__wk_t *wk);
 int uvip__wk_proc_start(uvip__wk_t *wk, char *errbuf, size_t errlen);
 int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
                            int fd);
-void uvip__wk_proc_stop(uvip__wk_t *wk);
+/* kind: UVIP__MSG_STOP (a worker that cannot be told is killed) or
+ * UVIP__MSG_CLOSE_CONNS. Returns 0 or the error of sending it. */
+int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind);
 void uvip__wk_proc_kill(uvip__wk_t *wk);
 void uvip__wk_proc_reap(uvip__wk_t *wk);
 void uvip__wk_proc_on_sigchld(uv_signal_t *h, int signum);

@@ -268,20 +268,34 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
   return 0;
 }
 
-static void free_req(uv_write_t *req, int status) {
+typedef struct {
+  uv_write_t req;
+  uvip__msg_t msg;
+} order_t;
+
+static void free_order(uv_write_t *req, int status) {
   (void)status;
-  free(req);
+  free(UVIP_CONTAINER_OF(req, order_t, req));
 }
 
-void uvip__wk_proc_stop(uvip__wk_t *wk) {
-  static const uvip__msg_t stop = {.kind = UVIP__MSG_STOP};
-  uv_write_t *req = malloc(sizeof(*req));
-  uv_buf_t buf = uv_buf_init((char *)&stop, sizeof(stop));
-  if (req && uv_write(req, (uv_stream_t *)wk->pipe, &buf, 1, free_req) == 0)
-    return;
-  free(req);
-  /* Cannot ask it to stop: stop it. Its pipe then reports EOF. */
-  kill(wk->pid, SIGKILL);
+int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind) {
+  order_t *o = calloc(1, sizeof(*o));
+  uv_buf_t buf;
+  int r = UV_ENOMEM;
+  if (o) {
+    o->msg.kind = kind;
+    buf = uv_buf_init((char *)&o->msg, sizeof(o->msg));
+    if ((r = uv_write(&o->req, (uv_stream_t *)wk->pipe, &buf, 1,
+                      free_order)) == 0)
+      return 0;
+    free(o);
+  }
+  /* Cannot ask it to stop: stop it. Its pipe then reports EOF. A worker
+   * that cannot be asked to close its connections keeps running: the
+   * caller hears of it. */
+  if (kind == UVIP__MSG_STOP)
+    kill(wk->pid, SIGKILL);
+  return r;
 }
 
 /* At the end: the child closed its pipe as its last act, so it is

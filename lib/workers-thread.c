@@ -100,12 +100,21 @@ static void on_publish(uv_timer_t *t) { publish(t->data); }
 
 static void on_own_closed(uvip_server_t *s) { (void)s; }
 
+/* Both orders close everything the worker holds: handed-over connections
+ * are on its list, REUSEPORT ones on its own server. */
+static void close_conns(uvip__wk_t *wk) {
+  uvip__conn_close_all(wk->conns, wk->ws->server->opts.conn_close_cb);
+  if (wk->own)
+    uvip_server_close_conns(wk->own);
+}
+
 static void do_stop(uvip__wk_t *wk) {
   uvip_workers_t *ws = wk->ws;
-  uvip__conn_close_all(wk->conns, ws->server->opts.conn_close_cb);
-  if (wk->own) {
+  /* The last counts reported are those from before the stop. */
+  if (wk->own)
     publish(wk);
-    uvip_server_close_conns(wk->own);
+  close_conns(wk);
+  if (wk->own) {
     uvip_server_close(wk->own, on_own_closed);
     wk->own = NULL;
     uv_close((uv_handle_t *)wk->rp_timer, free_handle);
@@ -116,23 +125,10 @@ static void do_stop(uvip__wk_t *wk) {
   uv_close((uv_handle_t *)wk->async, free_handle);
 }
 
-/* On the worker: new descriptors, or the order to stop. */
-static void on_wk_async(uv_async_t *a) {
-  uvip__wk_t *wk = a->data;
+static void take(uvip__wk_t *wk, __typeof__(wk->queue) items, size_t from,
+                 size_t to) {
   uvip_workers_t *ws = wk->ws;
-  size_t n;
-  bool stop;
-  __typeof__(wk->queue) items;
-
-  uv_mutex_lock(&wk->lock);
-  items = wk->queue;
-  n = wk->qlen;
-  wk->queue = NULL;
-  wk->qlen = wk->qcap = 0;
-  stop = wk->stop;
-  uv_mutex_unlock(&wk->lock);
-
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = from; i < to; i++) {
     uvip_conn_t *c;
     if (uvip__conn_new(wk->loop, items[i].vip, items[i].fd, &c) != 0) {
       post(ws, UVIP__POST_FAILED, wk->index, items[i].vip);
@@ -141,6 +137,33 @@ static void on_wk_async(uv_async_t *a) {
     uvip__conn_list_add(&wk->conns, c);
     ws->cb(ws->server, c);
   }
+}
+
+/* On the worker: new descriptors, or orders. */
+static void on_wk_async(uv_async_t *a) {
+  uvip__wk_t *wk = a->data;
+  size_t n, close_at, from = 0;
+  bool stop, close_now;
+  __typeof__(wk->queue) items;
+
+  uv_mutex_lock(&wk->lock);
+  items = wk->queue;
+  n = wk->qlen;
+  wk->queue = NULL;
+  wk->qlen = wk->qcap = 0;
+  stop = wk->stop;
+  close_now = wk->close_order;
+  close_at = wk->close_at;
+  wk->close_order = false;
+  uv_mutex_unlock(&wk->lock);
+
+  /* In the order they were given, as a worker process reads them. */
+  if (close_now) {
+    take(wk, items, 0, close_at);
+    close_conns(wk);
+    from = close_at;
+  }
+  take(wk, items, from, n);
   free(items);
   if (stop && !uv_is_closing((uv_handle_t *)a))
     do_stop(wk);
@@ -254,10 +277,16 @@ int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd) {
   return 0;
 }
 
-void uvip__wk_thread_stop(uvip__wk_t *wk) {
+void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind) {
   uv_mutex_lock(&wk->lock);
+  /* A stopped worker closes its async handle: nothing may follow. */
   if (!wk->stop) {
-    wk->stop = true;
+    if (kind == UVIP__MSG_STOP) {
+      wk->stop = true;
+    } else {
+      wk->close_order = true;
+      wk->close_at = wk->qlen;
+    }
     uv_async_send(wk->async);
   }
   uv_mutex_unlock(&wk->lock);
@@ -266,7 +295,7 @@ void uvip__wk_thread_stop(uvip__wk_t *wk) {
 /* Stops (if needed), joins and frees a worker's thread and loop. */
 void uvip__wk_thread_free(uvip__wk_t *wk) {
   if (wk->started && !wk->joined) {
-    uvip__wk_thread_stop(wk);
+    uvip__wk_thread_order(wk, UVIP__MSG_STOP);
     uv_thread_join(&wk->thread);
     wk->joined = true;
     free(wk->loop);

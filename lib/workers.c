@@ -239,6 +239,32 @@ static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
   return r;
 }
 
+/* Gives an order (UVIP__MSG_STOP or _CLOSE_CONNS) to every running worker;
+ * returns the first error, the others still get theirs. */
+static int order_all(uvip_workers_t *ws, uint32_t kind) {
+  int r, first = 0;
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    if (!wk->started || wk->exited)
+      continue;
+    if (ws->opts.mode == UVIP_WORKER_THREAD)
+      uvip__wk_thread_order(wk, kind);
+    else if ((r = uvip__wk_proc_order(wk, kind)) != 0 && first == 0)
+      first = r;
+  }
+  return first;
+}
+
+/* The server's remote_close_conns: the workers close what they hold on
+ * their own loops, and give the slots back through the usual releases. */
+static int close_conns(uvip_server_t *s) {
+  uvip_workers_t *ws = s->handoff_ctx;
+  /* Closing workers close everything anyway, and may be past hearing. */
+  if (ws->closing)
+    return 0;
+  return order_all(ws, UVIP__MSG_CLOSE_CONNS);
+}
+
 static uint64_t default_max(void) {
   struct rlimit rl;
   uint64_t hard = 1u << 20;
@@ -288,6 +314,7 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
     uv_mutex_init(&ws->wk[i].lock);
   }
   server->handoff_ctx = ws;
+  server->remote_close_conns = close_conns;
   *out = ws;
   return 0;
 }
@@ -437,6 +464,7 @@ static void finish(uvip_workers_t *ws) {
   s->handoff_has_room = NULL;
   s->handoff_dispatch = NULL;
   s->remote_closed = NULL;
+  s->remote_close_conns = NULL;
   s->handoff_ctx = NULL;
   /* The counters stay readable from the callback. */
   if (ws->close_cb)
@@ -495,15 +523,7 @@ UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
   ws->closing = true;
   ws->close_cb = cb;
   uvip_server_stop(ws->server);
-  for (unsigned i = 0; i < ws->n; i++) {
-    uvip__wk_t *wk = &ws->wk[i];
-    if (!wk->started || wk->exited)
-      continue;
-    if (ws->opts.mode == UVIP_WORKER_THREAD)
-      uvip__wk_thread_stop(wk);
-    else
-      uvip__wk_proc_stop(wk);
-  }
+  order_all(ws, UVIP__MSG_STOP);
   /* The callback must come from the loop even when nothing is running. */
   uv_idle_init(ws->loop, &ws->closer);
   ws->closer.data = ws;

@@ -1,7 +1,7 @@
 /* Worker threads and processes: hand-off, balance modes, backpressure, a
- * killed worker process, restart, closing. Deterministic: loops are driven
- * for a bounded number of turns; waits on client sockets are bounded too
- * and never asserted on.
+ * killed worker process, restart, closing the connections, closing.
+ * Deterministic: loops are driven for a bounded number of turns; waits on
+ * client sockets are bounded too and never asserted on.
  * SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -69,13 +69,16 @@ typedef struct {
 static void start(fixture_t *f, const char *spec, int mode, int balance,
                   unsigned n, uint64_t max_per_worker) {
   uvip_workers_options_t o;
+  uvip_server_options_t so;
   char err[256] = "";
   uvip_addrs_t *a;
   memset(f, 0, sizeof(*f));
   f->port = th_free_port();
   a = th_addrs(spec, f->port);
   ck_assert_int_eq(uv_loop_init(&f->loop), 0);
-  ck_assert_int_eq(uvip_server_new(&f->loop, a, NULL, &f->server), 0);
+  uvip_server_options_init(&so);
+  so.conn_close_cb = t_closed; /* counts what the library closes too */
+  ck_assert_int_eq(uvip_server_new(&f->loop, a, &so, &f->server), 0);
   uvip_addrs_free(a);
   uvip_server_set_data(f->server, &marker);
   uvip_workers_options_init(&o);
@@ -101,6 +104,9 @@ static void finish(fixture_t *f) {
   closing = f;
   ck_assert_int_eq(uvip_workers_close(f->workers, on_workers_closed), 0);
   ck_assert_int_eq(uvip_workers_close(f->workers, NULL), UV_EALREADY);
+  /* Stopping workers are not given the order (a stopped thread's async
+   * handle is gone). */
+  ck_assert_int_eq(uvip_server_close_conns(f->server), 0);
   th_run_until(&f->loop, &f->closed, MAX_TURNS);
   for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
     uv_run(&f->loop, UV_RUN_ONCE);
@@ -470,6 +476,115 @@ END_TEST
 START_TEST(test_process_reuseport) { reuseport(UVIP_WORKER_PROCESS); }
 END_TEST
 
+static uint64_t workers_active(fixture_t *f) {
+  uint64_t n = 0;
+  for (unsigned w = 0; w < uvip_workers_count(f->workers); w++)
+    n += wstats(f, w).active;
+  return n;
+}
+
+/* Without blocking in the acceptor's loop: in REUSEPORT mode nothing may
+ * wake it, and the counts come from the workers' periodic reports. */
+static void run_until_workers_hold(fixture_t *f, uint64_t n) {
+  for (int i = 0; i < MAX_TURNS && workers_active(f) != n; i++) {
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    usleep(5000);
+  }
+  ck_assert_uint_eq(workers_active(f), n);
+}
+
+/* The server's end of fd went away: EOF, or a reset. */
+static void expect_closed(fixture_t *f, int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  char c;
+  for (int i = 0; i < 200 && poll(&p, 1, 50) == 0; i++)
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+  ssize_t k = recv(fd, &c, 1, MSG_DONTWAIT);
+  ck_assert_msg(k == 0 || (k < 0 && errno == ECONNRESET), "recv: %zd %s", k,
+                k < 0 ? strerror(errno) : "(data)");
+}
+
+/* uvip_server_close_conns() reaches the connections the workers hold: the
+ * clients see them end, every slot comes back, and the workers keep
+ * accepting and serving. */
+#define NCLOSE 6
+static void close_conns(int mode, int balance) {
+  fixture_t f;
+  int fds[NCLOSE + 1];
+  bool reuseport = balance == UVIP_BALANCE_REUSEPORT;
+  nconns = nclosed = 0;
+  start(&f, "127.0.0.1-127.0.0.2", mode, balance, 2, 0);
+  for (int i = 0; i < NCLOSE; i++) {
+    fds[i] = connect_vip(&f, 1 + i % 2);
+    echo(&f, fds[i], 'c', 1 + i % 2); /* a worker has it */
+  }
+  run_until_workers_hold(&f, NCLOSE);
+  if (!reuseport)
+    ck_assert_uint_eq(active(&f), NCLOSE);
+  ck_assert_int_eq(uvip_server_close_conns(f.server), 0);
+  for (int i = 0; i < NCLOSE; i++) {
+    expect_closed(&f, fds[i]);
+    close(fds[i]);
+  }
+  run_until_workers_hold(&f, 0);
+  if (!reuseport) {
+    uvip_vip_stats_t st;
+    run_until_active(&f, 0);
+    ck_assert_int_eq(uvip_server_stats(f.server, &st), 0);
+    ck_assert_uint_eq(st.accepted, NCLOSE);
+    ck_assert_uint_eq(st.closed, NCLOSE);
+  }
+  if (mode == UVIP_WORKER_THREAD)
+    ck_assert_int_eq(__atomic_load_n(&nclosed, __ATOMIC_SEQ_CST), NCLOSE);
+  uint64_t handed = 0;
+  for (unsigned w = 0; w < 2; w++) {
+    ck_assert_int_eq(wstats(&f, w).alive, 1);
+    handed += wstats(&f, w).handed;
+  }
+  ck_assert_uint_eq(handed, NCLOSE);
+  /* Not a stop: a new connection is still taken and served. */
+  fds[NCLOSE] = connect_vip(&f, 2);
+  echo(&f, fds[NCLOSE], 'n', 2);
+  run_until_workers_hold(&f, 1);
+  if (!reuseport)
+    ck_assert_uint_eq(accepted(&f), NCLOSE + 1);
+  close(fds[NCLOSE]);
+  run_until_workers_hold(&f, 0);
+  finish(&f);
+  if (mode == UVIP_WORKER_THREAD)
+    ck_assert_int_eq(__atomic_load_n(&nconns, __ATOMIC_SEQ_CST), NCLOSE + 1);
+}
+
+START_TEST(test_thread_exact_close_conns) {
+  close_conns(UVIP_WORKER_THREAD, UVIP_BALANCE_EXACT);
+}
+END_TEST
+
+START_TEST(test_thread_round_robin_close_conns) {
+  close_conns(UVIP_WORKER_THREAD, UVIP_BALANCE_ROUND_ROBIN);
+}
+END_TEST
+
+START_TEST(test_thread_reuseport_close_conns) {
+  close_conns(UVIP_WORKER_THREAD, UVIP_BALANCE_REUSEPORT);
+}
+END_TEST
+
+START_TEST(test_process_exact_close_conns) {
+  close_conns(UVIP_WORKER_PROCESS, UVIP_BALANCE_EXACT);
+}
+END_TEST
+
+START_TEST(test_process_round_robin_close_conns) {
+  close_conns(UVIP_WORKER_PROCESS, UVIP_BALANCE_ROUND_ROBIN);
+}
+END_TEST
+
+START_TEST(test_process_reuseport_close_conns) {
+  close_conns(UVIP_WORKER_PROCESS, UVIP_BALANCE_REUSEPORT);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("workers");
   TCase *tc = tcase_create("workers");
@@ -484,6 +599,12 @@ int main(void) {
   tcase_add_test(tc, test_process_backpressure);
   tcase_add_test(tc, test_process_kill_restart);
   tcase_add_test(tc, test_process_reuseport);
+  tcase_add_test(tc, test_thread_exact_close_conns);
+  tcase_add_test(tc, test_thread_round_robin_close_conns);
+  tcase_add_test(tc, test_thread_reuseport_close_conns);
+  tcase_add_test(tc, test_process_exact_close_conns);
+  tcase_add_test(tc, test_process_round_robin_close_conns);
+  tcase_add_test(tc, test_process_reuseport_close_conns);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -34,7 +34,9 @@
  * Call no other uvip_server_* or uvip_vip_* function from a worker. The
  * worker loop's `data` field belongs to the library. The server's
  * conn_close_cb runs, on the worker, for the connections closed when the
- * workers are closed.
+ * workers are closed or by uvip_server_close_conns() on the acceptor's
+ * loop, which reaches the workers' connections asynchronously (see
+ * <uvip.h>).
  */
 #ifndef UVIP_WORKERS_H
 #define UVIP_WORKERS_H
