@@ -174,9 +174,11 @@ static void on_workers_closed(uvip_workers_t *w) {
   uvip_server_close(g_server, on_server_closed);
 }
 
-/* Workers cannot be told to stop gracefully one by one: the acceptor stops
- * accepting, waits until their connections are gone (idle keep-alive ones
- * end at their timeout) or the shutdown timeout passes, then closes them. */
+/* A graceful stop with workers: the acceptor stops accepting and raises
+ * the shared stop flag; each worker, on its next tick, closes its idle
+ * connections and answers the rest with Connection: close. The acceptor
+ * waits until their connections are gone or the shutdown timeout passes,
+ * then closes the workers. */
 static void on_drain(uv_timer_t *t) {
   uint64_t active = 0;
   for (unsigned int i = 0; i < uvip_workers_count(g_workers); i++) {
@@ -222,6 +224,7 @@ static void on_signal(int signum) {
   }
   if (g_workers) {
     uvip_server_stop(g_server);
+    http_shared_set_stopping(g_shared);
     g_drain_deadline = uv_now(g_drain.loop) + g_cfg.shutdown_timeout_ms;
     uv_timer_start(&g_drain, on_drain, 0, 50);
     return;

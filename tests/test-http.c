@@ -631,6 +631,39 @@ START_TEST(test_graceful_stop) {
 }
 END_TEST
 
+/* With workers too, idle keep-alive connections must not hold the stop
+ * up: with both timeouts at a minute, the server has to close them and exit
+ * within srv_stop()'s bound. */
+static void check_graceful_workers(const char *mode) {
+  const char *extra[] = {"--workers", "2", "--worker-mode", mode,
+                         "--shutdown-timeout-ms", "60000",
+                         "--keepalive-timeout-ms", "60000", NULL};
+  int held[4], i;
+  srv_start(extra);
+  for (i = 0; i < 4; i++) {
+    held[i] = conn_to(i % 2 ? "127.0.0.2" : "127.0.0.1");
+    keepalive_roundtrip(held[i]);
+  }
+  srv_stop();
+  for (i = 0; i < 4; i++) {
+    char buf[64];
+    size_t len = 0;
+    ck_assert_int_eq(recv_until(held[i], buf, sizeof(buf), &len, NULL), 1);
+    ck_assert_uint_eq(len, 0);
+    close(held[i]);
+  }
+}
+
+START_TEST(test_graceful_stop_workers_thread) {
+  check_graceful_workers("thread");
+}
+END_TEST
+
+START_TEST(test_graceful_stop_workers_process) {
+  check_graceful_workers("process");
+}
+END_TEST
+
 /* Workers (threads or processes): every connection is served, and /metrics
  * from any worker shows all workers' connections and the acceptor's VIP
  * counters (published every 250 ms, so polled for a bounded while). */
@@ -723,6 +756,8 @@ int main(void) {
   tcase_add_test(tc, test_bad_args);
   tcase_add_test(tc, test_workers_thread);
   tcase_add_test(tc, test_workers_process);
+  tcase_add_test(tc, test_graceful_stop_workers_thread);
+  tcase_add_test(tc, test_graceful_stop_workers_process);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -208,6 +208,10 @@ void http_shared_publish_server(http_shared_t *sh, uvip_server_t *server,
 /* Worker: copies its counters into its slot. */
 void http_shared_publish_worker(http_shared_t *sh, unsigned int worker,
                                 const http_counters_t *c);
+/* Acceptor: asks every worker to stop gracefully (http_server_tick()
+ * notices it). Worker: whether that was asked. No lock needed. */
+void http_shared_set_stopping(http_shared_t *sh);
+int http_shared_stopping(http_shared_t *sh);
 /* Readers, with the lock held. */
 size_t http_shared_vip_count(const http_shared_t *sh);
 const http_shared_vip_t *http_shared_vip(const http_shared_t *sh, size_t i);

@@ -415,6 +415,23 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
   (void)conn_read_start(hc);
 }
 
+/* From now on every response says Connection: close. Connections between
+ * requests close now; the others close after their response, or at the
+ * grace timeout (without workers) or when the workers are closed. */
+static void stop_gracefully(http_server_t *hs) {
+  int i;
+  hs->ctx.stopping = 1;
+  for (i = 0; i < TQ_COUNT; i++) {
+    http_conn_t *hc = hs->tq[i].head, *next;
+    for (; hc; hc = next) {
+      next = hc->next;
+      if (!http_session_in_message(&hc->s) && !(hc->flags & CF_WRITING) &&
+          !hc->in)
+        conn_close(hc);
+    }
+  }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Timeouts                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -439,8 +456,13 @@ static void on_tick(uv_timer_t *t) {
   uint64_t now = uv_now(hs->loop);
   int i;
   http_ctx_set_time(&hs->ctx, time(NULL));
-  if (hs->ctx.shared)
+  if (hs->ctx.shared) {
+    /* A worker learns of a stop here: the workers API has no per-worker
+     * graceful stop, only the final close. */
+    if (!hs->ctx.stopping && http_shared_stopping(hs->ctx.shared))
+      stop_gracefully(hs);
     http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
+  }
   for (i = 0; i < TQ_COUNT; i++) {
     http_conn_t *hc;
     /* A connection taken from a queue goes back to a queue only with a
@@ -546,23 +568,11 @@ static void on_grace(uv_timer_t *t) {
 }
 
 void http_server_shutdown(http_server_t *hs, void (*cb)(http_server_t *hs)) {
-  int i;
   if (hs->shutting_down)
     return;
   hs->shutting_down = 1;
-  hs->ctx.stopping = 1;
   hs->done_cb = cb;
-  /* Connections between requests close now; the others get their
-   * response with Connection: close, or are closed at the grace timeout. */
-  for (i = 0; i < TQ_COUNT; i++) {
-    http_conn_t *hc = hs->tq[i].head, *next;
-    for (; hc; hc = next) {
-      next = hc->next;
-      if (!http_session_in_message(&hc->s) && !(hc->flags & CF_WRITING) &&
-          !hc->in)
-        conn_close(hc);
-    }
-  }
+  stop_gracefully(hs);
   uv_timer_start(&hs->grace, on_grace, at_least_1(hs->cfg.shutdown_timeout_ms),
                  0);
   if (uvip_server_close(hs->server, on_uvip_closed) != 0)

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -21,6 +22,9 @@
 
 struct http_shared_s {
   pthread_mutex_t lock;
+  /* Set by the acceptor on SIGTERM: workers stop gracefully on their next
+   * tick. Lock-free atomics work across processes in a shared mapping. */
+  atomic_int stopping;
   size_t nvips;
   unsigned int nworkers;
   http_shared_vip_t *vips;
@@ -54,6 +58,7 @@ int http_shared_new(size_t nvips, unsigned int nworkers,
   pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
   pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
   pthread_mutex_init(&sh->lock, &ma);
+  atomic_init(&sh->stopping, 0);
   pthread_mutexattr_destroy(&ma);
   *out = sh;
   return 0;
@@ -97,6 +102,14 @@ void http_shared_counters(const http_shared_t *sh, http_counters_t *sum) {
     sum->timeouts_idle += c->timeouts_idle;
     sum->write_stalls += c->write_stalls;
   }
+}
+
+void http_shared_set_stopping(http_shared_t *sh) {
+  atomic_store(&sh->stopping, 1);
+}
+
+int http_shared_stopping(http_shared_t *sh) {
+  return atomic_load(&sh->stopping);
 }
 
 void http_shared_publish_worker(http_shared_t *sh, unsigned int worker,
