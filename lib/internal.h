@@ -40,6 +40,13 @@ typedef union uvip__sa {
 /* addrs.c */
 socklen_t uvip__sa_len(const struct sockaddr *sa);
 int uvip__sa_equal(const struct sockaddr *a, const struct sockaddr *b);
+/* For the spec parser (addrs-parse.c). Makes room for `need` entries in
+ * total without changing the contents (0 or UV_ENOMEM). */
+int uvip__addrs_reserve(uvip_addrs_t *l, size_t need);
+/* Appends a normalized address, room reserved: 0 or UV_EEXIST. */
+int uvip__addrs_push(uvip_addrs_t *l, const uvip__sa_t *a);
+/* Drops the entries from index n on (undoes a failed parse). */
+void uvip__addrs_truncate(uvip_addrs_t *l, size_t n);
 
 /* procfs.c */
 /* Reads a small /proc file into buf, NUL terminated (empty on error). */
