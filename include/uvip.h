@@ -203,7 +203,10 @@ int uvip_server_close_conns(uvip_server_t *server);
 
 /* Stops the server (uvip_server_stop()) and, once every connection has been
  * closed by the application (or by uvip_server_close_conns()), calls cb and
- * frees the server and its VIPs. Call it once. */
+ * frees the server and its VIPs. Call it once (UV_EALREADY after that).
+ * UV_EBUSY, with nothing changed, while workers (<uvip/workers.h>) or a live
+ * pool (<uvip/provision.h>) are still attached to the server: close those
+ * first, and close the server from their close callback. */
 int uvip_server_close(uvip_server_t *server, uvip_server_close_cb cb);
 
 uv_loop_t *uvip_server_loop(const uvip_server_t *server);

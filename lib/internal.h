@@ -132,6 +132,9 @@ struct uvip_server_s {
    * workers to close them. Returns 0 or the first error. */
   int (*remote_close_conns)(uvip_server_t *server);
   void *handoff_ctx;
+  /* Objects built on this server that must close before it (workers, live
+   * pool): uvip_server_close() is UV_EBUSY while any is attached. */
+  int attached;
   bool listening, stopped, closing;
   int handles_open;     /* scheduler handles not yet closed */
   size_t draining_vips; /* removed VIPs still waiting for connections */
@@ -139,6 +142,11 @@ struct uvip_server_s {
 
 /* server.c */
 void uvip__server_maybe_finish_close(uvip_server_t *server);
+/* An object that uses the server (workers, live pool) registers at its
+ * creation and unregisters when its own close has finished, before its close
+ * callback runs (so that the callback may close the server). */
+void uvip__server_attach(uvip_server_t *server);
+void uvip__server_detach(uvip_server_t *server);
 /* Gives back the slot of one connection of vip (accounting, caps, drains,
  * close). Only on the server's loop thread. */
 void uvip__server_release(uvip_server_t *server, uvip_vip_t *vip);

@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,10 +222,19 @@ void uvip__server_maybe_finish_close(uvip_server_t *s) {
   free(s);
 }
 
+void uvip__server_attach(uvip_server_t *s) { s->attached++; }
+
+void uvip__server_detach(uvip_server_t *s) {
+  assert(s->attached > 0);
+  s->attached--;
+}
+
 UVIP_EXPORT int uvip_server_close(uvip_server_t *s, uvip_server_close_cb cb) {
   UVIP_CHECK_ARG(s == NULL);
   if (s->closing)
     return UV_EALREADY;
+  if (s->attached > 0)
+    return UV_EBUSY;
   uvip_server_stop(s);
   s->closing = true;
   s->close_cb = cb;
