@@ -202,8 +202,13 @@ int uvip_server_stop(uvip_server_t *server);
 int uvip_server_close_conns(uvip_server_t *server);
 
 /* Stops the server (uvip_server_stop()) and, once every connection has been
- * closed by the application (or by uvip_server_close_conns()), calls cb and
- * frees the server and its VIPs. Call it once (UV_EALREADY after that).
+ * closed by the application (or by uvip_server_close_conns()) and every
+ * removed VIP has finished draining (its drain callback ran), calls cb from
+ * the loop and frees the server and its VIPs. It may be called from any
+ * callback, in any order with remove_vip/close_conns/stop; cb runs exactly
+ * once and is the last call about the server. Call it once (UV_EALREADY
+ * after that). A listening server keeps its loop alive (also while parked
+ * at a cap), as a listening uv_tcp_t does; a stopped one does not.
  * UV_EBUSY, with nothing changed, while workers (<uvip/workers.h>) or a live
  * pool (<uvip/provision.h>) are still attached to the server: close those
  * first, and close the server from their close callback. */
@@ -223,13 +228,18 @@ uvip_vip_t *uvip_server_vip(const uvip_server_t *server, size_t i);
 int uvip_server_add_vip(uvip_server_t *server, const struct sockaddr *sa,
                         uvip_vip_t **out);
 
-/* Called when a removed VIP has no connections left (or its timeout ran out
- * and the rest were closed); the VIP is freed right after. */
+/* Called from the loop (never from inside uvip_server_remove_vip() nor from
+ * inside a connection's close callback) when a removed VIP has no
+ * connections left (or its timeout ran out and the rest were closed); the
+ * VIP has left the server's list and is freed right after. */
 typedef void (*uvip_vip_drain_cb)(uvip_vip_t *vip, int closed_by_timeout);
 
 /* Drains a VIP: closes its listener now, lets its connections finish, closes
  * those still open after timeout_ms (0 = wait for ever), then calls cb and
- * removes the VIP from the server. Other VIPs are not touched. */
+ * removes the VIP from the server. Other VIPs are not touched. Allowed while
+ * the server is closing (its close then waits for this drain). UV_EALREADY
+ * if the VIP is already draining; UV_ECANCELED once the server has
+ * nothing left to wait for and is finishing its close. */
 int uvip_server_remove_vip(uvip_server_t *server, uvip_vip_t *vip,
                            uint64_t timeout_ms, uvip_vip_drain_cb cb);
 
@@ -296,7 +306,10 @@ typedef void (*uvip_conn_close_cb)(uvip_conn_t *conn);
 
 /* The connection's libuv handle: use it with uv_read_start(), uv_write(),
  * uv_tcp_nodelay()... Its `data` field belongs to the application. Never
- * uv_close() it directly: close it with uvip_conn_close(). */
+ * uv_close() it directly: close it with uvip_conn_close(). A connection
+ * closed with uv_close() keeps its slot for ever (the server can then not
+ * finish closing); the library reports it on stderr, and uvip_conn_close()
+ * on it returns UV_EINVAL. */
 uv_tcp_t *uvip_conn_tcp(uvip_conn_t *conn);
 uv_stream_t *uvip_conn_stream(uvip_conn_t *conn);
 
@@ -307,8 +320,9 @@ uvip_conn_t *uvip_conn_from_tcp(uv_tcp_t *tcp);
 uvip_vip_t *uvip_conn_vip(const uvip_conn_t *conn);
 
 /* Closes the connection. Its slot is given back to the caps once the handle
- * is closed, then cb (if any) runs, then the memory is freed. Calling it
- * twice is UV_EALREADY. */
+ * is closed (the server's and VIP's counters already show it closed when cb
+ * runs), then cb (if any) runs, then the memory is freed. Calling it twice
+ * is UV_EALREADY; UV_EINVAL if the handle was closed with uv_close(). */
 int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb);
 
 #ifdef __cplusplus

@@ -8,6 +8,7 @@
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -67,20 +68,44 @@ static void on_closed(uv_handle_t *h) {
     return;
   }
   uvip__conn_list_del(&v->conns, c);
+  /* The slot first, so that the callback sees the server as it now is. What
+   * the release may end (a drain, the server) ends from the loop later, so
+   * the VIP and the server outlive the callback. */
+  uvip__server_release(s, v);
   if (c->close_cb)
     c->close_cb(c);
   free(c);
-  uvip__server_release(s, v);
 }
 
 uvip_conn_close_cb uvip__conn_user_close_cb(const uvip_conn_t *c) {
   return c->close_cb;
 }
 
+/* uv_close() called on the connection's handle instead of uvip_conn_close()
+ * (an easy slip when porting a libuv server): the slot cannot be given back
+ * and the server cannot finish closing. Said loudly, once per connection. */
+static void reported(uvip_conn_t *c) { (void)c; }
+
+static int closed_behind_our_back(uvip_conn_t *c) {
+  if (c->close_cb != reported) {
+    c->close_cb = reported; /* never called: marks it reported */
+    fprintf(stderr,
+            "uvip: connection %p was closed with uv_close(); close "
+            "connections with uvip_conn_close(), or its slot is never given "
+            "back\n",
+            (void *)c);
+  }
+  return UV_EINVAL;
+}
+
+static bool closing_by_us(const uvip_conn_t *c) {
+  return c->tcp.close_cb == on_closed;
+}
+
 UVIP_EXPORT int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb) {
   UVIP_CHECK_ARG(conn == NULL);
   if (uv_is_closing((uv_handle_t *)&conn->tcp))
-    return UV_EALREADY;
+    return closing_by_us(conn) ? UV_EALREADY : closed_behind_our_back(conn);
   conn->close_cb = cb;
   uv_close((uv_handle_t *)&conn->tcp, on_closed);
   return 0;
@@ -92,6 +117,8 @@ void uvip__conn_close_all(uvip_conn_t *list, uvip_conn_close_cb cb) {
     next = c->next;
     if (!uv_is_closing((uv_handle_t *)&c->tcp))
       uvip_conn_close(c, cb);
+    else if (!closing_by_us(c))
+      closed_behind_our_back(c);
   }
 }
 

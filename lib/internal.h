@@ -86,9 +86,12 @@ struct uvip_vip_s {
 
   /* Draining. */
   uvip_vip_drain_cb drain_cb;
+  /* Every removed VIP has one. Closing it is the one way a drain ends: its
+   * close callback (a deferred point in the loop) runs drain_cb and frees
+   * the VIP. */
   uv_timer_t *drain_timer;
   bool drain_timed_out;
-  bool drain_now; /* removed with no connections: finish from the loop */
+  bool drain_finishing; /* drain_timer is closing */
 };
 
 struct uvip_server_s {
@@ -107,6 +110,10 @@ struct uvip_server_s {
   uv_check_t check;    /* runs a scheduling pass after each poll phase */
   uv_idle_t idle;      /* keeps the loop from blocking while work remains */
   uv_timer_t backoff;  /* resource-exhaustion back-off */
+  /* Never signalled: referenced while the server listens, so that the loop
+   * stays alive when the poll handle is stopped at a cap (as a listening
+   * uv_tcp_t keeps it alive). */
+  uv_async_t keepalive;
   unsigned int backoff_cur_ms;
   bool backing_off;
   bool watching;
@@ -135,13 +142,24 @@ struct uvip_server_s {
   /* Objects built on this server that must close before it (workers, live
    * pool): uvip_server_close() is UV_EBUSY while any is attached. */
   int attached;
-  bool listening, stopped, closing;
-  int handles_open;     /* scheduler handles not yet closed */
-  size_t draining_vips; /* removed VIPs still waiting for connections */
+  /* Closing: `closing` is set by uvip_server_close(); once nothing holds
+   * the server (no connection, no draining VIP, nothing attached)
+   * uvip__server_try_finish() sets `finishing` and closes the handles; the
+   * close callback of the last one (libuv's closing queue, never a call
+   * chain that still uses the server) runs the server's close callback and
+   * frees it: uvip__server_finish(). */
+  bool listening, stopped, closing, finishing;
+  int handles_open;     /* scheduler handles closing */
+  size_t draining_vips; /* removed VIPs whose drain has not finished */
 };
 
 /* server.c */
-void uvip__server_maybe_finish_close(uvip_server_t *server);
+/* Starts the server's final close if it is closing and nothing holds it any
+ * more. Never runs a callback nor frees anything itself: safe anywhere. */
+void uvip__server_try_finish(uvip_server_t *server);
+/* From the last scheduler handle's close callback: the close callback, then
+ * free. */
+void uvip__server_finish(uvip_server_t *server);
 /* An object that uses the server (workers, live pool) registers at its
  * creation and unregisters when its own close has finished, before its close
  * callback runs (so that the callback may close the server). */
@@ -160,9 +178,12 @@ void uvip__sched_remove(uvip_server_t *server, uvip_vip_t *vip);
 void uvip__sched_slot_freed(uvip_server_t *server, uvip_vip_t *vip);
 /* Re-evaluates whether to accept (e.g. a worker has room again). */
 void uvip__sched_kick(uvip_server_t *server);
+/* References the keep-alive handle while the server listens. */
+void uvip__sched_keepalive(uvip_server_t *server, bool on);
+/* Closes the scheduler's handles; uvip__server_finish() follows from the
+ * last close callback. A server that never listened gets one idle handle
+ * for that, so that the callback still comes from the loop. */
 void uvip__sched_close(uvip_server_t *server);
-/* For a server that never listened: close callback from the loop. */
-void uvip__sched_close_deferred(uvip_server_t *server);
 
 /* conn.c */
 /* Wraps an accepted descriptor in a connection on `loop` (the server's loop

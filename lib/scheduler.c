@@ -17,6 +17,7 @@
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -334,6 +335,17 @@ void uvip__sched_kick(uvip_server_t *s) {
     kick(s);
 }
 
+static void on_keepalive(uv_async_t *handle) { (void)handle; }
+
+void uvip__sched_keepalive(uvip_server_t *s, bool on) {
+  if (s->epfd < 0)
+    return;
+  if (on)
+    uv_ref((uv_handle_t *)&s->keepalive);
+  else
+    uv_unref((uv_handle_t *)&s->keepalive);
+}
+
 int uvip__sched_init(uvip_server_t *s) {
   int r;
   s->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -348,7 +360,8 @@ int uvip__sched_init(uvip_server_t *s) {
   uv_check_init(s->loop, &s->check);
   uv_idle_init(s->loop, &s->idle);
   uv_timer_init(s->loop, &s->backoff);
-  s->handles_open = 4;
+  uv_async_init(s->loop, &s->keepalive, on_keepalive);
+  uv_unref((uv_handle_t *)&s->keepalive);
   s->backoff_cur_ms = s->opts.backoff_ms;
   return 0;
 }
@@ -376,29 +389,34 @@ void uvip__sched_remove(uvip_server_t *s, uvip_vip_t *v) {
 
 static void on_handle_closed(uv_handle_t *h) {
   uvip_server_t *s = h->data;
-  s->handles_open--;
-  uvip__server_maybe_finish_close(s);
+  assert(s->finishing && s->handles_open > 0);
+  if (--s->handles_open == 0)
+    uvip__server_finish(s);
 }
 
 void uvip__sched_close(uvip_server_t *s) {
-  if (s->epfd < 0)
+  assert(s->finishing && s->handles_open == 0);
+  if (s->epfd < 0) {
+    /* Never listened. */
+    uv_idle_init(s->loop, &s->idle);
+    s->idle.data = s;
+    s->handles_open = 1;
+    uv_close((uv_handle_t *)&s->idle, on_handle_closed);
     return;
+  }
+  s->handles_open = 5;
   s->epoll_watch.data = s;
   s->check.data = s;
   s->idle.data = s;
   s->backoff.data = s;
+  s->keepalive.data = s;
   uv_close((uv_handle_t *)&s->epoll_watch, on_handle_closed);
   uv_close((uv_handle_t *)&s->check, on_handle_closed);
   uv_close((uv_handle_t *)&s->idle, on_handle_closed);
   uv_close((uv_handle_t *)&s->backoff, on_handle_closed);
+  uv_close((uv_handle_t *)&s->keepalive, on_handle_closed);
+  /* The poll handle no longer watches it. */
   close(s->epfd);
   s->epfd = -1;
   s->watching = false;
-}
-
-void uvip__sched_close_deferred(uvip_server_t *s) {
-  uv_idle_init(s->loop, &s->idle);
-  s->idle.data = s;
-  s->handles_open = 1;
-  uv_close((uv_handle_t *)&s->idle, on_handle_closed);
 }

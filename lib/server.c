@@ -166,6 +166,7 @@ UVIP_EXPORT int uvip_server_listen(uvip_server_t *s, uvip_connection_cb cb,
   }
   s->connection_cb = cb;
   s->listening = true;
+  uvip__sched_keepalive(s, true);
   for (i = 0; i < s->nvips; i++) {
     uvip_vip_t *v = s->vips[i];
     if (v->state == UVIP_VIP_LISTENING && (r = uvip__sched_add(s, v)) != 0) {
@@ -192,6 +193,8 @@ UVIP_EXPORT int uvip_server_stop(uvip_server_t *s) {
     uv_idle_stop(&s->idle);
     uv_timer_stop(&s->backoff);
     s->watching = false;
+    if (s->listening)
+      uvip__sched_keepalive(s, false);
   }
   return 0;
 }
@@ -204,18 +207,27 @@ UVIP_EXPORT int uvip_server_close_conns(uvip_server_t *s) {
 }
 
 void uvip__server_release(uvip_server_t *s, uvip_vip_t *v) {
+  assert(v->stats.active > 0 && s->active > 0);
   v->stats.active--;
   v->stats.closed++;
   s->active--;
   uvip__sched_slot_freed(s, v);
   uvip__vip_maybe_finish_drain(v);
-  uvip__server_maybe_finish_close(s);
+  uvip__server_try_finish(s);
 }
 
-void uvip__server_maybe_finish_close(uvip_server_t *s) {
-  if (!s->closing || s->active > 0 || s->handles_open > 0 ||
-      s->draining_vips > 0)
+void uvip__server_try_finish(uvip_server_t *s) {
+  if (!s->closing || s->finishing || s->active > 0 || s->draining_vips > 0)
     return;
+  /* uvip_server_close() refuses while anything is attached. */
+  assert(s->attached == 0);
+  s->finishing = true;
+  uvip__sched_close(s);
+}
+
+void uvip__server_finish(uvip_server_t *s) {
+  assert(s->finishing && s->handles_open == 0 && s->active == 0 &&
+         s->draining_vips == 0);
   if (s->close_cb)
     s->close_cb(s);
   free_vips(s);
@@ -238,12 +250,9 @@ UVIP_EXPORT int uvip_server_close(uvip_server_t *s, uvip_server_close_cb cb) {
   uvip_server_stop(s);
   s->closing = true;
   s->close_cb = cb;
-  if (s->epfd >= 0)
-    uvip__sched_close(s);
-  else
-    /* Never listened: nothing asynchronous is pending, but the callback
-     * must still come from the loop, not from inside this call. */
-    uvip__sched_close_deferred(s);
+  /* Connections and draining VIPs finish first; each end calls
+   * uvip__server_try_finish() again. */
+  uvip__server_try_finish(s);
   return 0;
 }
 
@@ -300,40 +309,37 @@ UVIP_EXPORT int uvip_server_add_vip(uvip_server_t *s, const struct sockaddr *sa,
   return 0;
 }
 
-static void drain_timer_closed(uv_handle_t *h) { free(h); }
-
-static void vip_finish_drain(uvip_vip_t *v) {
+/* The drain timer's close callback: the one place a drain ends. */
+static void drain_closed(uv_handle_t *h) {
+  uvip_vip_t *v = h->data;
   uvip_server_t *s = v->server;
   size_t i;
+  assert(v->state == UVIP_VIP_DRAINING && v->drain_finishing &&
+         v->stats.active == 0 && s->draining_vips > 0);
+  free(h);
   for (i = 0; i < s->nvips && s->vips[i] != v; i++)
     ;
-  if (i < s->nvips) {
-    memmove(&s->vips[i], &s->vips[i + 1], (s->nvips - i - 1) * sizeof(v));
-    s->nvips--;
-  }
-  if (v->drain_timer) {
-    uv_close((uv_handle_t *)v->drain_timer, drain_timer_closed);
-    v->drain_timer = NULL;
-  }
+  assert(i < s->nvips);
+  memmove(&s->vips[i], &s->vips[i + 1], (s->nvips - i - 1) * sizeof(v));
+  s->nvips--;
   s->draining_vips--;
   if (v->drain_cb)
     v->drain_cb(v, v->drain_timed_out);
   free(v);
-  uvip__server_maybe_finish_close(s);
+  uvip__server_try_finish(s);
 }
 
 void uvip__vip_maybe_finish_drain(uvip_vip_t *v) {
-  if (v->state == UVIP_VIP_DRAINING && v->stats.active == 0 && !v->drain_now)
-    vip_finish_drain(v);
+  if (v->state != UVIP_VIP_DRAINING || v->stats.active > 0 ||
+      v->drain_finishing)
+    return;
+  v->drain_finishing = true;
+  uv_close((uv_handle_t *)v->drain_timer, drain_closed);
 }
 
 static void on_drain_timer(uv_timer_t *t) {
   uvip_vip_t *v = t->data;
-  if (v->stats.active == 0) {
-    v->drain_now = false;
-    vip_finish_drain(v);
-    return;
-  }
+  assert(v->state == UVIP_VIP_DRAINING && v->stats.active > 0);
   v->drain_timed_out = true;
   uvip__conn_close_all(v->conns, v->server->opts.conn_close_cb);
 }
@@ -344,21 +350,21 @@ UVIP_EXPORT int uvip_server_remove_vip(uvip_server_t *s, uvip_vip_t *v,
   UVIP_CHECK_ARG(s == NULL || v == NULL || v->server != s);
   if (v->state == UVIP_VIP_DRAINING)
     return UV_EALREADY;
-  if (timeout_ms > 0 || v->stats.active == 0) {
-    v->drain_timer = malloc(sizeof(*v->drain_timer));
-    if (!v->drain_timer)
-      return UV_ENOMEM;
-    uv_timer_init(s->loop, v->drain_timer);
-    v->drain_timer->data = v;
-    /* With no connections left the timer only makes the callback come from
-     * the loop rather than from inside this call. */
-    v->drain_now = v->stats.active == 0;
-    uv_timer_start(v->drain_timer, on_drain_timer,
-                   v->drain_now ? 0 : timeout_ms, 0);
-  }
+  if (s->finishing)
+    return UV_ECANCELED;
+  v->drain_timer = malloc(sizeof(*v->drain_timer));
+  if (!v->drain_timer)
+    return UV_ENOMEM;
+  uv_timer_init(s->loop, v->drain_timer);
+  v->drain_timer->data = v;
   vip_unbind(v, UVIP_VIP_DRAINING);
   v->drain_cb = cb;
   s->draining_vips++;
+  if (v->stats.active == 0)
+    /* Ends from the loop, not inside this call. */
+    uvip__vip_maybe_finish_drain(v);
+  else if (timeout_ms > 0)
+    uv_timer_start(v->drain_timer, on_drain_timer, timeout_ms, 0);
   return 0;
 }
 
