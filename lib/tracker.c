@@ -87,7 +87,9 @@ static void emit(uvip_tracker_t *t, uvip_event_kind_t kind, int raised,
                  double value, double thr, const uvip_census_tuple_t *tu,
                  const uvip_census_listener_t *l) {
   uvip_tracker_event_t ev;
-  if (!t->event_cb)
+  /* Stopped or closed from an earlier event of this sample: nothing more
+   * is reported (uvip_tracker_stop(), like uv_close(), ends callbacks). */
+  if (!t->event_cb || !t->started)
     return;
   memset(&ev, 0, sizeof(ev));
   ev.kind = kind;
@@ -224,7 +226,7 @@ static void after_work_cb(uv_work_t *req, int status) {
     t->shown = !t->shown;
     t->have_shown = 1;
   }
-  if (t->sample_cb)
+  if (t->sample_cb && t->started)
     t->sample_cb(t, N, rc);
 }
 
