@@ -351,6 +351,10 @@ int main(int argc, char **argv) {
   if (prov_ifname)
     provision(prov_ifname, addrs);
 
+  /* Started by systemd (or systemd-socket-activate): serve on the sockets
+   * it bound, bind only the VIPs it did not pass. */
+  if (getenv("LISTEN_FDS"))
+    opts.flags |= UVIP_SOCKET_ACTIVATION;
   loop = uv_default_loop();
   if ((r = uvip_server_new(loop, addrs, &opts, &server)) != 0) {
     fprintf(stderr, "%s: %s\n", ex_prog, uv_strerror(r));
@@ -396,7 +400,8 @@ int main(int argc, char **argv) {
     char a[UVIP_ADDRSTRLEN];
     uvip_addr_format(uvip_vip_addr(v), 1, a, sizeof(a));
     if (uvip_vip_state(v) == UVIP_VIP_LISTENING) {
-      printf("%s: listening on %s\n", ex_prog, a);
+      printf("%s: listening on %s%s\n", ex_prog, a,
+             uvip_vip_adopted(v) ? " (adopted)" : "");
       ok++;
     } else {
       fprintf(stderr, "%s: cannot listen on %s: %s\n", ex_prog, a,

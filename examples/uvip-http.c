@@ -383,6 +383,9 @@ int main(int argc, char **argv) {
   raise_nofile();
   signal(SIGPIPE, SIG_IGN);
   opts.conn_close_cb = http_on_lib_close;
+  /* Under systemd socket activation, serve on the sockets it bound. */
+  if (getenv("LISTEN_FDS"))
+    opts.flags |= UVIP_SOCKET_ACTIVATION;
   g_cfg = cfg;
   r = uvip_server_new(loop, addrs, &opts, &server);
   g_server = server;
@@ -421,7 +424,8 @@ int main(int argc, char **argv) {
       fprintf(stderr, "%s: %s: %s\n", ex_prog, addr,
               uv_strerror(uvip_vip_error(vip)));
     else if (i < 16)
-      printf("%s: listening on http://%s/\n", ex_prog, addr);
+      printf("%s: listening on http://%s/%s\n", ex_prog, addr,
+             uvip_vip_adopted(vip) ? " (adopted)" : "");
   }
   if (n > 16)
     printf("%s: ... %zu VIPs in all\n", ex_prog, n);

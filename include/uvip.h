@@ -126,7 +126,12 @@ enum {
   /* Let uvip_server_listen() succeed with no VIP bound (or none at all):
    * for pools whose addresses come later (uvip_server_add_vip(),
    * uvip_vip_resume(), the live pool). */
-  UVIP_ALLOW_EMPTY = 1u << 5
+  UVIP_ALLOW_EMPTY = 1u << 5,
+  /* systemd socket activation: uvip_server_listen() first adopts the
+   * sockets passed by LISTEN_FDS/LISTEN_PID (uvip_listen_fds(),
+   * uvip_server_adopt() in <uvip/restart.h>) and binds only the VIPs they
+   * do not cover. Not activated (no LISTEN_FDS): binds as usual. */
+  UVIP_SOCKET_ACTIVATION = 1u << 6
 };
 
 typedef struct uvip_server_options_s {
@@ -139,7 +144,7 @@ typedef struct uvip_server_options_s {
   /* listen() backlog; 0 = the value of net.core.somaxconn. */
   int backlog;
   /* UVIP_REUSEPORT | UVIP_FREEBIND | UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
-   * UVIP_NODELAY | UVIP_ALLOW_EMPTY */
+   * UVIP_NODELAY | UVIP_ALLOW_EMPTY | UVIP_SOCKET_ACTIVATION */
   unsigned int flags;
   /* TCP_DEFER_ACCEPT seconds; 0 = off. */
   int defer_accept_secs;
@@ -333,5 +338,6 @@ int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb);
 #include "uvip/provision.h"
 #include "uvip/workers.h"
 #include "uvip/connector.h"
+#include "uvip/restart.h"
 
 #endif /* UVIP_H */

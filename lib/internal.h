@@ -76,6 +76,7 @@ struct uvip_vip_s {
   unsigned int weight;
   void *data;
   uvip_vip_stats_t stats;
+  bool adopted; /* fd was inherited (uvip_server_adopt()), not bound here */
 
   /* Scheduler state. */
   bool in_ring;     /* queued in the server's ready ring */
@@ -169,6 +170,10 @@ void uvip__server_detach(uvip_server_t *server);
  * close). Only on the server's loop thread. */
 void uvip__server_release(uvip_server_t *server, uvip_vip_t *vip);
 void uvip__vip_maybe_finish_drain(uvip_vip_t *vip);
+
+/* adopt.c */
+/* LISTEN_FDS sockets adopted at uvip_server_listen() (UVIP_SOCKET_ACTIVATION). */
+int uvip__adopt_activation(uvip_server_t *server, char *errbuf, size_t errlen);
 
 /* scheduler.c */
 int uvip__sched_init(uvip_server_t *server);

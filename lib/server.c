@@ -43,8 +43,12 @@ static int vip_alloc(uvip_server_t *s, const struct sockaddr *sa,
 }
 
 static void free_vips(uvip_server_t *s) {
-  for (size_t i = 0; i < s->nvips; i++)
+  for (size_t i = 0; i < s->nvips; i++) {
+    /* An adopted socket of a server that never listened. */
+    if (s->vips[i]->fd >= 0)
+      close(s->vips[i]->fd);
     free(s->vips[i]);
+  }
   free(s->vips);
 }
 
@@ -69,7 +73,8 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
     UVIP_CHECK_ARG(opts->flags &
                    ~(unsigned)(UVIP_REUSEPORT | UVIP_FREEBIND |
                                UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
-                               UVIP_NODELAY | UVIP_ALLOW_EMPTY));
+                               UVIP_NODELAY | UVIP_ALLOW_EMPTY |
+                               UVIP_SOCKET_ACTIVATION));
   }
   n = uvip_addrs_count(addrs);
   for (i = 0; i < n; i++)
@@ -103,7 +108,13 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
 }
 
 static int vip_bind(uvip_vip_t *v) {
-  int r = uvip__listen_socket(&v->addr.sa, &v->server->opts, &v->fd);
+  int r;
+  if (v->adopted && v->fd >= 0) {
+    v->error = 0;
+    v->state = UVIP_VIP_LISTENING;
+    return 0;
+  }
+  r = uvip__listen_socket(&v->addr.sa, &v->server->opts, &v->fd);
   v->error = r;
   v->state = r == 0 ? UVIP_VIP_LISTENING : UVIP_VIP_FAILED;
   if (r != 0)
@@ -117,7 +128,21 @@ static void vip_unbind(uvip_vip_t *v, uvip_vip_state_t state) {
     close(v->fd);
     v->fd = -1;
   }
+  v->adopted = false;
   v->state = state;
+}
+
+/* Undoes a failed uvip_server_listen(): what it bound is closed, adopted
+ * sockets stay with their VIPs (losing them would refuse connections the
+ * next attempt could serve). */
+static void vip_unlisten(uvip_vip_t *v) {
+  if (v->adopted) {
+    if (v->state == UVIP_VIP_LISTENING)
+      uvip__sched_remove(v->server, v);
+    v->state = UVIP_VIP_IDLE;
+  } else if (v->state == UVIP_VIP_LISTENING) {
+    vip_unbind(v, UVIP_VIP_IDLE);
+  }
 }
 
 static void format_error(char *buf, size_t len, const uvip_vip_t *v, int r) {
@@ -139,8 +164,14 @@ UVIP_EXPORT int uvip_server_listen(uvip_server_t *s, uvip_connection_cb cb,
     return UV_EALREADY;
   if (s->nvips == 0 && !(s->opts.flags & UVIP_ALLOW_EMPTY))
     return UV_EINVAL;
+  if ((s->opts.flags & UVIP_SOCKET_ACTIVATION) &&
+      (r = uvip__adopt_activation(s, errbuf, errlen)) != 0)
+    return r;
 
   for (i = 0; i < s->nvips; i++) {
+    /* Removed before listening: only waits for its drain callback. */
+    if (s->vips[i]->state == UVIP_VIP_DRAINING)
+      continue;
     r = vip_bind(s->vips[i]);
     if (r == 0) {
       bound++;
@@ -154,14 +185,13 @@ UVIP_EXPORT int uvip_server_listen(uvip_server_t *s, uvip_connection_cb cb,
   if ((bound == 0 && !(s->opts.flags & UVIP_ALLOW_EMPTY)) ||
       (first_err && (s->opts.flags & UVIP_ALL_OR_NOTHING))) {
     for (i = 0; i < s->nvips; i++)
-      if (s->vips[i]->state == UVIP_VIP_LISTENING)
-        vip_unbind(s->vips[i], UVIP_VIP_IDLE);
+      vip_unlisten(s->vips[i]);
     return first_err;
   }
 
   if ((r = uvip__sched_init(s)) != 0) {
     for (i = 0; i < s->nvips; i++)
-      vip_unbind(s->vips[i], UVIP_VIP_IDLE);
+      vip_unlisten(s->vips[i]);
     return r;
   }
   s->connection_cb = cb;
