@@ -134,6 +134,19 @@ static void on_census(uvip_tracker_t *t, const uvip_census_t *c, int status) {
     http_server_ctx(g_http)->census_prom = g_census_prom;
     http_server_ctx(g_http)->census_json = g_census_json;
   }
+  /* Workers read it from the shared mapping: put it there now rather
+   * than at the next periodic publish. */
+  if (g_shared)
+    http_shared_publish_server(g_shared, g_server, g_census_prom,
+                               g_census_json);
+  /* Said once, for whoever waits for /metrics to carry the census (the
+   * tests do, instead of polling). */
+  static int announced;
+  if (status == 0 && !announced) {
+    announced = 1;
+    printf("%s: census: first sample\n", ex_prog);
+    fflush(stdout);
+  }
 }
 
 /* Workers: each gets an HTTP layer of its own on its own loop. */
@@ -429,6 +442,8 @@ int main(int argc, char **argv) {
   }
   if (n > 16)
     printf("%s: ... %zu VIPs in all\n", ex_prog, n);
+  /* Before "ready": whoever waits for it may signal at once. */
+  ex_on_signal(loop, on_signal);
   printf("%s: ready\n", ex_prog);
   fflush(stdout);
 
@@ -436,7 +451,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: census: %s (serving /metrics without it)\n",
             ex_prog, uv_strerror(r));
 
-  ex_on_signal(loop, on_signal);
   uv_run(loop, UV_RUN_DEFAULT);
   http_server_free(g_http);
   http_shared_free(g_shared);

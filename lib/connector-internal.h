@@ -82,9 +82,11 @@ long uvip__cn_next_source(uvip_connector_t *c, uvip__cn_dest_t *d,
                           int family);
 /* A connection from source i to d started: charge its port. */
 void uvip__cn_take(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i);
-/* Such a connection closed: its port is back, the pair is usable again,
- * and d may be freed. */
-void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i);
+/* Such a connection closed and d may be freed. When it had a port (the
+ * kernel did not refuse it one), that port is back and the pair is usable
+ * again. */
+void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
+                        bool had_port);
 /* The kernel had no port for source i to d. */
 void uvip__cn_exhausted(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i);
 

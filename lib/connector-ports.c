@@ -219,12 +219,15 @@ void uvip__cn_take(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i) {
   c->srcs[i].stats.in_use++;
 }
 
-void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i) {
-  /* The kernel has the port back (or in TIME_WAIT, which connect() may
-   * reuse; a census correction covers the rest). */
+void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
+                        bool had_port) {
   uvip__cn_pair_t *p = &d->pairs[i];
   p->own--;
-  p->exhausted = 0;
+  /* The kernel has the port back (or in TIME_WAIT, which connect() may
+   * reuse; a census correction covers the rest). An attempt the kernel
+   * had no port for frees none: the mark it set stays. */
+  if (had_port)
+    p->exhausted = 0;
   d->own--;
   c->srcs[i].stats.in_use--;
   uvip__cn_dest_maybe_free(c, d);

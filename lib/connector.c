@@ -22,6 +22,9 @@ struct uvip_outconn_s {
   uvip__cn_dest_t *dest; /* NULL for an attempt that never reached connect() */
   uint32_t src;
   uint8_t state;
+  /* The kernel found no port for this attempt: it holds none, so closing
+   * it must not clear the pair's exhausted mark it set. */
+  bool no_port;
   uvip_connect_cb connect_cb;
   uvip_outconn_close_cb close_cb;
   uvip_outconn_t *prev, *next; /* the connector's open connections */
@@ -52,7 +55,7 @@ static void on_conn_closed(uv_handle_t *h) {
   uvip_connector_t *c = oc->connector;
   if (oc->dest) {
     conn_list_remove(c, oc);
-    uvip__cn_give_back(c, oc->dest, oc->src);
+    uvip__cn_give_back(c, oc->dest, oc->src, !oc->no_port);
     if (oc->close_cb)
       oc->close_cb(oc);
   }
@@ -75,6 +78,7 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   if (status == UV_EADDRNOTAVAIL || status == UV_EADDRINUSE) {
+    oc->no_port = true;
     uvip__cn_exhausted(c, oc->dest, oc->src);
   } else if (status != UV_ECANCELED) {
     s->stats.failed++;

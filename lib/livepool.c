@@ -16,15 +16,16 @@
  * one interface may still be on another. So every event is acted on at once
  * and the address is probed again a little later (10 ms, 100 ms, 1 s).
  * SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <errno.h>
 #include <linux/if_addr.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/* For uvip__ip_cmp() and the shared sockaddr helpers (uvip__sa_t,
- * uvip__sa_len(), uvip__sa_equal(), UVIP_EXPORT, UVIP_CHECK_ARG); no
- * server or VIP field is read here. */
+/* For uvip__ip_cmp(), the shared sockaddr helpers (uvip__sa_t,
+ * uvip__sa_len(), uvip__sa_equal(), UVIP_EXPORT, UVIP_CHECK_ARG) and
+ * uvip__server_attach()/detach(); no server or VIP field is read here. */
 #include "rtnl.h"
 
 #define RECHECKS 3
@@ -121,10 +122,13 @@ static bool probe_present(const live_entry_t *e) {
 }
 
 /* Queues a probe of e; the caller (an event, or the timer itself) makes
- * sure the timer runs. */
+ * sure the timer runs. The queue has room for every entry once: e->queued
+ * is true exactly while e's index is in lp->queue, so an entry already
+ * there only gets its rechecks renewed. */
 static void enqueue(uvip_livepool_t *lp, live_entry_t *e) {
   e->rechecks = RECHECKS;
   if (!e->queued) {
+    assert(lp->nqueue < lp->n);
     e->queued = true;
     lp->queue[lp->nqueue++] = (size_t)(e - lp->entries);
   }
@@ -209,24 +213,26 @@ static void on_timer(uv_timer_t *t) {
     for (size_t i = 0; i < lp->n && !lp->closing; i++)
       check_entry(lp, &lp->entries[i]);
   } else {
-    size_t kept = 0, n = lp->nqueue;
-    /* entry_up() may queue entries while this runs: they land after n. */
-    for (size_t i = 0; i < n && !lp->closing; i++) {
+    size_t kept = 0;
+    /* e stays queued while it is checked: when entry_up() finds the address
+     * gone again between the probe and the listener's bind it calls
+     * enqueue(), which then only renews e's rechecks. (Marking e unqueued
+     * first made enqueue() append a second copy of e, past the end of the
+     * queue when it was full.) Only e can be queued from here, so nothing
+     * lands after nqueue while this runs. */
+    for (size_t i = 0; i < lp->nqueue && !lp->closing; i++) {
       live_entry_t *e = &lp->entries[lp->queue[i]];
-      e->queued = false;
       check_entry(lp, e);
       if (e->rechecks > 0)
         e->rechecks--;
-      if (e->rechecks > 0 && !e->queued) {
-        e->queued = true;
+      if (e->rechecks > 0)
         lp->queue[kept++] = lp->queue[i];
-      }
+      else
+        e->queued = false;
     }
     if (lp->closing)
       return;
-    memmove(&lp->queue[kept], &lp->queue[n],
-            (lp->nqueue - n) * sizeof(*lp->queue));
-    lp->nqueue = kept + (lp->nqueue - n);
+    lp->nqueue = kept;
   }
   if (lp->closing)
     return;
@@ -318,6 +324,9 @@ UVIP_EXPORT int uvip_livepool_new(uvip_server_t *server,
   uvip_addrwatch_set_data(lp->watch, lp);
   uv_timer_init(loop, &lp->timer);
   lp->timer.data = lp;
+  /* The server refuses to close (UV_EBUSY) until the live pool, which
+   * keeps using it, has closed. */
+  uvip__server_attach(server);
   *out = lp;
   return 0;
 
@@ -358,6 +367,8 @@ UVIP_EXPORT int uvip_livepool_start(uvip_livepool_t *lp, uvip_livepool_cb cb) {
 static void maybe_free(uvip_livepool_t *lp) {
   if (--lp->closes_pending > 0)
     return;
+  /* Done with the server: its close callback may close it. */
+  uvip__server_detach(lp->server);
   if (lp->close_cb)
     lp->close_cb(lp);
   free(lp->entries);

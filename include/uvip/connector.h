@@ -69,8 +69,8 @@ typedef void (*uvip_connect_cb)(uvip_outconn_t *conn, int status,
  * IP_BIND_ADDRESS_NO_PORT, so the kernel picks the port per 4-tuple at
  * connect() time. When bind() or connect() fails with EADDRNOTAVAIL or
  * EADDRINUSE the pair is marked exhausted and the next source is tried; a
- * pair stays exhausted until one of the connector's connections on it
- * closes (or uvip_connector_correct() reports free ports). Finding a source
+ * pair stays exhausted until one of the connector's connections on it that
+ * had a port closes (or uvip_connector_correct() reports free ports). Finding a source
  * costs O(number of sources).
  *
  * `data` is stored in the uv_tcp_t's data field before cb runs. *out (out
@@ -139,7 +139,8 @@ typedef struct uvip_connector_ports_s {
   uint64_t in_use; /* this connector's connections on the pair */
   uint64_t others; /* other sockets on the pair, per uvip_connector_correct() */
   int exhausted;   /* 1 after the kernel refused a port for the pair, until
-                      one of the connector's connections on it closes */
+                      one of the connector's connections on it that had a
+                      port closes */
 } uvip_connector_ports_t;
 
 /* Accounting for source -> dest. source is a pool address (its port is

@@ -190,7 +190,9 @@ typedef void (*uvip_livepool_close_cb)(uvip_livepool_t *pool);
  * VIP gets one with uvip_server_add_vip() when it first appears. While the
  * live pool runs it pauses and resumes the VIPs of pool addresses: do not
  * remove, pause or resume them yourself. Give an address to one live pool
- * only. Close the live pool before the server.
+ * only. The live pool is attached to the server from here until its close
+ * has finished: uvip_server_close() returns UV_EBUSY until then, so close
+ * the live pool first and the server from the live pool's close callback.
  *
  * The live pool uses neither uvip_server_set_data() nor
  * uvip_vip_set_data(): both data pointers stay the application's.
