@@ -52,6 +52,58 @@ int uvip_server_adopt(uvip_server_t *server, const int *fds, size_t n,
  * bound it, UV_EINVAL for NULL. */
 int uvip_vip_adopted(const uvip_vip_t *vip);
 
+/* ---- Upgrade by re-exec: the old generation starts the new one ---------- */
+
+typedef struct uvip_upgrade_s uvip_upgrade_t;
+
+/* status 0: the new generation said it is ready (uvip_upgrade_ready()): the
+ * old one should stop accepting now and drain. status < 0: it is not coming
+ * (it exited or was killed before it was ready, could not be executed, or
+ * was not ready in time: UV_ETIMEDOUT, after which it is killed); the old
+ * generation keeps serving: UV_ESRCH (it exited or was killed before it was
+ * ready), the exec error (UV_ENOENT, UV_EACCES...), UV_ETIMEDOUT, UV_EPROTO
+ * (garbage on the readiness pipe) or UV_ECANCELED (uvip_upgrade_close()).
+ * why says it in words (valid during the call).
+ * Either way this is the last call about the upgrade except its close
+ * callback; it may close the upgrade. */
+typedef void (*uvip_upgrade_cb)(uvip_upgrade_t *upgrade, int status,
+                                const char *why);
+typedef void (*uvip_upgrade_close_cb)(uvip_upgrade_t *upgrade);
+
+/* Starts the next generation: fork and exec of path (resolve it when the
+ * program starts: the file may be replaced by then, which is the point)
+ * with argv, the current environment, and the listening sockets of every
+ * listening VIP of the n servers passed the way systemd passes them
+ * (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES=uvip), so that a server with
+ * UVIP_SOCKET_ACTIVATION adopts them. UVIP_READY_FD names a pipe on which
+ * the new generation reports readiness (uvip_upgrade_ready()).
+ *
+ * Nothing blocks: readiness, exit and the timeout (timeout_ms, at least 1)
+ * are watched on loop, and cb runs once. The old generation's servers are
+ * not touched; stop them from cb. The child's exit is reaped from a SIGCHLD
+ * handle (libuv's uv_signal_t, which coexists with uv_spawn()). Errors:
+ * UV_EINVAL, UV_ENOENT (no listening socket to pass), UV_ENOMEM, or fork()'s
+ * error; cb then never runs. */
+int uvip_upgrade_start(uv_loop_t *loop, uvip_server_t *const *servers,
+                       size_t n, const char *path, char *const argv[],
+                       uint64_t timeout_ms, uvip_upgrade_cb cb,
+                       uvip_upgrade_t **out);
+
+/* The new generation's process id (0 once reaped). */
+int uvip_upgrade_pid(const uvip_upgrade_t *upgrade);
+
+/* Closes the upgrade's handles. A new generation not ready yet is killed
+ * (SIGKILL) and cb runs first with UV_ECANCELED; one that is ready runs on,
+ * on its own. close_cb (may be NULL) runs once, from the loop. UV_EALREADY
+ * when closing. */
+int uvip_upgrade_close(uvip_upgrade_t *upgrade, uvip_upgrade_close_cb cb);
+
+/* In the new generation: tells the old one that this one serves (call it
+ * once its servers listen). Returns 0, also when the process was not started
+ * by uvip_upgrade_start() (nothing to tell), or the write's error. Removes
+ * UVIP_READY_FD from the environment. */
+int uvip_upgrade_ready(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,368 @@
+/* Upgrade by re-exec (uvip_upgrade_start()): this program is also the new
+ * generation (run with "gen2 MODE PORT"). The old generation's connections
+ * queued before and during the upgrade are served by the new one, the old
+ * one's loop never stalls, and every way the new one can fail leaves the
+ * old one serving with a clear reason.
+ * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static char self[4096];
+
+/* ---- The new generation ------------------------------------------------ */
+
+static void gen2_alloc(uv_handle_t *h, size_t n, uv_buf_t *b) {
+  static char buf[64];
+  (void)h;
+  (void)n;
+  *b = uv_buf_init(buf, sizeof(buf));
+}
+
+static int gen2_served, gen2_quota;
+static uvip_server_t *gen2_server;
+
+static void gen2_write_done(uv_write_t *w, int status) {
+  uvip_conn_t *c = w->data;
+  (void)status;
+  free(w);
+  uvip_conn_close(c, NULL);
+  if (++gen2_served == gen2_quota)
+    uvip_server_close(gen2_server, NULL);
+}
+
+/* Answers "gen2" and closes: the client knows who served it. */
+static void gen2_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  uvip_conn_t *c = uvip_conn_from_tcp((uv_tcp_t *)st);
+  (void)b;
+  if (n < 0) {
+    uvip_conn_close(c, NULL);
+    return;
+  }
+  if (n > 0) {
+    uv_write_t *w = malloc(sizeof(*w));
+    uv_buf_t out = uv_buf_init("gen2", 4);
+    w->data = c;
+    uv_read_stop(st);
+    uv_write(w, st, &out, 1, gen2_write_done);
+  }
+}
+
+static void gen2_conn(uvip_server_t *s, uvip_conn_t *c) {
+  (void)s;
+  uv_read_start(uvip_conn_stream(c), gen2_alloc, gen2_read);
+}
+
+static int gen2(const char *mode, const char *port, const char *quota) {
+  uvip_server_options_t o;
+  uvip_addrs_t *a;
+  char err[256];
+  uv_loop_t *loop = uv_default_loop();
+  if (!strcmp(mode, "die"))
+    return 3;
+  if (!strcmp(mode, "hang"))
+    for (;;)
+      pause();
+  if (!strcmp(mode, "garbage"))
+    return write(atoi(getenv("UVIP_READY_FD")), "xxxxxxxxx", 9) == 9 ? 0 : 4;
+  if (uvip_addrs_new(&a) != 0 ||
+      uvip_addrs_parse(a, "127.0.0.1-127.0.0.2", atoi(port), err,
+                       sizeof(err)) != 0)
+    return 10;
+  uvip_server_options_init(&o);
+  o.flags = UVIP_SOCKET_ACTIVATION;
+  if (uvip_server_new(loop, a, &o, &gen2_server) != 0)
+    return 11;
+  uvip_addrs_free(a);
+  if (uvip_server_listen(gen2_server, gen2_conn, err, sizeof(err)) != 0) {
+    fprintf(stderr, "gen2: %s\n", err);
+    return 12;
+  }
+  /* Nothing may have been bound anew: both came from the old one. */
+  if (uvip_vip_adopted(uvip_server_vip(gen2_server, 0)) != 1 ||
+      uvip_vip_adopted(uvip_server_vip(gen2_server, 1)) != 1)
+    return 13;
+  if (getenv("LISTEN_FDS") || getenv("LISTEN_PID"))
+    return 14;
+  gen2_quota = atoi(quota);
+  if (uvip_upgrade_ready() != 0 || getenv("UVIP_READY_FD"))
+    return 15;
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop) == 0 ? 0 : 16;
+}
+
+/* ---- The old generation ------------------------------------------------ */
+
+static struct {
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_upgrade_t *u;
+  int status, reports, closes, accepted;
+  char why[256];
+  uv_timer_t tick;
+  uint64_t last_tick, max_gap;
+  bool done;
+} G;
+
+static void on_tick(uv_timer_t *t) {
+  uint64_t now = uv_now(t->loop);
+  if (G.last_tick && now - G.last_tick > G.max_gap)
+    G.max_gap = now - G.last_tick;
+  G.last_tick = now;
+}
+
+static void old_conn(uvip_server_t *s, uvip_conn_t *c) {
+  (void)s;
+  G.accepted++;
+  uvip_conn_close(c, NULL);
+}
+
+static void on_upgrade(uvip_upgrade_t *u, int status, const char *why) {
+  ck_assert_ptr_eq(u, G.u);
+  G.reports++;
+  G.status = status;
+  snprintf(G.why, sizeof(G.why), "%s", why);
+  /* The new generation serves: stop accepting here. */
+  if (status == 0)
+    ck_assert_int_eq(uvip_server_stop(G.s), 0);
+}
+
+static void on_upgrade_closed(uvip_upgrade_t *u) {
+  (void)u;
+  G.closes++;
+  G.done = true;
+}
+
+static int old_start(const char *spec, int port) {
+  uvip_addrs_t *a = th_addrs(spec, port);
+  char err[256] = "";
+  memset(&G, 0, sizeof(G));
+  G.status = 1;
+  ck_assert_int_eq(uv_loop_init(&G.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&G.loop, a, NULL, &G.s), 0);
+  uvip_addrs_free(a);
+  ck_assert_msg(uvip_server_listen(G.s, old_conn, err, sizeof(err)) == 0, "%s",
+                err);
+  uv_timer_init(&G.loop, &G.tick);
+  uv_timer_start(&G.tick, on_tick, 10, 10);
+  return port;
+}
+
+static void old_finish(void) {
+  bool closed = false;
+  (void)closed;
+  uv_close((uv_handle_t *)&G.tick, NULL);
+  ck_assert_int_eq(uvip_server_close(G.s, NULL), 0);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&G.loop), 0);
+}
+
+static void run_until_reported(void) {
+  for (int i = 0; G.reports == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.reports, 1);
+}
+
+static void close_upgrade(void) {
+  int r = uvip_upgrade_close(G.u, on_upgrade_closed);
+  ck_assert_int_eq(r, 0);
+  ck_assert_int_eq(uvip_upgrade_close(G.u, NULL), UV_EALREADY);
+  for (int i = 0; !G.done && i < 1000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.closes, 1);
+}
+
+static void expect_reply(int fd, const char *want) {
+  char buf[8] = "";
+  struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ck_assert_int_eq(write(fd, "hi", 2), 2);
+  ck_assert_int_eq(read(fd, buf, 4), (ssize_t)strlen(want));
+  ck_assert_str_eq(buf, want);
+}
+
+static int reap(pid_t pid) {
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  return st;
+}
+
+START_TEST(test_upgrade_hands_over) {
+  int port = old_start("127.0.0.1-127.0.0.2", th_free_port()), c[3], st;
+  char ports[16];
+  struct sockaddr_storage sa1, sa2;
+  pid_t pid;
+  snprintf(ports, sizeof(ports), "%d", port);
+  char *argv[] = {self, "gen2", "serve", ports, "3", NULL};
+  th_addr("127.0.0.1", port, &sa1);
+  th_addr("127.0.0.2", port, &sa2);
+  /* Queued before the upgrade starts; the old one has not accepted it
+   * (its loop has not run). */
+  c[0] = th_connect((struct sockaddr *)&sa1, NULL);
+  ck_assert_int_eq(
+      uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000, on_upgrade, &G.u),
+      0);
+  pid = uvip_upgrade_pid(G.u);
+  ck_assert_int_gt(pid, 0);
+  run_until_reported();
+  ck_assert_msg(G.status == 0, "%s", G.why);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 0);
+  /* After the old one stopped: only the new one can answer. */
+  c[1] = th_connect((struct sockaddr *)&sa1, NULL);
+  c[2] = th_connect((struct sockaddr *)&sa2, NULL);
+  /* c[0] was either accepted by the old one before the hand-over (and
+   * closed: it counts in G.accepted) or is served by the new one. */
+  if (G.accepted == 0)
+    expect_reply(c[0], "gen2");
+  expect_reply(c[1], "gen2");
+  expect_reply(c[2], "gen2");
+  close_upgrade();
+  ck_assert_int_le(G.max_gap, 100);
+  old_finish();
+  if (G.accepted == 1) {
+    /* The quota of 3 was not reached: one more for the new generation. */
+    int c3 = th_connect((struct sockaddr *)&sa2, NULL);
+    expect_reply(c3, "gen2");
+    close(c3);
+  }
+  st = reap(pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen2 status %d", st);
+  for (int i = 0; i < 3; i++)
+    close(c[i]);
+}
+END_TEST
+
+/* Each failure: the reason, and the old generation still serves. */
+static void failing(const char *path, const char *mode, uint64_t timeout,
+                    int want, const char *why_part) {
+  int port = old_start("127.0.0.1", th_free_port()), fd;
+  char ports[16];
+  struct sockaddr_storage sa;
+  snprintf(ports, sizeof(ports), "%d", port);
+  char *argv[] = {self, "gen2", (char *)mode, ports, "1", NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, path, argv, timeout,
+                                      on_upgrade, &G.u),
+                   0);
+  run_until_reported();
+  ck_assert_msg(G.status == want, "status %s, want %s: %s",
+                uv_err_name(G.status), uv_err_name(want), G.why);
+  ck_assert_msg(strstr(G.why, why_part), "'%s' lacks '%s'", G.why, why_part);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  th_addr("127.0.0.1", port, &sa);
+  fd = th_connect((struct sockaddr *)&sa, NULL);
+  for (int i = 0; G.accepted < 1 && i < 1000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.accepted, 1);
+  close(fd);
+  /* A killed child is reaped on the loop. */
+  for (int i = 0; uvip_upgrade_pid(G.u) != 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uvip_upgrade_pid(G.u), 0);
+  close_upgrade();
+  ck_assert_int_le(G.max_gap, 100);
+  old_finish();
+}
+
+START_TEST(test_upgrade_bad_binary) {
+  failing("/nonexistent/uvip-next", "serve", 10000, UV_ENOENT,
+          "cannot execute /nonexistent/uvip-next");
+}
+END_TEST
+
+START_TEST(test_upgrade_exits_before_ready) {
+  failing(self, "die", 10000, UV_ESRCH, "exited with status 3");
+}
+END_TEST
+
+START_TEST(test_upgrade_times_out) {
+  failing(self, "hang", 200, UV_ETIMEDOUT, "not ready within 200 ms");
+}
+END_TEST
+
+START_TEST(test_upgrade_garbage) {
+  failing(self, "garbage", 10000, UV_EPROTO, "garbage");
+}
+END_TEST
+
+/* Closed before it is ready: the callback says so first, the child is
+ * killed, and the close callback comes once. */
+START_TEST(test_upgrade_closed_early) {
+  int port = old_start("127.0.0.1", th_free_port()), st;
+  char ports[16];
+  pid_t pid;
+  snprintf(ports, sizeof(ports), "%d", port);
+  char *argv[] = {self, "gen2", "hang", ports, "1", NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      on_upgrade, &G.u),
+                   0);
+  pid = uvip_upgrade_pid(G.u);
+  close_upgrade();
+  ck_assert_int_eq(G.reports, 1);
+  ck_assert_int_eq(G.status, UV_ECANCELED);
+  st = reap(pid);
+  ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  old_finish();
+}
+END_TEST
+
+START_TEST(test_upgrade_args) {
+  char *argv[] = {self, NULL};
+  uvip_upgrade_t *u;
+  uvip_server_t *none = NULL;
+  uvip_addrs_t *a = th_addrs("127.0.0.1", th_free_port());
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &none), 0);
+  uvip_addrs_free(a);
+  ck_assert_int_eq(uvip_upgrade_start(NULL, &none, 1, self, argv, 1, on_upgrade, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, NULL, 1, self, argv, 1, on_upgrade, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 0, self, argv, 1, on_upgrade, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, NULL, argv, 1, on_upgrade, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, self, NULL, 1, on_upgrade, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, self, argv, 0, on_upgrade, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, self, argv, 1, NULL, &u), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, self, argv, 1, on_upgrade, NULL), UV_EINVAL);
+  /* Not listening: nothing to pass. */
+  ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, self, argv, 1, on_upgrade, &u), UV_ENOENT);
+  ck_assert_int_eq(uvip_upgrade_close(NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_pid(NULL), 0);
+  /* Not started by an upgrade: nothing to tell. */
+  unsetenv("UVIP_READY_FD");
+  ck_assert_int_eq(uvip_upgrade_ready(), 0);
+  setenv("UVIP_READY_FD", "x", 1);
+  ck_assert_int_eq(uvip_upgrade_ready(), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_close(none, NULL), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+int main(int argc, char **argv) {
+  ssize_t n;
+  if (argc == 5 && !strcmp(argv[1], "gen2"))
+    return gen2(argv[2], argv[3], argv[4]);
+  /* Resolved at start, as an upgrading server would. */
+  n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0)
+    return 1;
+  self[n] = 0;
+  Suite *s = suite_create("upgrade");
+  TCase *tc = tcase_create("upgrade");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_upgrade_hands_over);
+  tcase_add_test(tc, test_upgrade_bad_binary);
+  tcase_add_test(tc, test_upgrade_exits_before_ready);
+  tcase_add_test(tc, test_upgrade_times_out);
+  tcase_add_test(tc, test_upgrade_garbage);
+  tcase_add_test(tc, test_upgrade_closed_early);
+  tcase_add_test(tc, test_upgrade_args);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
