@@ -7,6 +7,7 @@
  * is the uv_tcp_t plus four pointers, with no per-connection buffers.
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
+#include "restart-internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,10 +103,21 @@ static bool closing_by_us(const uvip_conn_t *c) {
   return c->tcp.close_cb == on_closed;
 }
 
+/* Marks a connection queued for moving to a new generation (handover.c):
+ * the close callback slot is free until uvip_conn_close() runs, so it holds
+ * the mark and costs the connection no memory. */
+static void moving(uvip_conn_t *c) { (void)c; }
+
+void uvip__conn_set_moving(uvip_conn_t *c, bool on) {
+  c->close_cb = on ? moving : NULL;
+}
+
 UVIP_EXPORT int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb) {
   UVIP_CHECK_ARG(conn == NULL);
   if (uv_is_closing((uv_handle_t *)&conn->tcp))
     return closing_by_us(conn) ? UV_EALREADY : closed_behind_our_back(conn);
+  if (conn->close_cb == moving)
+    return UV_EBUSY;
   conn->close_cb = cb;
   uv_close((uv_handle_t *)&conn->tcp, on_closed);
   return 0;

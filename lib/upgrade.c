@@ -9,6 +9,7 @@
  * its three handles; the last close callback runs close_cb and frees it.
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
+#include "restart-internal.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -21,22 +22,6 @@
 #include <unistd.h>
 
 extern char **environ;
-
-struct uvip_upgrade_s {
-  uv_loop_t *loop;
-  pid_t pid;          /* 0 once reaped */
-  uv_pipe_t ready;    /* read end of the readiness pipe */
-  uv_timer_t timer;   /* readiness deadline */
-  uv_signal_t sigchld;
-  uvip_upgrade_cb cb;
-  uvip_upgrade_close_cb close_cb;
-  uint64_t timeout_ms;
-  bool reported, is_ready, closing;
-  int handles_closing;
-  char path[256];
-  unsigned char msg[8]; /* 'R', or 'E' and the exec errno */
-  size_t nmsg;
-};
 
 static void report(uvip_upgrade_t *u, int status, const char *why) {
   if (u->reported)
@@ -141,7 +126,8 @@ static int collect(uvip_server_t *const *servers, size_t n, int **fds,
 
 static bool is_ours(const char *e) {
   return !strncmp(e, "LISTEN_FDS=", 11) || !strncmp(e, "LISTEN_PID=", 11) ||
-         !strncmp(e, "LISTEN_FDNAMES=", 15) || !strncmp(e, "UVIP_READY_FD=", 14);
+         !strncmp(e, "LISTEN_FDNAMES=", 15) || !strncmp(e, "UVIP_READY_FD=", 14) ||
+         !strncmp(e, "UVIP_HANDOFF_FD=", 16);
 }
 
 /* The child's environment: the current one without LISTEN_* and
@@ -149,19 +135,21 @@ static bool is_ours(const char *e) {
  * (only it knows its pid), in room left here. */
 static char **make_env(size_t nfds, int ready_fd, char **pidvar) {
   size_t ne = 0, k = 0;
-  char **env, *names, *nf, *rf, *pv;
+  char **env, *names, *nf, *rf, *hf, *pv;
   while (environ[ne])
     ne++;
-  env = calloc(ne + 5, sizeof(*env));
+  env = calloc(ne + 6, sizeof(*env));
   names = malloc(nfds * 5 + 16);
   nf = malloc(32);
   rf = malloc(32);
+  hf = malloc(32);
   pv = calloc(1, 32);
-  if (!env || !names || !nf || !rf || !pv) {
+  if (!env || !names || !nf || !rf || !hf || !pv) {
     free(env);
     free(names);
     free(nf);
     free(rf);
+    free(hf);
     free(pv);
     return NULL;
   }
@@ -174,9 +162,12 @@ static char **make_env(size_t nfds, int ready_fd, char **pidvar) {
     strcat(names, i ? ":uvip" : "uvip");
   snprintf(nf, 32, "LISTEN_FDS=%zu", nfds);
   snprintf(rf, 32, "UVIP_READY_FD=%d", ready_fd);
+  /* The hand-over channel comes right after the readiness pipe. */
+  snprintf(hf, 32, "UVIP_HANDOFF_FD=%d", ready_fd + 1);
   env[k++] = names;
   env[k++] = nf;
   env[k++] = rf;
+  env[k++] = hf;
   env[k++] = pv;
   env[k] = NULL;
   *pidvar = pv;
@@ -193,19 +184,22 @@ static void free_env(char **env) {
 }
 
 /* In the child, between fork and exec: only async-signal-safe calls. */
-static void child(const int *fds, size_t nfds, int ready_w, const char *path,
-                  char *const argv[], char **env, char *pidvar) {
-  int top = 3 + (int)nfds + 1, e;
+static void child(const int *fds, size_t nfds, int ready_w, int chan,
+                  const char *path, char *const argv[], char **env,
+                  char *pidvar) {
+  int top = 3 + (int)nfds + 2, e;
   sigset_t all;
   /* Out of the way of the targets 3..3+nfds first, then into place (dup2
    * clears FD_CLOEXEC on the copy, so exactly these survive exec). */
   int moved_ready = fcntl(ready_w, F_DUPFD_CLOEXEC, top);
+  int moved_chan = fcntl(chan, F_DUPFD_CLOEXEC, top);
   for (size_t i = 0; i < nfds; i++) {
     int m = fcntl(fds[i], F_DUPFD_CLOEXEC, top);
     if (m < 0 || dup2(m, 3 + (int)i) < 0)
       goto fail;
   }
-  if (moved_ready < 0 || dup2(moved_ready, 3 + (int)nfds) < 0)
+  if (moved_ready < 0 || dup2(moved_ready, 3 + (int)nfds) < 0 ||
+      moved_chan < 0 || dup2(moved_chan, 3 + (int)nfds + 1) < 0)
     goto fail;
   ready_w = 3 + (int)nfds;
   /* The new program starts as a program does: default signal handling
@@ -247,7 +241,7 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
                                    uint64_t timeout_ms, uvip_upgrade_cb cb,
                                    uvip_upgrade_t **out) {
   uvip_upgrade_t *u;
-  int *fds = NULL, p[2], r;
+  int *fds = NULL, p[2], sp[2], r;
   size_t nfds = 0;
   char **env, *pidvar = NULL;
   pid_t pid;
@@ -273,10 +267,22 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
     free(u);
     return r;
   }
+  /* Message boundaries kept by the kernel: one connection per message. */
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+                 sp) != 0) {
+    r = -errno;
+    close(p[0]);
+    close(p[1]);
+    free(fds);
+    free(u);
+    return r;
+  }
   env = make_env(nfds, 3 + (int)nfds, &pidvar);
   if (!env) {
     close(p[0]);
     close(p[1]);
+    close(sp[0]);
+    close(sp[1]);
     free(fds);
     free(u);
     return UV_ENOMEM;
@@ -289,7 +295,9 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
   uv_pipe_init(loop, &u->ready, 0);
   uv_timer_init(loop, &u->timer);
   uv_signal_init(loop, &u->sigchld);
-  u->ready.data = u->timer.data = u->sigchld.data = u;
+  u->chan = sp[0];
+  uv_poll_init(loop, &u->chan_poll, u->chan);
+  u->ready.data = u->timer.data = u->sigchld.data = u->chan_poll.data = u;
   if ((r = uv_pipe_open(&u->ready, p[0])) != 0) {
     close(p[0]);
     goto undo;
@@ -302,8 +310,9 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
     goto undo;
   }
   if (pid == 0)
-    child(fds, nfds, p[1], path, argv, env, pidvar);
+    child(fds, nfds, p[1], sp[1], path, argv, env, pidvar);
   close(p[1]);
+  close(sp[1]);
   free_env(env);
   free(fds);
   u->pid = pid;
@@ -314,15 +323,19 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
 
 undo:
   close(p[1]);
+  close(sp[1]);
   free_env(env);
   free(fds);
   /* The handles exist: they close like any others, callback-free. */
   u->closing = true;
   u->reported = true;
-  u->handles_closing = 3;
+  u->handles_closing = 4;
   uv_close((uv_handle_t *)&u->ready, on_handle_closed);
   uv_close((uv_handle_t *)&u->timer, on_handle_closed);
   uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
+  uv_close((uv_handle_t *)&u->chan_poll, on_handle_closed);
+  close(u->chan);
+  u->chan = -1;
   return r;
 }
 
@@ -341,10 +354,17 @@ UVIP_EXPORT int uvip_upgrade_close(uvip_upgrade_t *u, uvip_upgrade_close_cb cb) 
      * longer be waited for on the loop; SIGKILL makes it short. */
     kill(u->pid, SIGKILL);
   report(u, UV_ECANCELED, "upgrade closed before the new generation was ready");
-  u->handles_closing = 3;
+  /* Connections still queued for moving stay here (and can be read and
+   * closed again); done runs for them now. */
+  uvip__handover_abort(u);
+  u->handles_closing = 4;
   uv_close((uv_handle_t *)&u->ready, on_handle_closed);
   uv_close((uv_handle_t *)&u->timer, on_handle_closed);
   uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
+  uv_close((uv_handle_t *)&u->chan_poll, on_handle_closed);
+  /* The new generation sees the channel end: nothing more will come. */
+  close(u->chan);
+  u->chan = -1;
   return 0;
 }
 

@@ -59,6 +59,56 @@ static void gen2_conn(uvip_server_t *s, uvip_conn_t *c) {
   uv_read_start(uvip_conn_stream(c), gen2_alloc, gen2_read);
 }
 
+/* "move" mode: serves moved connections, answering "g2" and the blob the
+ * old generation sent with each; ends when quota of them have closed. */
+static int moved_closed, moved_ends;
+static void moved_conn_closed(uvip_conn_t *c) {
+  free(uv_handle_get_data((uv_handle_t *)uvip_conn_tcp(c)));
+  if (++moved_closed == gen2_quota)
+    uvip_server_close(gen2_server, NULL);
+}
+
+static void moved_write_done(uv_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void moved_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  char *blob = uv_handle_get_data((uv_handle_t *)st);
+  (void)b;
+  if (n < 0) {
+    uvip_conn_close(uvip_conn_from_tcp((uv_tcp_t *)st), moved_conn_closed);
+    return;
+  }
+  if (n > 0) {
+    uv_write_t *w = malloc(sizeof(*w) + 16);
+    char *out = (char *)(w + 1);
+    uv_buf_t ob;
+    snprintf(out, 16, "g2%s", blob);
+    ob = uv_buf_init(out, (unsigned)strlen(out));
+    uv_write(w, st, &ob, 1, moved_write_done);
+  }
+}
+
+static void on_moved(uvip_server_t *s, uvip_conn_t *c, const void *blob,
+                     size_t len) {
+  char *copy = calloc(1, len + 1);
+  uvip_vip_stats_t st;
+  memcpy(copy, blob, len);
+  uv_handle_set_data((uv_handle_t *)uvip_conn_tcp(c), copy);
+  uv_read_start(uvip_conn_stream(c), gen2_alloc, moved_read);
+  /* Counted like an accepted connection. */
+  if (uvip_server_stats(s, &st) != 0 || st.active == 0)
+    exit(20);
+}
+
+static void on_moved_end(uvip_moved_t *m, int status, size_t received) {
+  (void)m;
+  moved_ends++;
+  if (status != 0 || (int)received != gen2_quota)
+    exit(21);
+}
+
 static int gen2(const char *mode, const char *port, const char *quota) {
   uvip_server_options_t o;
   uvip_addrs_t *a;
@@ -91,9 +141,16 @@ static int gen2(const char *mode, const char *port, const char *quota) {
   if (getenv("LISTEN_FDS") || getenv("LISTEN_PID"))
     return 14;
   gen2_quota = atoi(quota);
+  if (!strcmp(mode, "move")) {
+    uvip_moved_t *m;
+    if (uvip_moved_start(gen2_server, on_moved, on_moved_end, &m) != 0 || !m)
+      return 17;
+  }
   if (uvip_upgrade_ready() != 0 || getenv("UVIP_READY_FD"))
     return 15;
   uv_run(loop, UV_RUN_DEFAULT);
+  if (!strcmp(mode, "move") && moved_ends != 1)
+    return 18;
   return uv_loop_close(loop) == 0 ? 0 : 16;
 }
 
@@ -312,6 +369,178 @@ START_TEST(test_upgrade_closed_early) {
 }
 END_TEST
 
+/* ---- Moving ---- */
+
+#define NMOVE 10
+static struct {
+  uvip_conn_t *conns[NMOVE + 1];
+  int n, answered;
+  size_t moved, kept;
+  bool done;
+  int held; /* index of the busy one */
+} MV;
+
+static void mv_alloc(uv_handle_t *h, size_t n, uv_buf_t *b) {
+  static char buf[64];
+  (void)h;
+  (void)n;
+  *b = uv_buf_init(buf, sizeof(buf));
+}
+
+static void mv_write_done(uv_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void mv_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  (void)b;
+  if (n < 0) {
+    uvip_conn_close(uvip_conn_from_tcp((uv_tcp_t *)st), NULL);
+    return;
+  }
+  if (n > 0) {
+    uv_write_t *w = malloc(sizeof(*w));
+    uv_buf_t ob = uv_buf_init("g1", 2);
+    uv_write(w, st, &ob, 1, mv_write_done);
+    MV.answered++;
+  }
+}
+
+static void mv_conn(uvip_server_t *s, uvip_conn_t *c) {
+  (void)s;
+  ck_assert_int_lt(MV.n, NMOVE + 1);
+  MV.conns[MV.n++] = c;
+  uv_read_start(uvip_conn_stream(c), mv_alloc, mv_read);
+}
+
+static int mv_decide(uvip_conn_t *c, void *blob, size_t *len) {
+  for (int i = 0; i < MV.n; i++)
+    if (MV.conns[i] == c) {
+      *len = (size_t)snprintf(blob, 16, "c%d", i);
+      return UVIP_HANDOVER_MOVE;
+    }
+  ck_abort_msg("unknown connection");
+  return UVIP_HANDOVER_KEEP;
+}
+
+static void mv_done(uvip_upgrade_t *u, size_t moved, size_t kept) {
+  (void)u;
+  MV.moved = moved;
+  MV.kept = kept;
+  MV.done = true;
+  /* The busy one drains here: read what it sent. */
+  uv_read_start(uvip_conn_stream(MV.conns[MV.held]), mv_alloc, mv_read);
+}
+
+static void mv_upgraded(uvip_upgrade_t *u, int status, const char *why) {
+  G.reports++;
+  G.status = status;
+  snprintf(G.why, sizeof(G.why), "%s", why);
+  if (status == 0) {
+    ck_assert_int_eq(uvip_server_stop(G.s), 0);
+    ck_assert_int_eq(uvip_upgrade_handover(u, G.s, mv_decide, mv_done), 0);
+    ck_assert_int_eq(uvip_upgrade_handover(u, G.s, mv_decide, mv_done),
+                     UV_EBUSY);
+  }
+}
+
+static void ask(int fd, const char *want) {
+  char buf[16] = "";
+  struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ck_assert_int_eq(write(fd, "?", 1), 1);
+  ck_assert_int_eq(read(fd, buf, sizeof(buf) - 1), (ssize_t)strlen(want));
+  ck_assert_str_eq(buf, want);
+}
+
+/* Idle connections move to the new generation with their blob and keep
+ * working there; the busy one (unread input) stays and drains here. */
+START_TEST(test_upgrade_moves_idle) {
+  int port = old_start("127.0.0.1-127.0.0.2", th_free_port()), fds[NMOVE + 1];
+  char ports[16], quota[16];
+  struct sockaddr_storage sa;
+  pid_t pid;
+  int st;
+
+  memset(&MV, 0, sizeof(MV));
+  uvip_server_close(G.s, NULL); /* old_start's, with another callback */
+  uv_run(&G.loop, UV_RUN_NOWAIT);
+  {
+    uvip_addrs_t *a = th_addrs("127.0.0.1-127.0.0.2", port);
+    ck_assert_int_eq(uvip_server_new(&G.loop, a, NULL, &G.s), 0);
+    uvip_addrs_free(a);
+    ck_assert_int_eq(uvip_server_listen(G.s, mv_conn, NULL, 0), 0);
+  }
+  /* One at a time, so that conns[i] is the server side of fds[i]. */
+  for (int i = 0; i <= NMOVE; i++) {
+    th_addr(i % 2 ? "127.0.0.2" : "127.0.0.1", port, &sa);
+    fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+    for (int k = 0; MV.n < i + 1 && k < 1000; k++)
+      uv_run(&G.loop, UV_RUN_ONCE);
+    ck_assert_int_eq(MV.n, i + 1);
+  }
+  /* The last one is busy: it sent a byte the server has not read. */
+  MV.held = NMOVE;
+  uv_read_stop(uvip_conn_stream(MV.conns[MV.held]));
+  for (int i = 0; i < NMOVE; i++) {
+    ck_assert_int_eq(write(fds[i], "?", 1), 1);
+    while (MV.answered < i + 1)
+      uv_run(&G.loop, UV_RUN_ONCE);
+    char b[4] = "";
+    ck_assert_int_eq(read(fds[i], b, 2), 2);
+  }
+  ck_assert_int_eq(write(fds[NMOVE], "?", 1), 1);
+
+  snprintf(ports, sizeof(ports), "%d", port);
+  snprintf(quota, sizeof(quota), "%d", NMOVE);
+  char *argv[] = {self, "gen2", "move", ports, quota, NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      mv_upgraded, &G.u),
+                   0);
+  pid = uvip_upgrade_pid(G.u);
+  for (int i = 0; !MV.done && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_msg(G.status == 0, "%s", G.why);
+  ck_assert(MV.done);
+  ck_assert_uint_eq(MV.moved, NMOVE);
+  ck_assert_uint_eq(MV.kept, 1);
+  {
+    uvip_vip_stats_t s;
+    /* Moved ones were given back here, like closed ones. */
+    for (int i = 0; i < 1000; i++) {
+      uvip_server_stats(G.s, &s);
+      if (s.active == 1)
+        break;
+      uv_run(&G.loop, UV_RUN_ONCE);
+    }
+    ck_assert_uint_eq(s.active, 1);
+  }
+  /* The moved ones now answer from the new generation, with their blob. */
+  for (int i = 0; i < NMOVE; i++) {
+    char want[16];
+    snprintf(want, sizeof(want), "g2c%d", i);
+    ask(fds[i], want);
+  }
+  /* The busy one is still served here. */
+  {
+    char b[4] = "";
+    struct timeval tv = {10, 0};
+    setsockopt(fds[NMOVE], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (MV.answered < NMOVE + 1)
+      uv_run(&G.loop, UV_RUN_ONCE);
+    ck_assert_int_eq(read(fds[NMOVE], b, 2), 2);
+    ck_assert_str_eq(b, "g1");
+  }
+  close_upgrade();
+  for (int i = 0; i <= NMOVE; i++)
+    close(fds[i]);
+  st = reap(pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen2 status %d", st);
+  ck_assert_int_le(G.max_gap, 100);
+  old_finish();
+}
+END_TEST
+
 START_TEST(test_upgrade_args) {
   char *argv[] = {self, NULL};
   uvip_upgrade_t *u;
@@ -363,6 +592,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_upgrade_garbage);
   tcase_add_test(tc, test_upgrade_closed_early);
   tcase_add_test(tc, test_upgrade_args);
+  tcase_add_test(tc, test_upgrade_moves_idle);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

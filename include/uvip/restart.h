@@ -104,6 +104,75 @@ int uvip_upgrade_close(uvip_upgrade_t *upgrade, uvip_upgrade_close_cb cb);
  * UVIP_READY_FD from the environment. */
 int uvip_upgrade_ready(void);
 
+/* ---- Moving idle connections to the new generation ---------------------- */
+
+/* What to do with one connection at hand-over time. */
+enum {
+  UVIP_HANDOVER_KEEP = 0, /* it stays and drains in this generation */
+  UVIP_HANDOVER_MOVE = 1, /* move it (if idle) with the blob filled in */
+  UVIP_HANDOVER_CLOSE = 2 /* close it now (uvip_conn_close()) */
+};
+
+/* Largest application blob moved with a connection. */
+#define UVIP_HANDOVER_BLOB_MAX 1024
+
+/* Asked once per open connection of the server. To move it, fill blob
+ * (up to UVIP_HANDOVER_BLOB_MAX bytes) and *len and return
+ * UVIP_HANDOVER_MOVE. */
+typedef int (*uvip_handover_decide_cb)(uvip_conn_t *conn, void *blob,
+                                       size_t *len);
+/* Called once when every connection chosen for moving has been sent (or
+ * kept because it was busy or the new generation stopped taking them):
+ * moved and kept count them. */
+typedef void (*uvip_handover_done_cb)(uvip_upgrade_t *upgrade, size_t moved,
+                                      size_t kept);
+
+/* After a successful upgrade (its callback had status 0), hands idle
+ * connections of server to the new generation over the channel the upgrade
+ * set up (a SOCK_SEQPACKET socket pair, UVIP_HANDOFF_FD in the new one).
+ * decide runs for each connection at once; a connection chosen for moving
+ * goes only if it is idle: nothing unread in its socket and nothing queued
+ * in libuv for writing (else it is kept, and drains here). Moved ones are
+ * sent on the loop as the channel has room; each is then closed here (the
+ * socket lives on in the new generation), its slot given back and the
+ * server's conn_close_cb run for it, as for a close. Errors: UV_EINVAL,
+ * UV_EBUSY (the upgrade is not ready, or a hand-over runs), UV_ENOTCONN
+ * (the channel is gone). done never runs on error. */
+int uvip_upgrade_handover(uvip_upgrade_t *upgrade, uvip_server_t *server,
+                          uvip_handover_decide_cb decide,
+                          uvip_handover_done_cb done);
+
+typedef struct uvip_moved_s uvip_moved_t;
+
+/* In the new generation, once per moved connection: conn is counted on
+ * its VIP (matched by the address it was accepted on) and against the
+ * caps, like an accepted one, with the application's blob (valid during
+ * the call). The caps do not refuse it: it exists already. */
+typedef void (*uvip_moved_cb)(uvip_server_t *server, uvip_conn_t *conn,
+                              const void *blob, size_t len);
+/* Called once the old generation has sent everything (it closed the
+ * channel), or the channel failed (status < 0), or on uvip_moved_close()
+ * (UV_ECANCELED); the receiver is freed right after. */
+typedef void (*uvip_moved_end_cb)(uvip_moved_t *moved, int status,
+                                  size_t received);
+
+/* In the new generation: receives moved connections for server (which
+ * must listen, so that every VIP exists) on the channel named by
+ * UVIP_HANDOFF_FD, on the server's loop. *out is NULL and 0 is returned when
+ * the process was not started by an upgrade. A connection for an address
+ * that is not a VIP of server is closed and counted as dropped
+ * (uvip_moved_dropped()). Errors: UV_EINVAL, UV_EBADF (UVIP_HANDOFF_FD is
+ * not a descriptor), UV_ENOMEM. */
+int uvip_moved_start(uvip_server_t *server, uvip_moved_cb cb,
+                     uvip_moved_end_cb end, uvip_moved_t **out);
+
+/* Moved connections closed on arrival because no VIP matched. */
+size_t uvip_moved_dropped(const uvip_moved_t *moved);
+
+/* Stops receiving; end runs from the loop with UV_ECANCELED (unless it ran
+ * already: UV_EALREADY). */
+int uvip_moved_close(uvip_moved_t *moved);
+
 #ifdef __cplusplus
 }
 #endif

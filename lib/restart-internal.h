@@ -1,0 +1,57 @@
+/* Shared by upgrade.c and handover.c. Not installed.
+ * SPDX-License-Identifier: MIT */
+#ifndef UVIP_RESTART_INTERNAL_H
+#define UVIP_RESTART_INTERNAL_H
+
+#include "internal.h"
+
+/* One message on the hand-over channel: this header, then the blob; the
+ * connection's descriptor rides along (SCM_RIGHTS). */
+typedef struct uvip__handover_msg {
+  uint32_t magic; /* UVIP__HANDOVER_MAGIC */
+  uint32_t blob_len;
+  struct sockaddr_storage vip; /* the address it was accepted on */
+} uvip__handover_msg_t;
+#define UVIP__HANDOVER_MAGIC 0x75766970u /* "uvip" */
+
+typedef struct uvip__handover_item {
+  uvip_conn_t *conn;
+  uv_alloc_cb alloc_cb; /* to read again if it cannot go */
+  uv_read_cb read_cb;
+  size_t len;
+  unsigned char blob[];
+} uvip__handover_item_t;
+
+struct uvip_upgrade_s {
+  uv_loop_t *loop;
+  pid_t pid;        /* 0 once reaped */
+  uv_pipe_t ready;  /* read end of the readiness pipe */
+  uv_timer_t timer; /* readiness deadline */
+  uv_signal_t sigchld;
+  uv_poll_t chan_poll; /* the hand-over channel, writable while sending */
+  int chan;            /* our end of the channel, -1 once gone */
+  uvip_upgrade_cb cb;
+  uvip_upgrade_close_cb close_cb;
+  uint64_t timeout_ms;
+  bool reported, is_ready, closing;
+  int handles_closing;
+  char path[256];
+  unsigned char msg[8]; /* 'R', or 'E' and the exec errno */
+  size_t nmsg;
+
+  /* Hand-over in progress (handover.c). */
+  uvip_server_t *ho_server;
+  uvip_handover_done_cb ho_done;
+  uvip__handover_item_t **ho_items;
+  size_t ho_n, ho_next, ho_moved, ho_kept;
+  bool ho_running;
+};
+
+/* handover.c: ends a hand-over in progress (the upgrade closes). */
+void uvip__handover_abort(uvip_upgrade_t *u);
+
+/* conn.c: a connection queued for moving cannot be closed by the
+ * application (UV_EBUSY); the hand-over closes it once sent. */
+void uvip__conn_set_moving(uvip_conn_t *c, bool moving);
+
+#endif
