@@ -150,9 +150,11 @@ typedef struct uvip_server_options_s {
   int defer_accept_secs;
   /* TCP_FASTOPEN queue length; 0 = off. */
   int fastopen_qlen;
-  /* First back-off after EMFILE/ENFILE/ENOBUFS/ENOMEM on accept, doubled
-   * up to 1 s while the error persists (default 50 ms). Accepting also
-   * resumes as soon as one of the server's connections closes. */
+  /* First back-off after EMFILE/ENFILE/ENOBUFS/ENOMEM (or an accept error
+   * the library does not know) on accept, doubled up to 1 s while the error
+   * persists (default 50 ms; 0 = the default; values above 1000 act as
+   * 1000). Accepting also resumes as soon as one of the server's
+   * connections closes. */
   unsigned int backoff_ms;
   /* Called, if set, for every connection the library closes on its own
    * (uvip_server_close_conns(), a drain timeout) so that the application

@@ -164,12 +164,20 @@ static void on_backoff(uv_timer_t *t) {
   kick(s);
 }
 
+/* Pauses accepting for the current back-off, then doubles it. The delay is
+ * kept within 1..MAX_BACKOFF_MS whatever backoff_ms the application gave:
+ * an unbounded one would park the queues for days (2^31 ms) or, doubled in
+ * 32 bits, wrap to 0 and spin. */
 static void start_backoff(uvip_server_t *s) {
+  unsigned int ms = s->backoff_cur_ms;
+  if (ms < 1)
+    ms = 1;
+  else if (ms > MAX_BACKOFF_MS)
+    ms = MAX_BACKOFF_MS;
   s->backing_off = true;
-  uv_timer_start(&s->backoff, on_backoff, s->backoff_cur_ms, 0);
-  s->backoff_cur_ms *= 2;
-  if (s->backoff_cur_ms > MAX_BACKOFF_MS)
-    s->backoff_cur_ms = MAX_BACKOFF_MS;
+  uv_timer_start(&s->backoff, on_backoff, ms, 0);
+  /* ms <= MAX_BACKOFF_MS, so doubling cannot overflow. */
+  s->backoff_cur_ms = ms * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : ms * 2;
 }
 
 enum accept_result { ACC_DRAINED, ACC_MORE, ACC_STOP };
@@ -229,10 +237,14 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
         done++;
         continue;
       default:
-        /* Unknown trouble with this listener: wait for its next edge
-         * rather than retry it every turn. */
+        /* Unknown trouble: neither spin on it nor drop the listener from
+         * the ring. Its edge is spent, so a listener that left the ring
+         * here would leave its queued connections waiting for the next new
+         * one; it keeps its place and is retried after the back-off. */
         v->stats.err_other++;
-        return ACC_DRAINED;
+        v->stats.backoffs++;
+        start_backoff(s);
+        return ACC_STOP;
       }
     }
     s->backoff_cur_ms = s->opts.backoff_ms;

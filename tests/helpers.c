@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,24 @@ int th_run_until(uv_loop_t *loop, const bool *flag, int max_turns) {
     turns++;
   }
   ck_assert_msg(*flag, "condition not reached after %d loop turns", turns);
+  return turns;
+}
+
+static bool loop_quiet(uv_loop_t *loop) {
+  struct pollfd p = {.fd = uv_backend_fd(loop), .events = POLLIN};
+  if (!uv_loop_alive(loop))
+    return true; /* uv_run() would return at once */
+  return uv_backend_timeout(loop) == -1 && poll(&p, 1, 0) == 0;
+}
+
+int th_run_until_quiet(uv_loop_t *loop, int max_turns) {
+  int turns = 0, quiet = 0;
+  while (quiet < 2 && turns < max_turns) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    turns++;
+    quiet = loop_quiet(loop) ? quiet + 1 : 0;
+  }
+  ck_assert_msg(quiet >= 2, "loop still busy after %d turns", turns);
   return turns;
 }
 

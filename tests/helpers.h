@@ -12,6 +12,16 @@
  * Returns the number of turns used; fails the test if the flag stayed false. */
 int th_run_until(uv_loop_t *loop, const bool *flag, int max_turns);
 
+/* Runs non-blocking turns until the loop has nothing left to do without an
+ * event from outside: no timer, idle handle, pending callback or closing
+ * handle (uv_backend_timeout() is -1, or the loop is not alive) and no
+ * watched descriptor ready, seen twice with a turn in between (a watcher
+ * started late in a turn is registered by the next). Fails the test after
+ * max_turns. Use it before asserting that something did NOT happen: every
+ * event the test caused before the call has been processed. Not for loops
+ * with timers armed. Returns the turns used. */
+int th_run_until_quiet(uv_loop_t *loop, int max_turns);
+
 /* Blocking connect from a fresh socket; returns the fd (fails the test on
  * error). src may be NULL. */
 int th_connect(const struct sockaddr *dst, const struct sockaddr *src);

@@ -15,19 +15,51 @@
 
 #define QUEUED 10
 
-static void on_timer(uv_timer_t *t) { *(bool *)t->data = true; }
+/* What the loop would wait for: its active handles by kind. */
+typedef struct {
+  int timers, idles, checks, polls;
+  uint64_t max_due_ms;
+} active_t;
 
-/* Runs the loop for about ms milliseconds of wall time. */
-static void run_for(uv_loop_t *loop, uint64_t ms) {
-  uv_timer_t timer;
-  bool fired = false;
-  uv_timer_init(loop, &timer);
-  timer.data = &fired;
-  uv_timer_start(&timer, on_timer, ms, 0);
-  while (!fired)
-    uv_run(loop, UV_RUN_ONCE);
-  uv_close((uv_handle_t *)&timer, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
+static void count_active(uv_handle_t *h, void *arg) {
+  active_t *a = arg;
+  if (!uv_is_active(h) || uv_is_closing(h))
+    return;
+  switch (h->type) {
+  case UV_TIMER: {
+    uint64_t due = uv_timer_get_due_in((uv_timer_t *)h);
+    a->timers++;
+    if (due > a->max_due_ms)
+      a->max_due_ms = due;
+    break;
+  }
+  case UV_IDLE:
+    a->idles++;
+    break;
+  case UV_CHECK:
+    a->checks++;
+    break;
+  case UV_POLL:
+    a->polls++;
+    break;
+  default: /* an async handle only wakes the loop when sent to */
+    break;
+  }
+}
+
+/* The server is backing off and the loop would sleep: the back-off timer
+ * (at most the 1 s ceiling away) is all that is armed, no idle or check
+ * handle would make the next turn return at once, and the listeners are
+ * not polled meanwhile. A spinning server would keep its idle handle
+ * running. */
+static void assert_sleeping_backoff(uv_loop_t *loop) {
+  active_t a = {0, 0, 0, 0, 0};
+  uv_walk(loop, count_active, &a);
+  ck_assert_int_eq(a.idles, 0);
+  ck_assert_int_eq(a.checks, 0);
+  ck_assert_int_eq(a.polls, 0);
+  ck_assert_int_eq(a.timers, 1);
+  ck_assert_uint_le(a.max_due_ms, 1000);
 }
 
 /* The client side lives in another process so that its descriptors do not
@@ -71,14 +103,17 @@ START_TEST(test_emfile_backoff_and_recovery) {
   uv_loop_t loop;
   th_track_t t = {0};
   int port = th_free_port(), pipefd[2], fillers[512], nfill = 0;
+  uvip_server_options_t o;
   uvip_vip_stats_t st;
   struct rlimit rl;
 
   ck_assert_int_eq(pipe(pipefd), 0);
   uv_loop_init(&loop);
+  uvip_server_options_init(&o);
+  o.backoff_ms = 2; /* short: the test waits for each retry */
   uvip_addrs_t *a = th_addrs("127.0.0.1", port);
   uvip_server_t *s = NULL;
-  ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+  ck_assert_int_eq(uvip_server_new(&loop, a, &o, &s), 0);
   uvip_addrs_free(a);
   uvip_server_set_data(s, &t);
   ck_assert_int_eq(uvip_server_listen(s, th_echo_on_connection, NULL, 0), 0);
@@ -105,15 +140,24 @@ START_TEST(test_emfile_backoff_and_recovery) {
   char c;
   ck_assert_int_eq(read(pipefd[0], &c, 1), 1); /* all queued and written */
 
-  /* 600 ms without descriptors: every attempt fails with EMFILE, and the
-   * back-off (50 ms doubling to 1 s) allows only a handful of retries. A
-   * spinning server would retry thousands of times. */
-  run_for(&loop, 600);
-  uvip_vip_stats(uvip_server_vip(s, 0), &st);
-  ck_assert_uint_eq(st.accepted, 0);
-  ck_assert_uint_ge(st.err_emfile, 1);
-  ck_assert_uint_le(st.err_emfile, 10);
-  ck_assert_uint_eq(st.backoffs, st.err_emfile);
+  /* Without descriptors every attempt fails with EMFILE. After each one
+   * the server backs off and the loop sleeps until the retry; four
+   * attempts, each one loop turn or two apart. */
+  uint64_t seen = 0;
+  int turn;
+  for (turn = 0; turn < 100 && seen < 4; turn++) {
+    uv_run(&loop, UV_RUN_ONCE);
+    uvip_vip_stats(uvip_server_vip(s, 0), &st);
+    ck_assert_uint_eq(st.accepted, 0);
+    ck_assert_uint_eq(st.backoffs, st.err_emfile);
+    ck_assert_uint_le(st.err_emfile, seen + 1); /* one attempt per retry */
+    if (st.err_emfile > seen) {
+      seen = st.err_emfile;
+      assert_sleeping_backoff(&loop);
+    }
+  }
+  ck_assert_msg(seen == 4, "%d EMFILE attempts after %d turns", (int)seen,
+                turn);
 
   /* Descriptors come back: every queued connection is accepted and echoed
    * by the next retry; none was lost. */
@@ -121,7 +165,7 @@ START_TEST(test_emfile_backoff_and_recovery) {
     close(fillers[i]);
   rl.rlim_cur = rl.rlim_max;
   ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
-  for (int turn = 0; turn < 2000 && t.echoed_bytes < QUEUED; turn++)
+  for (turn = 0; turn < 2000 && t.echoed_bytes < QUEUED; turn++)
     uv_run(&loop, UV_RUN_ONCE);
   ck_assert_int_eq(t.accepted, QUEUED);
   ck_assert_int_eq(t.echoed_bytes, QUEUED);
@@ -198,20 +242,40 @@ START_TEST(test_emfile_resume_on_close) {
   close(pipefd[1]);
   char c;
   ck_assert_int_eq(read(pipefd[0], &c, 1), 1);
-  for (int turn = 0; turn < 50 && t.accepted < 2; turn++)
+  /* All three are queued: the first pass takes two and the third attempt
+   * fails with EMFILE. */
+  for (int turn = 0; turn < 50; turn++) {
+    uvip_vip_stats(uvip_server_vip(s, 0), &st);
+    if (st.err_emfile > 0)
+      break;
     uv_run(&loop, UV_RUN_NOWAIT);
-  for (int turn = 0; turn < 5; turn++)
-    uv_run(&loop, UV_RUN_NOWAIT);
-  uvip_vip_stats(uvip_server_vip(s, 0), &st);
+  }
   ck_assert_uint_eq(st.accepted, 2);
-  ck_assert_uint_ge(st.err_emfile, 1);
+  ck_assert_uint_eq(st.err_emfile, 1);
+  ck_assert_uint_eq(st.backoffs, 1);
+  assert_sleeping_backoff(&loop); /* the connections are held, not read */
 
-  /* Closing one connection frees a descriptor: the third is accepted
-   * within a few turns, long before the 1 s back-off. */
+  /* Closing one connection frees a descriptor: accepting resumes from the
+   * close, not from the back-off timer. The turn that runs the close
+   * callback has no timer phase after it, so right then the timer must
+   * already be stopped and a pass scheduled. */
   th_close_conn(&t, 0);
+  for (int turn = 0; turn < 20 && t.closed < 1; turn++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(t.closed, 1);
+  ck_assert_int_eq(t.accepted, 2); /* passes run in the check phase */
+  active_t act = {0, 0, 0, 0, 0};
+  uv_walk(&loop, count_active, &act);
+  ck_assert_int_eq(act.timers, 0);
+  ck_assert_int_eq(act.idles, 1);
   for (int turn = 0; turn < 20 && t.accepted < 3; turn++)
     uv_run(&loop, UV_RUN_NOWAIT);
   ck_assert_int_eq(t.accepted, 3);
+  /* The third took the last descriptor, so the same pass's next attempt
+   * failed too (the kernel checks the descriptor before the queue). */
+  uvip_vip_stats(uvip_server_vip(s, 0), &st);
+  ck_assert_uint_eq(st.err_emfile, 2);
+  ck_assert_uint_eq(st.backoffs, 2);
 
   ck_assert_int_eq(write(gofd[1], "d", 1), 1);
   waitpid(pid, NULL, 0);

@@ -134,8 +134,7 @@ START_TEST(test_per_vip_cap_isolates) {
   o.max_conns = 40;
   t.hold = 1;
   uvip_server_t *s = setup(&loop, &t, &o);
-  for (int turn = 0; turn < 50; turn++)
-    uv_run(&loop, UV_RUN_NOWAIT);
+  th_run_until_quiet(&loop, 200);
   uvip_vip_stats_t st;
   uvip_vip_stats(uvip_server_vip(s, 0), &st);
   ck_assert_uint_eq(st.active, 3);
