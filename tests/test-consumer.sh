@@ -18,11 +18,44 @@ cc -std=c99 -pedantic -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L -o "$tmp/c
   $(PKG_CONFIG_PATH=$pcdir pkg-config --cflags --libs uvip)
 LD_LIBRARY_PATH=$tmp/stage$libdir "$tmp/consumer"
 
-# 2. Subproject: the consumer finds uvip in its subprojects/ directory.
+# 2. Subproject: the consumer finds uvip in its subprojects/ directory and
+# builds it with strict flags (warning_level=3 is -Wall -Wextra -Wpedantic;
+# command-line options reach the subproject too). By default uvip adds only
+# its library: no test, benchmark or example in the parent's build, test
+# list or install.
 mkdir -p "$tmp/sub/subprojects"
 cp "$src/tests/consumer/meson.build" "$src/tests/consumer/consumer.c" "$tmp/sub/"
 ln -s "$(cd "$src" && pwd)" "$tmp/sub/subprojects/uvip"
-meson setup "$tmp/sub/build" "$tmp/sub" --wrap-mode=forcefallback -Duvip:tests=false >/dev/null
+meson setup "$tmp/sub/build" "$tmp/sub" --wrap-mode=forcefallback \
+  -Dwerror=true -Dwarning_level=3 -Dc_args='-Wextra -pedantic' >/dev/null
+# The strict flags really reach uvip's own sources.
+python3 - "$tmp/sub/build/compile_commands.json" <<'PY'
+import json, sys
+cmds = [c['command'] for c in json.load(open(sys.argv[1])) if '/subprojects/uvip/lib/' in c['file']]
+assert cmds, 'no uvip library source compiled'
+for c in cmds:
+    for flag in ('-Werror', '-Wextra', '-pedantic'):
+        assert flag in c.split(), 'uvip compiled without %s: %s' % (flag, c)
+PY
 ninja -C "$tmp/sub/build" >/dev/null
 "$tmp/sub/build/consumer"
-echo "consumer: pkg-config and subproject builds link and run"
+# (Newer meson prefixes each name with its project.)
+tests=$(meson test -C "$tmp/sub/build" --no-rebuild --list 2>/dev/null)
+if [ "$(echo "$tests" | sed 's/^uvip-consumer[:/ ]*//')" != "consumer-runs" ]; then
+  echo "subproject: the parent's test list holds more than its own test:"; echo "$tests"; exit 1
+fi
+# uvip's targets in the parent's build: its library, and the archive for
+# white-box tests, which is not built by default.
+meson introspect "$tmp/sub/build" --targets | python3 -c '
+import json, sys
+bad = [t["name"] for t in json.load(sys.stdin) if t["subproject"] == "uvip"
+       and not (t["name"] == "uvip" and t["type"] in ("shared library", "static library"))
+       and not (t["name"] == "uvip-internal" and not t["build_by_default"])]
+if bad:
+    sys.exit("subproject: uvip adds these targets to the parent: %s" % " ".join(sorted(bad)))
+'
+meson install -C "$tmp/sub/build" --destdir "$tmp/sub/stage" --quiet >/dev/null
+if find "$tmp/sub/stage" -path '*/bin/*' ! -name consumer | grep .; then
+  echo "subproject: uvip installs programs into the parent's install"; exit 1
+fi
+echo "consumer: pkg-config and subproject builds link and run; as a subproject uvip adds only its library"
