@@ -1,6 +1,7 @@
 #!/bin/sh
-# Links a separate program against uvip two ways: through the installed
-# uvip.pc (pkg-config), and with uvip as a meson subproject.
+# Links a separate program against uvip: through the installed uvip.pc
+# (pkg-config), statically as README.md says, and with uvip as a meson
+# subproject. Also checks the installed docs' links.
 set -eu
 src=$1 build=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -17,6 +18,52 @@ PKG_CONFIG_PATH=$pcdir pkg-config --print-requires uvip | grep -q libuv
 cc -std=c99 -pedantic -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L -o "$tmp/consumer" "$src/tests/consumer/consumer.c" \
   $(PKG_CONFIG_PATH=$pcdir pkg-config --cflags --libs uvip)
 LD_LIBRARY_PATH=$tmp/stage$libdir "$tmp/consumer"
+
+# 1b. Static: README.md's command (libuvip.a, libuv's libuv_a.a, shared
+# libmnl), when the static library is installed.
+if [ -f "$tmp/stage$libdir/libuvip.a" ]; then
+  cc -std=c99 -pedantic -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L -o "$tmp/consumer-static" \
+    "$src/tests/consumer/consumer.c" $(PKG_CONFIG_PATH=$pcdir pkg-config --cflags uvip) \
+    "$(PKG_CONFIG_PATH=$pcdir pkg-config --variable=libdir uvip)/libuvip.a" \
+    $(pkg-config --libs libuv-static libmnl)
+  if readelf -d "$tmp/consumer-static" | grep -E 'NEEDED.*(libuvip|libuv\.so)'; then
+    echo "static: the program still needs a shared uvip or libuv"; exit 1
+  fi
+  "$tmp/consumer-static"
+fi
+
+# 1c. The installed README.md and docs: every relative link resolves in the
+# installed tree (include/ in the doc directory leads to the headers).
+datadir=$(meson introspect "$build" --buildoptions | python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="datadir"][0])')
+includedir=$(meson introspect "$build" --buildoptions | python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="includedir"][0])')
+case $datadir in /*) ;; *) datadir=$prefix/$datadir ;; esac
+case $includedir in /*) ;; *) includedir=$prefix/$includedir ;; esac
+python3 - "$tmp/stage" "$datadir/doc/uvip" "$includedir" <<'PY'
+import os, re, sys
+stage, docdir, incdir = sys.argv[1:]
+root = stage + docdir
+inc_link = os.path.join(root, 'include')
+assert os.readlink(inc_link) == incdir, 'doc include/ link: %s' % os.readlink(inc_link)
+bad, n = [], 0
+for d, _, files in os.walk(root):
+    for f in files:
+        if not f.endswith('.md'):
+            continue
+        path = os.path.join(d, f)
+        for target in re.findall(r'\]\(([^)#\s]+)', open(path).read()):
+            if re.match(r'[a-z]+:', target):
+                continue
+            n += 1
+            t = os.path.normpath(os.path.join(d, target))
+            if t.startswith(inc_link + '/'):
+                t = stage + incdir + t[len(inc_link):]
+            if not os.path.exists(t):
+                bad.append('%s -> %s' % (os.path.relpath(path, root), target))
+assert os.path.exists(os.path.join(root, 'README.md')), 'README.md not installed'
+if bad:
+    sys.exit('installed docs: broken links:\n  ' + '\n  '.join(bad))
+print('installed docs: %d relative links resolve' % n)
+PY
 
 # 2. Subproject: the consumer finds uvip in its subprojects/ directory and
 # builds it with strict flags (warning_level=3 is -Wall -Wextra -Wpedantic;
