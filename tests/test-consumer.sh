@@ -3,7 +3,7 @@
 # (pkg-config), statically as README.md says, and with uvip as a meson
 # subproject. Also checks the installed docs' links.
 set -eu
-src=$1 build=$2
+src=$1 build=$2 static_ldflags=${3:-}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 # 1. Installed: meson install into a staging prefix, then pkg-config.
@@ -25,7 +25,7 @@ if [ -f "$tmp/stage$libdir/libuvip.a" ]; then
   cc -std=c99 -pedantic -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L -o "$tmp/consumer-static" \
     "$src/tests/consumer/consumer.c" $(PKG_CONFIG_PATH=$pcdir pkg-config --cflags uvip) \
     "$(PKG_CONFIG_PATH=$pcdir pkg-config --variable=libdir uvip)/libuvip.a" \
-    $(pkg-config --libs libuv-static libmnl)
+    $(pkg-config --libs libuv-static libmnl) $static_ldflags
   if readelf -d "$tmp/consumer-static" | grep -E 'NEEDED.*(libuvip|libuv\.so)'; then
     echo "static: the program still needs a shared uvip or libuv"; exit 1
   fi
@@ -74,7 +74,8 @@ mkdir -p "$tmp/sub/subprojects"
 cp "$src/tests/consumer/meson.build" "$src/tests/consumer/consumer.c" "$tmp/sub/"
 ln -s "$(cd "$src" && pwd)" "$tmp/sub/subprojects/uvip"
 meson setup "$tmp/sub/build" "$tmp/sub" --wrap-mode=forcefallback \
-  -Dwerror=true -Dwarning_level=3 -Dc_args='-Wextra -pedantic' >/dev/null
+  -Dwerror=true -Dwarning_level=3 -Dc_args='-Wextra -pedantic' > "$tmp/sub/setup.log" ||
+  { cat "$tmp/sub/setup.log"; exit 1; }
 # The strict flags really reach uvip's own sources.
 python3 - "$tmp/sub/build/compile_commands.json" <<'PY'
 import json, sys
@@ -84,7 +85,7 @@ for c in cmds:
     for flag in ('-Werror', '-Wextra', '-pedantic'):
         assert flag in c.split(), 'uvip compiled without %s: %s' % (flag, c)
 PY
-ninja -C "$tmp/sub/build" >/dev/null
+ninja -C "$tmp/sub/build" > "$tmp/sub/ninja.log" || { cat "$tmp/sub/ninja.log"; exit 1; }
 "$tmp/sub/build/consumer"
 # (Newer meson prefixes each name with its project.)
 tests=$(meson test -C "$tmp/sub/build" --no-rebuild --list 2>/dev/null)
