@@ -75,6 +75,12 @@ static void on_connect(uvip_outconn_t *oc, int status,
   else
     n_err++;
   ck_assert_ptr_eq(uvip_outconn_tcp(oc)->data, &loop);
+  /* Every test connects to dest: the connection reports it. */
+  char got[UVIP_ADDRSTRLEN], want[UVIP_ADDRSTRLEN];
+  ck_assert_int_eq(uvip_addr_format(uvip_outconn_dest(oc), 1, got, sizeof(got)), 0);
+  ck_assert_int_eq(uvip_addr_format((struct sockaddr *)&dest, 1, want, sizeof(want)), 0);
+  ck_assert_str_eq(got, want);
+  ck_assert_ptr_null(uvip_outconn_dest(NULL));
 }
 
 static void on_closed(uvip_outconn_t *oc) {
