@@ -208,8 +208,7 @@ static void on_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
 }
 
 static void on_event(uvip_tracker_t *t, const uvip_tracker_event_t *ev) {
-  static const char *const names[] = {"?", "ports", "time_wait",
-                                      "listen_queue", "overflow"};
+  const char *kind = uvip_event_kind_name((int)ev->kind);
   char a[UVIP_ADDRSTRLEN] = "", r[UVIP_ADDRSTRLEN] = "";
   (void)t;
   if (ev->tuple) {
@@ -219,7 +218,7 @@ static void on_event(uvip_tracker_t *t, const uvip_tracker_event_t *ev) {
     fmt(&ev->listener->addr, 1, a);
   }
   fprintf(stderr, "event: %s %s value %.3f threshold %.3f %s%s%s\n",
-          names[ev->kind <= 4 ? ev->kind : 0],
+          kind ? kind : "?",
           ev->raised ? "RAISED" : "cleared", ev->value, ev->threshold, a,
           r[0] ? " -> " : "", r);
 }

@@ -274,6 +274,11 @@ typedef enum {
   UVIP_VIP_PAUSED     /* listener closed by uvip_vip_pause() */
 } uvip_vip_state_t;
 
+/* The state's name, for logs, metrics labels and JSON: "idle", "listening",
+ * "failed", "draining", "stopped", "paused"; NULL when state is none of
+ * uvip_vip_state_t. */
+const char *uvip_vip_state_name(int state);
+
 const struct sockaddr *uvip_vip_addr(const uvip_vip_t *vip);
 uvip_vip_state_t uvip_vip_state(const uvip_vip_t *vip);
 int uvip_vip_error(const uvip_vip_t *vip);

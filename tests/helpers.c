@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 int th_run_until(uv_loop_t *loop, const bool *flag, int max_turns) {
@@ -107,6 +108,44 @@ void th_enter_netns_or_skip(void) {
     fprintf(stderr, "skip: cannot bring lo up\n");
     exit(77);
   }
+}
+
+void th_require_netns_or_skip(void) {
+  if (geteuid() != 0) {
+    fprintf(stderr, "skip: needs root\n");
+    exit(77);
+  }
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    exit(EXIT_FAILURE);
+  }
+  if (pid == 0) {
+    if (unshare(CLONE_NEWNET) != 0) {
+      fprintf(stderr, "skip: unshare(CLONE_NEWNET): %s\n", strerror(errno));
+      _exit(77);
+    }
+    if (system("ip link set lo up") != 0) {
+      fprintf(stderr, "skip: cannot bring lo up\n");
+      _exit(77);
+    }
+    _exit(0);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) {
+      perror("waitpid");
+      exit(EXIT_FAILURE);
+    }
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    exit(77);
+}
+
+void th_enter_netns(void) {
+  ck_assert_msg(unshare(CLONE_NEWNET) == 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
+  ck_assert_msg(system("ip link set lo up") == 0, "cannot bring lo up");
 }
 
 char *th_cmd_output(const char *cmd) {

@@ -42,6 +42,17 @@ uvip_addrs_t *th_addrs(const char *spec, int port);
  * network namespace; on success the process is in a fresh netns with lo up. */
 void th_enter_netns_or_skip(void);
 
+/* For suites whose tests each enter a namespace of their own: exits 77
+ * (skip) unless running as root and a child can unshare a network namespace
+ * and bring its lo up. The caller stays in its namespace. Call it in main()
+ * before the runner: an exit inside a test that check forked is reported as
+ * that test's failure, not as a skip. */
+void th_require_netns_or_skip(void);
+
+/* Enters a fresh network namespace with lo up; fails the test if it cannot
+ * (main() has checked with th_require_netns_or_skip() that it may). */
+void th_enter_netns(void);
+
 /* Runs a command through /bin/sh and returns its stdout (malloc'd, NUL
  * terminated) or NULL if it could not run. */
 char *th_cmd_output(const char *cmd);

@@ -68,7 +68,7 @@ static void set_port_range(void) {
 /* A plain listening socket that never accepts: the kernel completes the
  * handshakes into its queue, which is all the connector needs. */
 static void setup(void) {
-  th_enter_netns_or_skip();
+  th_enter_netns();
   set_port_range();
   ck_assert_int_eq(uv_loop_init(&loop), 0);
   /* A fixed port outside the range: an ephemeral one would take one of
@@ -97,6 +97,12 @@ static void on_connect(uvip_outconn_t *oc, int status,
   else
     n_err++;
   ck_assert_ptr_eq(uvip_outconn_tcp(oc)->data, &loop);
+  /* Every test connects to dest: the connection reports it. */
+  char got[UVIP_ADDRSTRLEN], want[UVIP_ADDRSTRLEN];
+  ck_assert_int_eq(uvip_addr_format(uvip_outconn_dest(oc), 1, got, sizeof(got)), 0);
+  ck_assert_int_eq(uvip_addr_format((struct sockaddr *)&dest, 1, want, sizeof(want)), 0);
+  ck_assert_str_eq(got, want);
+  ck_assert_ptr_null(uvip_outconn_dest(NULL));
 }
 
 static void on_closed(uvip_outconn_t *oc) {
@@ -670,6 +676,9 @@ START_TEST(test_families) {
 END_TEST
 
 int main(void) {
+  /* Every test enters a namespace of its own: skip them all here, before
+   * check forks, when that is not permitted. */
+  th_require_netns_or_skip();
   Suite *s = suite_create("connector");
   TCase *tc = tcase_create("connector");
   tcase_add_test(tc, test_failover_then_exhaustion);

@@ -85,9 +85,11 @@ START_TEST(test_args) {
   ck_assert_int_eq(uvip_conn_close(NULL, NULL), UV_EINVAL);
   ck_assert_ptr_null(uvip_conn_tcp(NULL));
   ck_assert_ptr_null(uvip_server_vip(NULL, 0));
+  ck_assert_ptr_null(uvip_server_loop(NULL));
 
   /* A server that never listened still closes through the loop. */
   ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+  ck_assert_ptr_eq(uvip_server_loop(s), &loop);
   ck_assert_int_eq(uvip_server_listen(s, NULL, NULL, 0), UV_EINVAL);
   ck_assert_int_eq(uvip_vip_set_weight(uvip_server_vip(s, 0), 0), UV_EINVAL);
   ck_assert_int_eq(uvip_vip_set_weight(uvip_server_vip(s, 0), 65), UV_EINVAL);

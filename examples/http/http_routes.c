@@ -185,21 +185,8 @@ int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
 /* ------------------------------------------------------------------------ */
 
 static const char *vip_state_name(uvip_vip_state_t st) {
-  switch (st) {
-  case UVIP_VIP_IDLE:
-    return "idle";
-  case UVIP_VIP_LISTENING:
-    return "listening";
-  case UVIP_VIP_FAILED:
-    return "failed";
-  case UVIP_VIP_DRAINING:
-    return "draining";
-  case UVIP_VIP_STOPPED:
-    return "stopped";
-  case UVIP_VIP_PAUSED:
-    return "paused";
-  }
-  return "unknown";
+  const char *name = uvip_vip_state_name((int)st);
+  return name ? name : "unknown";
 }
 
 enum { F_ACCEPTED, F_ACTIVE, F_CLOSED, F_DEFERRED, F_BACKOFFS, F_NFIELDS };

@@ -375,8 +375,22 @@ enum {
 /* Renders a sampled census (and cap, when not NULL) into buf. *len is the
  * buffer size on input; on success the length written (a NUL follows) and
  * 0 is returned; when buf is too small UV_ENOBUFS is returned and *len is
- * set to the size needed (NUL included). max_tuples limits the tuples
- * listed (0 = all). Errors: UV_EINVAL, UV_ENOBUFS. */
+ * set to the size needed (NUL included), and buf holds no usable output.
+ * max_tuples limits the tuples listed (0 = all).
+ *
+ * Size query: with buf NULL and *len 0, nothing is written, UV_ENOBUFS is
+ * returned and *len is the size needed; allocate that and call again with
+ * the same census, cap, format and max_tuples (the size holds until the
+ * census is sampled again):
+ *
+ *   size_t len = 0;
+ *   char *buf = NULL;
+ *   int r = uvip_census_render(c, NULL, UVIP_RENDER_JSON, 0, NULL, &len);
+ *   if (r == UV_ENOBUFS && (buf = malloc(len)) != NULL)
+ *     r = uvip_census_render(c, NULL, UVIP_RENDER_JSON, 0, buf, &len);
+ *
+ * Errors: UV_EINVAL (census or len NULL, buf NULL with *len not 0, unknown
+ * format), UV_ENOBUFS. */
 int uvip_census_render(const uvip_census_t *census,
                        const uvip_capacity_t *cap, int format,
                        size_t max_tuples, char *buf, size_t *len);
@@ -402,6 +416,11 @@ typedef enum {
    * sample where none rose. */
   UVIP_EVENT_OVERFLOW
 } uvip_event_kind_t;
+
+/* The kind's name, for logs and metrics labels: "ports", "time_wait",
+ * "listen_queue", "overflow"; NULL when kind is none of uvip_event_kind_t
+ * (0 included). */
+const char *uvip_event_kind_name(int kind);
 
 typedef struct uvip_tracker_event_s {
   uvip_event_kind_t kind;
