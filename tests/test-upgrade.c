@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "restart-internal.h" /* the channel's message format */
 
 static char self[4096];
 
@@ -541,6 +542,103 @@ START_TEST(test_upgrade_moves_idle) {
 }
 END_TEST
 
+/* ---- The receiving side with bad messages ---- */
+
+static int mb_moved, mb_ends, mb_status;
+static void mb_on_moved(uvip_server_t *s, uvip_conn_t *c, const void *blob,
+                        size_t len) {
+  (void)s;
+  (void)blob;
+  (void)len;
+  mb_moved++;
+  uvip_conn_close(c, NULL);
+}
+static void mb_on_end(uvip_moved_t *m, int status, size_t received) {
+  (void)m;
+  (void)received;
+  mb_ends++;
+  mb_status = status;
+}
+
+static void send_msg(int chan, const void *data, size_t len, int fd) {
+  struct iovec iov = {(void *)data, len};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  struct msghdr m;
+  memset(&m, 0, sizeof(m));
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  if (fd >= 0) {
+    struct cmsghdr *cm;
+    memset(&ctl, 0, sizeof(ctl));
+    m.msg_control = ctl.buf;
+    m.msg_controllen = sizeof(ctl.buf);
+    cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+  }
+  ck_assert_int_eq(sendmsg(chan, &m, 0), (ssize_t)len);
+}
+
+/* Each malformed message costs that one connection (closed, counted as
+ * dropped), not the channel; a good one after them still arrives. */
+START_TEST(test_moved_bad_messages) {
+  int port = old_start("127.0.0.1", th_free_port()), sp[2], c;
+  uvip_moved_t *m;
+  uvip__handover_msg_t h;
+  struct sockaddr_storage sa;
+  char env[32];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp),
+                   0);
+  snprintf(env, sizeof(env), "%d", sp[1]);
+  setenv("UVIP_HANDOFF_FD", env, 1);
+  ck_assert_int_eq(uvip_moved_start(G.s, mb_on_moved, mb_on_end, &m), 0);
+  ck_assert_ptr_nonnull(m);
+  ck_assert_ptr_null(getenv("UVIP_HANDOFF_FD"));
+
+  th_addr("127.0.0.1", port, &sa);
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  memset(&h, 0, sizeof(h));
+  h.magic = UVIP__HANDOVER_MAGIC;
+  memcpy(&h.vip, &sa, sizeof(sa));
+  /* Half a header. */
+  send_msg(sp[0], &h, sizeof(h) / 2, c);
+  /* A header without a descriptor. */
+  send_msg(sp[0], &h, sizeof(h), -1);
+  /* A blob length that does not match. */
+  h.blob_len = 5;
+  send_msg(sp[0], &h, sizeof(h), c);
+  h.blob_len = 0;
+  /* Wrong magic. */
+  h.magic = 1;
+  send_msg(sp[0], &h, sizeof(h), c);
+  h.magic = UVIP__HANDOVER_MAGIC;
+  /* No such VIP. */
+  th_addr("127.0.0.9", port, (struct sockaddr_storage *)&h.vip);
+  send_msg(sp[0], &h, sizeof(h), c);
+  /* A good one. */
+  memcpy(&h.vip, &sa, sizeof(sa));
+  send_msg(sp[0], &h, sizeof(h), c);
+  for (int i = 0; mb_moved < 1 && i < 1000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(mb_moved, 1);
+  ck_assert_uint_eq(uvip_moved_dropped(m), 5);
+  ck_assert_int_eq(uvip_moved_close(m), 0);
+  ck_assert_int_eq(uvip_moved_close(m), UV_EALREADY);
+  for (int i = 0; mb_ends < 1 && i < 1000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(mb_ends, 1);
+  ck_assert_int_eq(mb_status, UV_ECANCELED);
+  close(sp[0]);
+  close(c);
+  old_finish();
+}
+END_TEST
+
 START_TEST(test_upgrade_args) {
   char *argv[] = {self, NULL};
   uvip_upgrade_t *u;
@@ -561,6 +659,18 @@ START_TEST(test_upgrade_args) {
   /* Not listening: nothing to pass. */
   ck_assert_int_eq(uvip_upgrade_start(&loop, &none, 1, self, argv, 1, on_upgrade, &u), UV_ENOENT);
   ck_assert_int_eq(uvip_upgrade_close(NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_handover(NULL, none, mv_decide, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_moved_close(NULL), UV_EINVAL);
+  ck_assert_uint_eq(uvip_moved_dropped(NULL), 0);
+  {
+    uvip_moved_t *m = (uvip_moved_t *)&loop;
+    unsetenv("UVIP_HANDOFF_FD");
+    ck_assert_int_eq(uvip_moved_start(none, mb_on_moved, NULL, &m), 0);
+    ck_assert_ptr_null(m);
+    setenv("UVIP_HANDOFF_FD", "999", 1);
+    ck_assert_int_eq(uvip_moved_start(none, mb_on_moved, NULL, &m), UV_EBADF);
+    unsetenv("UVIP_HANDOFF_FD");
+  }
   ck_assert_int_eq(uvip_upgrade_pid(NULL), 0);
   /* Not started by an upgrade: nothing to tell. */
   unsetenv("UVIP_READY_FD");
@@ -593,6 +703,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_upgrade_closed_early);
   tcase_add_test(tc, test_upgrade_args);
   tcase_add_test(tc, test_upgrade_moves_idle);
+  tcase_add_test(tc, test_moved_bad_messages);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
