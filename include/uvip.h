@@ -208,6 +208,22 @@ int uvip_server_stop(uvip_server_t *server);
  * connections). */
 int uvip_server_close_conns(uvip_server_t *server);
 
+/* Told, during a drain, that a connection is going away: an HTTP server
+ * adds "Connection: close" to its next response, a protocol with a goodbye
+ * message sends it. The connection may be closed from the callback. */
+typedef void (*uvip_conn_going_away_cb)(uvip_conn_t *conn);
+
+/* Drains the server: stops accepting (uvip_server_stop()), calls
+ * going_away (if not NULL) once for every open connection, and after
+ * timeout_ms (0 = no deadline) closes those still open (as
+ * uvip_server_close_conns() would, with the server's conn_close_cb). Then
+ * uvip_server_close() completes as the connections end. Connections held by
+ * workers are not walked (uvip_server_close_conns() reaches them). Calling
+ * it again walks again and restarts the deadline. UV_ECANCELED once the
+ * server is finishing its close. */
+int uvip_server_drain(uvip_server_t *server, uint64_t timeout_ms,
+                      uvip_conn_going_away_cb going_away);
+
 /* Stops the server (uvip_server_stop()) and, once every connection has been
  * closed by the application (or by uvip_server_close_conns()) and every
  * removed VIP has finished draining (its drain callback ran), calls cb from

@@ -115,6 +115,8 @@ struct uvip_server_s {
    * stays alive when the poll handle is stopped at a cap (as a listening
    * uv_tcp_t keeps it alive). */
   uv_async_t keepalive;
+  /* uvip_server_drain()'s deadline: closes the connections left. */
+  uv_timer_t drain_deadline;
   unsigned int backoff_cur_ms;
   bool backing_off;
   bool watching;

@@ -373,6 +373,7 @@ int uvip__sched_init(uvip_server_t *s) {
   uv_idle_init(s->loop, &s->idle);
   uv_timer_init(s->loop, &s->backoff);
   uv_async_init(s->loop, &s->keepalive, on_keepalive);
+  uv_timer_init(s->loop, &s->drain_deadline);
   uv_unref((uv_handle_t *)&s->keepalive);
   s->backoff_cur_ms = s->opts.backoff_ms;
   return 0;
@@ -416,8 +417,9 @@ void uvip__sched_close(uvip_server_t *s) {
     uv_close((uv_handle_t *)&s->idle, on_handle_closed);
     return;
   }
-  s->handles_open = 5;
+  s->handles_open = 6;
   s->epoll_watch.data = s;
+  s->drain_deadline.data = s;
   s->check.data = s;
   s->idle.data = s;
   s->backoff.data = s;
@@ -427,6 +429,7 @@ void uvip__sched_close(uvip_server_t *s) {
   uv_close((uv_handle_t *)&s->idle, on_handle_closed);
   uv_close((uv_handle_t *)&s->backoff, on_handle_closed);
   uv_close((uv_handle_t *)&s->keepalive, on_handle_closed);
+  uv_close((uv_handle_t *)&s->drain_deadline, on_handle_closed);
   /* The poll handle no longer watches it. */
   close(s->epfd);
   s->epfd = -1;

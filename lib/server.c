@@ -286,6 +286,33 @@ UVIP_EXPORT int uvip_server_close(uvip_server_t *s, uvip_server_close_cb cb) {
   return 0;
 }
 
+static void on_drain_deadline(uv_timer_t *t) {
+  uvip_server_t *s = UVIP_CONTAINER_OF(t, uvip_server_t, drain_deadline);
+  uvip_server_close_conns(s);
+}
+
+UVIP_EXPORT int uvip_server_drain(uvip_server_t *s, uint64_t timeout_ms,
+                                  uvip_conn_going_away_cb going_away) {
+  UVIP_CHECK_ARG(s == NULL);
+  if (s->finishing)
+    return UV_ECANCELED;
+  uvip_server_stop(s);
+  if (going_away)
+    for (size_t i = 0; i < s->nvips; i++) {
+      uvip_conn_t *c, *next;
+      /* A connection closed from the callback stays on the list until its
+       * close callback: the walk is safe. */
+      for (c = s->vips[i]->conns; c; c = next) {
+        next = c->next;
+        if (!uv_is_closing((uv_handle_t *)&c->tcp))
+          going_away(c);
+      }
+    }
+  if (timeout_ms > 0 && s->epfd >= 0)
+    uv_timer_start(&s->drain_deadline, on_drain_deadline, timeout_ms, 0);
+  return 0;
+}
+
 UVIP_EXPORT uv_loop_t *uvip_server_loop(const uvip_server_t *s) {
   return s ? s->loop : NULL;
 }

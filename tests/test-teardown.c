@@ -13,9 +13,18 @@
 
 #include "helpers.h"
 
-enum op { OP_REMOVE0, OP_REMOVE_T, OP_CLOSE_CONNS, OP_STOP, OP_CLOSE, NOPS };
-static const char *const op_name[NOPS] = {"remove(v1,0)", "remove(v2,1ms)",
-                                          "close_conns", "stop", "close"};
+enum op {
+  OP_REMOVE0,
+  OP_REMOVE_T,
+  OP_CLOSE_CONNS,
+  OP_STOP,
+  OP_CLOSE,
+  OP_DRAIN,
+  NOPS
+};
+static const char *const op_name[NOPS] = {
+    "remove(v1,0)", "remove(v2,1ms)", "close_conns", "stop", "close",
+    "drain(1ms)"};
 
 /* Where the sequence of operations runs. */
 enum where {
@@ -35,6 +44,7 @@ static const char *const where_name[NWHERE] = {"top", "timer", "connection cb",
 
 typedef struct {
   int closes; /* close callbacks run for this connection */
+  int going_away;
   bool open;
 } rec_t;
 
@@ -134,6 +144,15 @@ static void on_connection(uvip_server_t *s, uvip_conn_t *c) {
     run_ops();
 }
 
+static void on_going_away(uvip_conn_t *c) {
+  rec_t *r = uv_handle_get_data((uv_handle_t *)uvip_conn_tcp(c));
+  ck_assert_msg(!M.server_gone, "%s: going away after the server closed",
+                M.desc);
+  ck_assert_msg(r->open && r->closes == 0,
+                "%s: going away for a closed connection", M.desc);
+  r->going_away++;
+}
+
 static void run_ops(void) {
   ck_assert(!M.ops_done);
   M.ops_done = true;
@@ -154,6 +173,9 @@ static void run_ops(void) {
       break;
     case OP_CLOSE:
       r = uvip_server_close(M.s, on_server_closed);
+      break;
+    case OP_DRAIN:
+      r = uvip_server_drain(M.s, 1, on_going_away);
       break;
     default:
       ck_abort();
@@ -241,9 +263,12 @@ static void one_case(const enum op *ops, int nops, enum where where, int port) {
   }
   ck_assert_msg(M.server_closes == 1, "%s: server close callback ran %d times",
                 M.desc, M.server_closes);
-  for (int i = 0; i < M.nrec; i++)
+  for (int i = 0; i < M.nrec; i++) {
     ck_assert_msg(M.rec[i].closes == 1, "%s: connection %d closed %d times",
                   M.desc, i, M.rec[i].closes);
+    ck_assert_msg(M.rec[i].going_away <= 1, "%s: going away %d times",
+                  M.desc, M.rec[i].going_away);
+  }
   for (int i = 0; i < NVIPS; i++) {
     bool removed = (i == 0 && where == AT_DRAIN);
     for (int k = 0; k < nops; k++)
@@ -398,12 +423,35 @@ START_TEST(test_uv_close_misuse_reported) {
 }
 END_TEST
 
+/* A drain (going away, deadline) in place of close_conns. */
+START_TEST(test_matrix_drain) {
+  const enum op some[] = {OP_REMOVE0, OP_REMOVE_T, OP_STOP, OP_CLOSE,
+                          OP_DRAIN};
+  int n = matrix(some, 5);
+  ck_assert_int_eq(n, 120 * NWHERE);
+  printf("teardown matrix: %d cases with drain\n", n);
+}
+END_TEST
+
+/* Every open connection is told once, then the deadline closes them. */
+START_TEST(test_drain_going_away_then_deadline) {
+  const enum op ops[] = {OP_DRAIN, OP_CLOSE};
+  int going = 0;
+  one_case(ops, 2, AT_TOP, th_free_port());
+  for (int i = 0; i < M.nrec; i++)
+    going += M.rec[i].going_away;
+  ck_assert_int_eq(going, NCONNS);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("teardown");
   TCase *tc = tcase_create("teardown");
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_matrix_all);
   tcase_add_test(tc, test_matrix_no_close_conns);
+  tcase_add_test(tc, test_matrix_drain);
+  tcase_add_test(tc, test_drain_going_away_then_deadline);
   tcase_add_test(tc, test_cap_keeps_loop_alive);
   tcase_add_test(tc, test_uv_close_misuse_reported);
   suite_add_tcase(s, tc);
