@@ -15,10 +15,12 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <sys/resource.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "upgrade.h"
 
 #define DEFAULT_SPEC "127.0.0.1-127.0.0.16"
 #define READ_BUF 65536
@@ -146,6 +148,7 @@ static void on_connection(uvip_server_t *srv, uvip_conn_t *c) {
 static void on_server_closed(uvip_server_t *srv) {
   (void)srv;
   server = NULL;
+  ex_upgrade_close();
   uv_close((uv_handle_t *)&shutdown_timer, NULL);
   if (uv_is_active((uv_handle_t *)&usr1))
     uv_close((uv_handle_t *)&usr1, NULL);
@@ -229,6 +232,31 @@ static void on_signal(int signum) {
   uv_unref((uv_handle_t *)&shutdown_timer);
 }
 
+/* Upgrade hooks: an echo connection carries no state, so every idle one
+ * moves with an empty blob. */
+static int upgrade_decide(uvip_conn_t *c, void *blob, size_t *len) {
+  (void)c;
+  (void)blob;
+  *len = 0;
+  return UVIP_HANDOVER_MOVE;
+}
+
+static void upgrade_moved(uvip_server_t *srv, uvip_conn_t *c,
+                          const void *blob, size_t len) {
+  (void)blob;
+  (void)len;
+  on_connection(srv, c);
+}
+
+static void upgrade_retire(size_t kept) {
+  if (kept != SIZE_MAX)
+    printf("%s: old generation: draining %zu connections (up to %llu ms)\n",
+           ex_prog, kept, (unsigned long long)shutdown_ms);
+  fflush(stdout);
+  uvip_server_drain(server, shutdown_ms, NULL);
+  uvip_server_close(server, on_server_closed);
+}
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: %s [options]\n"
@@ -239,6 +267,7 @@ static void usage(FILE *f) {
           "  --accept-budget N        accepts per VIP per loop turn (default 4)\n"
           "  --backlog N              listen backlog (default net.core.somaxconn)\n"
           "  --shutdown-timeout MS    grace period for open connections on exit (5000)\n"
+          "  --pid-file PATH          write the pid once serving (rewritten by an upgrade)\n"
           "  --all-or-nothing         fail unless every VIP can be bound\n"
           "  --provision IFACE        add the missing --listen addresses to IFACE;\n"
           "                           remove those it added on exit\n"
@@ -247,14 +276,16 @@ static void usage(FILE *f) {
           "  --balance MODE           exact (default), round-robin or reuseport\n"
           "  --max-conns-per-worker N connections per worker (0 = default: none for\n"
           "                           threads, the descriptor limit for processes)\n"
-          "With --workers, SIGUSR1 prints the connections each worker holds.\n",
+          "With --workers, SIGUSR1 prints the connections each worker holds.\n"
+          "Without workers, SIGUSR2 upgrades: a new generation of this binary takes\n"
+          "over the listeners and the idle connections; this one drains and exits.\n",
           ex_prog);
 }
 
 int main(int argc, char **argv) {
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
          O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION, O_WORKERS, O_WMODE,
-         O_BALANCE, O_MAXWK };
+         O_BALANCE, O_MAXWK, O_PIDFILE };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
       {"port", required_argument, NULL, O_PORT},
@@ -270,6 +301,7 @@ int main(int argc, char **argv) {
       {"worker-mode", required_argument, NULL, O_WMODE},
       {"balance", required_argument, NULL, O_BALANCE},
       {"max-conns-per-worker", required_argument, NULL, O_MAXWK},
+      {"pid-file", required_argument, NULL, O_PIDFILE},
       {NULL, 0, NULL, 0}};
   uvip_server_options_t opts;
   uvip_workers_options_t wopts;
@@ -281,7 +313,7 @@ int main(int argc, char **argv) {
   if (specs == NULL)
     return 1;
   size_t nspecs = 0;
-  const char *prov_ifname = NULL;
+  const char *prov_ifname = NULL, *pid_file = NULL;
   int port = 7000, opt, r;
   char err[512] = "";
 
@@ -295,6 +327,7 @@ int main(int argc, char **argv) {
     switch (opt) {
     case O_LISTEN: specs[nspecs++] = optarg; break;
     case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
+    case O_PIDFILE: pid_file = optarg; break;
     case O_MAX: opts.max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
     case O_MAXVIP:
       opts.max_conns_per_vip = ex_parse_num("--max-conns-per-vip", optarg, 0, UINT64_MAX / 2);
@@ -393,6 +426,17 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &usr1);
     uv_signal_start(&usr1, on_usr1, SIGUSR1);
     uv_unref((uv_handle_t *)&usr1);
+  }
+
+  /* The pid file and readiness, before "serving": whoever waits for that
+   * line may read the one and count on the other. */
+  if (!workers) {
+    static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
+                                             upgrade_retire};
+    if ((r = ex_upgrade_setup(loop, server, argv, pid_file, &hooks)) != 0)
+      fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
+  } else {
+    ex_write_pid_file(pid_file);
   }
 
   size_t ok = 0, n = uvip_server_vip_count(server);

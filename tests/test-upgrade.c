@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -683,6 +684,111 @@ START_TEST(test_upgrade_args) {
 }
 END_TEST
 
+/* ---- uvip-echo, as users run it ---- */
+
+static void read_until(FILE *f, const char *want, char *log, size_t len) {
+  char line[512];
+  while (fgets(line, sizeof(line), f)) {
+    strncat(log, line, len - strlen(log) - 1);
+    if (strstr(line, want))
+      return;
+  }
+  ck_abort_msg("EOF before '%s'; output:\n%s", want, log);
+}
+
+static pid_t read_pid_file(const char *path) {
+  FILE *f = fopen(path, "r");
+  int pid = 0;
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fscanf(f, "%d", &pid), 1);
+  fclose(f);
+  return pid;
+}
+
+static void echo_roundtrip(int fd, const char *msg) {
+  char buf[32] = "";
+  struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+  size_t n = strlen(msg);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ck_assert_int_eq(write(fd, msg, n), (ssize_t)n);
+  ck_assert_int_eq(read(fd, buf, n), (ssize_t)n);
+  ck_assert_str_eq(buf, msg);
+}
+
+/* Two SIGUSR2 upgrades of uvip-echo with long-lived connections open:
+ * every one of them keeps echoing across both, served by the newest
+ * generation; the pid file follows; each old generation exits 0. */
+START_TEST(test_echo_sigusr2) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512], portstr[16], pidf[64], log[16384] = "";
+  int port = th_free_port(), pfd[2], fds[5], st;
+  struct sockaddr_storage sa;
+  pid_t first, second, third;
+  FILE *out;
+
+  ck_assert_ptr_nonnull(bdir);
+  /* The generations re-parent to us when their parent exits: we reap. */
+  ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(pidf, sizeof(pidf), "/tmp/uvip-test-upgrade-%d.pid", getpid());
+  ck_assert_int_eq(pipe(pfd), 0);
+  first = fork();
+  ck_assert_int_ge(first, 0);
+  if (first == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--pid-file", pidf, "--shutdown-timeout", "3000", (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  out = fdopen(pfd[0], "r");
+  read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
+  ck_assert_int_eq(read_pid_file(pidf), first);
+  for (int i = 0; i < 5; i++) {
+    th_addr(i % 2 ? "127.0.0.2" : "127.0.0.1", port, &sa);
+    fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+    echo_roundtrip(fds[i], "one");
+  }
+
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  read_until(out, "upgrade: moved 5 connections, 0 drain here", log,
+             sizeof(log));
+  read_until(out, "received 5 connections", log, sizeof(log));
+  ck_assert_int_eq(waitpid(first, &st, 0), first);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  second = read_pid_file(pidf);
+  ck_assert_int_ne(second, first);
+  for (int i = 0; i < 5; i++)
+    echo_roundtrip(fds[i], "two");
+
+  ck_assert_int_eq(kill(second, SIGUSR2), 0);
+  read_until(out, "received 5 connections", log, sizeof(log));
+  ck_assert_int_eq(waitpid(second, &st, 0), second);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  third = read_pid_file(pidf);
+  ck_assert_int_ne(third, second);
+  for (int i = 0; i < 5; i++)
+    echo_roundtrip(fds[i], "three");
+  /* New connections reach the newest generation. */
+  th_addr("127.0.0.2", port, &sa);
+  {
+    int c = th_connect((struct sockaddr *)&sa, NULL);
+    echo_roundtrip(c, "new");
+    close(c);
+  }
+  for (int i = 0; i < 5; i++)
+    close(fds[i]);
+  ck_assert_int_eq(kill(third, SIGTERM), 0);
+  read_until(out, "bye", log, sizeof(log));
+  ck_assert_int_eq(waitpid(third, &st, 0), third);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(pidf);
+}
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 5 && !strcmp(argv[1], "gen2"))
@@ -704,6 +810,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_upgrade_args);
   tcase_add_test(tc, test_upgrade_moves_idle);
   tcase_add_test(tc, test_moved_bad_messages);
+  tcase_add_test(tc, test_echo_sigusr2);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -1,0 +1,164 @@
+/* Zero-downtime upgrade for the example servers (SIGUSR2), on uvip's
+ * re-exec hand-off: the new generation adopts the listeners, says it is
+ * ready, receives the idle connections; the old one stops accepting, moves
+ * what is idle, drains the rest and exits.
+ * SPDX-License-Identifier: MIT */
+#include "upgrade.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+
+static struct {
+  uv_loop_t *loop;
+  uvip_server_t *server;
+  char **argv;
+  char self[PATH_MAX];
+  const char *pid_file;
+  ex_upgrade_hooks_t hooks;
+  uv_signal_t usr2;
+  bool usr2_open;
+  uvip_upgrade_t *up;
+  uvip_moved_t *moved;
+  pid_t older; /* the generation that started us, while it may drain */
+} U;
+
+void ex_write_pid_file(const char *path) {
+  FILE *f;
+  char tmp[PATH_MAX + 8];
+  U.pid_file = path;
+  if (!U.pid_file)
+    return;
+  /* Renamed into place: a reader never sees a half-written file. */
+  snprintf(tmp, sizeof(tmp), "%s.new", U.pid_file);
+  f = fopen(tmp, "w");
+  if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0 ||
+      rename(tmp, U.pid_file) != 0)
+    fprintf(stderr, "%s: --pid-file %s: %s\n", ex_prog, U.pid_file,
+            strerror(errno));
+}
+
+static void on_upgrade_closed(uvip_upgrade_t *u) {
+  (void)u;
+  U.up = NULL;
+}
+
+static void on_handed_over(uvip_upgrade_t *u, size_t moved, size_t kept) {
+  printf("%s: upgrade: moved %zu connections, %zu drain here\n", ex_prog,
+         moved, kept);
+  fflush(stdout);
+  uvip_upgrade_close(u, on_upgrade_closed);
+  U.hooks.retire(kept);
+}
+
+static void on_upgraded(uvip_upgrade_t *u, int status, const char *why) {
+  int r;
+  if (status != 0) {
+    fprintf(stderr, "%s: upgrade failed: %s; still serving\n", ex_prog, why);
+    uvip_upgrade_close(u, on_upgrade_closed);
+    return;
+  }
+  printf("%s: upgrade: generation %d ready; stopped accepting\n", ex_prog,
+         uvip_upgrade_pid(u));
+  fflush(stdout);
+  uvip_server_stop(U.server);
+  r = uvip_upgrade_handover(u, U.server, U.hooks.decide, on_handed_over);
+  if (r != 0) {
+    fprintf(stderr, "%s: upgrade: cannot move connections: %s\n", ex_prog,
+            uv_strerror(r));
+    on_handed_over(u, 0, SIZE_MAX);
+  }
+}
+
+static void on_usr2(uv_signal_t *h, int signum) {
+  int r;
+  (void)h;
+  (void)signum;
+  if (U.up) {
+    fprintf(stderr, "%s: upgrade already in progress\n", ex_prog);
+    return;
+  }
+  if (!uvip_server_is_listening(U.server)) {
+    fprintf(stderr, "%s: not listening: nothing to upgrade\n", ex_prog);
+    return;
+  }
+  /* At most one old generation: the one that started us ends now if it is
+   * still draining. */
+  if (U.older > 0 && kill(U.older, 0) == 0) {
+    fprintf(stderr, "%s: upgrade: ending generation %d, still draining\n",
+            ex_prog, (int)U.older);
+    kill(U.older, SIGKILL);
+  }
+  U.older = 0;
+  r = uvip_upgrade_start(U.loop, &U.server, 1, U.self, U.argv, 10000,
+                         on_upgraded, &U.up);
+  if (r != 0) {
+    fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
+    return;
+  }
+  printf("%s: upgrade: started generation %d\n", ex_prog,
+         uvip_upgrade_pid(U.up));
+  fflush(stdout);
+}
+
+static void on_moved_end(uvip_moved_t *m, int status, size_t received) {
+  (void)m;
+  U.moved = NULL;
+  if (status != 0 && status != UV_ECANCELED)
+    fprintf(stderr, "%s: upgrade: receiving connections: %s\n", ex_prog,
+            uv_strerror(status));
+  printf("%s: upgrade: received %zu connections\n", ex_prog, received);
+  fflush(stdout);
+}
+
+int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
+                     const char *pid_file, const ex_upgrade_hooks_t *hooks) {
+  ssize_t n;
+  int r;
+  U.loop = loop;
+  U.server = server;
+  U.argv = argv;
+  U.pid_file = pid_file;
+  U.hooks = *hooks;
+  /* The path now, the file at upgrade time: replacing the binary and
+   * sending SIGUSR2 runs the new one. */
+  n = readlink("/proc/self/exe", U.self, sizeof(U.self) - 1);
+  if (n <= 0)
+    return -errno;
+  U.self[n] = 0;
+  if (getenv("UVIP_READY_FD")) {
+    U.older = getppid();
+    r = uvip_moved_start(server, hooks->moved, on_moved_end, &U.moved);
+    if (r != 0)
+      fprintf(stderr, "%s: upgrade: cannot receive connections: %s\n",
+              ex_prog, uv_strerror(r));
+    if ((r = uvip_upgrade_ready()) != 0)
+      fprintf(stderr, "%s: upgrade: cannot say ready: %s\n", ex_prog,
+              uv_strerror(r));
+  }
+  ex_write_pid_file(pid_file);
+  uv_signal_init(loop, &U.usr2);
+  uv_signal_start(&U.usr2, on_usr2, SIGUSR2);
+  uv_unref((uv_handle_t *)&U.usr2);
+  U.usr2_open = true;
+  return 0;
+}
+
+void ex_upgrade_close(void) {
+  if (U.usr2_open) {
+    uv_close((uv_handle_t *)&U.usr2, NULL);
+    U.usr2_open = false;
+  }
+  if (U.up)
+    uvip_upgrade_close(U.up, on_upgrade_closed);
+  if (U.moved)
+    uvip_moved_close(U.moved);
+}

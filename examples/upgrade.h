@@ -1,0 +1,30 @@
+/* Zero-downtime upgrade (SIGUSR2) for the example servers.
+ * SPDX-License-Identifier: MIT */
+#ifndef EX_UPGRADE_H
+#define EX_UPGRADE_H
+
+#include <uvip.h>
+
+typedef struct {
+  /* Per connection at hand-over: move it (with a blob) or keep it. */
+  uvip_handover_decide_cb decide;
+  /* In the new generation, per moved connection. */
+  uvip_moved_cb moved;
+  /* In the old generation once idle connections are moved: drain the
+   * rest (--shutdown-timeout) and close the server. */
+  void (*retire)(size_t kept);
+} ex_upgrade_hooks_t;
+
+/* After the server listens: if started by an upgrade, receives the moved
+ * connections and tells the old generation it is ready; writes pid_file
+ * (may be NULL); SIGUSR2 then upgrades this generation. 0 or an error. */
+int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
+                     const char *pid_file, const ex_upgrade_hooks_t *hooks);
+
+/* Writes the pid to path (NULL: nothing), atomically. */
+void ex_write_pid_file(const char *path);
+
+/* Closes the SIGUSR2 handle and anything an upgrade still holds. */
+void ex_upgrade_close(void);
+
+#endif
