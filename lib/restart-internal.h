@@ -47,6 +47,11 @@ struct uvip_upgrade_s {
   bool ho_running;
 };
 
+/* upgrade.c: the listening descriptors of every listening VIP of the
+ * servers (malloc'd array; UV_ENOENT when there is none). */
+int uvip__collect_listeners(uvip_server_t *const *servers, size_t n,
+                            int **fds, size_t *nfds);
+
 /* handover.c: ends a hand-over in progress (the upgrade closes). */
 void uvip__handover_abort(uvip_upgrade_t *u);
 

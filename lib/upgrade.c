@@ -106,8 +106,8 @@ static void on_handle_closed(uv_handle_t *h) {
 }
 
 /* Collects the listening descriptors of every listening VIP. */
-static int collect(uvip_server_t *const *servers, size_t n, int **fds,
-                   size_t *nfds) {
+int uvip__collect_listeners(uvip_server_t *const *servers, size_t n,
+                            int **fds, size_t *nfds) {
   size_t total = 0, k = 0;
   for (size_t i = 0; i < n; i++)
     total += servers[i]->nvips;
@@ -252,7 +252,7 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
   for (size_t i = 0; i < n; i++)
     UVIP_CHECK_ARG(servers[i] == NULL || servers[i]->loop != loop);
   UVIP_CHECK_ARG(strlen(path) >= sizeof(u->path));
-  if ((r = collect(servers, n, &fds, &nfds)) != 0) {
+  if ((r = uvip__collect_listeners(servers, n, &fds, &nfds)) != 0) {
     free(fds);
     return r;
   }

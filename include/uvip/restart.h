@@ -173,6 +173,50 @@ size_t uvip_moved_dropped(const uvip_moved_t *moved);
  * already: UV_EALREADY). */
 int uvip_moved_close(uvip_moved_t *moved);
 
+/* ---- Listeners fetched by an independent new process -------------------- */
+
+/* For a new generation started by someone else (a supervisor, a container
+ * runtime), like HAProxy's -x: the running one serves its listening sockets
+ * on a UNIX socket; the new one connects, fetches them (SCM_RIGHTS), adopts
+ * them, and says it is ready on the same connection; the running one then
+ * stops accepting and drains. */
+typedef struct uvip_handoff_s uvip_handoff_t;
+
+/* status 0: a new process took the listeners and said it is ready: stop
+ * accepting now. status < 0: a fetch failed part-way (the running process
+ * keeps serving; the hand-off keeps listening for another try). */
+typedef void (*uvip_handoff_cb)(uvip_handoff_t *handoff, int status);
+typedef void (*uvip_handoff_close_cb)(uvip_handoff_t *handoff);
+
+/* Serves the listening sockets of every listening VIP of the n servers at
+ * the UNIX socket path (created mode 0600; an existing socket file there is
+ * replaced). cb runs for each completed or failed hand-off. Errors:
+ * UV_EINVAL, UV_ENOENT (nothing listening), UV_ENAMETOOLONG, or the
+ * bind/listen error; cb never runs then. */
+int uvip_handoff_serve(uv_loop_t *loop, uvip_server_t *const *servers,
+                       size_t n, const char *path, uvip_handoff_cb cb,
+                       uvip_handoff_t **out);
+
+/* Stops serving, removes the socket file; close_cb (may be NULL) runs once
+ * from the loop. */
+int uvip_handoff_close(uvip_handoff_t *handoff, uvip_handoff_close_cb cb);
+
+/* In the new process, at start-up (before its loop runs: it waits, for at
+ * most timeout_ms): fetches the listening sockets served at path into fds
+ * (up to max; *n receives how many) and leaves the connection open in
+ * *conn, for uvip_handoff_ready(). Pass the descriptors to
+ * uvip_server_adopt(). Errors: UV_EINVAL, UV_ENOENT / UV_ECONNREFUSED (no
+ * one serves there), UV_ETIMEDOUT, UV_EPROTO (a malformed or half-written
+ * message: every descriptor received so far is closed), UV_ENOBUFS (more
+ * than max). errbuf, when given, says it in words. */
+int uvip_handoff_fetch(const char *path, uint64_t timeout_ms, int *fds,
+                       size_t max, size_t *n, int *conn, char *errbuf,
+                       size_t errlen);
+
+/* In the new process, once it listens: tells the old one (its hand-off
+ * callback gets status 0) and closes conn. */
+int uvip_handoff_ready(int conn);
+
 #ifdef __cplusplus
 }
 #endif
