@@ -585,6 +585,158 @@ START_TEST(test_process_reuseport_close_conns) {
 }
 END_TEST
 
+
+/* Loop liveness: nothing the workers do may stall the acceptor's loop. A
+ * 10 ms tick on that loop records the longest gap between two ticks while
+ * 16 process workers are started, one is killed and restarted, and all
+ * are closed, one of them with a handle its exit_cb leaves open (so that
+ * process does not end by itself). Every step is taken from a callback on
+ * the loop, as an application would. Each worker's init_cb takes 150 ms:
+ * waiting for readiness on the loop would show. */
+#define LV_WORKERS 16
+#define LV_STUCK 5     /* this worker's exit_cb leaves a handle open */
+#define LV_VICTIM 3    /* this one is killed and restarted */
+#define LV_MAX_GAP_MS 100
+
+static uv_timer_t lv_left_open; /* in the child of worker LV_STUCK */
+
+static void lv_noop_timer(uv_timer_t *t) { (void)t; }
+
+static void lv_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)arg;
+  usleep(150 * 1000);
+  if (index == LV_STUCK) {
+    uv_timer_init(loop, &lv_left_open);
+    uv_timer_start(&lv_left_open, lv_noop_timer, 1000, 1000);
+  }
+}
+
+static void lv_exit(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)loop;
+  (void)index;
+  (void)arg; /* lv_left_open stays: an application's slip */
+}
+
+typedef struct {
+  fixture_t f;
+  uv_timer_t tick;
+  uint64_t last, max_gap, gap[7]; /* the longest while at each step */
+  int step;
+  pid_t victim;
+  bool workers_closed, server_closed;
+  int fds[LV_WORKERS];
+  unsigned ticks;
+} lv_t;
+
+static lv_t lv;
+
+static bool lv_all_alive(void) {
+  for (unsigned i = 0; i < LV_WORKERS; i++)
+    if (!wstats(&lv.f, i).alive)
+      return false;
+  return true;
+}
+
+static void lv_server_closed(uvip_server_t *s) {
+  (void)s;
+  lv.server_closed = true;
+}
+
+static void lv_workers_closed(uvip_workers_t *w) {
+  (void)w;
+  lv.workers_closed = true;
+  ck_assert_int_eq(uvip_server_close(lv.f.server, lv_server_closed), 0);
+}
+
+/* Each tick measures, then takes the next step once the last one is done. */
+static void lv_tick(uv_timer_t *t) {
+  uint64_t now = uv_hrtime();
+  char err[256] = "";
+  int r;
+  if (lv.last && now - lv.last > lv.max_gap)
+    lv.max_gap = now - lv.last;
+  if (lv.last && now - lv.last > lv.gap[lv.step])
+    lv.gap[lv.step] = now - lv.last;
+  lv.last = now;
+  lv.ticks++;
+  ck_assert_msg(lv.ticks < 3000, "stuck at step %d", lv.step);
+  switch (lv.step) {
+  case 0:
+    r = uvip_workers_listen(lv.f.workers, on_conn, err, sizeof(err));
+    ck_assert_msg(r == 0, "listen: %s (%s)", uv_strerror(r), err);
+    lv.step++;
+    break;
+  case 1: /* every worker ready and serving */
+    if (!lv_all_alive())
+      break;
+    for (int i = 0; i < LV_WORKERS; i++)
+      lv.fds[i] = connect_vip(&lv.f, 1);
+    lv.step++;
+    break;
+  case 2:
+    if (accepted(&lv.f) < LV_WORKERS)
+      break;
+    lv.victim = (pid_t)wstats(&lv.f, LV_VICTIM).pid;
+    ck_assert_int_eq(kill(lv.victim, SIGKILL), 0);
+    lv.step++;
+    break;
+  case 3: /* its death noticed */
+    if (wstats(&lv.f, LV_VICTIM).alive)
+      break;
+    ck_assert_int_eq(uvip_workers_restart(lv.f.workers, LV_VICTIM), 0);
+    lv.step++;
+    break;
+  case 4:
+    if (!lv_all_alive())
+      break;
+    ck_assert_int_ne(wstats(&lv.f, LV_VICTIM).pid, lv.victim);
+    ck_assert_int_eq(uvip_workers_close(lv.f.workers, lv_workers_closed), 0);
+    lv.step++;
+    break;
+  case 5:
+    if (!lv.server_closed)
+      break;
+    uv_close((uv_handle_t *)t, NULL);
+    lv.step++;
+    break;
+  }
+}
+
+START_TEST(test_process_loop_liveness) {
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  memset(&lv, 0, sizeof(lv));
+  lv.f.port = th_free_port();
+  a = th_addrs("127.0.0.1", lv.f.port);
+  ck_assert_int_eq(uv_loop_init(&lv.f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&lv.f.loop, a, NULL, &lv.f.server), 0);
+  uvip_addrs_free(a);
+  uvip_server_set_data(lv.f.server, &marker);
+  uvip_workers_options_init(&o);
+  o.nworkers = LV_WORKERS;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = lv_init;
+  o.exit_cb = lv_exit;
+  ck_assert_int_eq(uvip_workers_new(lv.f.server, &o, &lv.f.workers), 0);
+  uv_timer_init(&lv.f.loop, &lv.tick);
+  uv_timer_start(&lv.tick, lv_tick, 10, 10);
+  while (lv.step < 6 && uv_run(&lv.f.loop, UV_RUN_ONCE) >= 0)
+    ;
+  for (int i = 0; i < 100 && uv_loop_alive(&lv.f.loop); i++)
+    uv_run(&lv.f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&lv.f.loop), 0);
+  for (int i = 0; i < LV_WORKERS; i++)
+    close(lv.fds[i]);
+  /* gap[s] follows the call made at step s - 1: 1 listen, 3 the kill,
+   * 4 restart, 5 close. */
+  ck_assert_msg(lv.max_gap < (uint64_t)LV_MAX_GAP_MS * 1000000,
+                "the acceptor's loop stalled %.1f ms (by step: %.1f %.1f %.1f "
+                "%.1f %.1f %.1f)", lv.max_gap / 1e6, lv.gap[1] / 1e6,
+                lv.gap[2] / 1e6, lv.gap[3] / 1e6, lv.gap[4] / 1e6,
+                lv.gap[5] / 1e6, lv.gap[6] / 1e6);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("workers");
   TCase *tc = tcase_create("workers");
@@ -605,6 +757,7 @@ int main(void) {
   tcase_add_test(tc, test_process_exact_close_conns);
   tcase_add_test(tc, test_process_round_robin_close_conns);
   tcase_add_test(tc, test_process_reuseport_close_conns);
+  tcase_add_test(tc, test_process_loop_liveness);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
