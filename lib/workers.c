@@ -20,6 +20,7 @@ UVIP_EXPORT int uvip_workers_options_init(uvip_workers_options_t *opts) {
   opts->nworkers = 2;
   opts->mode = UVIP_WORKER_THREAD;
   opts->balance = UVIP_BALANCE_EXACT;
+  opts->grace_ms = UVIP_WORKER_GRACE_MS;
   return 0;
 }
 
@@ -139,6 +140,16 @@ void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count) {
   wk->active -= count;
   while (count--)
     uvip__server_release(ws->server, ws->vips[id]);
+}
+
+void uvip__wk_ready(uvip__wk_t *wk, int status) {
+  uvip_workers_t *ws = wk->ws;
+  /* A new worker with room: the scheduler may have stopped for lack of
+   * one. */
+  if (status == 0 && ws->listening && !ws->closing)
+    uvip__sched_kick(ws->server);
+  if (ws->opts.ready_cb && !ws->closing)
+    ws->opts.ready_cb(ws, wk->index, status);
 }
 
 void uvip__wk_ended(uvip__wk_t *wk) {
@@ -315,6 +326,8 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
   }
   server->handoff_ctx = ws;
   server->remote_close_conns = close_conns;
+  /* Until the close callback: the server must not be freed under us. */
+  uvip__server_attach(server);
   *out = ws;
   return 0;
 }
@@ -341,24 +354,55 @@ static int init_acceptor_handles(uvip_workers_t *ws) {
       ws->sigchld = NULL;
       return r;
     }
-    /* Reaping children must not keep the application's loop alive. */
+    /* Reaping children must not keep the application's loop alive (the
+     * pipes do while workers run; closing refs these). */
     uv_unref((uv_handle_t *)ws->sigchld);
+    if (!(ws->timer = malloc(sizeof(*ws->timer))))
+      return UV_ENOMEM;
+    uv_timer_init(ws->loop, ws->timer);
+    ws->timer->data = ws;
+    uv_unref((uv_handle_t *)ws->timer);
+    if (!(ws->spawner = malloc(sizeof(*ws->spawner))))
+      return UV_ENOMEM;
+    uv_idle_init(ws->loop, ws->spawner);
+    ws->spawner->data = ws;
   }
   return 0;
 }
 
-/* Synchronous: used only when listening fails half way. */
+/* Forks the next pending worker process. One that cannot be created is
+ * reported to ready_cb and stays dead, as if it had died. */
+static void on_spawn(uv_idle_t *h) {
+  uvip_workers_t *ws = h->data;
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    int r;
+    if (!wk->pending)
+      continue;
+    wk->pending = false;
+    if ((r = uvip__wk_proc_start(wk, NULL, 0)) != 0) {
+      wk->starting = false;
+      uvip__wk_ready(wk, r);
+    }
+    return;
+  }
+  uv_idle_stop(h);
+}
+
+/* When listening fails half way. Without waiting: a thread ends on its
+ * own (and is joined once it said so), a process is killed and reaped
+ * later; uvip_workers_close() waits for both. */
 static void stop_started(uvip_workers_t *ws) {
   for (unsigned i = 0; i < ws->n; i++) {
     uvip__wk_t *wk = &ws->wk[i];
     if (!wk->started || wk->exited)
       continue;
-    if (ws->opts.mode == UVIP_WORKER_THREAD)
-      uvip__wk_thread_free(wk); /* stops and joins */
-    else
+    if (ws->opts.mode == UVIP_WORKER_THREAD) {
+      uvip__wk_thread_order(wk, UVIP__MSG_STOP);
+      wk->alive = wk->starting = false;
+    } else {
       uvip__wk_proc_kill(wk);
-    wk->alive = false;
-    wk->exited = true;
+    }
   }
 }
 
@@ -390,6 +434,14 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
   }
   for (unsigned i = 0; i < ws->n; i++) {
     uvip__wk_t *wk = &ws->wk[i];
+    if (ws->opts.mode == UVIP_WORKER_PROCESS && i > 0) {
+      /* A fork copies the page tables and makes the parent fault on
+       * every page it then writes: one per loop turn keeps each stall
+       * short. The first is forked here, so that an error that would hit
+       * them all is returned now. */
+      wk->pending = wk->starting = true;
+      continue;
+    }
     r = ws->opts.mode == UVIP_WORKER_THREAD
             ? uvip__wk_thread_start(wk, errbuf, errlen)
             : uvip__wk_proc_start(wk, errbuf, errlen);
@@ -402,9 +454,10 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
       goto fail;
     }
   }
+  /* Each worker, once ready, tells the scheduler it has room. */
   ws->listening = true;
-  /* The scheduler saw no worker with room while they were starting. */
-  uvip__sched_kick(s);
+  if (ws->spawner && ws->n > 1)
+    uv_idle_start(ws->spawner, on_spawn);
   return 0;
 fail:
   ws->failed_start = true;
@@ -431,6 +484,7 @@ UVIP_EXPORT int uvip_workers_stats(const uvip_workers_t *ws, unsigned int i,
   out->restarts = wk->restarts;
   out->pid = wk->pid;
   out->alive = wk->alive;
+  out->starting = wk->starting;
   if (ws->opts.balance == UVIP_BALANCE_REUSEPORT) {
     uv_mutex_lock(&wk->lock);
     out->active = wk->rp_active;
@@ -447,25 +501,27 @@ UVIP_EXPORT int uvip_workers_restart(uvip_workers_t *ws, unsigned int i) {
     return UV_ENOTSUP;
   if (!ws->wk[i].exited)
     return UV_EBUSY;
+  uvip__wk_proc_forget(&ws->wk[i]);
   if ((r = uvip__wk_proc_start(&ws->wk[i], NULL, 0)) != 0)
     return r;
   ws->wk[i].restarts++;
-  uvip__sched_kick(ws->server);
   return 0;
 }
 
+/* From the last handle's close callback: every worker has ended (threads
+ * said so as their last act, so joining them does not wait) and every
+ * process has been reaped. */
 static void finish(uvip_workers_t *ws) {
   uvip_server_t *s = ws->server;
   for (unsigned i = 0; i < ws->n; i++)
     if (ws->opts.mode == UVIP_WORKER_THREAD)
       uvip__wk_thread_free(&ws->wk[i]);
-    else if (ws->wk[i].started)
-      uvip__wk_proc_reap(&ws->wk[i]);
   s->handoff_has_room = NULL;
   s->handoff_dispatch = NULL;
   s->remote_closed = NULL;
   s->remote_close_conns = NULL;
   s->handoff_ctx = NULL;
+  uvip__server_detach(s);
   /* The counters stay readable from the callback. */
   if (ws->close_cb)
     ws->close_cb(ws);
@@ -475,6 +531,7 @@ static void finish(uvip_workers_t *ws) {
   }
   uv_mutex_destroy(&ws->lock);
   free(ws->posts);
+  free(ws->zombies);
   free(ws->vips);
   free(ws->vip_addrs);
   uvip__idmap_free(&ws->vipmap);
@@ -482,19 +539,28 @@ static void finish(uvip_workers_t *ws) {
   free(ws);
 }
 
+/* The one place the workers finish: the close callback of their last
+ * handle, after uvip__wk_maybe_finish() closed the rest. */
 void uvip__wk_handle_closed(uv_handle_t *h) {
   uvip_workers_t *ws = h->data;
   free(h);
   ws->handles_open--;
   uvip__wk_maybe_finish(ws);
+  if (ws->handles_open == 0 && ws->finishing)
+    finish(ws);
 }
 
 void uvip__wk_maybe_finish(uvip_workers_t *ws) {
   if (!ws->closing)
     return;
+  if (ws->finishing)
+    return;
   for (unsigned i = 0; i < ws->n; i++)
     if (ws->wk[i].started && !ws->wk[i].exited)
       return;
+  if (ws->opts.mode == UVIP_WORKER_PROCESS && !uvip__wk_proc_all_reaped(ws))
+    return;
+  ws->finishing = true;
   if (ws->inbox) {
     uv_close((uv_handle_t *)ws->inbox, uvip__wk_handle_closed);
     ws->inbox = NULL;
@@ -505,14 +571,24 @@ void uvip__wk_maybe_finish(uvip_workers_t *ws) {
     ws->sigchld = NULL;
     ws->handles_open++;
   }
-  if (ws->handles_open == 0)
-    finish(ws);
+  if (ws->timer) {
+    uv_close((uv_handle_t *)ws->timer, uvip__wk_handle_closed);
+    ws->timer = NULL;
+    ws->handles_open++;
+  }
+  if (ws->spawner) {
+    uv_close((uv_handle_t *)ws->spawner, uvip__wk_handle_closed);
+    ws->spawner = NULL;
+    ws->handles_open++;
+  }
 }
 
 static void on_deferred(uv_handle_t *h) {
   uvip_workers_t *ws = h->data;
   ws->handles_open--;
   uvip__wk_maybe_finish(ws);
+  if (ws->handles_open == 0 && ws->finishing)
+    finish(ws);
 }
 
 UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
@@ -522,8 +598,13 @@ UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
     return UV_EALREADY;
   ws->closing = true;
   ws->close_cb = cb;
+  /* Workers not forked yet never will be. */
+  for (unsigned i = 0; i < ws->n; i++)
+    if (ws->wk[i].pending)
+      ws->wk[i].pending = ws->wk[i].starting = false;
   uvip_server_stop(ws->server);
   order_all(ws, UVIP__MSG_STOP);
+  uvip__wk_proc_closing(ws);
   /* The callback must come from the loop even when nothing is running. */
   uv_idle_init(ws->loop, &ws->closer);
   ws->closer.data = ws;
