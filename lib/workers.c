@@ -9,6 +9,7 @@
  * SPDX-License-Identifier: MIT */
 #include "workers-internal.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -344,6 +345,12 @@ static int init_acceptor_handles(uvip_workers_t *ws) {
     }
     ws->inbox->data = ws;
   } else {
+    struct sigaction sa;
+    /* A worker that dies makes writes to its pipe fail with EPIPE; the
+     * default SIGPIPE would kill the acceptor instead. Process-wide, and
+     * left so (see <uvip/workers.h>). */
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+      signal(SIGPIPE, SIG_IGN);
     if (!(ws->sigchld = malloc(sizeof(*ws->sigchld))))
       return UV_ENOMEM;
     uv_signal_init(ws->loop, ws->sigchld);

@@ -58,6 +58,16 @@ static void on_conn(uvip_server_t *s, uvip_conn_t *c) {
     uvip_conn_close(c, t_closed);
 }
 
+/* ready_cb: calls per worker, and the last status. */
+static int nready[8], ready_status[8];
+
+static void on_ready(uvip_workers_t *w, unsigned int index, int status) {
+  ck_assert_ptr_nonnull(w);
+  ck_assert_uint_lt(index, 8);
+  nready[index]++;
+  ready_status[index] = status;
+}
+
 typedef struct {
   uv_loop_t loop;
   uvip_server_t *server;
@@ -103,10 +113,16 @@ static void start(fixture_t *f, const char *spec, int mode, int balance,
   o.mode = mode;
   o.balance = balance;
   o.max_conns_per_worker = max_per_worker;
+  o.ready_cb = on_ready;
+  memset(nready, 0, sizeof(nready));
   ck_assert_int_eq(uvip_workers_new(f->server, &o, &f->workers), 0);
   int r = uvip_workers_listen(f->workers, on_conn, err, sizeof(err));
   ck_assert_msg(r == 0, "listen: %s (%s)", uv_strerror(r), err);
   run_until_ready(f);
+  for (unsigned i = 0; i < n && i < 8; i++) {
+    ck_assert_int_eq(nready[i], 1);
+    ck_assert_int_eq(ready_status[i], 0);
+  }
 }
 
 static void on_server_closed(uvip_server_t *s) { (void)s; }
@@ -114,12 +130,15 @@ static void on_server_closed(uvip_server_t *s) { (void)s; }
 static fixture_t *closing;
 static void on_workers_closed(uvip_workers_t *w) {
   ck_assert_ptr_eq(uvip_workers_server(w), closing->server);
-  uvip_server_close(closing->server, on_server_closed);
+  /* Detached just before this callback: the server may close now. */
+  ck_assert_int_eq(uvip_server_close(closing->server, on_server_closed), 0);
   closing->closed = true;
 }
 
 static void finish(fixture_t *f) {
   closing = f;
+  /* The workers use the server until their close callback. */
+  ck_assert_int_eq(uvip_server_close(f->server, NULL), UV_EBUSY);
   ck_assert_int_eq(uvip_workers_close(f->workers, on_workers_closed), 0);
   ck_assert_int_eq(uvip_workers_close(f->workers, NULL), UV_EALREADY);
   /* Stopping workers are not given the order (a stopped thread's async
@@ -356,11 +375,16 @@ START_TEST(test_process_kill_restart) {
   echo(&f, fds[6], 'n', 1);
   ck_assert_uint_eq(wstats(&f, 1).handed, 2);
   /* Restarted, it is the least loaded and gets the next one. */
+  ck_assert_int_eq(nready[1], 1);
   ck_assert_int_eq(uvip_workers_restart(f.workers, 1), 0);
   ck_assert_int_eq(uvip_workers_restart(f.workers, 1), UV_EBUSY);
   ck_assert_int_eq(wstats(&f, 1).starting, 1);
+  ck_assert_int_eq(wstats(&f, 1).alive, 0);
   run_until_ready(&f);
+  ck_assert_int_eq(nready[1], 2);
+  ck_assert_int_eq(ready_status[1], 0);
   ck_assert_int_eq(wstats(&f, 1).alive, 1);
+  ck_assert_int_eq(wstats(&f, 1).starting, 0);
   ck_assert_uint_eq(wstats(&f, 1).restarts, 1);
   ck_assert_int_ne(wstats(&f, 1).pid, victim.pid);
   fds[7] = connect_vip(&f, 2);
@@ -413,6 +437,7 @@ START_TEST(test_args) {
 
   ck_assert_int_eq(uvip_workers_new(s, &o, &w), 0);
   ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL); /* one per server */
+  ck_assert_int_eq(uvip_server_close(s, NULL), UV_EBUSY);
   ck_assert_int_eq(uvip_workers_listen(w, NULL, NULL, 0), UV_EINVAL);
   ck_assert_int_eq(uvip_workers_stats(w, 2, &st), UV_EINVAL);
   ck_assert_int_eq(uvip_workers_stats(w, 0, NULL), UV_EINVAL);
@@ -472,6 +497,46 @@ START_TEST(test_listen_fails) {
     uv_run(&loop, UV_RUN_ONCE);
   (void)done;
   ck_assert_int_eq(uv_loop_close(&loop), 0);
+  close(busy);
+}
+END_TEST
+
+/* A worker process that cannot start reports it asynchronously: with
+ * REUSEPORT each child binds its own listeners, and a port taken by a
+ * socket without SO_REUSEPORT fails there. Nothing blocks: listen returns
+ * 0, ready_cb hears of each failure, the workers are dead, close works. */
+START_TEST(test_process_start_fails_async) {
+  fixture_t f;
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  struct sockaddr_storage sa;
+  int busy = socket(AF_INET, SOCK_STREAM, 0);
+  memset(&f, 0, sizeof(f));
+  f.port = th_free_port();
+  th_addr("127.0.0.1", f.port, &sa);
+  ck_assert_int_eq(bind(busy, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(busy, 1), 0);
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, NULL, &f.server), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&o);
+  o.nworkers = 2;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.balance = UVIP_BALANCE_REUSEPORT;
+  o.ready_cb = on_ready;
+  memset(nready, 0, sizeof(nready));
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  for (int i = 0; i < MAX_TURNS && (nready[0] == 0 || nready[1] == 0); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  for (unsigned i = 0; i < 2; i++) {
+    ck_assert_int_eq(nready[i], 1);
+    ck_assert_int_eq(ready_status[i], UV_EADDRINUSE);
+    ck_assert_int_eq(wstats(&f, i).alive, 0);
+    ck_assert_int_eq(wstats(&f, i).starting, 0);
+  }
+  finish(&f);
   close(busy);
 }
 END_TEST
@@ -808,6 +873,7 @@ int main(void) {
   tcase_add_test(tc, test_process_round_robin_close_conns);
   tcase_add_test(tc, test_process_reuseport_close_conns);
   tcase_add_test(tc, test_process_loop_liveness);
+  tcase_add_test(tc, test_process_start_fails_async);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
