@@ -153,6 +153,9 @@ typedef struct {
 int uvip__wk_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id);
 /* Gives back `count` slots of VIP id held by worker wk. */
 void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count);
+/* `count` hand-offs of VIP id the worker could not take: counted as
+ * failed instead of handed, and their slots given back. */
+void uvip__wk_failed(uvip__wk_t *wk, uint32_t id, uint64_t count);
 /* A worker ended (died or exited): give back everything it held. */
 void uvip__wk_ended(uvip__wk_t *wk);
 /* A handle of the workers closed; frees them once all have. */

@@ -200,8 +200,8 @@ static void on_report(uvip__wk_t *wk, const uvip__rep_t *r) {
       wk->start_err = r->a ? -(int)r->a : UV_EIO;
     break;
   case UVIP__REP_FAILED:
-    wk->failed += r->a;
-    /* fall through */
+    uvip__wk_failed(wk, r->id, r->a);
+    break;
   case UVIP__REP_RELEASE:
     uvip__wk_release(wk, r->id, r->a);
     break;
@@ -338,10 +338,8 @@ static void on_written(uv_write_t *req, int status) {
   if (h->gen == wk->gen && wk->alive) {
     bool was_full = wk->inflight >= UVIP__WK_MAX_INFLIGHT;
     wk->inflight--;
-    if (status < 0) {
-      wk->failed++;
-      uvip__wk_release(wk, h->id, 1);
-    } else if (was_full) {
+    if (status < 0)
+      uvip__wk_failed(wk, h->id, 1); else if (was_full) {
       uvip__sched_kick(wk->ws->server);
     }
   }
@@ -351,10 +349,8 @@ static void on_written(uv_write_t *req, int status) {
 
 static void on_unsent_closed(uv_handle_t *hd) {
   handoff_t *h = UVIP_CONTAINER_OF(hd, handoff_t, tcp);
-  if (h->gen == h->wk->gen && h->wk->alive) {
-    h->wk->failed++;
-    uvip__wk_release(h->wk, h->id, 1);
-  }
+  if (h->gen == h->wk->gen && h->wk->alive)
+    uvip__wk_failed(h->wk, h->id, 1);
   free(h);
 }
 

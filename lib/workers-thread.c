@@ -56,11 +56,13 @@ void uvip__wk_thread_on_inbox(uv_async_t *a) {
     uint32_t id;
     switch (posts[i].kind) {
     case UVIP__POST_FAILED:
-      wk->failed++;
-      /* fall through */
     case UVIP__POST_RELEASE:
       /* The VIP got its id at hand-off, so this cannot allocate. */
-      if (uvip__wk_vip_id(ws, posts[i].vip, &id) == 0)
+      if (uvip__wk_vip_id(ws, posts[i].vip, &id) != 0)
+        break;
+      if (posts[i].kind == UVIP__POST_FAILED)
+        uvip__wk_failed(wk, id, 1);
+      else
         uvip__wk_release(wk, id, 1);
       break;
     case UVIP__POST_EXITED:

@@ -94,39 +94,64 @@ void uvip__idmap_free(uvip__idmap_t *m) {
   memset(m, 0, sizeof(*m));
 }
 
-static int new_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id) {
-  if (ws->nvips == ws->cap_vips) {
-    size_t ncap = ws->cap_vips ? ws->cap_vips * 2 : 16;
-    uvip_vip_t **nv = realloc(ws->vips, ncap * sizeof(*nv));
-    if (!nv)
-      return UV_ENOMEM;
-    ws->vips = nv;
-    uvip__sa_t *na = realloc(ws->vip_addrs, ncap * sizeof(*na));
-    if (!na)
-      return UV_ENOMEM;
-    ws->vip_addrs = na;
-    ws->cap_vips = ncap;
-  }
-  *id = (uint32_t)ws->nvips++;
-  ws->vips[*id] = vip;
-  memcpy(&ws->vip_addrs[*id], &vip->addr, sizeof(vip->addr));
+/* Room for one more VIP id, made before the id map is touched: once the
+ * map holds a key, its id must exist. */
+static int reserve_vip_id(uvip_workers_t *ws) {
+  size_t ncap;
+  uvip_vip_t **nv;
+  uvip__sa_t *na;
+  if (ws->nvips < ws->cap_vips)
+    return 0;
+  ncap = ws->cap_vips ? ws->cap_vips * 2 : 16;
+  if (!(nv = realloc(ws->vips, ncap * sizeof(*nv))))
+    return UV_ENOMEM;
+  ws->vips = nv;
+  if (!(na = realloc(ws->vip_addrs, ncap * sizeof(*na))))
+    return UV_ENOMEM; /* vips is bigger than needed: harmless */
+  ws->vip_addrs = na;
+  ws->cap_vips = ncap;
   return 0;
 }
 
+/* Cannot fail after reserve_vip_id(). */
+static uint32_t new_vip_id(uvip_workers_t *ws, uvip_vip_t *vip) {
+  uint32_t id = (uint32_t)ws->nvips++;
+  ws->vips[id] = vip;
+  memcpy(&ws->vip_addrs[id], &vip->addr, sizeof(vip->addr));
+  return id;
+}
+
+static bool idmap_find(const uvip__idmap_t *m, const void *key,
+                       uint32_t *id) {
+  if (!m->cap)
+    return false;
+  for (size_t j = ptr_hash(key, m->cap - 1); m->keys[j]; j = (j + 1) & (m->cap - 1))
+    if (m->keys[j] == key) {
+      *id = m->vals[j];
+      return true;
+    }
+  return false;
+}
+
 int uvip__wk_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id) {
-  bool added;
-  int r = uvip__idmap_get(&ws->vipmap, vip, (uint32_t)ws->nvips, id, &added);
-  if (r != 0)
+  bool found = idmap_find(&ws->vipmap, vip, id), added;
+  int r;
+  /* Known: no allocation (the releases depend on it). */
+  if (found && uvip__sa_equal(&ws->vip_addrs[*id].sa, &vip->addr.sa))
+    return 0;
+  if ((r = reserve_vip_id(ws)) != 0)
     return r;
-  if (added)
-    return new_vip_id(ws, vip, id);
-  /* A freed VIP's memory reused for another address: the old id may
-   * still be known to worker processes, so this one gets a fresh id. */
-  if (!uvip__sa_equal(&ws->vip_addrs[*id].sa, &vip->addr.sa)) {
-    if ((r = new_vip_id(ws, vip, id)) != 0)
-      return r;
+  if (found) {
+    /* A freed VIP's memory reused for another address: the old id may
+     * still be known to worker processes, so this one gets a fresh id. */
+    *id = new_vip_id(ws, vip);
     idmap_set(&ws->vipmap, vip, *id);
+    return 0;
   }
+  if ((r = uvip__idmap_get(&ws->vipmap, vip, (uint32_t)ws->nvips, id,
+                           &added)) != 0)
+    return r;
+  *id = new_vip_id(ws, vip);
   return 0;
 }
 
@@ -141,6 +166,15 @@ void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count) {
   wk->active -= count;
   while (count--)
     uvip__server_release(ws->server, ws->vips[id]);
+}
+
+void uvip__wk_failed(uvip__wk_t *wk, uint32_t id, uint64_t count) {
+  /* Not handed after all; bounded like the release (a worker process is
+   * not trusted to count right). */
+  uint64_t n = count < wk->handed ? count : wk->handed;
+  wk->handed -= n;
+  wk->failed += n;
+  uvip__wk_release(wk, id, count);
 }
 
 void uvip__wk_ready(uvip__wk_t *wk, int status) {

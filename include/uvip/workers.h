@@ -175,7 +175,8 @@ typedef struct uvip_worker_stats_s {
   uint64_t active;   /* connections the worker holds now */
   uint64_t handed;   /* connections handed to (REUSEPORT: accepted by) it */
   uint64_t refused;  /* times it was passed over because it was full */
-  uint64_t failed;   /* hand-offs it could not take (connection closed) */
+  uint64_t failed;   /* hand-offs it could not take (connection closed,
+                      * slot given back; not counted in handed) */
   uint64_t restarts; /* uvip_workers_restart() calls that succeeded */
   int64_t pid;       /* process id of a worker process, else 0 */
   int alive;         /* 1 while ready and running; 0 after it died or closed */
