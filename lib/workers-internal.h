@@ -85,7 +85,7 @@ struct uvip__wk {
 struct uvip_workers_s {
   uvip_server_t *server;
   uv_loop_t *loop;
-  uvip_workers_options_t opts;
+  uvip_workers_options_t opts; /* opts.keep_fds points at our copy */
   uvip_connection_cb cb;
   unsigned n;
   uvip__wk_t *wk;

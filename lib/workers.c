@@ -9,6 +9,7 @@
  * SPDX-License-Identifier: MIT */
 #include "workers-internal.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +339,10 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
                  o.balance > UVIP_BALANCE_REUSEPORT);
   UVIP_CHECK_ARG(server->listening || server->closing ||
                  server->handoff_ctx != NULL);
+  UVIP_CHECK_ARG(o.nkeep_fds > 0 && o.keep_fds == NULL);
+  UVIP_CHECK_ARG(o.nkeep_fds > (size_t)INT_MAX);
+  for (size_t i = 0; i < o.nkeep_fds; i++)
+    UVIP_CHECK_ARG(o.keep_fds[i] < 0);
   if (o.mode == UVIP_WORKER_PROCESS && o.max_conns_per_worker == 0)
     o.max_conns_per_worker = default_max();
 
@@ -348,6 +353,18 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
   if (!ws->wk) {
     free(ws);
     return UV_ENOMEM;
+  }
+  if (o.nkeep_fds) {
+    int *keep = malloc(o.nkeep_fds * sizeof(*keep));
+    if (!keep) {
+      free(ws->wk);
+      free(ws);
+      return UV_ENOMEM;
+    }
+    memcpy(keep, o.keep_fds, o.nkeep_fds * sizeof(*keep));
+    o.keep_fds = keep;
+  } else {
+    o.keep_fds = NULL;
   }
   ws->server = server;
   ws->loop = server->loop;
@@ -573,6 +590,7 @@ static void finish(uvip_workers_t *ws) {
   uv_mutex_destroy(&ws->lock);
   free(ws->posts);
   free(ws->zombies);
+  free((void *)ws->opts.keep_fds);
   free(ws->vips);
   free(ws->vip_addrs);
   uvip__idmap_free(&ws->vipmap);

@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -541,6 +542,65 @@ START_TEST(test_process_start_fails_async) {
 }
 END_TEST
 
+/* keep_fds: a worker process closes the sockets it inherited except
+ * those listed. Two socketpairs stand for the application's sockets (a
+ * syslog socket, say); each child's init_cb writes a byte on each that is
+ * still open in it. Every worker reports ready after its init_cb, so by
+ * then the bytes are there: no waiting. */
+static int kf_kept[2], kf_other[2];
+
+static void kf_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)loop;
+  (void)index;
+  (void)arg;
+  if (fcntl(kf_kept[1], F_GETFD) != -1)
+    (void)!write(kf_kept[1], "K", 1);
+  if (fcntl(kf_other[1], F_GETFD) != -1)
+    (void)!write(kf_other[1], "X", 1);
+}
+
+START_TEST(test_process_keep_fds) {
+  fixture_t f;
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  char buf[8];
+  int keep[1];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, kf_kept), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, kf_other), 0);
+  keep[0] = kf_kept[1];
+  memset(&f, 0, sizeof(f));
+  f.port = th_free_port();
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, NULL, &f.server), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&o);
+  o.nworkers = 3;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = kf_init;
+  o.nkeep_fds = 1;
+  o.keep_fds = NULL;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  keep[0] = -1;
+  o.keep_fds = keep;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  keep[0] = kf_kept[1];
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  keep[0] = -1; /* copied: the caller's array may go */
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  run_until_ready(&f);
+  ck_assert_int_eq(recv(kf_kept[0], buf, sizeof(buf), MSG_DONTWAIT), 3);
+  ck_assert_int_eq(memcmp(buf, "KKK", 3), 0);
+  ck_assert_int_eq(recv(kf_other[0], buf, sizeof(buf), MSG_DONTWAIT), -1);
+  ck_assert_int_eq(errno, EAGAIN);
+  finish(&f);
+  for (int i = 0; i < 2; i++) {
+    close(kf_kept[i]);
+    close(kf_other[i]);
+  }
+}
+END_TEST
+
 /* REUSEPORT: every worker listens itself; connections land somewhere and
  * echo; counts are reported. */
 static void reuseport(int mode) {
@@ -874,6 +934,7 @@ int main(void) {
   tcase_add_test(tc, test_process_reuseport_close_conns);
   tcase_add_test(tc, test_process_loop_liveness);
   tcase_add_test(tc, test_process_start_fails_async);
+  tcase_add_test(tc, test_process_keep_fds);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -62,7 +62,9 @@
  * - The child closes every socket it inherited (the acceptor's listeners,
  *   other workers' pipes, descriptors in flight), including the
  *   application's own sockets such as syslog's (openlog() with
- *   LOG_NDELAY). Other descriptors (files, pipes) are left open. The child resets every signal to its default and unblocks
+ *   LOG_NDELAY): list the sockets a worker must keep in
+ *   uvip_workers_options_t.keep_fds. Other descriptors (files, pipes) are
+ *   left open. The child resets every signal to its default and unblocks
  *   all; it ignores SIGINT (the acceptor decides when workers stop) and
  *   SIGPIPE.
  * - PR_SET_PDEATHSIG: a worker process is killed when the thread that
@@ -144,6 +146,11 @@ typedef struct uvip_workers_options_s {
    * (close its connections, run its exit_cb, exit) before it is killed
    * with SIGKILL, in ms (default UVIP_WORKER_GRACE_MS; 0 kills at once). */
   unsigned int grace_ms;
+  /* Processes: sockets a worker process keeps open (it closes every other
+   * socket it inherited), e.g. the application's syslog socket. Copied by
+   * uvip_workers_new(); NULL when nkeep_fds is 0. */
+  const int *keep_fds;
+  size_t nkeep_fds;
 } uvip_workers_options_t;
 
 /* Fills the options with their defaults. Returns 0 or UV_EINVAL. */
@@ -151,8 +158,9 @@ int uvip_workers_options_init(uvip_workers_options_t *opts);
 
 /* Creates the workers of a server that does not listen yet. Nothing runs
  * until uvip_workers_listen(). opts may be NULL for defaults. Errors:
- * UV_EINVAL (bad option, server NULL, listening, closing or already given
- * workers), UV_ENOMEM. */
+ * UV_EINVAL (bad option, e.g. a negative descriptor in keep_fds or
+ * keep_fds NULL with nkeep_fds > 0; server NULL, listening, closing or
+ * already given workers), UV_ENOMEM. */
 int uvip_workers_new(uvip_server_t *server, const uvip_workers_options_t *opts,
                      uvip_workers_t **out);
 
