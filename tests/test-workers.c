@@ -338,6 +338,8 @@ END_TEST
 START_TEST(test_process_backpressure) { backpressure(UVIP_WORKER_PROCESS); }
 END_TEST
 
+static void expect_closed(fixture_t *f, int fd);
+
 /* kill -9 one worker process: noticed, its slots given back, the others
  * keep serving, and it can be restarted. */
 START_TEST(test_process_kill_restart) {
@@ -348,6 +350,8 @@ START_TEST(test_process_kill_restart) {
     fds[i] = connect_vip(&f, 1 + i % 2);
     run_until_accepted(&f, (uint64_t)i + 1);
     echo(&f, fds[i], 'k', 1 + i % 2);
+    /* Ties rotate: connection i is worker i % 3's. */
+    ck_assert_uint_eq(wstats(&f, (unsigned)i % 3).handed, (uint64_t)i / 3 + 1);
   }
   uvip_worker_stats_t victim = wstats(&f, 1);
   ck_assert_int_eq(victim.alive, 1);
@@ -360,16 +364,17 @@ START_TEST(test_process_kill_restart) {
   ck_assert_int_eq(wstats(&f, 1).alive, 0);
   ck_assert_uint_eq(wstats(&f, 1).active, 0);
   ck_assert_uint_eq(active(&f), 4);
-  /* Its clients see the connection go. */
-  for (int i = 0; i < 6; i++) {
-    char c;
-    struct pollfd p = {.fd = fds[i], .events = POLLIN};
-    if (poll(&p, 1, 0) == 1) {
-      ck_assert_int_le(read(fds[i], &c, 1), 0);
-      close(fds[i]);
-      fds[i] = -1;
-    }
+  /* Its clients (connections 1 and 4) see the connection go: nothing in
+   * the acceptor kept a copy of their descriptors. The others are still
+   * served. */
+  for (int i = 1; i < 6; i += 3) {
+    expect_closed(&f, fds[i]);
+    close(fds[i]);
+    fds[i] = -1;
   }
+  for (int i = 0; i < 6; i++)
+    if (fds[i] >= 0)
+      echo(&f, fds[i], 's', 1 + i % 2);
   /* New connections go to the living only. */
   fds[6] = connect_vip(&f, 1);
   run_until_accepted(&f, 7);
@@ -601,20 +606,84 @@ START_TEST(test_process_keep_fds) {
 }
 END_TEST
 
-/* REUSEPORT: every worker listens itself; connections land somewhere and
- * echo; counts are reported. */
+static uint64_t workers_handed(fixture_t *f) {
+  uint64_t n = 0;
+  for (unsigned w = 0; w < uvip_workers_count(f->workers); w++)
+    n += wstats(f, w).handed;
+  return n;
+}
+
+/* REUSEPORT: every worker listens itself and the kernel spreads the
+ * connections by a hash of the 4-tuple. 64 connections held open over 2
+ * workers: each worker must get at least 8 (a quarter of its share; a
+ * fair hash gives fewer with probability below 1e-10), the counts the
+ * workers report add up, and connections on each echo. */
+#define RP_CONNS 64
+#define RP_WORKERS 2
 static void reuseport(int mode) {
   fixture_t f;
-  int fds[8];
-  start(&f, "127.0.0.1", mode, UVIP_BALANCE_REUSEPORT, 2, 0);
-  for (int i = 0; i < 8; i++) {
+  int fds[RP_CONNS];
+  start(&f, "127.0.0.1", mode, UVIP_BALANCE_REUSEPORT, RP_WORKERS, 0);
+  for (int i = 0; i < RP_CONNS; i++)
     fds[i] = connect_vip(&f, 1);
-    echo(&f, fds[i], 'p', 1);
+  /* Reported every 200 ms: bounded polling. */
+  for (int i = 0; i < MAX_TURNS && workers_handed(&f) != RP_CONNS; i++) {
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    usleep(5000);
+  }
+  ck_assert_uint_eq(workers_handed(&f), RP_CONNS);
+  for (unsigned w = 0; w < RP_WORKERS; w++) {
+    ck_assert_msg(wstats(&f, w).handed >= RP_CONNS / (4 * RP_WORKERS),
+                  "worker %u got %llu of %d", w,
+                  (unsigned long long)wstats(&f, w).handed, RP_CONNS);
+    ck_assert_uint_eq(wstats(&f, w).active, wstats(&f, w).handed);
   }
   for (int i = 0; i < 8; i++)
+    echo(&f, fds[i], 'p', 1);
+  for (int i = 0; i < RP_CONNS; i++)
     close(fds[i]);
   finish(&f);
 }
+
+/* EXACT and ROUND_ROBIN with connections arriving together (queued in the
+ * kernel before the acceptor runs): the counts are exact, 60 over 3 is 20
+ * each, for handed and active alike. */
+#define EX_CONNS 60
+#define EX_WORKERS 3
+static void exact_counts(int mode, int balance) {
+  fixture_t f;
+  int fds[EX_CONNS];
+  start(&f, "127.0.0.1-127.0.0.2", mode, balance, EX_WORKERS, 0);
+  for (int i = 0; i < EX_CONNS; i++)
+    fds[i] = connect_vip(&f, 1 + i % 2);
+  run_until_accepted(&f, EX_CONNS);
+  run_until_active(&f, EX_CONNS);
+  for (unsigned w = 0; w < EX_WORKERS; w++) {
+    ck_assert_uint_eq(wstats(&f, w).handed, EX_CONNS / EX_WORKERS);
+    ck_assert_uint_eq(wstats(&f, w).active, EX_CONNS / EX_WORKERS);
+  }
+  for (int i = 0; i < EX_CONNS; i += 7)
+    echo(&f, fds[i], 'x', 1 + i % 2);
+  for (int i = 0; i < EX_CONNS; i++)
+    close(fds[i]);
+  run_until_active(&f, 0);
+  finish(&f);
+}
+
+START_TEST(test_thread_exact_counts) {
+  exact_counts(UVIP_WORKER_THREAD, UVIP_BALANCE_EXACT);
+}
+END_TEST
+
+START_TEST(test_process_exact_counts) {
+  exact_counts(UVIP_WORKER_PROCESS, UVIP_BALANCE_EXACT);
+}
+END_TEST
+
+START_TEST(test_process_round_robin_counts) {
+  exact_counts(UVIP_WORKER_PROCESS, UVIP_BALANCE_ROUND_ROBIN);
+}
+END_TEST
 
 START_TEST(test_thread_reuseport) { reuseport(UVIP_WORKER_THREAD); }
 END_TEST
@@ -935,6 +1004,9 @@ int main(void) {
   tcase_add_test(tc, test_process_loop_liveness);
   tcase_add_test(tc, test_process_start_fails_async);
   tcase_add_test(tc, test_process_keep_fds);
+  tcase_add_test(tc, test_thread_exact_counts);
+  tcase_add_test(tc, test_process_exact_counts);
+  tcase_add_test(tc, test_process_round_robin_counts);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
