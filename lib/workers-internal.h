@@ -158,8 +158,11 @@ void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count);
 void uvip__wk_failed(uvip__wk_t *wk, uint32_t id, uint64_t count);
 /* A worker ended (died or exited): give back everything it held. */
 void uvip__wk_ended(uvip__wk_t *wk);
-/* A handle of the workers closed; frees them once all have. */
+/* A handle of the workers closed; frees them once all have.
+ * uvip__wk_handle_closed() is the close callback of a malloc'd handle
+ * whose data is the workers; uvip__wk_closed() is for the others. */
 void uvip__wk_handle_closed(uv_handle_t *h);
+void uvip__wk_closed(uvip_workers_t *ws);
 void uvip__wk_maybe_finish(uvip_workers_t *ws);
 /* REUSEPORT: a worker's own server on loop, listening on the same VIPs
  * with SO_REUSEPORT and the per-worker cap. *out is set once created, even

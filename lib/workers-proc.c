@@ -82,9 +82,10 @@ static void proc_dead(uvip__wk_t *wk) {
   wk->starting = false;
   wk->ready_deadline = 0;
   reap(wk);
+  uvip__wk_ended(wk);
+  /* After: the application may restart it from ready_cb. */
   if (was_starting)
     uvip__wk_ready(wk, wk->start_err ? wk->start_err : UV_EPIPE);
-  uvip__wk_ended(wk);
 }
 
 static void reap_all(uvip_workers_t *ws) {
@@ -328,8 +329,13 @@ void uvip__wk_proc_forget(uvip__wk_t *wk) {
   }
 }
 
-static void free_handoff(uv_handle_t *h) {
-  free(UVIP_CONTAINER_OF(h, handoff_t, tcp));
+/* Each hand-off's handle counts among the workers' handles: its
+ * callbacks use the worker, which must outlive them. */
+static void free_handoff(uv_handle_t *hd) {
+  handoff_t *h = UVIP_CONTAINER_OF(hd, handoff_t, tcp);
+  uvip_workers_t *ws = h->wk->ws;
+  free(h);
+  uvip__wk_closed(ws);
 }
 
 static void on_written(uv_write_t *req, int status) {
@@ -339,9 +345,9 @@ static void on_written(uv_write_t *req, int status) {
     bool was_full = wk->inflight >= UVIP__WK_MAX_INFLIGHT;
     wk->inflight--;
     if (status < 0)
-      uvip__wk_failed(wk, h->id, 1); else if (was_full) {
+      uvip__wk_failed(wk, h->id, 1);
+    else if (was_full)
       uvip__sched_kick(wk->ws->server);
-    }
   }
   /* The child has its own copy now (or never will): close ours. */
   uv_close((uv_handle_t *)&h->tcp, free_handoff);
@@ -351,7 +357,7 @@ static void on_unsent_closed(uv_handle_t *hd) {
   handoff_t *h = UVIP_CONTAINER_OF(hd, handoff_t, tcp);
   if (h->gen == h->wk->gen && h->wk->alive)
     uvip__wk_failed(h->wk, h->id, 1);
-  free(h);
+  free_handoff(hd);
 }
 
 int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
@@ -369,6 +375,7 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
   h->msg.id = id;
   memcpy(&h->msg.addr, &vip->addr, uvip__sa_len(&vip->addr.sa));
   uv_tcp_init(wk->ws->loop, &h->tcp);
+  wk->ws->handles_open++;
   if ((r = uv_tcp_open(&h->tcp, fd)) != 0) {
     /* The descriptor is not the handle's: the caller closes it. */
     uv_close((uv_handle_t *)&h->tcp, free_handoff);

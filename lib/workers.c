@@ -439,7 +439,9 @@ static void on_spawn(uv_idle_t *h) {
       continue;
     wk->pending = false;
     if ((r = uvip__wk_proc_start(wk, NULL, 0)) != 0) {
+      /* As if it had died: it may be restarted. */
       wk->starting = false;
+      wk->exited = true;
       uvip__wk_ready(wk, r);
     }
     return;
@@ -599,14 +601,19 @@ static void finish(uvip_workers_t *ws) {
 }
 
 /* The one place the workers finish: the close callback of their last
- * handle, after uvip__wk_maybe_finish() closed the rest. */
-void uvip__wk_handle_closed(uv_handle_t *h) {
-  uvip_workers_t *ws = h->data;
-  free(h);
+ * handle (every handle of theirs is counted in handles_open, hand-offs'
+ * included), after uvip__wk_maybe_finish() closed the rest. */
+void uvip__wk_closed(uvip_workers_t *ws) {
   ws->handles_open--;
   uvip__wk_maybe_finish(ws);
   if (ws->handles_open == 0 && ws->finishing)
     finish(ws);
+}
+
+void uvip__wk_handle_closed(uv_handle_t *h) {
+  uvip_workers_t *ws = h->data;
+  free(h);
+  uvip__wk_closed(ws);
 }
 
 void uvip__wk_maybe_finish(uvip_workers_t *ws) {
@@ -642,13 +649,7 @@ void uvip__wk_maybe_finish(uvip_workers_t *ws) {
   }
 }
 
-static void on_deferred(uv_handle_t *h) {
-  uvip_workers_t *ws = h->data;
-  ws->handles_open--;
-  uvip__wk_maybe_finish(ws);
-  if (ws->handles_open == 0 && ws->finishing)
-    finish(ws);
-}
+static void on_deferred(uv_handle_t *h) { uvip__wk_closed(h->data); }
 
 UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
                                    uvip_workers_close_cb cb) {
