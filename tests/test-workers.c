@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -136,6 +137,13 @@ static void on_workers_closed(uvip_workers_t *w) {
   closing->closed = true;
 }
 
+/* Every worker process was reaped before the close callback (each test
+ * runs in a process of its own whose only children are workers). */
+static void expect_no_children(void) {
+  ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);
+  ck_assert_int_eq(errno, ECHILD);
+}
+
 static void finish(fixture_t *f) {
   closing = f;
   /* The workers use the server until their close callback. */
@@ -149,6 +157,7 @@ static void finish(fixture_t *f) {
   for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
     uv_run(&f->loop, UV_RUN_ONCE);
   ck_assert_int_eq(uv_loop_close(&f->loop), 0);
+  expect_no_children();
 }
 
 static uint64_t accepted(fixture_t *f) {
@@ -544,6 +553,55 @@ START_TEST(test_process_start_fails_async) {
   }
   finish(&f);
   close(busy);
+}
+END_TEST
+
+/* Closing at once, while the workers are still starting (processes: most
+ * not even forked yet): the close callback runs once, from the loop, no
+ * worker is left behind and the loop ends. */
+static int nclosed_cb;
+static void count_closed(uvip_workers_t *w) {
+  nclosed_cb++;
+  ck_assert_int_eq(uvip_server_close(uvip_workers_server(w), on_server_closed), 0);
+}
+
+static void close_while_starting(int mode) {
+  fixture_t f;
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  memset(&f, 0, sizeof(f));
+  f.port = th_free_port();
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, NULL, &f.server), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&o);
+  o.nworkers = 4;
+  o.mode = mode;
+  o.ready_cb = on_ready;
+  memset(nready, 0, sizeof(nready));
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  nclosed_cb = 0;
+  ck_assert_int_eq(uvip_workers_close(f.workers, count_closed), 0);
+  ck_assert_int_eq(nclosed_cb, 0);
+  for (int i = 0; i < MAX_TURNS && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(nclosed_cb, 1);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+  expect_no_children();
+  /* Not after the close. */
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(nready[i], 0);
+}
+
+START_TEST(test_thread_close_while_starting) {
+  close_while_starting(UVIP_WORKER_THREAD);
+}
+END_TEST
+
+START_TEST(test_process_close_while_starting) {
+  close_while_starting(UVIP_WORKER_PROCESS);
 }
 END_TEST
 
@@ -965,6 +1023,7 @@ START_TEST(test_process_loop_liveness) {
   for (int i = 0; i < 100 && uv_loop_alive(&lv.f.loop); i++)
     uv_run(&lv.f.loop, UV_RUN_ONCE);
   ck_assert_int_eq(uv_loop_close(&lv.f.loop), 0);
+  expect_no_children();
   for (int i = 0; i < LV_WORKERS; i++)
     close(lv.fds[i]);
   fprintf(stderr, "liveness: longest gaps %.1f ms (listen %.1f, kill %.1f, "
@@ -1004,6 +1063,8 @@ int main(void) {
   tcase_add_test(tc, test_process_loop_liveness);
   tcase_add_test(tc, test_process_start_fails_async);
   tcase_add_test(tc, test_process_keep_fds);
+  tcase_add_test(tc, test_thread_close_while_starting);
+  tcase_add_test(tc, test_process_close_while_starting);
   tcase_add_test(tc, test_thread_exact_counts);
   tcase_add_test(tc, test_process_exact_counts);
   tcase_add_test(tc, test_process_round_robin_counts);
