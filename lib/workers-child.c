@@ -348,6 +348,8 @@ static void close_conns(void) {
 
 static void on_own_closed(uvip_server_t *s) {
   (void)s;
+  /* Freed after this returns: nothing may read it any more. */
+  ch.own = NULL;
   ch.own_closed = true;
   want_flush();
 }
@@ -357,8 +359,10 @@ static void stop(void) {
   if (ch.stopping)
     return;
   ch.stopping = true;
-  /* The last counts reported are those from before the stop. */
+  /* The last counts reported are those from before the stop; the
+   * periodic report ends with it (its server is being closed). */
   send_stats();
+  uv_timer_stop(&ch.timer);
   close_conns();
   if (ch.own)
     uvip_server_close(ch.own, on_own_closed);
