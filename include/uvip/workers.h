@@ -117,7 +117,8 @@ typedef struct uvip_workers_s uvip_workers_t;
 /* Called on the server's loop when worker `index` is ready (status 0: it
  * ran its init_cb and takes connections) or could not start (status < 0:
  * UV_ETIMEDOUT when a process did not get ready within 10 s, UV_EPIPE when
- * it ended first, or the error it reported, e.g. a REUSEPORT bind error).
+ * it ended first, the error it reported, e.g. a REUSEPORT bind error, or
+ * the error of forking it).
  * Once per start and per successful uvip_workers_restart(); not after
  * uvip_workers_close(). A worker that could not start stays dead (restart
  * it, or close the workers). */
@@ -166,12 +167,15 @@ int uvip_workers_new(uvip_server_t *server, const uvip_workers_options_t *opts,
 
 /* Starts the workers and listens (in place of uvip_server_listen(), with
  * the same arguments and errors); cb runs on a worker for each connection.
- * Returns once every worker is created, without waiting for any to be
- * ready: each becomes ready asynchronously (ready_cb). On failure nothing
- * is left running or bound and cb never runs; the workers must still be
- * closed with uvip_workers_close(). Also UV_EALREADY when called twice,
- * UV_EAGAIN or another fork()/thread/socketpair() error when a worker
- * cannot be created. */
+ * Returns without waiting for any worker to be ready: each becomes ready
+ * asynchronously (ready_cb). Thread workers and the first worker process
+ * are created by the call; the other processes are forked on the
+ * following loop turns, one per turn (a fork stalls the loop while the
+ * page tables are copied), and one that cannot be forked is reported to
+ * ready_cb. On failure nothing is left running or bound and cb never runs;
+ * the workers must still be closed with uvip_workers_close(). Also
+ * UV_EALREADY when called twice, UV_EAGAIN or another
+ * fork()/thread/socketpair() error when a worker cannot be created. */
 int uvip_workers_listen(uvip_workers_t *workers, uvip_connection_cb cb,
                         char *errbuf, size_t errlen);
 
