@@ -74,6 +74,7 @@ struct uvip__wk {
   pid_t pid;
   uv_pipe_t *pipe;
   bool reaped;
+  int exit_status;         /* waitpid() status once reaped, else -1 */
   bool pending;            /* to be forked by the spawner */
   uint64_t ready_deadline; /* loop time; 0 once ready or given up */
   int start_err;           /* why a starting process ended, if known */

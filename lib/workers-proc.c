@@ -38,14 +38,16 @@ typedef struct {
 /* Never blocks; only our own pids (libuv's uv_spawn() and the application
  * reap theirs). ECHILD: someone reaped it with waitpid(-1); it is gone all
  * the same. */
-static bool reap_pid(pid_t pid) {
+static bool reap_pid(pid_t pid, int *status) {
   int st;
   pid_t r = waitpid(pid, &st, WNOHANG);
+  if (r == pid && status)
+    *status = st;
   return r == pid || (r < 0 && errno == ECHILD);
 }
 
 static void reap(uvip__wk_t *wk) {
-  if (wk->pid > 0 && !wk->reaped && reap_pid(wk->pid))
+  if (wk->pid > 0 && !wk->reaped && reap_pid(wk->pid, &wk->exit_status))
     wk->reaped = true;
 }
 
@@ -97,7 +99,7 @@ static void reap_all(uvip_workers_t *ws) {
       proc_dead(wk);
   }
   for (size_t i = 0; i < ws->nzombies;)
-    if (reap_pid(ws->zombies[i]))
+    if (reap_pid(ws->zombies[i], NULL))
       ws->zombies[i] = ws->zombies[--ws->nzombies];
     else
       i++;
@@ -304,6 +306,7 @@ int uvip__wk_proc_start(uvip__wk_t *wk, char *errbuf, size_t errlen) {
   wk->pipe = pipe;
   wk->pid = pid;
   wk->reaped = false;
+  wk->exit_status = -1;
   wk->gen++;
   wk->inflight = 0;
   wk->rlen = 0;

@@ -545,6 +545,9 @@ UVIP_EXPORT int uvip_workers_stats(const uvip_workers_t *ws, unsigned int i,
   out->pid = wk->pid;
   out->alive = wk->alive;
   out->starting = wk->starting;
+  out->exit_status = ws->opts.mode == UVIP_WORKER_PROCESS && wk->reaped
+                         ? wk->exit_status
+                         : -1;
   if (ws->opts.balance == UVIP_BALANCE_REUSEPORT) {
     uv_mutex_lock(&wk->lock);
     out->active = wk->rp_active;

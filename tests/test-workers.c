@@ -76,6 +76,7 @@ typedef struct {
   uvip_workers_t *workers;
   int port;
   bool closed;
+  int exit_code; /* what the worker processes must exit with */
 } fixture_t;
 
 static bool all_ready(fixture_t *f) {
@@ -132,6 +133,19 @@ static void on_server_closed(uvip_server_t *s) { (void)s; }
 static fixture_t *closing;
 static void on_workers_closed(uvip_workers_t *w) {
   ck_assert_ptr_eq(uvip_workers_server(w), closing->server);
+  /* Every worker process that ran ended by itself, cleanly: a sanitizer
+   * report or a crash in a child shows here (its output alone would pass
+   * unnoticed). */
+  for (unsigned i = 0; i < uvip_workers_count(w); i++) {
+    uvip_worker_stats_t st;
+    ck_assert_int_eq(uvip_workers_stats(w, i, &st), 0);
+    if (st.pid == 0)
+      continue;
+    ck_assert_msg(WIFEXITED(st.exit_status) &&
+                      WEXITSTATUS(st.exit_status) == closing->exit_code,
+                  "worker %u (pid %lld) ended with status 0x%x", i,
+                  (long long)st.pid, (unsigned)st.exit_status);
+  }
   /* Detached just before this callback: the server may close now. */
   ck_assert_int_eq(uvip_server_close(closing->server, on_server_closed), 0);
   closing->closed = true;
@@ -541,6 +555,7 @@ START_TEST(test_process_start_fails_async) {
   o.balance = UVIP_BALANCE_REUSEPORT;
   o.ready_cb = on_ready;
   memset(nready, 0, sizeof(nready));
+  f.exit_code = 3; /* a child that could not start */
   ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
   ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
   for (int i = 0; i < MAX_TURNS && (nready[0] == 0 || nready[1] == 0); i++)
@@ -917,6 +932,16 @@ static void lv_server_closed(uvip_server_t *s) {
 }
 
 static void lv_workers_closed(uvip_workers_t *w) {
+  /* The stuck one was killed when the grace period ended; the others
+   * exited by themselves. */
+  for (unsigned i = 0; i < LV_WORKERS; i++) {
+    int st = wstats(&lv.f, i).exit_status;
+    if (i == LV_STUCK)
+      ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    else
+      ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                    "worker %u: status 0x%x", i, (unsigned)st);
+  }
   (void)w;
   lv.workers_closed = true;
   ck_assert_int_eq(uvip_server_close(lv.f.server, lv_server_closed), 0);

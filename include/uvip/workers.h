@@ -193,6 +193,13 @@ typedef struct uvip_worker_stats_s {
   int64_t pid;       /* process id of a worker process, else 0 */
   int alive;         /* 1 while ready and running; 0 after it died or closed */
   int starting;      /* 1 from its creation until ready (or failed) */
+  /* Processes: the waitpid() status (WIFEXITED() etc. apply) of its current
+   * process once that was reaped; -1 before, for threads, or when the
+   * application reaped it first (waitpid(-1)). A worker process that
+   * finishes normally exits with status 0; one still running when the
+   * grace period ends is killed by SIGKILL. Readable in the close
+   * callback. */
+  int exit_status;
 } uvip_worker_stats_t;
 
 /* Counters of worker i, read on the server's loop. Exact in EXACT and
