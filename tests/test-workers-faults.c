@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -117,7 +118,12 @@ static void on_server_closed(uvip_server_t *s) {
 
 static fx_t *closing;
 static void on_workers_closed(uvip_workers_t *w) {
-  (void)w;
+  uvip_worker_stats_t st;
+  /* The worker process, if one ran, exited cleanly. */
+  ck_assert_int_eq(uvip_workers_stats(w, 0, &st), 0);
+  if (st.pid != 0)
+    ck_assert_msg(WIFEXITED(st.exit_status) && WEXITSTATUS(st.exit_status) == 0,
+                  "worker ended with status 0x%x", (unsigned)st.exit_status);
   ck_assert_int_eq(uvip_server_close(closing->server, on_server_closed), 0);
   closing->closed = true;
 }
