@@ -111,6 +111,14 @@ static void reset_signals(void) {
   sigprocmask(SIG_SETMASK, &all, NULL);
 }
 
+static bool kept(const uvip_workers_t *ws, int fd) {
+  for (size_t i = 0; i < ws->opts.nkeep_fds; i++)
+    if (ws->opts.keep_fds[i] == fd)
+      return true;
+  return false;
+}
+
+/* keep: our pipe; the application's keep_fds stay too. */
 static void close_inherited_sockets(uvip_workers_t *ws, int keep) {
   DIR *d = opendir("/proc/self/fd");
   struct dirent *e;
@@ -128,8 +136,8 @@ static void close_inherited_sockets(uvip_workers_t *ws, int keep) {
     while ((e = readdir(d)) && n < 256) {
       int fd = atoi(e->d_name);
       struct stat st;
-      if (fd > 2 && fd != keep && fd != dirfd(d) && fstat(fd, &st) == 0 &&
-          S_ISSOCK(st.st_mode))
+      if (fd > 2 && fd != keep && fd != dirfd(d) && !kept(ws, fd) &&
+          fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
         fds[n++] = fd;
     }
     for (int i = 0; i < n; i++)
@@ -340,6 +348,8 @@ static void close_conns(void) {
 
 static void on_own_closed(uvip_server_t *s) {
   (void)s;
+  /* Freed after this returns: nothing may read it any more. */
+  ch.own = NULL;
   ch.own_closed = true;
   want_flush();
 }
@@ -349,8 +359,10 @@ static void stop(void) {
   if (ch.stopping)
     return;
   ch.stopping = true;
-  /* The last counts reported are those from before the stop. */
+  /* The last counts reported are those from before the stop; the
+   * periodic report ends with it (its server is being closed). */
   send_stats();
+  uv_timer_stop(&ch.timer);
   close_conns();
   if (ch.own)
     uvip_server_close(ch.own, on_own_closed);

@@ -29,7 +29,8 @@ void uvip__idmap_free(uvip__idmap_t *m);
 typedef struct uvip__wk uvip__wk_t;
 
 /* What a thread worker posts back to the acceptor. */
-enum { UVIP__POST_RELEASE, UVIP__POST_FAILED, UVIP__POST_EXITED };
+enum { UVIP__POST_RELEASE, UVIP__POST_FAILED, UVIP__POST_EXITED,
+       UVIP__POST_READY };
 typedef struct {
   uint32_t kind;
   uint32_t worker;
@@ -44,7 +45,10 @@ struct uvip__wk {
   uint64_t active, handed, refused, failed, restarts;
   uint64_t *vip_active; /* per VIP id: what to give back if it dies */
   size_t vip_cap;
-  bool started, alive, exited;
+  /* started: an incarnation was created; starting: it has not reported
+   * ready yet (it gets nothing); alive: ready and taking connections;
+   * exited: the incarnation is over (its slots were given back). */
+  bool started, starting, alive, exited;
   unsigned gen; /* process incarnation, to ignore a dead one's leftovers */
 
   /* Threads. */
@@ -64,13 +68,16 @@ struct uvip__wk {
   uvip_server_t *own;    /* REUSEPORT: the worker's own server */
   uint64_t rp_active, rp_handed; /* REUSEPORT counts, under lock */
   uv_timer_t *rp_timer;
-  uv_sem_t *ready;       /* posted once init_cb has run */
   bool joined;
 
   /* Processes. */
   pid_t pid;
   uv_pipe_t *pipe;
   bool reaped;
+  int exit_status;         /* waitpid() status once reaped, else -1 */
+  bool pending;            /* to be forked by the spawner */
+  uint64_t ready_deadline; /* loop time; 0 once ready or given up */
+  int start_err;           /* why a starting process ended, if known */
   unsigned inflight;
   unsigned char rbuf[32]; /* a partial report record */
   size_t rlen;
@@ -79,12 +86,13 @@ struct uvip__wk {
 struct uvip_workers_s {
   uvip_server_t *server;
   uv_loop_t *loop;
-  uvip_workers_options_t opts;
+  uvip_workers_options_t opts; /* opts.keep_fds points at our copy */
   uvip_connection_cb cb;
   unsigned n;
   uvip__wk_t *wk;
   unsigned rr;
   bool listening, closing, failed_start;
+  bool finishing; /* the last handles are closing: finish() follows */
   uvip_workers_close_cb close_cb;
 
   /* VIP ids: VIP pointers may be reused after a VIP is freed, so an id
@@ -100,7 +108,16 @@ struct uvip_workers_s {
   uvip__post_t *posts;
   size_t nposts, cap_posts;
 
-  uv_signal_t *sigchld; /* process workers */
+  /* Process workers: SIGCHLD reaps, the timer enforces the readiness
+   * deadline and the closing grace period. Incarnations replaced or killed
+   * before they were reaped wait in zombies. */
+  uv_signal_t *sigchld;
+  uv_timer_t *timer;
+  uv_idle_t *spawner; /* forks the pending workers, one per loop turn */
+  uint64_t kill_at; /* closing: loop time of the SIGKILL */
+  bool killed;
+  pid_t *zombies;
+  size_t nzombies, cap_zombies;
   char pbuf[4096];      /* reads from worker pipes, consumed at once */
   uv_idle_t closer;     /* makes the close callback come from the loop */
   int handles_open;
@@ -137,10 +154,16 @@ typedef struct {
 int uvip__wk_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id);
 /* Gives back `count` slots of VIP id held by worker wk. */
 void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count);
+/* `count` hand-offs of VIP id the worker could not take: counted as
+ * failed instead of handed, and their slots given back. */
+void uvip__wk_failed(uvip__wk_t *wk, uint32_t id, uint64_t count);
 /* A worker ended (died or exited): give back everything it held. */
 void uvip__wk_ended(uvip__wk_t *wk);
-/* A handle of the workers closed; frees them once all have. */
+/* A handle of the workers closed; frees them once all have.
+ * uvip__wk_handle_closed() is the close callback of a malloc'd handle
+ * whose data is the workers; uvip__wk_closed() is for the others. */
 void uvip__wk_handle_closed(uv_handle_t *h);
+void uvip__wk_closed(uvip_workers_t *ws);
 void uvip__wk_maybe_finish(uvip_workers_t *ws);
 /* REUSEPORT: a worker's own server on loop, listening on the same VIPs
  * with SO_REUSEPORT and the per-worker cap. *out is set once created, even
@@ -164,8 +187,19 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
 /* kind: UVIP__MSG_STOP (a worker that cannot be told is killed) or
  * UVIP__MSG_CLOSE_CONNS. Returns 0 or the error of sending it. */
 int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind);
+/* Kills a worker process at once (a start that failed half way); it is
+ * reaped later, from SIGCHLD. */
 void uvip__wk_proc_kill(uvip__wk_t *wk);
-void uvip__wk_proc_reap(uvip__wk_t *wk);
+/* Before a restart: an old incarnation not reaped yet waits in zombies. */
+void uvip__wk_proc_forget(uvip__wk_t *wk);
+/* Closing: starts the grace period after which the rest are killed. */
+void uvip__wk_proc_closing(uvip_workers_t *ws);
+/* Every process of the workers has been reaped. */
+bool uvip__wk_proc_all_reaped(const uvip_workers_t *ws);
 void uvip__wk_proc_on_sigchld(uv_signal_t *h, int signum);
+void uvip__wk_proc_on_timer(uv_timer_t *t);
+/* A worker became ready (status 0) or could not start: tells the
+ * application (workers.c). */
+void uvip__wk_ready(uvip__wk_t *wk, int status);
 
 #endif

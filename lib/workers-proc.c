@@ -11,7 +11,6 @@
 #include "workers-internal.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,9 @@
 #include <unistd.h>
 
 #define READY_TIMEOUT_MS 10000
+/* After the SIGKILL, how often closing looks for children that SIGCHLD did
+ * not report (an application that replaced the handler afterwards). */
+#define REAP_POLL_MS 50
 
 void uvip__wk_child_main(uvip__wk_t *wk, int fd) __attribute__((noreturn));
 
@@ -33,15 +35,41 @@ typedef struct {
   uvip__msg_t msg;
 } handoff_t;
 
-static void reap(uvip__wk_t *wk) {
+/* Never blocks; only our own pids (libuv's uv_spawn() and the application
+ * reap theirs). ECHILD: someone reaped it with waitpid(-1); it is gone all
+ * the same. */
+static bool reap_pid(pid_t pid, int *status) {
   int st;
-  if (wk->pid > 0 && !wk->reaped && waitpid(wk->pid, &st, WNOHANG) == wk->pid)
+  pid_t r = waitpid(pid, &st, WNOHANG);
+  if (r == pid && status)
+    *status = st;
+  return r == pid || (r < 0 && errno == ECHILD);
+}
+
+static void reap(uvip__wk_t *wk) {
+  if (wk->pid > 0 && !wk->reaped && reap_pid(wk->pid, &wk->exit_status))
     wk->reaped = true;
 }
 
+/* An incarnation not yet reaped that is being replaced or abandoned. */
+static void add_zombie(uvip_workers_t *ws, pid_t pid) {
+  if (ws->nzombies == ws->cap_zombies) {
+    size_t ncap = ws->cap_zombies ? ws->cap_zombies * 2 : 8;
+    pid_t *nz = realloc(ws->zombies, ncap * sizeof(*nz));
+    if (!nz)
+      return; /* left to init, which adopts it once we exit */
+    ws->zombies = nz;
+    ws->cap_zombies = ncap;
+  }
+  ws->zombies[ws->nzombies++] = pid;
+}
+
+static void rearm(uvip_workers_t *ws);
+
 static void proc_dead(uvip__wk_t *wk) {
   uvip_workers_t *ws = wk->ws;
-  if (!wk->alive)
+  bool was_starting = wk->starting;
+  if (!wk->started || wk->exited)
     return;
   if (wk->pipe) {
     wk->pipe->data = ws;
@@ -53,27 +81,130 @@ static void proc_dead(uvip__wk_t *wk) {
    * among those given back now. */
   wk->gen++;
   wk->inflight = 0;
+  wk->starting = false;
+  wk->ready_deadline = 0;
   reap(wk);
   uvip__wk_ended(wk);
+  /* After: the application may restart it from ready_cb. */
+  if (was_starting)
+    uvip__wk_ready(wk, wk->start_err ? wk->start_err : UV_EPIPE);
+}
+
+static void reap_all(uvip_workers_t *ws) {
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    reap(wk);
+    /* Dead before its pipe reported EOF (a descendant may hold it). */
+    if (wk->reaped && wk->started && !wk->exited)
+      proc_dead(wk);
+  }
+  for (size_t i = 0; i < ws->nzombies;)
+    if (reap_pid(ws->zombies[i], NULL))
+      ws->zombies[i] = ws->zombies[--ws->nzombies];
+    else
+      i++;
+}
+
+bool uvip__wk_proc_all_reaped(const uvip_workers_t *ws) {
+  if (ws->nzombies)
+    return false;
+  for (unsigned i = 0; i < ws->n; i++)
+    if (ws->wk[i].started && !ws->wk[i].reaped)
+      return false;
+  return true;
 }
 
 void uvip__wk_proc_on_sigchld(uv_signal_t *h, int signum) {
   uvip_workers_t *ws = h->data;
   (void)signum;
+  reap_all(ws);
+  uvip__wk_maybe_finish(ws);
+}
+
+static void kill_pid(pid_t pid) {
+  /* An unreaped pid is not reused: this cannot hit another process. */
+  if (pid > 0)
+    kill(pid, SIGKILL);
+}
+
+/* Readiness deadlines, and when closing the grace period then a slow poll
+ * for what SIGCHLD did not report. */
+void uvip__wk_proc_on_timer(uv_timer_t *t) {
+  uvip_workers_t *ws = t->data;
+  uint64_t now = uv_now(ws->loop);
   for (unsigned i = 0; i < ws->n; i++) {
     uvip__wk_t *wk = &ws->wk[i];
-    reap(wk);
-    /* Dead before its pipe reported EOF (a descendant may hold it). */
-    if (wk->reaped && wk->alive)
-      proc_dead(wk);
+    if (wk->starting && wk->ready_deadline && wk->ready_deadline <= now) {
+      /* Its EOF (or SIGCHLD) reports the failure. */
+      wk->ready_deadline = 0;
+      wk->start_err = UV_ETIMEDOUT;
+      kill_pid(wk->pid);
+    }
   }
+  if (ws->closing && !ws->killed && ws->kill_at <= now) {
+    ws->killed = true;
+    for (unsigned i = 0; i < ws->n; i++)
+      if (ws->wk[i].started && !ws->wk[i].reaped)
+        kill_pid(ws->wk[i].pid);
+    for (size_t i = 0; i < ws->nzombies; i++)
+      kill_pid(ws->zombies[i]);
+  }
+  reap_all(ws);
+  rearm(ws);
+  uvip__wk_maybe_finish(ws);
+}
+
+static void rearm(uvip_workers_t *ws) {
+  uint64_t now, next = UINT64_MAX;
+  if (!ws->timer)
+    return;
+  now = uv_now(ws->loop);
+  for (unsigned i = 0; i < ws->n; i++)
+    if (ws->wk[i].starting && ws->wk[i].ready_deadline &&
+        ws->wk[i].ready_deadline < next)
+      next = ws->wk[i].ready_deadline;
+  if (ws->closing && !uvip__wk_proc_all_reaped(ws)) {
+    uint64_t at = ws->killed ? now + REAP_POLL_MS : ws->kill_at;
+    if (at < next)
+      next = at;
+  }
+  if (next == UINT64_MAX)
+    uv_timer_stop(ws->timer);
+  else
+    uv_timer_start(ws->timer, uvip__wk_proc_on_timer,
+                   next > now ? next - now : 0, 0);
+}
+
+void uvip__wk_proc_closing(uvip_workers_t *ws) {
+  if (!ws->timer)
+    return;
+  uv_update_time(ws->loop);
+  ws->kill_at = uv_now(ws->loop) + ws->opts.grace_ms;
+  /* Closing must finish even when nothing else keeps the loop running. */
+  uv_ref((uv_handle_t *)ws->timer);
+  uv_ref((uv_handle_t *)ws->sigchld);
+  rearm(ws);
 }
 
 static void on_report(uvip__wk_t *wk, const uvip__rep_t *r) {
   switch (r->kind) {
+  case UVIP__REP_READY:
+    if (!wk->starting)
+      break;
+    wk->starting = false;
+    wk->ready_deadline = 0;
+    wk->alive = true;
+    rearm(wk->ws);
+    uvip__wk_ready(wk, 0);
+    break;
+  case UVIP__REP_ERROR:
+    /* It exits next; its EOF reports the failure. */
+    if (wk->starting)
+      wk->start_err = r->a ? -(int)r->a : UV_EIO;
+    break;
   case UVIP__REP_FAILED:
-    wk->failed += r->a;
-    /* fall through */
+    uvip__wk_failed(wk, r->id, r->a);
+    break;
   case UVIP__REP_RELEASE:
     uvip__wk_release(wk, r->id, r->a);
     break;
@@ -96,6 +227,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   uvip__wk_t *wk = s->data;
   const unsigned char *p = (const unsigned char *)buf->base;
   uvip__rep_t rep;
+  unsigned gen = wk->gen;
   if (n < 0) {
     proc_dead(wk);
     return;
@@ -112,102 +244,101 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       memcpy(&rep, wk->rbuf, sizeof(rep));
       wk->rlen = 0;
       on_report(wk, &rep);
-      /* A report can end the workers (and free wk) only through
-       * uvip__wk_maybe_finish(), which waits for this pipe's close. */
-      if (!wk->alive)
+      /* The application's ready_cb may have ended this incarnation (the
+       * workers themselves are freed only after this pipe's close). */
+      if (wk->gen != gen || wk->exited)
         return;
     }
   }
 }
 
-/* Blocking: the child answers READY or ERROR right after it starts. */
-static int wait_ready(int fd) {
-  uvip__rep_t rep;
-  size_t got = 0;
-  while (got < sizeof(rep)) {
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    int r = poll(&pfd, 1, READY_TIMEOUT_MS);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r == 0)
-      return UV_ETIMEDOUT;
-    ssize_t k = read(fd, (char *)&rep + got, sizeof(rep) - got);
-    if (k < 0 && errno == EINTR)
-      continue;
-    if (k <= 0)
-      return k == 0 ? UV_EPIPE : -errno;
-    got += (size_t)k;
-  }
-  if (rep.kind == UVIP__REP_ERROR)
-    return rep.a ? -(int)rep.a : UV_EIO;
-  return rep.kind == UVIP__REP_READY ? 0 : UV_EPROTO;
-}
-
 int uvip__wk_proc_start(uvip__wk_t *wk, char *errbuf, size_t errlen) {
   uvip_workers_t *ws = wk->ws;
+  uv_pipe_t *pipe;
   int sv[2], r;
   pid_t pid;
-  struct sigaction sa;
 
-  /* A worker that dies makes writes to its pipe fail with EPIPE; the
-   * default SIGPIPE would kill the acceptor instead. */
-  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
-    signal(SIGPIPE, SIG_IGN);
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    return -errno;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    r = -errno;
+    goto fail;
+  }
+  /* The parent's end is set up before the fork, so that nothing can fail
+   * once a child exists (the child closes its copy of sv[0]). */
+  if (!(pipe = malloc(sizeof(*pipe)))) {
+    close(sv[0]);
+    close(sv[1]);
+    r = UV_ENOMEM;
+    goto fail;
+  }
+  uv_pipe_init(ws->loop, pipe, 1);
+  pipe->data = wk;
+  if ((r = uv_pipe_open(pipe, sv[0])) != 0) {
+    /* uv_pipe_open() does not own a descriptor it refused. */
+    close(sv[0]);
+    close(sv[1]);
+    pipe->data = ws;
+    uv_close((uv_handle_t *)pipe, uvip__wk_handle_closed);
+    ws->handles_open++;
+    goto fail;
+  }
+  if ((r = uv_read_start((uv_stream_t *)pipe, on_alloc, on_read)) != 0) {
+    close(sv[1]);
+    pipe->data = ws;
+    uv_close((uv_handle_t *)pipe, uvip__wk_handle_closed);
+    ws->handles_open++;
+    goto fail;
+  }
   /* Buffered output would be written twice, once by the child. */
   fflush(NULL);
   pid = fork();
   if (pid < 0) {
     r = -errno;
-    close(sv[0]);
     close(sv[1]);
-    return r;
+    pipe->data = ws;
+    uv_close((uv_handle_t *)pipe, uvip__wk_handle_closed);
+    ws->handles_open++;
+    goto fail;
   }
-  if (pid == 0) {
-    close(sv[0]);
+  if (pid == 0)
     uvip__wk_child_main(wk, sv[1]);
-  }
   close(sv[1]);
+  uv_update_time(ws->loop);
+  wk->pipe = pipe;
   wk->pid = pid;
   wk->reaped = false;
-  if ((r = wait_ready(sv[0])) != 0)
-    goto fail;
-  if (!(wk->pipe = malloc(sizeof(*wk->pipe)))) {
-    r = UV_ENOMEM;
-    goto fail;
-  }
-  uv_pipe_init(ws->loop, wk->pipe, 1);
-  wk->pipe->data = wk;
-  if ((r = uv_pipe_open(wk->pipe, sv[0])) != 0 ||
-      (r = uv_read_start((uv_stream_t *)wk->pipe, on_alloc, on_read)) != 0) {
-    wk->pipe->data = ws;
-    uv_close((uv_handle_t *)wk->pipe, uvip__wk_handle_closed);
-    ws->handles_open++;
-    wk->pipe = NULL;
-    sv[0] = -1; /* the pipe handle owns it now */
-    goto fail;
-  }
+  wk->exit_status = -1;
   wk->gen++;
   wk->inflight = 0;
   wk->rlen = 0;
-  wk->alive = wk->started = true;
-  wk->exited = false;
+  wk->start_err = 0;
+  wk->ready_deadline = uv_now(ws->loop) + READY_TIMEOUT_MS;
+  wk->started = wk->starting = true;
+  wk->alive = wk->exited = false;
+  rearm(ws);
   return 0;
 fail:
   if (errbuf && errlen)
     snprintf(errbuf, errlen, "worker %u: %s", wk->index, uv_strerror(r));
-  kill(pid, SIGKILL);
-  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-    ;
-  wk->reaped = true;
-  if (sv[0] >= 0)
-    close(sv[0]);
   return r;
 }
 
-static void free_handoff(uv_handle_t *h) {
-  free(UVIP_CONTAINER_OF(h, handoff_t, tcp));
+/* A new incarnation for a worker that exited: the old one, if not reaped
+ * yet, is reaped later. */
+void uvip__wk_proc_forget(uvip__wk_t *wk) {
+  if (wk->started && !wk->reaped) {
+    kill_pid(wk->pid);
+    add_zombie(wk->ws, wk->pid);
+    wk->reaped = true;
+  }
+}
+
+/* Each hand-off's handle counts among the workers' handles: its
+ * callbacks use the worker, which must outlive them. */
+static void free_handoff(uv_handle_t *hd) {
+  handoff_t *h = UVIP_CONTAINER_OF(hd, handoff_t, tcp);
+  uvip_workers_t *ws = h->wk->ws;
+  free(h);
+  uvip__wk_closed(ws);
 }
 
 static void on_written(uv_write_t *req, int status) {
@@ -216,12 +347,10 @@ static void on_written(uv_write_t *req, int status) {
   if (h->gen == wk->gen && wk->alive) {
     bool was_full = wk->inflight >= UVIP__WK_MAX_INFLIGHT;
     wk->inflight--;
-    if (status < 0) {
-      wk->failed++;
-      uvip__wk_release(wk, h->id, 1);
-    } else if (was_full) {
+    if (status < 0)
+      uvip__wk_failed(wk, h->id, 1);
+    else if (was_full)
       uvip__sched_kick(wk->ws->server);
-    }
   }
   /* The child has its own copy now (or never will): close ours. */
   uv_close((uv_handle_t *)&h->tcp, free_handoff);
@@ -229,11 +358,9 @@ static void on_written(uv_write_t *req, int status) {
 
 static void on_unsent_closed(uv_handle_t *hd) {
   handoff_t *h = UVIP_CONTAINER_OF(hd, handoff_t, tcp);
-  if (h->gen == h->wk->gen && h->wk->alive) {
-    h->wk->failed++;
-    uvip__wk_release(h->wk, h->id, 1);
-  }
-  free(h);
+  if (h->gen == h->wk->gen && h->wk->alive)
+    uvip__wk_failed(h->wk, h->id, 1);
+  free_handoff(hd);
 }
 
 int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
@@ -251,6 +378,7 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
   h->msg.id = id;
   memcpy(&h->msg.addr, &vip->addr, uvip__sa_len(&vip->addr.sa));
   uv_tcp_init(wk->ws->loop, &h->tcp);
+  wk->ws->handles_open++;
   if ((r = uv_tcp_open(&h->tcp, fd)) != 0) {
     /* The descriptor is not the handle's: the caller closes it. */
     uv_close((uv_handle_t *)&h->tcp, free_handoff);
@@ -298,27 +426,8 @@ int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind) {
   return r;
 }
 
-/* At the end: the child closed its pipe as its last act, so it is
- * exiting; give it a moment to flush its output, then insist. */
-void uvip__wk_proc_reap(uvip__wk_t *wk) {
-  for (int i = 0; i < 200 && !wk->reaped; i++) {
-    reap(wk);
-    if (!wk->reaped)
-      usleep(5000);
-  }
-  if (!wk->reaped && wk->pid > 0) {
-    kill(wk->pid, SIGKILL);
-    while (waitpid(wk->pid, NULL, 0) < 0 && errno == EINTR)
-      ;
-    wk->reaped = true;
-  }
-}
-
-/* Synchronous, for a start that failed half way. */
+/* Without waiting: SIGCHLD (or closing's poll) reaps it. */
 void uvip__wk_proc_kill(uvip__wk_t *wk) {
-  kill(wk->pid, SIGKILL);
-  while (waitpid(wk->pid, NULL, 0) < 0 && errno == EINTR)
-    ;
-  wk->reaped = true;
+  kill_pid(wk->pid);
   proc_dead(wk);
 }

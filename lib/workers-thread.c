@@ -56,16 +56,25 @@ void uvip__wk_thread_on_inbox(uv_async_t *a) {
     uint32_t id;
     switch (posts[i].kind) {
     case UVIP__POST_FAILED:
-      wk->failed++;
-      /* fall through */
     case UVIP__POST_RELEASE:
       /* The VIP got its id at hand-off, so this cannot allocate. */
-      if (uvip__wk_vip_id(ws, posts[i].vip, &id) == 0)
+      if (uvip__wk_vip_id(ws, posts[i].vip, &id) != 0)
+        break;
+      if (posts[i].kind == UVIP__POST_FAILED)
+        uvip__wk_failed(wk, id, 1);
+      else
         uvip__wk_release(wk, id, 1);
       break;
     case UVIP__POST_EXITED:
-      wk->alive = false;
+      wk->alive = wk->starting = false;
       wk->exited = true;
+      break;
+    case UVIP__POST_READY:
+      if (!wk->starting)
+        break; /* stopped before it was ready */
+      wk->starting = false;
+      wk->alive = true;
+      uvip__wk_ready(wk, 0);
       break;
     }
   }
@@ -177,7 +186,9 @@ static void thread_main(void *arg) {
   if (wk->rp_timer)
     uv_timer_start(wk->rp_timer, on_publish, UVIP__WK_REPORT_MS,
                    UVIP__WK_REPORT_MS);
-  uv_sem_post(wk->ready);
+  /* The acceptor does not wait for this: it hands nothing over until it
+   * reads it. */
+  post(ws, UVIP__POST_READY, wk->index, NULL);
   uv_run(wk->loop, UV_RUN_DEFAULT);
   /* Handles the application left open (exit_cb should have closed them)
    * keep the loop's memory: leaked rather than freed under them. */
@@ -217,7 +228,6 @@ static void discard(uvip__wk_t *wk) {
 }
 
 int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen) {
-  uv_sem_t ready;
   int r;
   if (!(wk->loop = malloc(sizeof(*wk->loop))))
     return UV_ENOMEM;
@@ -238,21 +248,12 @@ int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen) {
     discard(wk);
     return r;
   }
-  if ((r = uv_sem_init(&ready, 0)) != 0) {
-    discard(wk);
-    return r;
-  }
-  wk->ready = &ready;
-  wk->alive = wk->started = true;
+  wk->started = wk->starting = true;
   if ((r = uv_thread_create(&wk->thread, thread_main, wk)) != 0) {
-    wk->alive = wk->started = false;
-    uv_sem_destroy(&ready);
+    wk->started = wk->starting = false;
     discard(wk);
     return r;
   }
-  uv_sem_wait(&ready);
-  uv_sem_destroy(&ready);
-  wk->ready = NULL;
   return 0;
 }
 

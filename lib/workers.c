@@ -9,6 +9,8 @@
  * SPDX-License-Identifier: MIT */
 #include "workers-internal.h"
 
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@ UVIP_EXPORT int uvip_workers_options_init(uvip_workers_options_t *opts) {
   opts->nworkers = 2;
   opts->mode = UVIP_WORKER_THREAD;
   opts->balance = UVIP_BALANCE_EXACT;
+  opts->grace_ms = UVIP_WORKER_GRACE_MS;
   return 0;
 }
 
@@ -92,39 +95,64 @@ void uvip__idmap_free(uvip__idmap_t *m) {
   memset(m, 0, sizeof(*m));
 }
 
-static int new_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id) {
-  if (ws->nvips == ws->cap_vips) {
-    size_t ncap = ws->cap_vips ? ws->cap_vips * 2 : 16;
-    uvip_vip_t **nv = realloc(ws->vips, ncap * sizeof(*nv));
-    if (!nv)
-      return UV_ENOMEM;
-    ws->vips = nv;
-    uvip__sa_t *na = realloc(ws->vip_addrs, ncap * sizeof(*na));
-    if (!na)
-      return UV_ENOMEM;
-    ws->vip_addrs = na;
-    ws->cap_vips = ncap;
-  }
-  *id = (uint32_t)ws->nvips++;
-  ws->vips[*id] = vip;
-  memcpy(&ws->vip_addrs[*id], &vip->addr, sizeof(vip->addr));
+/* Room for one more VIP id, made before the id map is touched: once the
+ * map holds a key, its id must exist. */
+static int reserve_vip_id(uvip_workers_t *ws) {
+  size_t ncap;
+  uvip_vip_t **nv;
+  uvip__sa_t *na;
+  if (ws->nvips < ws->cap_vips)
+    return 0;
+  ncap = ws->cap_vips ? ws->cap_vips * 2 : 16;
+  if (!(nv = realloc(ws->vips, ncap * sizeof(*nv))))
+    return UV_ENOMEM;
+  ws->vips = nv;
+  if (!(na = realloc(ws->vip_addrs, ncap * sizeof(*na))))
+    return UV_ENOMEM; /* vips is bigger than needed: harmless */
+  ws->vip_addrs = na;
+  ws->cap_vips = ncap;
   return 0;
 }
 
+/* Cannot fail after reserve_vip_id(). */
+static uint32_t new_vip_id(uvip_workers_t *ws, uvip_vip_t *vip) {
+  uint32_t id = (uint32_t)ws->nvips++;
+  ws->vips[id] = vip;
+  memcpy(&ws->vip_addrs[id], &vip->addr, sizeof(vip->addr));
+  return id;
+}
+
+static bool idmap_find(const uvip__idmap_t *m, const void *key,
+                       uint32_t *id) {
+  if (!m->cap)
+    return false;
+  for (size_t j = ptr_hash(key, m->cap - 1); m->keys[j]; j = (j + 1) & (m->cap - 1))
+    if (m->keys[j] == key) {
+      *id = m->vals[j];
+      return true;
+    }
+  return false;
+}
+
 int uvip__wk_vip_id(uvip_workers_t *ws, uvip_vip_t *vip, uint32_t *id) {
-  bool added;
-  int r = uvip__idmap_get(&ws->vipmap, vip, (uint32_t)ws->nvips, id, &added);
-  if (r != 0)
+  bool found = idmap_find(&ws->vipmap, vip, id), added;
+  int r;
+  /* Known: no allocation (the releases depend on it). */
+  if (found && uvip__sa_equal(&ws->vip_addrs[*id].sa, &vip->addr.sa))
+    return 0;
+  if ((r = reserve_vip_id(ws)) != 0)
     return r;
-  if (added)
-    return new_vip_id(ws, vip, id);
-  /* A freed VIP's memory reused for another address: the old id may
-   * still be known to worker processes, so this one gets a fresh id. */
-  if (!uvip__sa_equal(&ws->vip_addrs[*id].sa, &vip->addr.sa)) {
-    if ((r = new_vip_id(ws, vip, id)) != 0)
-      return r;
+  if (found) {
+    /* A freed VIP's memory reused for another address: the old id may
+     * still be known to worker processes, so this one gets a fresh id. */
+    *id = new_vip_id(ws, vip);
     idmap_set(&ws->vipmap, vip, *id);
+    return 0;
   }
+  if ((r = uvip__idmap_get(&ws->vipmap, vip, (uint32_t)ws->nvips, id,
+                           &added)) != 0)
+    return r;
+  *id = new_vip_id(ws, vip);
   return 0;
 }
 
@@ -139,6 +167,25 @@ void uvip__wk_release(uvip__wk_t *wk, uint32_t id, uint64_t count) {
   wk->active -= count;
   while (count--)
     uvip__server_release(ws->server, ws->vips[id]);
+}
+
+void uvip__wk_failed(uvip__wk_t *wk, uint32_t id, uint64_t count) {
+  /* Not handed after all; bounded like the release (a worker process is
+   * not trusted to count right). */
+  uint64_t n = count < wk->handed ? count : wk->handed;
+  wk->handed -= n;
+  wk->failed += n;
+  uvip__wk_release(wk, id, count);
+}
+
+void uvip__wk_ready(uvip__wk_t *wk, int status) {
+  uvip_workers_t *ws = wk->ws;
+  /* A new worker with room: the scheduler may have stopped for lack of
+   * one. */
+  if (status == 0 && ws->listening && !ws->closing)
+    uvip__sched_kick(ws->server);
+  if (ws->opts.ready_cb && !ws->closing)
+    ws->opts.ready_cb(ws, wk->index, status);
 }
 
 void uvip__wk_ended(uvip__wk_t *wk) {
@@ -292,6 +339,10 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
                  o.balance > UVIP_BALANCE_REUSEPORT);
   UVIP_CHECK_ARG(server->listening || server->closing ||
                  server->handoff_ctx != NULL);
+  UVIP_CHECK_ARG(o.nkeep_fds > 0 && o.keep_fds == NULL);
+  UVIP_CHECK_ARG(o.nkeep_fds > (size_t)INT_MAX);
+  for (size_t i = 0; i < o.nkeep_fds; i++)
+    UVIP_CHECK_ARG(o.keep_fds[i] < 0);
   if (o.mode == UVIP_WORKER_PROCESS && o.max_conns_per_worker == 0)
     o.max_conns_per_worker = default_max();
 
@@ -302,6 +353,18 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
   if (!ws->wk) {
     free(ws);
     return UV_ENOMEM;
+  }
+  if (o.nkeep_fds) {
+    int *keep = malloc(o.nkeep_fds * sizeof(*keep));
+    if (!keep) {
+      free(ws->wk);
+      free(ws);
+      return UV_ENOMEM;
+    }
+    memcpy(keep, o.keep_fds, o.nkeep_fds * sizeof(*keep));
+    o.keep_fds = keep;
+  } else {
+    o.keep_fds = NULL;
   }
   ws->server = server;
   ws->loop = server->loop;
@@ -315,6 +378,8 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
   }
   server->handoff_ctx = ws;
   server->remote_close_conns = close_conns;
+  /* Until the close callback: the server must not be freed under us. */
+  uvip__server_attach(server);
   *out = ws;
   return 0;
 }
@@ -331,6 +396,12 @@ static int init_acceptor_handles(uvip_workers_t *ws) {
     }
     ws->inbox->data = ws;
   } else {
+    struct sigaction sa;
+    /* A worker that dies makes writes to its pipe fail with EPIPE; the
+     * default SIGPIPE would kill the acceptor instead. Process-wide, and
+     * left so (see <uvip/workers.h>). */
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+      signal(SIGPIPE, SIG_IGN);
     if (!(ws->sigchld = malloc(sizeof(*ws->sigchld))))
       return UV_ENOMEM;
     uv_signal_init(ws->loop, ws->sigchld);
@@ -341,24 +412,57 @@ static int init_acceptor_handles(uvip_workers_t *ws) {
       ws->sigchld = NULL;
       return r;
     }
-    /* Reaping children must not keep the application's loop alive. */
+    /* Reaping children must not keep the application's loop alive (the
+     * pipes do while workers run; closing refs these). */
     uv_unref((uv_handle_t *)ws->sigchld);
+    if (!(ws->timer = malloc(sizeof(*ws->timer))))
+      return UV_ENOMEM;
+    uv_timer_init(ws->loop, ws->timer);
+    ws->timer->data = ws;
+    uv_unref((uv_handle_t *)ws->timer);
+    if (!(ws->spawner = malloc(sizeof(*ws->spawner))))
+      return UV_ENOMEM;
+    uv_idle_init(ws->loop, ws->spawner);
+    ws->spawner->data = ws;
   }
   return 0;
 }
 
-/* Synchronous: used only when listening fails half way. */
+/* Forks the next pending worker process. One that cannot be created is
+ * reported to ready_cb and stays dead, as if it had died. */
+static void on_spawn(uv_idle_t *h) {
+  uvip_workers_t *ws = h->data;
+  for (unsigned i = 0; i < ws->n; i++) {
+    uvip__wk_t *wk = &ws->wk[i];
+    int r;
+    if (!wk->pending)
+      continue;
+    wk->pending = false;
+    if ((r = uvip__wk_proc_start(wk, NULL, 0)) != 0) {
+      /* As if it had died: it may be restarted. */
+      wk->starting = false;
+      wk->exited = true;
+      uvip__wk_ready(wk, r);
+    }
+    return;
+  }
+  uv_idle_stop(h);
+}
+
+/* When listening fails half way. Without waiting: a thread ends on its
+ * own (and is joined once it said so), a process is killed and reaped
+ * later; uvip_workers_close() waits for both. */
 static void stop_started(uvip_workers_t *ws) {
   for (unsigned i = 0; i < ws->n; i++) {
     uvip__wk_t *wk = &ws->wk[i];
     if (!wk->started || wk->exited)
       continue;
-    if (ws->opts.mode == UVIP_WORKER_THREAD)
-      uvip__wk_thread_free(wk); /* stops and joins */
-    else
+    if (ws->opts.mode == UVIP_WORKER_THREAD) {
+      uvip__wk_thread_order(wk, UVIP__MSG_STOP);
+      wk->alive = wk->starting = false;
+    } else {
       uvip__wk_proc_kill(wk);
-    wk->alive = false;
-    wk->exited = true;
+    }
   }
 }
 
@@ -390,6 +494,14 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
   }
   for (unsigned i = 0; i < ws->n; i++) {
     uvip__wk_t *wk = &ws->wk[i];
+    if (ws->opts.mode == UVIP_WORKER_PROCESS && i > 0) {
+      /* A fork copies the page tables and makes the parent fault on
+       * every page it then writes: one per loop turn keeps each stall
+       * short. The first is forked here, so that an error that would hit
+       * them all is returned now. */
+      wk->pending = wk->starting = true;
+      continue;
+    }
     r = ws->opts.mode == UVIP_WORKER_THREAD
             ? uvip__wk_thread_start(wk, errbuf, errlen)
             : uvip__wk_proc_start(wk, errbuf, errlen);
@@ -402,9 +514,10 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
       goto fail;
     }
   }
+  /* Each worker, once ready, tells the scheduler it has room. */
   ws->listening = true;
-  /* The scheduler saw no worker with room while they were starting. */
-  uvip__sched_kick(s);
+  if (ws->spawner && ws->n > 1)
+    uv_idle_start(ws->spawner, on_spawn);
   return 0;
 fail:
   ws->failed_start = true;
@@ -431,6 +544,10 @@ UVIP_EXPORT int uvip_workers_stats(const uvip_workers_t *ws, unsigned int i,
   out->restarts = wk->restarts;
   out->pid = wk->pid;
   out->alive = wk->alive;
+  out->starting = wk->starting;
+  out->exit_status = ws->opts.mode == UVIP_WORKER_PROCESS && wk->reaped
+                         ? wk->exit_status
+                         : -1;
   if (ws->opts.balance == UVIP_BALANCE_REUSEPORT) {
     uv_mutex_lock(&wk->lock);
     out->active = wk->rp_active;
@@ -447,25 +564,27 @@ UVIP_EXPORT int uvip_workers_restart(uvip_workers_t *ws, unsigned int i) {
     return UV_ENOTSUP;
   if (!ws->wk[i].exited)
     return UV_EBUSY;
+  uvip__wk_proc_forget(&ws->wk[i]);
   if ((r = uvip__wk_proc_start(&ws->wk[i], NULL, 0)) != 0)
     return r;
   ws->wk[i].restarts++;
-  uvip__sched_kick(ws->server);
   return 0;
 }
 
+/* From the last handle's close callback: every worker has ended (threads
+ * said so as their last act, so joining them does not wait) and every
+ * process has been reaped. */
 static void finish(uvip_workers_t *ws) {
   uvip_server_t *s = ws->server;
   for (unsigned i = 0; i < ws->n; i++)
     if (ws->opts.mode == UVIP_WORKER_THREAD)
       uvip__wk_thread_free(&ws->wk[i]);
-    else if (ws->wk[i].started)
-      uvip__wk_proc_reap(&ws->wk[i]);
   s->handoff_has_room = NULL;
   s->handoff_dispatch = NULL;
   s->remote_closed = NULL;
   s->remote_close_conns = NULL;
   s->handoff_ctx = NULL;
+  uvip__server_detach(s);
   /* The counters stay readable from the callback. */
   if (ws->close_cb)
     ws->close_cb(ws);
@@ -475,6 +594,8 @@ static void finish(uvip_workers_t *ws) {
   }
   uv_mutex_destroy(&ws->lock);
   free(ws->posts);
+  free(ws->zombies);
+  free((void *)ws->opts.keep_fds);
   free(ws->vips);
   free(ws->vip_addrs);
   uvip__idmap_free(&ws->vipmap);
@@ -482,19 +603,33 @@ static void finish(uvip_workers_t *ws) {
   free(ws);
 }
 
+/* The one place the workers finish: the close callback of their last
+ * handle (every handle of theirs is counted in handles_open, hand-offs'
+ * included), after uvip__wk_maybe_finish() closed the rest. */
+void uvip__wk_closed(uvip_workers_t *ws) {
+  ws->handles_open--;
+  uvip__wk_maybe_finish(ws);
+  if (ws->handles_open == 0 && ws->finishing)
+    finish(ws);
+}
+
 void uvip__wk_handle_closed(uv_handle_t *h) {
   uvip_workers_t *ws = h->data;
   free(h);
-  ws->handles_open--;
-  uvip__wk_maybe_finish(ws);
+  uvip__wk_closed(ws);
 }
 
 void uvip__wk_maybe_finish(uvip_workers_t *ws) {
   if (!ws->closing)
     return;
+  if (ws->finishing)
+    return;
   for (unsigned i = 0; i < ws->n; i++)
     if (ws->wk[i].started && !ws->wk[i].exited)
       return;
+  if (ws->opts.mode == UVIP_WORKER_PROCESS && !uvip__wk_proc_all_reaped(ws))
+    return;
+  ws->finishing = true;
   if (ws->inbox) {
     uv_close((uv_handle_t *)ws->inbox, uvip__wk_handle_closed);
     ws->inbox = NULL;
@@ -505,15 +640,19 @@ void uvip__wk_maybe_finish(uvip_workers_t *ws) {
     ws->sigchld = NULL;
     ws->handles_open++;
   }
-  if (ws->handles_open == 0)
-    finish(ws);
+  if (ws->timer) {
+    uv_close((uv_handle_t *)ws->timer, uvip__wk_handle_closed);
+    ws->timer = NULL;
+    ws->handles_open++;
+  }
+  if (ws->spawner) {
+    uv_close((uv_handle_t *)ws->spawner, uvip__wk_handle_closed);
+    ws->spawner = NULL;
+    ws->handles_open++;
+  }
 }
 
-static void on_deferred(uv_handle_t *h) {
-  uvip_workers_t *ws = h->data;
-  ws->handles_open--;
-  uvip__wk_maybe_finish(ws);
-}
+static void on_deferred(uv_handle_t *h) { uvip__wk_closed(h->data); }
 
 UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
                                    uvip_workers_close_cb cb) {
@@ -522,8 +661,13 @@ UVIP_EXPORT int uvip_workers_close(uvip_workers_t *ws,
     return UV_EALREADY;
   ws->closing = true;
   ws->close_cb = cb;
+  /* Workers not forked yet never will be. */
+  for (unsigned i = 0; i < ws->n; i++)
+    if (ws->wk[i].pending)
+      ws->wk[i].pending = ws->wk[i].starting = false;
   uvip_server_stop(ws->server);
   order_all(ws, UVIP__MSG_STOP);
+  uvip__wk_proc_closing(ws);
   /* The callback must come from the loop even when nothing is running. */
   uv_idle_init(ws->loop, &ws->closer);
   ws->closer.data = ws;

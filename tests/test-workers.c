@@ -5,11 +5,13 @@
  * SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -58,13 +60,41 @@ static void on_conn(uvip_server_t *s, uvip_conn_t *c) {
     uvip_conn_close(c, t_closed);
 }
 
+/* ready_cb: calls per worker, and the last status. */
+static int nready[8], ready_status[8];
+
+static void on_ready(uvip_workers_t *w, unsigned int index, int status) {
+  ck_assert_ptr_nonnull(w);
+  ck_assert_uint_lt(index, 8);
+  nready[index]++;
+  ready_status[index] = status;
+}
+
 typedef struct {
   uv_loop_t loop;
   uvip_server_t *server;
   uvip_workers_t *workers;
   int port;
   bool closed;
+  int exit_code; /* what the worker processes must exit with */
 } fixture_t;
+
+static bool all_ready(fixture_t *f) {
+  for (unsigned i = 0; i < uvip_workers_count(f->workers); i++) {
+    uvip_worker_stats_t st;
+    ck_assert_int_eq(uvip_workers_stats(f->workers, i, &st), 0);
+    if (!st.alive)
+      return false;
+  }
+  return true;
+}
+
+/* Workers get ready asynchronously: the loop runs until each said so. */
+static void run_until_ready(fixture_t *f) {
+  for (int i = 0; i < MAX_TURNS && !all_ready(f); i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert(all_ready(f));
+}
 
 static void start(fixture_t *f, const char *spec, int mode, int balance,
                   unsigned n, uint64_t max_per_worker) {
@@ -86,9 +116,16 @@ static void start(fixture_t *f, const char *spec, int mode, int balance,
   o.mode = mode;
   o.balance = balance;
   o.max_conns_per_worker = max_per_worker;
+  o.ready_cb = on_ready;
+  memset(nready, 0, sizeof(nready));
   ck_assert_int_eq(uvip_workers_new(f->server, &o, &f->workers), 0);
   int r = uvip_workers_listen(f->workers, on_conn, err, sizeof(err));
   ck_assert_msg(r == 0, "listen: %s (%s)", uv_strerror(r), err);
+  run_until_ready(f);
+  for (unsigned i = 0; i < n && i < 8; i++) {
+    ck_assert_int_eq(nready[i], 1);
+    ck_assert_int_eq(ready_status[i], 0);
+  }
 }
 
 static void on_server_closed(uvip_server_t *s) { (void)s; }
@@ -96,12 +133,35 @@ static void on_server_closed(uvip_server_t *s) { (void)s; }
 static fixture_t *closing;
 static void on_workers_closed(uvip_workers_t *w) {
   ck_assert_ptr_eq(uvip_workers_server(w), closing->server);
-  uvip_server_close(closing->server, on_server_closed);
+  /* Every worker process that ran ended by itself, cleanly: a sanitizer
+   * report or a crash in a child shows here (its output alone would pass
+   * unnoticed). */
+  for (unsigned i = 0; i < uvip_workers_count(w); i++) {
+    uvip_worker_stats_t st;
+    ck_assert_int_eq(uvip_workers_stats(w, i, &st), 0);
+    if (st.pid == 0)
+      continue;
+    ck_assert_msg(WIFEXITED(st.exit_status) &&
+                      WEXITSTATUS(st.exit_status) == closing->exit_code,
+                  "worker %u (pid %lld) ended with status 0x%x", i,
+                  (long long)st.pid, (unsigned)st.exit_status);
+  }
+  /* Detached just before this callback: the server may close now. */
+  ck_assert_int_eq(uvip_server_close(closing->server, on_server_closed), 0);
   closing->closed = true;
+}
+
+/* Every worker process was reaped before the close callback (each test
+ * runs in a process of its own whose only children are workers). */
+static void expect_no_children(void) {
+  ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);
+  ck_assert_int_eq(errno, ECHILD);
 }
 
 static void finish(fixture_t *f) {
   closing = f;
+  /* The workers use the server until their close callback. */
+  ck_assert_int_eq(uvip_server_close(f->server, NULL), UV_EBUSY);
   ck_assert_int_eq(uvip_workers_close(f->workers, on_workers_closed), 0);
   ck_assert_int_eq(uvip_workers_close(f->workers, NULL), UV_EALREADY);
   /* Stopping workers are not given the order (a stopped thread's async
@@ -111,6 +171,7 @@ static void finish(fixture_t *f) {
   for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
     uv_run(&f->loop, UV_RUN_ONCE);
   ck_assert_int_eq(uv_loop_close(&f->loop), 0);
+  expect_no_children();
 }
 
 static uint64_t accepted(fixture_t *f) {
@@ -300,6 +361,8 @@ END_TEST
 START_TEST(test_process_backpressure) { backpressure(UVIP_WORKER_PROCESS); }
 END_TEST
 
+static void expect_closed(fixture_t *f, int fd);
+
 /* kill -9 one worker process: noticed, its slots given back, the others
  * keep serving, and it can be restarted. */
 START_TEST(test_process_kill_restart) {
@@ -310,6 +373,8 @@ START_TEST(test_process_kill_restart) {
     fds[i] = connect_vip(&f, 1 + i % 2);
     run_until_accepted(&f, (uint64_t)i + 1);
     echo(&f, fds[i], 'k', 1 + i % 2);
+    /* Ties rotate: connection i is worker i % 3's. */
+    ck_assert_uint_eq(wstats(&f, (unsigned)i % 3).handed, (uint64_t)i / 3 + 1);
   }
   uvip_worker_stats_t victim = wstats(&f, 1);
   ck_assert_int_eq(victim.alive, 1);
@@ -322,24 +387,33 @@ START_TEST(test_process_kill_restart) {
   ck_assert_int_eq(wstats(&f, 1).alive, 0);
   ck_assert_uint_eq(wstats(&f, 1).active, 0);
   ck_assert_uint_eq(active(&f), 4);
-  /* Its clients see the connection go. */
-  for (int i = 0; i < 6; i++) {
-    char c;
-    struct pollfd p = {.fd = fds[i], .events = POLLIN};
-    if (poll(&p, 1, 0) == 1) {
-      ck_assert_int_le(read(fds[i], &c, 1), 0);
-      close(fds[i]);
-      fds[i] = -1;
-    }
+  /* Its clients (connections 1 and 4) see the connection go: nothing in
+   * the acceptor kept a copy of their descriptors. The others are still
+   * served. */
+  for (int i = 1; i < 6; i += 3) {
+    expect_closed(&f, fds[i]);
+    close(fds[i]);
+    fds[i] = -1;
   }
+  for (int i = 0; i < 6; i++)
+    if (fds[i] >= 0)
+      echo(&f, fds[i], 's', 1 + i % 2);
   /* New connections go to the living only. */
   fds[6] = connect_vip(&f, 1);
   run_until_accepted(&f, 7);
   echo(&f, fds[6], 'n', 1);
   ck_assert_uint_eq(wstats(&f, 1).handed, 2);
   /* Restarted, it is the least loaded and gets the next one. */
+  ck_assert_int_eq(nready[1], 1);
   ck_assert_int_eq(uvip_workers_restart(f.workers, 1), 0);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 1), UV_EBUSY);
+  ck_assert_int_eq(wstats(&f, 1).starting, 1);
+  ck_assert_int_eq(wstats(&f, 1).alive, 0);
+  run_until_ready(&f);
+  ck_assert_int_eq(nready[1], 2);
+  ck_assert_int_eq(ready_status[1], 0);
   ck_assert_int_eq(wstats(&f, 1).alive, 1);
+  ck_assert_int_eq(wstats(&f, 1).starting, 0);
   ck_assert_uint_eq(wstats(&f, 1).restarts, 1);
   ck_assert_int_ne(wstats(&f, 1).pid, victim.pid);
   fds[7] = connect_vip(&f, 2);
@@ -392,6 +466,7 @@ START_TEST(test_args) {
 
   ck_assert_int_eq(uvip_workers_new(s, &o, &w), 0);
   ck_assert_int_eq(uvip_workers_new(s, &o, &w), UV_EINVAL); /* one per server */
+  ck_assert_int_eq(uvip_server_close(s, NULL), UV_EBUSY);
   ck_assert_int_eq(uvip_workers_listen(w, NULL, NULL, 0), UV_EINVAL);
   ck_assert_int_eq(uvip_workers_stats(w, 2, &st), UV_EINVAL);
   ck_assert_int_eq(uvip_workers_stats(w, 0, NULL), UV_EINVAL);
@@ -455,20 +530,233 @@ START_TEST(test_listen_fails) {
 }
 END_TEST
 
-/* REUSEPORT: every worker listens itself; connections land somewhere and
- * echo; counts are reported. */
+/* A worker process that cannot start reports it asynchronously: with
+ * REUSEPORT each child binds its own listeners, and a port taken by a
+ * socket without SO_REUSEPORT fails there. Nothing blocks: listen returns
+ * 0, ready_cb hears of each failure, the workers are dead, close works. */
+START_TEST(test_process_start_fails_async) {
+  fixture_t f;
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  struct sockaddr_storage sa;
+  int busy = socket(AF_INET, SOCK_STREAM, 0);
+  memset(&f, 0, sizeof(f));
+  f.port = th_free_port();
+  th_addr("127.0.0.1", f.port, &sa);
+  ck_assert_int_eq(bind(busy, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(busy, 1), 0);
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, NULL, &f.server), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&o);
+  o.nworkers = 2;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.balance = UVIP_BALANCE_REUSEPORT;
+  o.ready_cb = on_ready;
+  memset(nready, 0, sizeof(nready));
+  f.exit_code = 3; /* a child that could not start */
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  for (int i = 0; i < MAX_TURNS && (nready[0] == 0 || nready[1] == 0); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  for (unsigned i = 0; i < 2; i++) {
+    ck_assert_int_eq(nready[i], 1);
+    ck_assert_int_eq(ready_status[i], UV_EADDRINUSE);
+    ck_assert_int_eq(wstats(&f, i).alive, 0);
+    ck_assert_int_eq(wstats(&f, i).starting, 0);
+  }
+  finish(&f);
+  close(busy);
+}
+END_TEST
+
+/* Closing at once, while the workers are still starting (processes: most
+ * not even forked yet): the close callback runs once, from the loop, no
+ * worker is left behind and the loop ends. */
+static int nclosed_cb;
+static void count_closed(uvip_workers_t *w) {
+  nclosed_cb++;
+  ck_assert_int_eq(uvip_server_close(uvip_workers_server(w), on_server_closed), 0);
+}
+
+static void close_while_starting(int mode) {
+  fixture_t f;
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  memset(&f, 0, sizeof(f));
+  f.port = th_free_port();
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, NULL, &f.server), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&o);
+  o.nworkers = 4;
+  o.mode = mode;
+  o.ready_cb = on_ready;
+  memset(nready, 0, sizeof(nready));
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  nclosed_cb = 0;
+  ck_assert_int_eq(uvip_workers_close(f.workers, count_closed), 0);
+  ck_assert_int_eq(nclosed_cb, 0);
+  for (int i = 0; i < MAX_TURNS && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(nclosed_cb, 1);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+  expect_no_children();
+  /* Not after the close. */
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(nready[i], 0);
+}
+
+START_TEST(test_thread_close_while_starting) {
+  close_while_starting(UVIP_WORKER_THREAD);
+}
+END_TEST
+
+START_TEST(test_process_close_while_starting) {
+  close_while_starting(UVIP_WORKER_PROCESS);
+}
+END_TEST
+
+/* keep_fds: a worker process closes the sockets it inherited except
+ * those listed. Two socketpairs stand for the application's sockets (a
+ * syslog socket, say); each child's init_cb writes a byte on each that is
+ * still open in it. Every worker reports ready after its init_cb, so by
+ * then the bytes are there: no waiting. */
+static int kf_kept[2], kf_other[2];
+
+static void kf_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)loop;
+  (void)index;
+  (void)arg;
+  if (fcntl(kf_kept[1], F_GETFD) != -1)
+    (void)!write(kf_kept[1], "K", 1);
+  if (fcntl(kf_other[1], F_GETFD) != -1)
+    (void)!write(kf_other[1], "X", 1);
+}
+
+START_TEST(test_process_keep_fds) {
+  fixture_t f;
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  char buf[8];
+  int keep[1];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, kf_kept), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, kf_other), 0);
+  keep[0] = kf_kept[1];
+  memset(&f, 0, sizeof(f));
+  f.port = th_free_port();
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, NULL, &f.server), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&o);
+  o.nworkers = 3;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = kf_init;
+  o.nkeep_fds = 1;
+  o.keep_fds = NULL;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  keep[0] = -1;
+  o.keep_fds = keep;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  keep[0] = kf_kept[1];
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  keep[0] = -1; /* copied: the caller's array may go */
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  run_until_ready(&f);
+  ck_assert_int_eq(recv(kf_kept[0], buf, sizeof(buf), MSG_DONTWAIT), 3);
+  ck_assert_int_eq(memcmp(buf, "KKK", 3), 0);
+  ck_assert_int_eq(recv(kf_other[0], buf, sizeof(buf), MSG_DONTWAIT), -1);
+  ck_assert_int_eq(errno, EAGAIN);
+  finish(&f);
+  for (int i = 0; i < 2; i++) {
+    close(kf_kept[i]);
+    close(kf_other[i]);
+  }
+}
+END_TEST
+
+static uint64_t workers_handed(fixture_t *f) {
+  uint64_t n = 0;
+  for (unsigned w = 0; w < uvip_workers_count(f->workers); w++)
+    n += wstats(f, w).handed;
+  return n;
+}
+
+/* REUSEPORT: every worker listens itself and the kernel spreads the
+ * connections by a hash of the 4-tuple. 64 connections held open over 2
+ * workers: each worker must get at least 8 (a quarter of its share; a
+ * fair hash gives fewer with probability below 1e-10), the counts the
+ * workers report add up, and connections on each echo. */
+#define RP_CONNS 64
+#define RP_WORKERS 2
 static void reuseport(int mode) {
   fixture_t f;
-  int fds[8];
-  start(&f, "127.0.0.1", mode, UVIP_BALANCE_REUSEPORT, 2, 0);
-  for (int i = 0; i < 8; i++) {
+  int fds[RP_CONNS];
+  start(&f, "127.0.0.1", mode, UVIP_BALANCE_REUSEPORT, RP_WORKERS, 0);
+  for (int i = 0; i < RP_CONNS; i++)
     fds[i] = connect_vip(&f, 1);
-    echo(&f, fds[i], 'p', 1);
+  /* Reported every 200 ms: bounded polling. */
+  for (int i = 0; i < MAX_TURNS && workers_handed(&f) != RP_CONNS; i++) {
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    usleep(5000);
+  }
+  ck_assert_uint_eq(workers_handed(&f), RP_CONNS);
+  for (unsigned w = 0; w < RP_WORKERS; w++) {
+    ck_assert_msg(wstats(&f, w).handed >= RP_CONNS / (4 * RP_WORKERS),
+                  "worker %u got %llu of %d", w,
+                  (unsigned long long)wstats(&f, w).handed, RP_CONNS);
+    ck_assert_uint_eq(wstats(&f, w).active, wstats(&f, w).handed);
   }
   for (int i = 0; i < 8; i++)
+    echo(&f, fds[i], 'p', 1);
+  for (int i = 0; i < RP_CONNS; i++)
     close(fds[i]);
   finish(&f);
 }
+
+/* EXACT and ROUND_ROBIN with connections arriving together (queued in the
+ * kernel before the acceptor runs): the counts are exact, 60 over 3 is 20
+ * each, for handed and active alike. */
+#define EX_CONNS 60
+#define EX_WORKERS 3
+static void exact_counts(int mode, int balance) {
+  fixture_t f;
+  int fds[EX_CONNS];
+  start(&f, "127.0.0.1-127.0.0.2", mode, balance, EX_WORKERS, 0);
+  for (int i = 0; i < EX_CONNS; i++)
+    fds[i] = connect_vip(&f, 1 + i % 2);
+  run_until_accepted(&f, EX_CONNS);
+  run_until_active(&f, EX_CONNS);
+  for (unsigned w = 0; w < EX_WORKERS; w++) {
+    ck_assert_uint_eq(wstats(&f, w).handed, EX_CONNS / EX_WORKERS);
+    ck_assert_uint_eq(wstats(&f, w).active, EX_CONNS / EX_WORKERS);
+  }
+  for (int i = 0; i < EX_CONNS; i += 7)
+    echo(&f, fds[i], 'x', 1 + i % 2);
+  for (int i = 0; i < EX_CONNS; i++)
+    close(fds[i]);
+  run_until_active(&f, 0);
+  finish(&f);
+}
+
+START_TEST(test_thread_exact_counts) {
+  exact_counts(UVIP_WORKER_THREAD, UVIP_BALANCE_EXACT);
+}
+END_TEST
+
+START_TEST(test_process_exact_counts) {
+  exact_counts(UVIP_WORKER_PROCESS, UVIP_BALANCE_EXACT);
+}
+END_TEST
+
+START_TEST(test_process_round_robin_counts) {
+  exact_counts(UVIP_WORKER_PROCESS, UVIP_BALANCE_ROUND_ROBIN);
+}
+END_TEST
 
 START_TEST(test_thread_reuseport) { reuseport(UVIP_WORKER_THREAD); }
 END_TEST
@@ -585,6 +873,198 @@ START_TEST(test_process_reuseport_close_conns) {
 }
 END_TEST
 
+
+/* Loop liveness: nothing the workers do may stall the acceptor's loop. A
+ * 10 ms tick on that loop records the longest gap between two ticks while
+ * 16 process workers are started, one is killed and restarted, and all
+ * are closed, one of them with a handle its exit_cb leaves open (so that
+ * process does not end by itself). Every step is taken from a callback on
+ * the loop, as an application would. Each worker's init_cb takes 150 ms:
+ * waiting for readiness on the loop would show. */
+#define LV_WORKERS 16
+#define LV_STUCK 5     /* this worker's exit_cb leaves a handle open */
+#define LV_VICTIM 3    /* this one is killed and restarted */
+#define LV_MAX_GAP_MS 100
+
+static uv_timer_t lv_left_open; /* in the child of worker LV_STUCK */
+
+static void lv_noop_timer(uv_timer_t *t) { (void)t; }
+
+static void lv_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)arg;
+  usleep(150 * 1000);
+  if (index == LV_STUCK) {
+    uv_timer_init(loop, &lv_left_open);
+    uv_timer_start(&lv_left_open, lv_noop_timer, 1000, 1000);
+  }
+}
+
+static void lv_exit(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)loop;
+  (void)index;
+  (void)arg; /* lv_left_open stays: an application's slip */
+}
+
+typedef struct {
+  fixture_t f;
+  uv_timer_t tick;
+  uint64_t last, last_wait, max_gap, gap[7]; /* the longest at each step */
+  uint64_t max_raw; /* the same before taking out run-queue waits */
+  int step;
+  pid_t victim;
+  bool workers_closed, server_closed;
+  int fds[LV_WORKERS];
+  unsigned ticks;
+} lv_t;
+
+static lv_t lv;
+
+static bool lv_all_alive(void) {
+  for (unsigned i = 0; i < LV_WORKERS; i++)
+    if (!wstats(&lv.f, i).alive)
+      return false;
+  return true;
+}
+
+static void lv_server_closed(uvip_server_t *s) {
+  (void)s;
+  lv.server_closed = true;
+}
+
+static void lv_workers_closed(uvip_workers_t *w) {
+  /* The stuck one was killed when the grace period ended; the others
+   * exited by themselves. */
+  for (unsigned i = 0; i < LV_WORKERS; i++) {
+    int st = wstats(&lv.f, i).exit_status;
+    if (i == LV_STUCK)
+      ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    else
+      ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                    "worker %u: status 0x%x", i, (unsigned)st);
+  }
+  (void)w;
+  lv.workers_closed = true;
+  ck_assert_int_eq(uvip_server_close(lv.f.server, lv_server_closed), 0);
+}
+
+/* Nanoseconds this thread has spent runnable but waiting for a CPU
+ * (/proc/thread-self/schedstat), or 0 if unknown. */
+static uint64_t runqueue_wait(void) {
+  unsigned long long oncpu = 0, wait = 0;
+  FILE *f = fopen("/proc/thread-self/schedstat", "r");
+  if (!f)
+    return 0;
+  if (fscanf(f, "%llu %llu", &oncpu, &wait) != 2)
+    wait = 0;
+  fclose(f);
+  return wait;
+}
+
+/* Each tick measures, then takes the next step once the last one is done.
+ * A gap counts the time the loop thread was blocked or busy, not the time
+ * it was ready to run and the machine (shared with other jobs) gave it no
+ * CPU: that is not the library's doing, and would make the check depend
+ * on the load. */
+static void lv_tick(uv_timer_t *t) {
+  uint64_t now = uv_hrtime(), wait = runqueue_wait();
+  char err[256] = "";
+  int r;
+  if (lv.last) {
+    uint64_t raw = now - lv.last, waited = wait - lv.last_wait;
+    uint64_t gap = raw > waited ? raw - waited : 0;
+    if (raw > lv.max_raw)
+      lv.max_raw = raw;
+    if (gap > lv.max_gap)
+      lv.max_gap = gap;
+    if (gap > lv.gap[lv.step])
+      lv.gap[lv.step] = gap;
+  }
+  lv.last = now;
+  lv.last_wait = wait;
+  lv.ticks++;
+  ck_assert_msg(lv.ticks < 3000, "stuck at step %d", lv.step);
+  switch (lv.step) {
+  case 0:
+    r = uvip_workers_listen(lv.f.workers, on_conn, err, sizeof(err));
+    ck_assert_msg(r == 0, "listen: %s (%s)", uv_strerror(r), err);
+    lv.step++;
+    break;
+  case 1: /* every worker ready and serving */
+    if (!lv_all_alive())
+      break;
+    for (int i = 0; i < LV_WORKERS; i++)
+      lv.fds[i] = connect_vip(&lv.f, 1);
+    lv.step++;
+    break;
+  case 2:
+    if (accepted(&lv.f) < LV_WORKERS)
+      break;
+    lv.victim = (pid_t)wstats(&lv.f, LV_VICTIM).pid;
+    ck_assert_int_eq(kill(lv.victim, SIGKILL), 0);
+    lv.step++;
+    break;
+  case 3: /* its death noticed */
+    if (wstats(&lv.f, LV_VICTIM).alive)
+      break;
+    ck_assert_int_eq(uvip_workers_restart(lv.f.workers, LV_VICTIM), 0);
+    lv.step++;
+    break;
+  case 4:
+    if (!lv_all_alive())
+      break;
+    ck_assert_int_ne(wstats(&lv.f, LV_VICTIM).pid, lv.victim);
+    ck_assert_int_eq(uvip_workers_close(lv.f.workers, lv_workers_closed), 0);
+    lv.step++;
+    break;
+  case 5:
+    if (!lv.server_closed)
+      break;
+    uv_close((uv_handle_t *)t, NULL);
+    lv.step++;
+    break;
+  }
+}
+
+START_TEST(test_process_loop_liveness) {
+  uvip_workers_options_t o;
+  uvip_addrs_t *a;
+  memset(&lv, 0, sizeof(lv));
+  lv.f.port = th_free_port();
+  a = th_addrs("127.0.0.1", lv.f.port);
+  ck_assert_int_eq(uv_loop_init(&lv.f.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&lv.f.loop, a, NULL, &lv.f.server), 0);
+  uvip_addrs_free(a);
+  uvip_server_set_data(lv.f.server, &marker);
+  uvip_workers_options_init(&o);
+  o.nworkers = LV_WORKERS;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = lv_init;
+  o.exit_cb = lv_exit;
+  ck_assert_int_eq(uvip_workers_new(lv.f.server, &o, &lv.f.workers), 0);
+  uv_timer_init(&lv.f.loop, &lv.tick);
+  uv_timer_start(&lv.tick, lv_tick, 10, 10);
+  while (lv.step < 6 && uv_run(&lv.f.loop, UV_RUN_ONCE) >= 0)
+    ;
+  for (int i = 0; i < 100 && uv_loop_alive(&lv.f.loop); i++)
+    uv_run(&lv.f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&lv.f.loop), 0);
+  expect_no_children();
+  for (int i = 0; i < LV_WORKERS; i++)
+    close(lv.fds[i]);
+  fprintf(stderr, "liveness: longest gaps %.1f ms (listen %.1f, kill %.1f, "
+          "restart %.1f, close %.1f); %.1f ms with run-queue waits\n",
+          lv.max_gap / 1e6, lv.gap[1] / 1e6, lv.gap[3] / 1e6, lv.gap[4] / 1e6,
+          lv.gap[5] / 1e6, lv.max_raw / 1e6);
+  /* gap[s] follows the call made at step s - 1: 1 listen, 3 the kill,
+   * 4 restart, 5 close. */
+  ck_assert_msg(lv.max_gap < (uint64_t)LV_MAX_GAP_MS * 1000000,
+                "the acceptor's loop stalled %.1f ms (by step: %.1f %.1f %.1f "
+                "%.1f %.1f %.1f)", lv.max_gap / 1e6, lv.gap[1] / 1e6,
+                lv.gap[2] / 1e6, lv.gap[3] / 1e6, lv.gap[4] / 1e6,
+                lv.gap[5] / 1e6, lv.gap[6] / 1e6);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("workers");
   TCase *tc = tcase_create("workers");
@@ -605,6 +1085,14 @@ int main(void) {
   tcase_add_test(tc, test_process_exact_close_conns);
   tcase_add_test(tc, test_process_round_robin_close_conns);
   tcase_add_test(tc, test_process_reuseport_close_conns);
+  tcase_add_test(tc, test_process_loop_liveness);
+  tcase_add_test(tc, test_process_start_fails_async);
+  tcase_add_test(tc, test_process_keep_fds);
+  tcase_add_test(tc, test_thread_close_while_starting);
+  tcase_add_test(tc, test_process_close_while_starting);
+  tcase_add_test(tc, test_thread_exact_counts);
+  tcase_add_test(tc, test_process_exact_counts);
+  tcase_add_test(tc, test_process_round_robin_counts);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
