@@ -1,0 +1,283 @@
+/* Listeners fetched over a UNIX socket by an independent new process
+ * (uvip_handoff_serve / fetch / ready), and the bad cases: nobody serving,
+ * a half-written message, a client that goes away without saying ready.
+ * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static char sock_path[108];
+
+static struct {
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_handoff_t *h;
+  int taken, status, accepted, closes;
+} G;
+
+static void on_conn(uvip_server_t *s, uvip_conn_t *c) {
+  (void)s;
+  G.accepted++;
+  uvip_conn_close(c, NULL);
+}
+
+static void on_taken(uvip_handoff_t *h, int status) {
+  ck_assert_ptr_eq(h, G.h);
+  G.taken++;
+  G.status = status;
+  if (status == 0)
+    ck_assert_int_eq(uvip_server_stop(G.s), 0);
+}
+
+static void on_closed(uvip_handoff_t *h) {
+  (void)h;
+  G.closes++;
+}
+
+static void start(const char *spec, int port) {
+  uvip_addrs_t *a = th_addrs(spec, port);
+  memset(&G, 0, sizeof(G));
+  snprintf(sock_path, sizeof(sock_path), "/tmp/uvip-handoff-%d.sock",
+           getpid());
+  ck_assert_int_eq(uv_loop_init(&G.loop), 0);
+  ck_assert_int_eq(uvip_server_new(&G.loop, a, NULL, &G.s), 0);
+  uvip_addrs_free(a);
+  ck_assert_int_eq(uvip_server_listen(G.s, on_conn, NULL, 0), 0);
+  ck_assert_int_eq(
+      uvip_handoff_serve(&G.loop, &G.s, 1, sock_path, on_taken, &G.h), 0);
+}
+
+static void finish(void) {
+  ck_assert_int_eq(uvip_handoff_close(G.h, on_closed), 0);
+  ck_assert_int_eq(uvip_handoff_close(G.h, NULL), UV_EALREADY);
+  ck_assert_int_eq(uvip_server_close(G.s, NULL), 0);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(G.closes, 1);
+  ck_assert_int_eq(access(sock_path, F_OK), -1); /* socket file removed */
+  ck_assert_int_eq(uv_loop_close(&G.loop), 0);
+}
+
+/* The new process: fetch, adopt, say ready, serve `serve` connections with
+ * "new", exit 0. Exit codes name the failing step. */
+static int new_process(int port, int serve) {
+  int fds[16], conn;
+  size_t n = 0, extra = 9;
+  char err[256] = "";
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_addrs_t *a;
+  if (uvip_handoff_fetch(sock_path, 10000, fds, 16, &n, &conn, err,
+                         sizeof(err)) != 0 || n != 2) {
+    fprintf(stderr, "fetch: %s\n", err);
+    return 10;
+  }
+  uv_loop_init(&loop);
+  if (uvip_addrs_new(&a) != 0 ||
+      uvip_addrs_parse(a, "127.0.0.1-127.0.0.2", port, err, sizeof(err)) != 0 ||
+      uvip_server_new(&loop, a, NULL, &s) != 0)
+    return 11;
+  uvip_addrs_free(a);
+  if (uvip_server_adopt(s, fds, n, &extra, err, sizeof(err)) != 0 ||
+      extra != 0)
+    return 12;
+  if (uvip_server_listen(s, on_conn, err, sizeof(err)) != 0 ||
+      uvip_vip_adopted(uvip_server_vip(s, 0)) != 1 ||
+      uvip_vip_adopted(uvip_server_vip(s, 1)) != 1)
+    return 13;
+  if (uvip_handoff_ready(conn) != 0)
+    return 14;
+  while (G.accepted < serve)
+    uv_run(&loop, UV_RUN_ONCE);
+  uvip_server_close(s, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  return uv_loop_close(&loop) == 0 ? 0 : 15;
+}
+
+static int reap(pid_t pid) {
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  return st;
+}
+
+/* The new process adopts the fetched listeners and says ready; the old one
+ * stops; a connection made then is served by the new one. */
+START_TEST(test_handoff_fetch_and_ready) {
+  int port = th_free_port(), c2, st;
+  struct sockaddr_storage sa;
+  pid_t pid;
+  start("127.0.0.1-127.0.0.2", port);
+  th_addr("127.0.0.2", port, &sa);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    /* Only the fetched copies: the ones fork() gave are closed. */
+    for (size_t i = 0; i < uvip_server_vip_count(G.s); i++)
+      close(uvip_vip_fd(uvip_server_vip(G.s, i)));
+    G.accepted = 0;
+    _exit(new_process(port, 1));
+  }
+  for (int i = 0; G.taken == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.taken, 1);
+  ck_assert_int_eq(G.status, 0);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 0);
+  c2 = th_connect((struct sockaddr *)&sa, NULL);
+  st = reap(pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "new process: %d", st);
+  ck_assert_int_eq(G.accepted, 0);
+  close(c2);
+  finish();
+}
+END_TEST
+
+/* A client that takes the listeners and goes away without saying ready: the
+ * old one is told, and keeps serving. */
+START_TEST(test_handoff_client_gone) {
+  int port = th_free_port(), c, st;
+  struct sockaddr_storage sa;
+  pid_t pid;
+  start("127.0.0.1-127.0.0.2", port);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int fds[4], conn;
+    size_t n;
+    _exit(uvip_handoff_fetch(sock_path, 10000, fds, 4, &n, &conn, NULL, 0) ==
+                  0 && n == 2
+              ? 0
+              : 1);
+  }
+  for (int i = 0; G.taken == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.status, UV_ECONNRESET);
+  st = reap(pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  th_addr("127.0.0.1", port, &sa);
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  for (int i = 0; G.accepted < 1 && i < 1000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.accepted, 1);
+  close(c);
+  finish();
+}
+END_TEST
+
+/* A server that sends half a header with two descriptors, then closes: the
+ * fetch fails with UV_EPROTO, names the socket, and leaks nothing. */
+START_TEST(test_fetch_half_message) {
+  struct sockaddr_un un;
+  int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), fds[4], conn, st;
+  int before, after;
+  size_t n = 7;
+  char err[256] = "";
+  pid_t pid;
+  snprintf(sock_path, sizeof(sock_path), "/tmp/uvip-handoff-bad-%d.sock",
+           getpid());
+  unlink(sock_path);
+  memset(&un, 0, sizeof(un));
+  un.sun_family = AF_UNIX;
+  strcpy(un.sun_path, sock_path);
+  ck_assert_int_eq(bind(l, (struct sockaddr *)&un, sizeof(un)), 0);
+  ck_assert_int_eq(listen(l, 1), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int c = accept(l, NULL, NULL), two[2] = {0, 1};
+    uint32_t half[2] = {0x75766c66u, 2};
+    union {
+      struct cmsghdr a;
+      char b[CMSG_SPACE(sizeof(two))];
+    } ctl;
+    struct iovec iov = {half, sizeof(half)};
+    struct msghdr m;
+    struct cmsghdr *cm;
+    memset(&m, 0, sizeof(m));
+    memset(&ctl, 0, sizeof(ctl));
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.b;
+    m.msg_controllen = sizeof(ctl.b);
+    cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(two));
+    memcpy(CMSG_DATA(cm), two, sizeof(two));
+    _exit(sendmsg(c, &m, 0) == (ssize_t)sizeof(half) ? 0 : 1);
+  }
+  /* Descriptors open before and after: the two received are closed. */
+  before = 0;
+  for (int fd = 0; fd < 256; fd++)
+    before += fcntl(fd, F_GETFD) >= 0;
+  ck_assert_int_eq(
+      uvip_handoff_fetch(sock_path, 5000, fds, 4, &n, &conn, err, sizeof(err)),
+      UV_EPROTO);
+  after = 0;
+  for (int fd = 0; fd < 256; fd++)
+    after += fcntl(fd, F_GETFD) >= 0;
+  ck_assert_int_eq(after, before);
+  ck_assert_uint_eq(n, 0);
+  ck_assert_int_eq(conn, -1);
+  ck_assert_msg(strstr(err, sock_path) && strstr(err, "malformed"), "%s", err);
+  st = reap(pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  close(l);
+  unlink(sock_path);
+}
+END_TEST
+
+START_TEST(test_handoff_args) {
+  int fds[2], conn;
+  size_t n;
+  char err[256] = "";
+  uvip_server_t *s = NULL;
+  uvip_handoff_t *h;
+  ck_assert_int_eq(uvip_handoff_serve(NULL, &s, 1, "/tmp/x", on_taken, &h),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_close(NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_ready(-1), UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_fetch(NULL, 1, fds, 2, &n, &conn, NULL, 0),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_fetch("/tmp/x", 0, fds, 2, &n, &conn, NULL, 0),
+                   UV_EINVAL);
+  /* Nobody serves there. */
+  ck_assert_int_eq(uvip_handoff_fetch("/nonexistent/uvip.sock", 100, fds, 2,
+                                      &n, &conn, err, sizeof(err)),
+                   UV_ENOENT);
+  ck_assert_msg(strstr(err, "nobody serves there"), "%s", err);
+  {
+    /* A server that does not listen has nothing to serve. */
+    uv_loop_t loop;
+    uvip_addrs_t *a = th_addrs("127.0.0.1", th_free_port());
+    uv_loop_init(&loop);
+    ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+    uvip_addrs_free(a);
+    ck_assert_int_eq(
+        uvip_handoff_serve(&loop, &s, 1, "/tmp/uvip-x.sock", on_taken, &h),
+        UV_ENOENT);
+    uvip_server_close(s, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+  }
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("handoff");
+  TCase *tc = tcase_create("handoff");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_handoff_fetch_and_ready);
+  tcase_add_test(tc, test_handoff_client_gone);
+  tcase_add_test(tc, test_fetch_half_message);
+  tcase_add_test(tc, test_handoff_args);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
