@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -29,7 +30,11 @@ static struct {
   uvip_upgrade_t *up;
   uvip_moved_t *moved;
   pid_t older; /* the generation that started us, while it may drain */
-} U;
+  const char *handoff_path;
+  uvip_handoff_t *handoff;
+  int handoff_conn; /* to the process we took the listeners from */
+  size_t taken;
+} U = {.handoff_conn = -1};
 
 void ex_write_pid_file(const char *path) {
   FILE *f;
@@ -109,6 +114,51 @@ static void on_usr2(uv_signal_t *h, int signum) {
   fflush(stdout);
 }
 
+int ex_handoff_take(uvip_server_t *server, const char *path) {
+  int fds[4096], r;
+  size_t n = 0, extra = 0;
+  char err[256] = "";
+  struct stat st;
+  if (!path || stat(path, &st) != 0)
+    return 0; /* nobody there: the first generation */
+  r = uvip_handoff_fetch(path, 5000, fds, sizeof(fds) / sizeof(fds[0]), &n,
+                         &U.handoff_conn, err, sizeof(err));
+  if (r == UV_ECONNREFUSED)
+    return 0; /* a socket file left behind by a process that is gone */
+  if (r != 0) {
+    fprintf(stderr, "%s: --handoff-socket: %s\n", ex_prog, err);
+    return r;
+  }
+  r = uvip_server_adopt(server, fds, n, &extra, err, sizeof(err));
+  if (r != 0) {
+    fprintf(stderr, "%s: --handoff-socket: %s\n", ex_prog, err);
+    for (size_t i = 0; i < n; i++)
+      close(fds[i]);
+    return r;
+  }
+  U.taken = n - extra;
+  return 0;
+}
+
+static void on_handoff_closed(uvip_handoff_t *h) {
+  (void)h;
+  U.handoff = NULL;
+}
+
+static void on_handoff_taken(uvip_handoff_t *h, int status) {
+  if (status != 0) {
+    fprintf(stderr, "%s: handoff: a new process failed to take over: %s; "
+            "still serving\n", ex_prog, uv_strerror(status));
+    return;
+  }
+  printf("%s: handoff: a new process took the listeners; stopped accepting\n",
+         ex_prog);
+  fflush(stdout);
+  uvip_server_stop(U.server);
+  uvip_handoff_close(h, on_handoff_closed);
+  U.hooks.retire(SIZE_MAX);
+}
+
 static void on_moved_end(uvip_moved_t *m, int status, size_t received) {
   (void)m;
   U.moved = NULL;
@@ -120,7 +170,8 @@ static void on_moved_end(uvip_moved_t *m, int status, size_t received) {
 }
 
 int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
-                     const char *pid_file, const ex_upgrade_hooks_t *hooks) {
+                     const char *pid_file, const char *handoff_path,
+                     const ex_upgrade_hooks_t *hooks) {
   ssize_t n;
   int r;
   U.loop = loop;
@@ -144,6 +195,21 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
       fprintf(stderr, "%s: upgrade: cannot say ready: %s\n", ex_prog,
               uv_strerror(r));
   }
+  if (U.handoff_conn >= 0) {
+    printf("%s: handoff: took %zu listeners from the running process\n",
+           ex_prog, U.taken);
+    if ((r = uvip_handoff_ready(U.handoff_conn)) != 0)
+      fprintf(stderr, "%s: handoff: cannot say ready: %s\n", ex_prog,
+              uv_strerror(r));
+    U.handoff_conn = -1;
+  }
+  if (handoff_path) {
+    r = uvip_handoff_serve(loop, &server, 1, handoff_path, on_handoff_taken,
+                           &U.handoff);
+    if (r != 0)
+      fprintf(stderr, "%s: --handoff-socket %s: %s\n", ex_prog,
+              handoff_path, uv_strerror(r));
+  }
   ex_write_pid_file(pid_file);
   uv_signal_init(loop, &U.usr2);
   uv_signal_start(&U.usr2, on_usr2, SIGUSR2);
@@ -161,4 +227,6 @@ void ex_upgrade_close(void) {
     uvip_upgrade_close(U.up, on_upgrade_closed);
   if (U.moved)
     uvip_moved_close(U.moved);
+  if (U.handoff)
+    uvip_handoff_close(U.handoff, on_handoff_closed);
 }

@@ -16,10 +16,19 @@ typedef struct {
 } ex_upgrade_hooks_t;
 
 /* After the server listens: if started by an upgrade, receives the moved
- * connections and tells the old generation it is ready; writes pid_file
- * (may be NULL); SIGUSR2 then upgrades this generation. 0 or an error. */
+ * connections and tells the old generation it is ready (or the process
+ * ex_handoff_take() took the listeners from); serves the listeners at
+ * handoff_path (may be NULL) for the next process; writes pid_file (may be
+ * NULL); SIGUSR2 then upgrades this generation. 0 or an error. */
 int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
-                     const char *pid_file, const ex_upgrade_hooks_t *hooks);
+                     const char *pid_file, const char *handoff_path,
+                     const ex_upgrade_hooks_t *hooks);
+
+/* Before the server listens: if a running process serves its listeners at
+ * path (--handoff-socket), fetches and adopts them; the running process is
+ * told once ex_upgrade_setup() runs, and then drains. 0 also when nobody
+ * serves there. */
+int ex_handoff_take(uvip_server_t *server, const char *path);
 
 /* Writes the pid to path (NULL: nothing), atomically. */
 void ex_write_pid_file(const char *path);

@@ -268,6 +268,8 @@ static void usage(FILE *f) {
           "  --backlog N              listen backlog (default net.core.somaxconn)\n"
           "  --shutdown-timeout MS    grace period for open connections on exit (5000)\n"
           "  --pid-file PATH          write the pid once serving (rewritten by an upgrade)\n"
+          "  --handoff-socket PATH    serve the listeners there to the next process; at\n"
+          "                           start, take them from the process serving there\n"
           "  --all-or-nothing         fail unless every VIP can be bound\n"
           "  --provision IFACE        add the missing --listen addresses to IFACE;\n"
           "                           remove those it added on exit\n"
@@ -285,7 +287,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
          O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION, O_WORKERS, O_WMODE,
-         O_BALANCE, O_MAXWK, O_PIDFILE };
+         O_BALANCE, O_MAXWK, O_PIDFILE, O_HANDOFF };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
       {"port", required_argument, NULL, O_PORT},
@@ -302,6 +304,7 @@ int main(int argc, char **argv) {
       {"balance", required_argument, NULL, O_BALANCE},
       {"max-conns-per-worker", required_argument, NULL, O_MAXWK},
       {"pid-file", required_argument, NULL, O_PIDFILE},
+      {"handoff-socket", required_argument, NULL, O_HANDOFF},
       {NULL, 0, NULL, 0}};
   uvip_server_options_t opts;
   uvip_workers_options_t wopts;
@@ -313,7 +316,7 @@ int main(int argc, char **argv) {
   if (specs == NULL)
     return 1;
   size_t nspecs = 0;
-  const char *prov_ifname = NULL, *pid_file = NULL;
+  const char *prov_ifname = NULL, *pid_file = NULL, *handoff_path = NULL;
   int port = 7000, opt, r;
   char err[512] = "";
 
@@ -328,6 +331,7 @@ int main(int argc, char **argv) {
     case O_LISTEN: specs[nspecs++] = optarg; break;
     case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
     case O_PIDFILE: pid_file = optarg; break;
+    case O_HANDOFF: handoff_path = optarg; break;
     case O_MAX: opts.max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
     case O_MAXVIP:
       opts.max_conns_per_vip = ex_parse_num("--max-conns-per-vip", optarg, 0, UINT64_MAX / 2);
@@ -412,6 +416,8 @@ int main(int argc, char **argv) {
     }
     r = uvip_workers_listen(workers, on_connection, err, sizeof(err));
   } else {
+    if (handoff_path && ex_handoff_take(server, handoff_path) != 0)
+      return 1;
     r = uvip_server_listen(server, on_connection, err, sizeof(err));
   }
   if (r != 0) {
@@ -433,7 +439,8 @@ int main(int argc, char **argv) {
   if (!workers) {
     static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
                                              upgrade_retire};
-    if ((r = ex_upgrade_setup(loop, server, argv, pid_file, &hooks)) != 0)
+    if ((r = ex_upgrade_setup(loop, server, argv, pid_file, handoff_path,
+                              &hooks)) != 0)
       fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
   } else {
     ex_write_pid_file(pid_file);

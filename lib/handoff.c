@@ -46,6 +46,8 @@ struct uvip_handoff_s {
   uvip_handoff_close_cb close_cb;
   client_t *clients;
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  dev_t dev; /* the socket file we made, to remove only that one */
+  ino_t ino;
   bool closing;
   int handles_open;
 };
@@ -201,8 +203,14 @@ UVIP_EXPORT int uvip_handoff_serve(uv_loop_t *loop,
   old = umask(077);
   r = uv_pipe_bind(&h->listener, path);
   umask(old);
-  if (r == 0)
+  if (r == 0) {
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+      h->dev = st.st_dev;
+      h->ino = st.st_ino;
+    }
     r = uv_listen((uv_stream_t *)&h->listener, 8, on_connection);
+  }
   if (r != 0) {
     h->closing = true;
     uv_close((uv_handle_t *)&h->listener, on_handle_closed);
@@ -219,7 +227,12 @@ UVIP_EXPORT int uvip_handoff_close(uvip_handoff_t *h,
     return UV_EALREADY;
   h->closing = true;
   h->close_cb = cb;
-  unlink(h->path);
+  {
+    /* A newer process may have put its own socket there since. */
+    struct stat st;
+    if (lstat(h->path, &st) == 0 && st.st_dev == h->dev && st.st_ino == h->ino)
+      unlink(h->path);
+  }
   for (client_t *c = h->clients; c; c = c->next)
     if (!uv_is_closing((uv_handle_t *)&c->pipe))
       uv_close((uv_handle_t *)&c->pipe, on_handle_closed);

@@ -789,6 +789,77 @@ START_TEST(test_echo_sigusr2) {
 }
 END_TEST
 
+static pid_t spawn_echo(const char *portstr, const char *sock, FILE **out) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512];
+  int pfd[2];
+  pid_t pid;
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  ck_assert_int_eq(pipe(pfd), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--handoff-socket", sock, "--shutdown-timeout", "200", (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  *out = fdopen(pfd[0], "r");
+  return pid;
+}
+
+/* An independent second uvip-echo takes the listeners of the running one
+ * over --handoff-socket: the first stops accepting, drains (its deadline
+ * closes the long-lived connection) and exits 0; the second serves. The
+ * first's exit leaves the second's socket file in place. */
+START_TEST(test_echo_handoff_socket) {
+  char portstr[16], sock[64], loga[8192] = "", logb[8192] = "", b[8];
+  int port = th_free_port(), l, c, st;
+  struct sockaddr_storage sa;
+  pid_t a, bpid;
+  FILE *oa, *ob;
+  ck_assert_ptr_nonnull(getenv("UVIP_BUILD_DIR"));
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(sock, sizeof(sock), "/tmp/uvip-test-handoff-%d.sock", getpid());
+  unlink(sock);
+  a = spawn_echo(portstr, sock, &oa);
+  read_until(oa, "serving 2 of 2 VIPs", loga, sizeof(loga));
+  th_addr("127.0.0.1", port, &sa);
+  l = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(l, "long");
+
+  bpid = spawn_echo(portstr, sock, &ob);
+  read_until(ob, "took 2 listeners", logb, sizeof(logb));
+  read_until(ob, "serving 2 of 2 VIPs", logb, sizeof(logb));
+  ck_assert_msg(strstr(logb, "127.0.0.1:") && strstr(logb, "(adopted)"), "%s",
+                logb);
+  read_until(oa, "a new process took the listeners", loga, sizeof(loga));
+  /* The first one's deadline closes the long-lived connection. */
+  {
+    struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+    setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ck_assert_int_eq(read(l, b, sizeof(b)), 0);
+  }
+  read_until(oa, "bye", loga, sizeof(loga));
+  ck_assert_int_eq(waitpid(a, &st, 0), a);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", loga);
+  ck_assert_int_eq(access(sock, F_OK), 0);
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(c, "new");
+  close(c);
+  close(l);
+  ck_assert_int_eq(kill(bpid, SIGTERM), 0);
+  read_until(ob, "bye", logb, sizeof(logb));
+  ck_assert_int_eq(waitpid(bpid, &st, 0), bpid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", logb);
+  ck_assert_int_eq(access(sock, F_OK), -1);
+  fclose(oa);
+  fclose(ob);
+}
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 5 && !strcmp(argv[1], "gen2"))
@@ -811,6 +882,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_upgrade_moves_idle);
   tcase_add_test(tc, test_moved_bad_messages);
   tcase_add_test(tc, test_echo_sigusr2);
+  tcase_add_test(tc, test_echo_handoff_socket);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -197,8 +197,9 @@ int uvip_handoff_serve(uv_loop_t *loop, uvip_server_t *const *servers,
                        size_t n, const char *path, uvip_handoff_cb cb,
                        uvip_handoff_t **out);
 
-/* Stops serving, removes the socket file; close_cb (may be NULL) runs once
- * from the loop. */
+/* Stops serving and removes the socket file if it is still the one it made
+ * (a newer process may serve at the same path by then); close_cb (may be
+ * NULL) runs once from the loop. */
 int uvip_handoff_close(uvip_handoff_t *handoff, uvip_handoff_close_cb cb);
 
 /* In the new process, at start-up (before its loop runs: it waits, for at
