@@ -83,6 +83,23 @@ static void on_upgraded(uvip_upgrade_t *u, int status, const char *why) {
   }
 }
 
+/* Running, not a zombie waiting for a parent that does not reap. */
+static bool running(pid_t pid) {
+  char path[64], buf[256], *p;
+  FILE *f;
+  size_t n;
+  if (pid <= 0 || kill(pid, 0) != 0)
+    return false;
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  if (!(f = fopen(path, "r")))
+    return false;
+  n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  p = strrchr(buf, ')'); /* the state follows the command name */
+  return p && p[1] == ' ' && p[2] != 'Z';
+}
+
 static void on_usr2(uv_signal_t *h, int signum) {
   int r;
   (void)h;
@@ -97,7 +114,7 @@ static void on_usr2(uv_signal_t *h, int signum) {
   }
   /* At most one old generation: the one that started us ends now if it is
    * still draining. */
-  if (U.older > 0 && kill(U.older, 0) == 0) {
+  if (running(U.older)) {
     fprintf(stderr, "%s: upgrade: ending generation %d, still draining\n",
             ex_prog, (int)U.older);
     kill(U.older, SIGKILL);

@@ -7,6 +7,7 @@
  *
  * SPDX-License-Identifier: MIT */
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include "common.h"
 #include "http/http.h"
+#include "upgrade.h"
 
 static http_server_t *g_http; /* without workers */
 static uvip_tracker_t *g_tracker;
@@ -51,6 +53,10 @@ static void usage(FILE *f) {
           "  --header-timeout-ms N    to receive a request's headers (10000)\n"
           "  --keepalive-timeout-ms N idle between requests (30000)\n"
           "  --shutdown-timeout-ms N  graceful stop before closing (5000)\n"
+          "  --pid-file PATH          write the pid once ready (rewritten by an "
+          "upgrade)\n"
+          "  --handoff-socket PATH    serve the listeners to the next process there;\n"
+          "                           at start, take them from the one serving there\n"
           "  --census-interval-ms N   socket census for /metrics (5000, 0 = "
           "off)\n"
           "  --version, --help\n",
@@ -75,6 +81,8 @@ enum {
   O_KA_TIMEOUT,
   O_SHUT_TIMEOUT,
   O_CENSUS,
+  O_PIDFILE,
+  O_HANDOFF,
   O_VERSION,
   O_HELP
 };
@@ -97,6 +105,8 @@ static const struct option long_opts[] = {
     {"keepalive-timeout-ms", required_argument, NULL, O_KA_TIMEOUT},
     {"shutdown-timeout-ms", required_argument, NULL, O_SHUT_TIMEOUT},
     {"census-interval-ms", required_argument, NULL, O_CENSUS},
+    {"pid-file", required_argument, NULL, O_PIDFILE},
+    {"handoff-socket", required_argument, NULL, O_HANDOFF},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0}};
@@ -224,6 +234,38 @@ static int census_start(uv_loop_t *loop, const uvip_addrs_t *addrs,
 static void on_done(http_server_t *hs) {
   (void)hs;
   ex_signals_close();
+  ex_upgrade_close();
+}
+
+/* Upgrade hooks (without workers): a keep-alive connection between
+ * requests moves as it is (an HTTP/1.1 connection carries no state from
+ * one request to the next); one in the middle of a request stays and
+ * finishes here, with Connection: close. */
+static int upgrade_decide(uvip_conn_t *c, void *blob, size_t *len) {
+  (void)blob;
+  *len = 0;
+  return http_conn_idle(c) ? UVIP_HANDOVER_MOVE : UVIP_HANDOVER_KEEP;
+}
+
+static void upgrade_moved(uvip_server_t *srv, uvip_conn_t *c,
+                          const void *blob, size_t len) {
+  (void)blob;
+  (void)len;
+  http_on_connection(srv, c);
+}
+
+static void upgrade_retire(size_t kept) {
+  if (kept != SIZE_MAX)
+    printf("%s: old generation: %zu connections finish here\n", ex_prog,
+           kept);
+  fflush(stdout);
+  if (g_tracker) {
+    http_server_ctx(g_http)->census_prom =
+        http_server_ctx(g_http)->census_json = NULL;
+    uvip_tracker_close(g_tracker, NULL);
+    g_tracker = NULL;
+  }
+  http_server_shutdown(g_http, on_done);
 }
 
 static void on_signal(int signum) {
@@ -249,7 +291,7 @@ int main(int argc, char **argv) {
   const char *specs[64];
   size_t nspecs = 0, i, n;
   int port = 8080, c, r;
-  const char *wopt = NULL;
+  const char *wopt = NULL, *pid_file = NULL, *handoff_path = NULL;
   uvip_workers_options_t wo;
   uint64_t census_ms = 5000;
   uvip_server_options_t opts;
@@ -358,6 +400,12 @@ int main(int argc, char **argv) {
       cfg.shutdown_timeout_ms =
           ex_parse_num("--shutdown-timeout-ms", optarg, 1, 86400000);
       break;
+    case O_PIDFILE:
+      pid_file = optarg;
+      break;
+    case O_HANDOFF:
+      handoff_path = optarg;
+      break;
     case O_CENSUS:
       census_ms = ex_parse_num("--census-interval-ms", optarg, 0, 86400000);
       if (census_ms > 0 && census_ms < 10)
@@ -404,6 +452,8 @@ int main(int argc, char **argv) {
   g_server = server;
   if (r == 0 && wo.nworkers == 0) {
     r = http_server_new(loop, server, NULL, 0, &cfg, &g_http);
+    if (r == 0 && handoff_path)
+      r = ex_handoff_take(server, handoff_path);
     if (r == 0)
       r = uvip_server_listen(server, http_on_connection, err, sizeof(err));
   } else if (r == 0) {
@@ -442,8 +492,18 @@ int main(int argc, char **argv) {
   }
   if (n > 16)
     printf("%s: ... %zu VIPs in all\n", ex_prog, n);
-  /* Before "ready": whoever waits for it may signal at once. */
+  /* Before "ready": whoever waits for it may signal at once (and read the
+   * pid file). */
   ex_on_signal(loop, on_signal);
+  if (!g_workers) {
+    static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
+                                             upgrade_retire};
+    if ((r = ex_upgrade_setup(loop, server, argv, pid_file, handoff_path,
+                              &hooks)) != 0)
+      fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
+  } else {
+    ex_write_pid_file(pid_file);
+  }
   printf("%s: ready\n", ex_prog);
   fflush(stdout);
 

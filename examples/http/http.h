@@ -246,6 +246,10 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
  * the connections (closed by the library) are gone. */
 void http_server_exit(http_server_t *hs);
 void http_on_connection(uvip_server_t *server, uvip_conn_t *conn);
+/* For an upgrade's hand-over: 1 when the connection is between requests
+ * (nothing parsed or buffered, nothing being written), so it can move to
+ * the next generation as it is. */
+int http_conn_idle(uvip_conn_t *conn);
 void http_on_lib_close(uvip_conn_t *conn);
 http_ctx_t *http_server_ctx(http_server_t *hs);
 /* The worker HTTP layer of the calling thread (NULL outside workers). */

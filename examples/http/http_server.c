@@ -415,6 +415,12 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
   (void)conn_read_start(hc);
 }
 
+int http_conn_idle(uvip_conn_t *conn) {
+  http_conn_t *hc = uvip_conn_tcp(conn)->data;
+  return hc && !http_session_in_message(&hc->s) &&
+         !(hc->flags & (CF_WRITING | CF_CLOSING)) && !hc->in;
+}
+
 /* From now on every response says Connection: close. Connections between
  * requests close now; the others close after their response, or at the
  * grace timeout (without workers) or when the workers are closed. */

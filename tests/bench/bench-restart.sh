@@ -5,7 +5,8 @@
 #   1. uvip-echo upgraded with SIGUSR2 (re-exec, listeners passed, idle
 #      connections moved);
 #   2. uvip-echo stopped (SIGTERM) and started again;
-#   3. nginx binary upgrade (USR2, then QUIT to the old master), HTTP.
+#   3. uvip-http upgraded with SIGUSR2 (idle keep-alive connections moved), HTTP;
+#   4. nginx binary upgrade (USR2, then QUIT to the old master), HTTP.
 # Prints the client's counts per case and how many server processes are
 # left. Usage: tests/bench/bench-restart.sh BUILD_DIR [UPGRADES]
 set -euo pipefail
@@ -21,10 +22,10 @@ cleanup() {
 }
 trap cleanup EXIT
 secs=$((n + 4))
-# Three consecutive ports nothing listens on.
+# Four consecutive ports nothing listens on.
 while :; do
   port=$((20000 + RANDOM % 20000))
-  [ -z "$(ss -ltnH "( sport >= :$port and sport <= :$((port + 2)) )")" ] && break
+  [ -z "$(ss -ltnH "( sport >= :$port and sport <= :$((port + 3)) )")" ] && break
 done
 
 wait_line() { # file pattern: bounded wait for a line
@@ -73,6 +74,22 @@ done
 wait $cpid
 echo "uvip stop+start: $(cat "$tmp/ss.client") processes_left=$(count_procs $p)"
 kill "$(cat "$tmp/ss.pid")"
+
+echo "== uvip-http, $n SIGUSR2 upgrades (HTTP)"
+p=$((port + 3))
+"$build/examples/uvip-http" --listen 127.0.0.1 --port $p --pid-file "$tmp/hu.pid" \
+  --census-interval-ms 0 > "$tmp/hu.log" 2>&1 &
+wait_line "$tmp/hu.log" "ready"
+"$client" 127.0.0.1 $p 32 100 $secs --http > "$tmp/hu.client" &
+cpid=$!
+sleep 2
+for _ in $(seq "$n"); do
+  kill -USR2 "$(cat "$tmp/hu.pid")"
+  sleep 1
+done
+wait $cpid
+echo "uvip-http upgrade: $(cat "$tmp/hu.client") processes_left=$(count_procs $p)"
+kill "$(cat "$tmp/hu.pid")"
 
 echo "== nginx, $n binary upgrades (HTTP)"
 p=$((port + 2))
