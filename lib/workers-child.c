@@ -92,9 +92,23 @@ static void send_blocking(int fd, uint32_t kind, int64_t a) {
       off += (size_t)k;
 }
 
+#ifdef UVIP_COVERAGE
+void __gcov_dump(void);
+#endif
+
+/* _exit() skips atexit handlers, which is right for a forked copy of the
+ * application; coverage builds write their counters first, or nothing a
+ * worker process runs would be measured. */
+__attribute__((noreturn)) static void child_exit(int code) {
+#ifdef UVIP_COVERAGE
+  __gcov_dump();
+#endif
+  _exit(code);
+}
+
 static void die(int fd, int err) {
   send_blocking(fd, UVIP__REP_ERROR, -(int64_t)err);
-  _exit(3);
+  child_exit(3);
 }
 
 static void reset_signals(void) {
@@ -384,7 +398,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     /* The acceptor is gone: nobody will hand us anything or count what we
      * hold. */
     fflush(NULL);
-    _exit(0);
+    child_exit(0);
   }
   while (n > 0 && !ch.done) {
     size_t take = sizeof(uvip__msg_t) - ch.plen;
@@ -426,7 +440,7 @@ void uvip__wk_child_main(uvip__wk_t *wk, int fd) {
   /* The parent's death must not leave a million connections behind. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent)
-    _exit(0);
+    child_exit(0);
   reset_signals();
   close_inherited_sockets(ws, fd);
   raise_nofile();
@@ -455,8 +469,8 @@ void uvip__wk_child_main(uvip__wk_t *wk, int fd) {
   uv_pipe_init(&ch.loop, &ch.pipe, 1);
   if ((r = uv_pipe_open(&ch.pipe, fd)) != 0 ||
       (r = uv_read_start((uv_stream_t *)&ch.pipe, on_alloc, on_read)) != 0)
-    _exit(3);
+    child_exit(3);
   uv_run(&ch.loop, UV_RUN_DEFAULT);
   fflush(NULL);
-  _exit(0);
+  child_exit(0);
 }
