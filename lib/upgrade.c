@@ -22,6 +22,9 @@
 #include <unistd.h>
 
 extern char **environ;
+#ifdef UVIP_COVERAGE
+void __gcov_dump(void);
+#endif
 
 static void report(uvip_upgrade_t *u, int status, const char *why) {
   if (u->reported)
@@ -222,6 +225,10 @@ static void child(const int *fds, size_t nfds, int ready_w, int chan,
       pidvar[11 + i] = digits[n - 1 - i];
     pidvar[11 + n] = 0;
   }
+#ifdef UVIP_COVERAGE
+  /* exec() drops the counters of what the child ran (coverage builds). */
+  __gcov_dump();
+#endif
   execve(path, argv, env);
 fail:
   e = errno;
