@@ -240,13 +240,37 @@ START_TEST(test_handoff_args) {
   char err[256] = "";
   uvip_server_t *s = NULL;
   uvip_handoff_t *h;
-  ck_assert_int_eq(uvip_handoff_serve(NULL, &s, 1, "/tmp/x", on_taken, &h),
-                   UV_EINVAL);
+  {
+    uv_loop_t l2;
+    uv_loop_init(&l2);
+    ck_assert_int_eq(uvip_handoff_serve(NULL, &s, 1, "/tmp/x", on_taken, &h),
+                     UV_EINVAL);
+    ck_assert_int_eq(uvip_handoff_serve(&l2, NULL, 1, "/tmp/x", on_taken, &h),
+                     UV_EINVAL);
+    ck_assert_int_eq(uvip_handoff_serve(&l2, &s, 0, "/tmp/x", on_taken, &h),
+                     UV_EINVAL);
+    ck_assert_int_eq(uvip_handoff_serve(&l2, &s, 1, NULL, on_taken, &h),
+                     UV_EINVAL);
+    ck_assert_int_eq(uvip_handoff_serve(&l2, &s, 1, "/tmp/x", NULL, &h),
+                     UV_EINVAL);
+    ck_assert_int_eq(uvip_handoff_serve(&l2, &s, 1, "/tmp/x", on_taken, NULL),
+                     UV_EINVAL);
+    /* s is NULL: refused too. */
+    ck_assert_int_eq(uvip_handoff_serve(&l2, &s, 1, "/tmp/x", on_taken, &h),
+                     UV_EINVAL);
+    ck_assert_int_eq(uv_loop_close(&l2), 0);
+  }
   ck_assert_int_eq(uvip_handoff_close(NULL, NULL), UV_EINVAL);
   ck_assert_int_eq(uvip_handoff_ready(-1), UV_EINVAL);
   ck_assert_int_eq(uvip_handoff_fetch(NULL, 1, fds, 2, &n, &conn, NULL, 0),
                    UV_EINVAL);
   ck_assert_int_eq(uvip_handoff_fetch("/tmp/x", 0, fds, 2, &n, &conn, NULL, 0),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_fetch("/tmp/x", 1, NULL, 2, &n, &conn, NULL, 0),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_fetch("/tmp/x", 1, fds, 2, NULL, &conn, NULL, 0),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_fetch("/tmp/x", 1, fds, 2, &n, NULL, NULL, 0),
                    UV_EINVAL);
   /* Nobody serves there. */
   ck_assert_int_eq(uvip_handoff_fetch("/nonexistent/uvip.sock", 100, fds, 2,
@@ -270,6 +294,84 @@ START_TEST(test_handoff_args) {
 }
 END_TEST
 
+/* A server that accepts and never answers: the fetch gives up at its
+ * deadline; one with more listeners than room says so; a path that is too
+ * long or a file that is not a socket is refused. */
+START_TEST(test_fetch_limits) {
+  int fds[1], conn, port = th_free_port(), st;
+  size_t n;
+  char err[256] = "", longp[200];
+  struct sockaddr_un un;
+  int l;
+  pid_t pid;
+  memset(longp, 'x', sizeof(longp) - 1);
+  longp[0] = '/';
+  longp[sizeof(longp) - 1] = 0;
+  ck_assert_int_eq(uvip_handoff_fetch(longp, 100, fds, 1, &n, &conn, NULL, 0),
+                   UV_ENAMETOOLONG);
+
+  /* Silent server: accepted by the kernel (backlog), never served. */
+  snprintf(sock_path, sizeof(sock_path), "/tmp/uvip-handoff-silent-%d.sock",
+           getpid());
+  unlink(sock_path);
+  l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&un, 0, sizeof(un));
+  un.sun_family = AF_UNIX;
+  strcpy(un.sun_path, sock_path);
+  ck_assert_int_eq(bind(l, (struct sockaddr *)&un, sizeof(un)), 0);
+  ck_assert_int_eq(listen(l, 1), 0);
+  ck_assert_int_eq(
+      uvip_handoff_fetch(sock_path, 50, fds, 1, &n, &conn, err, sizeof(err)),
+      UV_ETIMEDOUT);
+  ck_assert_msg(strstr(err, "no answer in time"), "%s", err);
+  close(l);
+  unlink(sock_path);
+
+  /* Two listeners, room for one. */
+  start("127.0.0.1-127.0.0.2", port);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int r = uvip_handoff_fetch(sock_path, 5000, fds, 1, &n, &conn, err,
+                               sizeof(err));
+    _exit(r == UV_ENOBUFS && strstr(err, "more listeners than room") ? 0 : 1);
+  }
+  for (int i = 0; G.taken == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.status, UV_ECONNRESET); /* it went away, not ready */
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  finish();
+
+  /* Serving where a regular file is: bind fails, the file is left alone. */
+  {
+    uv_loop_t loop;
+    uvip_server_t *s;
+    uvip_handoff_t *h;
+    uvip_addrs_t *a = th_addrs("127.0.0.1", th_free_port());
+    char file[64];
+    FILE *f;
+    snprintf(file, sizeof(file), "/tmp/uvip-handoff-file-%d", getpid());
+    f = fopen(file, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    uv_loop_init(&loop);
+    ck_assert_int_eq(uvip_server_new(&loop, a, NULL, &s), 0);
+    uvip_addrs_free(a);
+    ck_assert_int_eq(uvip_server_listen(s, on_conn, NULL, 0), 0);
+    ck_assert_int_eq(uvip_handoff_serve(&loop, &s, 1, file, on_taken, &h),
+                     UV_EADDRINUSE);
+    ck_assert_int_eq(uvip_handoff_serve(&loop, &s, 1, longp, on_taken, &h),
+                     UV_ENAMETOOLONG);
+    ck_assert_int_eq(access(file, F_OK), 0);
+    unlink(file);
+    uvip_server_close(s, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("handoff");
   TCase *tc = tcase_create("handoff");
@@ -278,6 +380,7 @@ int main(void) {
   tcase_add_test(tc, test_handoff_client_gone);
   tcase_add_test(tc, test_fetch_half_message);
   tcase_add_test(tc, test_handoff_args);
+  tcase_add_test(tc, test_fetch_limits);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
