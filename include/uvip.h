@@ -362,5 +362,6 @@ int uvip_conn_close(uvip_conn_t *conn, uvip_conn_close_cb cb);
 #include "uvip/workers.h"
 #include "uvip/connector.h"
 #include "uvip/restart.h"
+#include "uvip/proxy.h"
 
 #endif /* UVIP_H */
