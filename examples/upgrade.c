@@ -212,6 +212,16 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
       fprintf(stderr, "%s: upgrade: cannot say ready: %s\n", ex_prog,
               uv_strerror(r));
   }
+  /* Serve at the path before the process we took over from hears we are
+   * ready: when it closes its hand-off, the file there is already ours,
+   * and it leaves it alone. */
+  if (handoff_path) {
+    r = uvip_handoff_serve(loop, &server, 1, handoff_path, on_handoff_taken,
+                           &U.handoff);
+    if (r != 0)
+      fprintf(stderr, "%s: --handoff-socket %s: %s\n", ex_prog,
+              handoff_path, uv_strerror(r));
+  }
   if (U.handoff_conn >= 0) {
     printf("%s: handoff: took %zu listeners from the running process\n",
            ex_prog, U.taken);
@@ -219,13 +229,6 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
       fprintf(stderr, "%s: handoff: cannot say ready: %s\n", ex_prog,
               uv_strerror(r));
     U.handoff_conn = -1;
-  }
-  if (handoff_path) {
-    r = uvip_handoff_serve(loop, &server, 1, handoff_path, on_handoff_taken,
-                           &U.handoff);
-    if (r != 0)
-      fprintf(stderr, "%s: --handoff-socket %s: %s\n", ex_prog,
-              handoff_path, uv_strerror(r));
   }
   ex_write_pid_file(pid_file);
   uv_signal_init(loop, &U.usr2);

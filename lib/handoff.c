@@ -199,10 +199,28 @@ UVIP_EXPORT int uvip_handoff_serve(uv_loop_t *loop,
     if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
       unlink(path);
   }
-  /* Listening sockets are powerful: only this user may connect. */
-  old = umask(077);
-  r = uv_pipe_bind(&h->listener, path);
-  umask(old);
+  /* Bound here rather than with uv_pipe_bind(): libuv would unlink the
+   * path when the handle closes, removing the socket file of the process
+   * that took over from us by then. Listening sockets are powerful: only
+   * this user may connect. */
+  {
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    strcpy(sa.sun_path, path);
+    old = umask(077);
+    r = fd < 0 ? -errno
+        : bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ? -errno
+                                                            : 0;
+    umask(old);
+    if (r == 0 && listen(fd, 8) != 0)
+      r = -errno;
+    if (r == 0)
+      r = uv_pipe_open(&h->listener, fd);
+    if (r != 0 && fd >= 0)
+      close(fd);
+  }
   if (r == 0) {
     struct stat st;
     if (lstat(path, &st) == 0) {
