@@ -108,6 +108,19 @@ static void on_handle_closed(uv_handle_t *h) {
   free(u);
 }
 
+/* The one way the upgrade's handles close; the last close callback ends
+ * it. The new generation sees the channel end: nothing more will come. */
+static void close_handles(uvip_upgrade_t *u) {
+  assert(u->closing);
+  u->handles_closing = 4;
+  uv_close((uv_handle_t *)&u->ready, on_handle_closed);
+  uv_close((uv_handle_t *)&u->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
+  uv_close((uv_handle_t *)&u->chan_poll, on_handle_closed);
+  close(u->chan);
+  u->chan = -1;
+}
+
 /* Collects the listening descriptors of every listening VIP. */
 int uvip__collect_listeners(uvip_server_t *const *servers, size_t n,
                             int **fds, size_t *nfds) {
@@ -336,13 +349,7 @@ undo:
   /* The handles exist: they close like any others, callback-free. */
   u->closing = true;
   u->reported = true;
-  u->handles_closing = 4;
-  uv_close((uv_handle_t *)&u->ready, on_handle_closed);
-  uv_close((uv_handle_t *)&u->timer, on_handle_closed);
-  uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
-  uv_close((uv_handle_t *)&u->chan_poll, on_handle_closed);
-  close(u->chan);
-  u->chan = -1;
+  close_handles(u);
   return r;
 }
 
@@ -364,14 +371,7 @@ UVIP_EXPORT int uvip_upgrade_close(uvip_upgrade_t *u, uvip_upgrade_close_cb cb) 
   /* Connections still queued for moving stay here (and can be read and
    * closed again); done runs for them now. */
   uvip__handover_abort(u);
-  u->handles_closing = 4;
-  uv_close((uv_handle_t *)&u->ready, on_handle_closed);
-  uv_close((uv_handle_t *)&u->timer, on_handle_closed);
-  uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
-  uv_close((uv_handle_t *)&u->chan_poll, on_handle_closed);
-  /* The new generation sees the channel end: nothing more will come. */
-  close(u->chan);
-  u->chan = -1;
+  close_handles(u);
   return 0;
 }
 

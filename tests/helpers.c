@@ -239,3 +239,32 @@ void th_close_conn(th_track_t *t, int i) {
     t->conns[i] = NULL;
   }
 }
+
+bool th_next_perm(int *a, int n) {
+  int i = n - 2, j = n - 1, t;
+  while (i >= 0 && a[i] >= a[i + 1])
+    i--;
+  if (i < 0)
+    return false;
+  while (a[j] <= a[i])
+    j--;
+  t = a[i];
+  a[i] = a[j];
+  a[j] = t;
+  for (int l = i + 1, r = n - 1; l < r; l++, r--) {
+    t = a[l];
+    a[l] = a[r];
+    a[r] = t;
+  }
+  return true;
+}
+
+void th_read_until(FILE *f, const char *want, char *log, size_t len) {
+  char line[512];
+  while (fgets(line, sizeof(line), f)) {
+    strncat(log, line, len - strlen(log) - 1);
+    if (strstr(line, want))
+      return;
+  }
+  ck_abort_msg("EOF before '%s'; output:\n%s", want, log);
+}

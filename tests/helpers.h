@@ -5,6 +5,7 @@
 
 #include <check.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <uvip.h>
 
@@ -56,6 +57,14 @@ void th_enter_netns(void);
 /* Runs a command through /bin/sh and returns its stdout (malloc'd, NUL
  * terminated) or NULL if it could not run. */
 char *th_cmd_output(const char *cmd);
+
+/* Steps a[0..n) to its next permutation in lexicographic order; false
+ * after the last (start from the sorted array to visit them all). */
+bool th_next_perm(int *a, int n);
+
+/* Reads lines from f, appending them to log (len bytes), until one contains
+ * want; fails the test (with the output so far) at EOF. */
+void th_read_until(FILE *f, const char *want, char *log, size_t len);
 
 /* Builds a suite with one tcase named after it; adds a test per call. */
 int th_run_suite(Suite *s);

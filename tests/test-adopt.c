@@ -326,17 +326,6 @@ START_TEST(test_listen_fds) {
 }
 END_TEST
 
-/* Reads lines from f until one contains want; fails on EOF. Collects every
- * line read into log. */
-static void read_until(FILE *f, const char *want, char *log, size_t len) {
-  char line[512];
-  while (fgets(line, sizeof(line), f)) {
-    strncat(log, line, len - strlen(log) - 1);
-    if (strstr(line, want))
-      return;
-  }
-  ck_abort_msg("EOF before '%s'; output:\n%s", want, log);
-}
 
 static void echo_check(int fd) {
   char buf[8] = "";
@@ -377,15 +366,15 @@ START_TEST(test_systemd_socket_activate) {
   }
   close(pfd[1]);
   out = fdopen(pfd[0], "r");
-  read_until(out, "Listening on 127.0.0.1", log, sizeof(log));
-  read_until(out, "Listening on 127.0.0.2", log, sizeof(log));
+  th_read_until(out, "Listening on 127.0.0.1", log, sizeof(log));
+  th_read_until(out, "Listening on 127.0.0.2", log, sizeof(log));
   /* Both connect before uvip-echo runs: they wait in the queues of
    * sockets it has not adopted yet. */
   th_addr("127.0.0.1", port, &sa);
   c1 = th_connect((struct sockaddr *)&sa, NULL);
   th_addr("127.0.0.2", port, &sa);
   c2 = th_connect((struct sockaddr *)&sa, NULL);
-  read_until(out, "serving 3 of 3 VIPs", log, sizeof(log));
+  th_read_until(out, "serving 3 of 3 VIPs", log, sizeof(log));
   ck_assert_msg(strstr(log, "listening on 127.0.0.1") &&
                     strstr(log, "(adopted)\nuvip-echo: listening on 127.0.0.2"),
                 "%s", log);
@@ -398,7 +387,7 @@ START_TEST(test_systemd_socket_activate) {
   close(c2);
   /* systemd-socket-activate exec'd uvip-echo in place: same pid. */
   ck_assert_int_eq(kill(pid, SIGTERM), 0);
-  read_until(out, "bye", log, sizeof(log));
+  th_read_until(out, "bye", log, sizeof(log));
   ck_assert_int_eq(waitpid(pid, &st, 0), pid);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d\n%s", st,
                 log);

@@ -243,34 +243,19 @@ static void one_case(const enum obj *order, enum where where, int port) {
     close(fds[i]);
 }
 
-static bool next_perm(enum obj *a, int n) {
-  int i = n - 2, j = n - 1;
-  while (i >= 0 && a[i] >= a[i + 1])
-    i--;
-  if (i < 0)
-    return false;
-  while (a[j] <= a[i])
-    j--;
-  enum obj t = a[i];
-  a[i] = a[j];
-  a[j] = t;
-  for (int l = i + 1, r = n - 1; l < r; l++, r--) {
-    t = a[l];
-    a[l] = a[r];
-    a[r] = t;
-  }
-  return true;
-}
 
 START_TEST(test_attached_matrix) {
   int port = th_free_port(), cases = 0, busy = 0;
   for (int w = 0; w < NWHERE; w++) {
-    enum obj order[NOBJ] = {SERVER, WORKERS, LIVEPOOL, TRACKER};
+    int perm[NOBJ] = {SERVER, WORKERS, LIVEPOOL, TRACKER};
     do {
+      enum obj order[NOBJ];
+      for (int i = 0; i < NOBJ; i++)
+        order[i] = (enum obj)perm[i];
       one_case(order, (enum where)w, port);
       busy += M.busy;
       cases++;
-    } while (next_perm(order, NOBJ));
+    } while (th_next_perm(perm, NOBJ));
   }
   ck_assert_int_eq(busy, cases);
   printf("teardown matrix: %d cases over server, workers, live pool and "

@@ -282,35 +282,20 @@ static void one_case(const enum op *ops, int nops, enum where where, int port) {
                 M.desc);
 }
 
-static bool next_perm(enum op *a, int n) {
-  int i = n - 2, j = n - 1;
-  while (i >= 0 && a[i] >= a[i + 1])
-    i--;
-  if (i < 0)
-    return false;
-  while (a[j] <= a[i])
-    j--;
-  enum op t = a[i];
-  a[i] = a[j];
-  a[j] = t;
-  for (int l = i + 1, r = n - 1; l < r; l++, r--) {
-    t = a[l];
-    a[l] = a[r];
-    a[r] = t;
-  }
-  return true;
-}
 
 /* Every permutation of the given operations, from every place. */
 static int matrix(const enum op *set, int n) {
   enum op ops[NOPS];
-  int port = th_free_port(), cases = 0;
+  int perm[NOPS], port = th_free_port(), cases = 0;
   for (int w = 0; w < NWHERE; w++) {
-    memcpy(ops, set, sizeof(*set) * (size_t)n);
+    for (int i = 0; i < n; i++)
+      perm[i] = (int)set[i];
     do {
+      for (int i = 0; i < n; i++)
+        ops[i] = (enum op)perm[i];
       one_case(ops, n, (enum where)w, port);
       cases++;
-    } while (next_perm(ops, n));
+    } while (th_next_perm(perm, n));
   }
   return cases;
 }

@@ -684,17 +684,6 @@ START_TEST(test_upgrade_args) {
 }
 END_TEST
 
-/* ---- uvip-echo, as users run it ---- */
-
-static void read_until(FILE *f, const char *want, char *log, size_t len) {
-  char line[512];
-  while (fgets(line, sizeof(line), f)) {
-    strncat(log, line, len - strlen(log) - 1);
-    if (strstr(line, want))
-      return;
-  }
-  ck_abort_msg("EOF before '%s'; output:\n%s", want, log);
-}
 
 static pid_t read_pid_file(const char *path) {
   FILE *f = fopen(path, "r");
@@ -744,7 +733,7 @@ START_TEST(test_echo_sigusr2) {
   }
   close(pfd[1]);
   out = fdopen(pfd[0], "r");
-  read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
+  th_read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
   ck_assert_int_eq(read_pid_file(pidf), first);
   for (int i = 0; i < 5; i++) {
     th_addr(i % 2 ? "127.0.0.2" : "127.0.0.1", port, &sa);
@@ -753,9 +742,9 @@ START_TEST(test_echo_sigusr2) {
   }
 
   ck_assert_int_eq(kill(first, SIGUSR2), 0);
-  read_until(out, "upgrade: moved 5 connections, 0 drain here", log,
+  th_read_until(out, "upgrade: moved 5 connections, 0 drain here", log,
              sizeof(log));
-  read_until(out, "received 5 connections", log, sizeof(log));
+  th_read_until(out, "received 5 connections", log, sizeof(log));
   ck_assert_int_eq(waitpid(first, &st, 0), first);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
   second = read_pid_file(pidf);
@@ -764,7 +753,7 @@ START_TEST(test_echo_sigusr2) {
     echo_roundtrip(fds[i], "two");
 
   ck_assert_int_eq(kill(second, SIGUSR2), 0);
-  read_until(out, "received 5 connections", log, sizeof(log));
+  th_read_until(out, "received 5 connections", log, sizeof(log));
   ck_assert_int_eq(waitpid(second, &st, 0), second);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
   third = read_pid_file(pidf);
@@ -781,7 +770,7 @@ START_TEST(test_echo_sigusr2) {
   for (int i = 0; i < 5; i++)
     close(fds[i]);
   ck_assert_int_eq(kill(third, SIGTERM), 0);
-  read_until(out, "bye", log, sizeof(log));
+  th_read_until(out, "bye", log, sizeof(log));
   ck_assert_int_eq(waitpid(third, &st, 0), third);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
   fclose(out);
@@ -825,24 +814,24 @@ START_TEST(test_echo_handoff_socket) {
   snprintf(sock, sizeof(sock), "/tmp/uvip-test-handoff-%d.sock", getpid());
   unlink(sock);
   a = spawn_echo(portstr, sock, &oa);
-  read_until(oa, "serving 2 of 2 VIPs", loga, sizeof(loga));
+  th_read_until(oa, "serving 2 of 2 VIPs", loga, sizeof(loga));
   th_addr("127.0.0.1", port, &sa);
   l = th_connect((struct sockaddr *)&sa, NULL);
   echo_roundtrip(l, "long");
 
   bpid = spawn_echo(portstr, sock, &ob);
-  read_until(ob, "took 2 listeners", logb, sizeof(logb));
-  read_until(ob, "serving 2 of 2 VIPs", logb, sizeof(logb));
+  th_read_until(ob, "took 2 listeners", logb, sizeof(logb));
+  th_read_until(ob, "serving 2 of 2 VIPs", logb, sizeof(logb));
   ck_assert_msg(strstr(logb, "127.0.0.1:") && strstr(logb, "(adopted)"), "%s",
                 logb);
-  read_until(oa, "a new process took the listeners", loga, sizeof(loga));
+  th_read_until(oa, "a new process took the listeners", loga, sizeof(loga));
   /* The first one's deadline closes the long-lived connection. */
   {
     struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
     setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     ck_assert_int_eq(read(l, b, sizeof(b)), 0);
   }
-  read_until(oa, "bye", loga, sizeof(loga));
+  th_read_until(oa, "bye", loga, sizeof(loga));
   ck_assert_int_eq(waitpid(a, &st, 0), a);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", loga);
   ck_assert_int_eq(access(sock, F_OK), 0);
@@ -851,7 +840,7 @@ START_TEST(test_echo_handoff_socket) {
   close(c);
   close(l);
   ck_assert_int_eq(kill(bpid, SIGTERM), 0);
-  read_until(ob, "bye", logb, sizeof(logb));
+  th_read_until(ob, "bye", logb, sizeof(logb));
   ck_assert_int_eq(waitpid(bpid, &st, 0), bpid);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", logb);
   ck_assert_int_eq(access(sock, F_OK), -1);
@@ -910,15 +899,15 @@ START_TEST(test_http_sigusr2) {
   }
   close(pfd[1]);
   out = fdopen(pfd[0], "r");
-  read_until(out, "ready", log, sizeof(log));
+  th_read_until(out, "ready", log, sizeof(log));
   th_addr("127.0.0.1", port, &sa);
   for (int i = 0; i < 3; i++) {
     fds[i] = th_connect((struct sockaddr *)&sa, NULL);
     http_get(fds[i]);
   }
   ck_assert_int_eq(kill(first, SIGUSR2), 0);
-  read_until(out, "moved 3 connections, 0 drain here", log, sizeof(log));
-  read_until(out, "received 3 connections", log, sizeof(log));
+  th_read_until(out, "moved 3 connections, 0 drain here", log, sizeof(log));
+  th_read_until(out, "received 3 connections", log, sizeof(log));
   ck_assert_int_eq(waitpid(first, &st, 0), first);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
   second = read_pid_file(pidf);
