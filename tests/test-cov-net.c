@@ -66,6 +66,32 @@ int __real_uvip__rtnl_dump(struct mnl_socket *nl, uvip__rtnl_addr_cb cb,
 int __wrap_uvip__rtnl_dump(struct mnl_socket *nl, uvip__rtnl_addr_cb cb,
                            void *arg);
 
+int __real_uv_poll_init(uv_loop_t *loop, uv_poll_t *h, int fd);
+int __wrap_uv_poll_init(uv_loop_t *loop, uv_poll_t *h, int fd);
+int __real_uv_poll_start(uv_poll_t *h, int events, uv_poll_cb cb);
+int __wrap_uv_poll_start(uv_poll_t *h, int events, uv_poll_cb cb);
+
+/* libuv refusing the watcher's poll handle: fail the next call. */
+static int poll_init_err, poll_start_err;
+
+int __wrap_uv_poll_init(uv_loop_t *loop, uv_poll_t *h, int fd) {
+  if (poll_init_err != 0) {
+    int r = poll_init_err;
+    poll_init_err = 0;
+    return r;
+  }
+  return __real_uv_poll_init(loop, h, fd);
+}
+
+int __wrap_uv_poll_start(uv_poll_t *h, int events, uv_poll_cb cb) {
+  if (poll_start_err != 0) {
+    int r = poll_start_err;
+    poll_start_err = 0;
+    return r;
+  }
+  return __real_uv_poll_start(h, events, cb);
+}
+
 /* setsockopt(level, name) fails `count` times with `err`. */
 static struct {
   int level, name, count, err, injected;
@@ -94,7 +120,7 @@ int __wrap_listen(int fd, int backlog) {
 
 /* The address watcher's reads: EINTR once, or a message of the test's
  * making delivered as if from the kernel. */
-static int recvfrom_eintr;
+static int recvfrom_eintr, recvfrom_enobufs;
 static const void *recvfrom_fake;
 static size_t recvfrom_fake_len;
 static int recvfrom_calls;
@@ -105,6 +131,11 @@ ssize_t __wrap_recvfrom(int fd, void *buf, size_t len, int flags,
   if (recvfrom_eintr > 0) {
     recvfrom_eintr--;
     errno = EINTR;
+    return -1;
+  }
+  if (recvfrom_enobufs > 0) {
+    recvfrom_enobufs--;
+    errno = ENOBUFS;
     return -1;
   }
   if (recvfrom_fake != NULL) {
@@ -645,9 +676,12 @@ START_TEST(test_rtnl_args) {
   ck_assert_int_eq(ip_count("lo", "10.98.0.1", -1), 0);
   sendto_fail_err = ENOBUFS;
   ck_assert_int_eq(uvip__rtnl_dump(nl, NULL, NULL), UV_ENOBUFS);
-  /* The socket is still usable: the same request goes through. */
+  /* The socket is still usable: the same request goes through, with
+   * flags beyond the 8-bit field (IFA_FLAGS). */
+  a.flags = IFA_F_NOPREFIXROUTE;
   ck_assert_int_eq(uvip__rtnl_change(nl, 1, &a, NULL, 0), 0);
   ck_assert_int_eq(ip_count("lo", "10.98.0.1", 32), 1);
+  ck_assert_int_eq(addr_flag("lo", "10.98.0.1", "\"noprefixroute\":true"), 1);
   mnl_socket_close(nl);
 
   /* Socket creation and binding failures are reported. */
@@ -938,7 +972,10 @@ END_TEST
 typedef struct {
   int n_new, n_del, n_overrun;
   char last[UVIP_ADDRSTRLEN];
+  bool close_on_overrun;
 } wlog_t;
+
+static void on_watch_closed(uvip_addrwatch_t *w);
 
 static void on_watch(uvip_addrwatch_t *w, uvip_addr_event_t ev,
                      const struct sockaddr *addr, unsigned int ifindex,
@@ -950,6 +987,8 @@ static void on_watch(uvip_addrwatch_t *w, uvip_addr_event_t ev,
   if (ev == UVIP_ADDR_OVERRUN) {
     ck_assert_ptr_null(addr);
     l->n_overrun++;
+    if (l->close_on_overrun)
+      ck_assert_int_eq(uvip_addrwatch_close(w, on_watch_closed), 0);
     return;
   }
   ck_assert_int_eq(uvip_addr_format(addr, 0, l->last, sizeof(l->last)), 0);
@@ -1094,6 +1133,89 @@ START_TEST(test_addrwatch_new_failures) {
 }
 END_TEST
 
+/* An overrun while reading (ENOBUFS from recvfrom) is reported and the
+ * reading goes on; one reported by poll (POLLERR) whose callback closes
+ * the watcher ends there: closed once, nothing after. */
+START_TEST(test_addrwatch_overrun_paths) {
+  enter_netns();
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvip_addrwatch_t *w = NULL;
+  ck_assert_int_eq(uvip_addrwatch_new(&loop, &w), 0);
+  wlog_t log = {0};
+  uvip_addrwatch_set_data(w, &log);
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), 0);
+  recvfrom_enobufs = 1;
+  sh("ip addr add 10.96.2.1/32 dev lo");
+  wait_count(&loop, &log.n_new, 1);
+  ck_assert_int_eq(recvfrom_enobufs, 0);
+  ck_assert_int_eq(log.n_overrun, 1);
+  ck_assert_str_eq(log.last, "10.96.2.1");
+
+  log.close_on_overrun = true;
+  int size = 1;
+  ck_assert_int_eq(setsockopt(watch_fd(), SOL_SOCKET, SO_RCVBUF, &size,
+                              sizeof(size)), 0);
+  sh("for i in $(seq 1 60); do ip addr add 10.96.3.$i/32 dev lo; done");
+  watch_closed = false;
+  th_run_until(&loop, &watch_closed, 100);
+  ck_assert_int_eq(log.n_overrun, 2);
+  ck_assert_int_eq(log.n_new, 1);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* libuv refusing the poll handle: no watcher (and no descriptor left
+ * open) when uv_poll_init fails; a start that fails leaves it stopped, so
+ * that a later start works; a restart that fails after an overrun stops
+ * the watcher the same way. */
+START_TEST(test_addrwatch_poll_failures) {
+  enter_netns();
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  int fds = count_fds();
+  uvip_addrwatch_t *w = (uvip_addrwatch_t *)1;
+  poll_init_err = UV_ENOMEM;
+  ck_assert_int_eq(uvip_addrwatch_new(&loop, &w), UV_ENOMEM);
+  ck_assert_ptr_null(w);
+  ck_assert_int_eq(count_fds(), fds);
+
+  ck_assert_int_eq(uvip_addrwatch_new(&loop, &w), 0);
+  wlog_t log = {0};
+  uvip_addrwatch_set_data(w, &log);
+  poll_start_err = UV_ENOMEM;
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), UV_ENOMEM);
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), 0);
+  sh("ip addr add 10.96.4.1/32 dev lo");
+  wait_count(&loop, &log.n_new, 1);
+
+  int size = 1;
+  ck_assert_int_eq(setsockopt(watch_fd(), SOL_SOCKET, SO_RCVBUF, &size,
+                              sizeof(size)), 0);
+  poll_start_err = UV_ENOMEM;
+  sh("for i in $(seq 1 60); do ip addr add 10.96.5.$i/32 dev lo; done");
+  wait_count(&loop, &log.n_overrun, 1);
+  ck_assert_int_eq(poll_start_err, 0);
+  /* Stopped, not started: starting again works and events come (once
+   * what was queued is read: until then the kernel drops notifications,
+   * the overrun having been reported). */
+  ck_assert_int_eq(uvip_addrwatch_start(w, on_watch), 0);
+  size = 1 << 20;
+  ck_assert_int_eq(setsockopt(watch_fd(), SOL_SOCKET, SO_RCVBUF, &size,
+                              sizeof(size)), 0);
+  int queued = log.n_new;
+  th_run_until_quiet(&loop, 100);
+  ck_assert_int_gt(log.n_new, queued);
+  sh("ip addr del 10.96.4.1/32 dev lo");
+  wait_count(&loop, &log.n_del, 1);
+  ck_assert_str_eq(log.last, "10.96.4.1");
+  watch_closed = false;
+  ck_assert_int_eq(uvip_addrwatch_close(w, on_watch_closed), 0);
+  th_run_until(&loop, &watch_closed, 10);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
 int main(void) {
   th_require_netns_or_skip();
   Suite *s = suite_create("cov-net");
@@ -1114,6 +1236,8 @@ int main(void) {
   tcase_add_test(tc, test_addrwatch_untrusted_input);
   tcase_add_test(tc, test_addrwatch_overrun);
   tcase_add_test(tc, test_addrwatch_new_failures);
+  tcase_add_test(tc, test_addrwatch_overrun_paths);
+  tcase_add_test(tc, test_addrwatch_poll_failures);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
