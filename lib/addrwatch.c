@@ -115,10 +115,25 @@ static void watch_readable(uv_poll_t *h, int status, int events) {
   uvip_addrwatch_t *w = h->data;
   (void)events;
   if (status < 0) {
-    /* Cannot happen on a netlink socket short of a bug; telling the
-     * application to re-read its state is the safe answer. */
+    /* POLLERR: the kernel dropped notifications while we were not reading
+     * (ENOBUFS in sk_err). libuv has stopped the handle; left like that
+     * the watcher would never report anything again. Reading SO_ERROR
+     * clears the error (or the next poll would fail the same way), the
+     * application is told to re-read its state, and watching resumes
+     * unless the callback stopped or closed the watcher. */
+    int err = 0;
+    socklen_t len = sizeof(err);
+    (void)getsockopt(mnl_socket_get_fd(w->nl), SOL_SOCKET, SO_ERROR, &err,
+                     &len);
     w->cb(w, UVIP_ADDR_OVERRUN, NULL, 0, 0, 0);
-    return;
+    if (!w->started || w->closing)
+      return;
+    /* Fails only without memory for the epoll entry: the watcher is then
+     * stopped, as uvip_addrwatch_start() may be called again. */
+    if (uv_poll_start(&w->poll, UV_READABLE, watch_readable) != 0) {
+      w->started = false;
+      return;
+    }
   }
   /* Bounded, so that a storm of address changes cannot starve the rest of
    * the loop; level-triggered polling brings us back for the remainder. */

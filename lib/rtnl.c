@@ -117,8 +117,6 @@ typedef struct {
 static int dump_msg_cb(const struct nlmsghdr *nlh, void *data) {
   dump_ctx_t *ctx = data;
   uvip__ifaddr_t a;
-  if (nlh->nlmsg_flags & NLM_F_DUMP_INTR)
-    ctx->interrupted = true;
   /* After a callback error the rest of the dump is read and dropped so
    * that the socket stays usable for the next request. */
   if (ctx->err == 0 && uvip__rtnl_parse_addr(nlh, &a) == 0)
@@ -144,6 +142,19 @@ static int dump_once(struct mnl_socket *nl, char *buf, dump_ctx_t *ctx) {
       if (errno == EINTR)
         continue;
       return -errno;
+    }
+    /* libmnl fails a message marked NLM_F_DUMP_INTR with EINTR (and the
+     * kernel marks the rest of the dump, NLMSG_DONE included), which would
+     * end the dump with an error instead of redoing it, and leave its rest
+     * queued on the socket. Noted here and cleared, the dump is read to
+     * its end and then redone. */
+    int left = (int)n;
+    for (struct nlmsghdr *m = (struct nlmsghdr *)buf; mnl_nlmsg_ok(m, left);
+         m = mnl_nlmsg_next(m, &left)) {
+      if (m->nlmsg_flags & NLM_F_DUMP_INTR) {
+        ctx->interrupted = true;
+        m->nlmsg_flags &= ~NLM_F_DUMP_INTR;
+      }
     }
     int r = mnl_cb_run(buf, (size_t)n, seq, portid, dump_msg_cb, ctx);
     if (r == MNL_CB_STOP)
