@@ -79,6 +79,12 @@ static int parse_v1(const unsigned char *buf, size_t len,
   }
   if (buf[end + 1] != '\n')
     return UV_EPROTO;
+  /* The same bytes are refused in a complete line as in a partial one
+   * (found by fuzzing: a NUL after UNKNOWN was refused while the line was
+   * incomplete and accepted once complete). */
+  for (i = 0; i < end; i++)
+    if (buf[i] == '\n' || buf[i] == 0)
+      return UV_EPROTO;
   out->version = 1;
   /* Whatever follows UNKNOWN up to the CRLF is ignored. */
   if (end >= 13 && memcmp(p, "PROXY UNKNOWN", 13) == 0 &&
