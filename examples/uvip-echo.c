@@ -193,18 +193,30 @@ static void on_workers_closed(uvip_workers_t *w) {
   uvip_server_close(server, on_server_closed);
 }
 
+/* The connections the workers hold. Not the server's own count: with
+ * reuseport the workers accept on listeners of their own and the server's
+ * count stays 0 (their counts are then the ones they last reported). */
+static uint64_t workers_active(void) {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < uvip_workers_count(workers); i++) {
+    uvip_worker_stats_t ws;
+    if (uvip_workers_stats(workers, i, &ws) == 0)
+      n += ws.active;
+  }
+  return n;
+}
+
 /* With workers the connections live elsewhere: poll the count until they
  * are gone or the grace period is over, then close the workers (which
  * closes what is left). */
 static void on_drain_tick(uv_timer_t *t) {
-  uvip_vip_stats_t st;
-  uvip_server_stats(server, &st);
+  uint64_t active = workers_active();
   drain_waited_ms += 100;
-  if (st.active > 0 && drain_waited_ms < shutdown_ms)
+  if (active > 0 && drain_waited_ms < shutdown_ms)
     return;
-  if (st.active > 0)
+  if (active > 0)
     fprintf(stderr, "%s: closing %llu connections still open\n", ex_prog,
-            (unsigned long long)st.active);
+            (unsigned long long)active);
   uv_timer_stop(t);
   uvip_workers_close(workers, on_workers_closed);
 }
@@ -215,7 +227,8 @@ static void on_signal(int signum) {
   if (workers) {
     fprintf(stderr, "%s: %s, stopped accepting; waiting up to %llu ms for "
             "%llu connections\n", ex_prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
-            (unsigned long long)shutdown_ms, (unsigned long long)st.active);
+            (unsigned long long)shutdown_ms,
+            (unsigned long long)workers_active());
     print_workers(workers, 0);
     uvip_server_stop(server);
     uv_timer_start(&shutdown_timer, on_drain_tick, 0, 100);
