@@ -581,6 +581,86 @@ START_TEST(echo_partial_listen) {
 }
 END_TEST
 
+/* --max-conns-per-vip 1: a second client of a VIP waits in the listen
+ * queue (uvip-stat sees it there, with the --backlog given) while another
+ * VIP still serves, and is served once the first one leaves. */
+START_TEST(echo_per_vip_cap) {
+  tx_proc_t p;
+  char cmd[1024], want[256], rest[4096] = "";
+  int rc;
+
+  pick_vips();
+  const char *extra[] = {"--max-conns-per-vip", "1", "--backlog", "16",
+                         "--accept-budget", "2", "--max-conns", "100", NULL};
+  echo_spawn(&p, extra);
+  echo_wait_serving(&p);
+  int a = client(0);
+  tx_echo_check(a, "first");
+  int b = client(0);
+  ck_assert_int_eq(write(b, "second", 6), 6);
+  /* Another VIP's connection goes through the same loop after b's. */
+  int c = client(1);
+  tx_echo_check(c, "other VIP");
+
+  snprintf(cmd, sizeof(cmd), "%s --vips %s --json", tx_bin("uvip-stat"),
+           vip_ip[0]);
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  snprintf(want, sizeof(want), "{\"address\":\"%s:%d\",\"queue\":1,"
+           "\"backlog\":16,", vip_ip[0], port);
+  ck_assert_msg(strstr(out, want) != NULL, "no '%s' in:\n%s", want, out);
+  free(out);
+
+  close(a);
+  char buf[16];
+  size_t got = 0;
+  while (got < 6) {
+    ssize_t r = read(b, buf + got, sizeof(buf) - got);
+    ck_assert_msg(r > 0, "read: %zd", r);
+    got += (size_t)r;
+  }
+  ck_assert(memcmp(buf, "second", 6) == 0);
+  close(b);
+  close(c);
+  ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+}
+END_TEST
+
+/* uvip-stat --watch without --count runs until SIGINT, then exits 0; an
+ * interval below 10 ms is taken as 10 ms. */
+START_TEST(stat_watch_sigint) {
+  tx_proc_t p;
+  char seen[8192] = "";
+  pick_vips();
+  const char *argv[] = {tx_bin("uvip-stat"), "--vips", "127.0.0.1",
+                        "--watch", "0.001", "--prometheus", NULL};
+  tx_spawn(&p, argv);
+  /* Two samples, then the signal. */
+  tx_expect_line(p.out, "# TYPE uvip_sockets gauge", seen, sizeof(seen));
+  tx_expect_line(p.out, "# TYPE uvip_sockets gauge", seen, sizeof(seen));
+  ck_assert_int_eq(kill(p.pid, SIGINT), 0);
+  tx_read_rest(p.out, NULL, 0);
+  tx_read_rest(p.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+}
+END_TEST
+
+/* --vips beyond the census's default table size (4096) is taken: every
+ * address gets its row. */
+START_TEST(stat_many_vips) {
+  char cmd[1024];
+  int rc;
+  snprintf(cmd, sizeof(cmd), "%s --vips 10.123.0.1-10.123.32.0 --top 0 | "
+           "grep -c '^10\\.123\\.'", tx_bin("uvip-stat"));
+  char *out = tx_run(cmd, &rc);
+  ck_assert_str_eq(out, "8192\n");
+  free(out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("examples");
   TCase *tc = tcase_create("examples");
@@ -598,6 +678,9 @@ int main(void) {
   tcase_add_test(tc, echo_workers_no_grace);
   tcase_add_test(tc, echo_slow_reader);
   tcase_add_test(tc, echo_partial_listen);
+  tcase_add_test(tc, echo_per_vip_cap);
+  tcase_add_test(tc, stat_watch_sigint);
+  tcase_add_test(tc, stat_many_vips);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
