@@ -67,16 +67,18 @@ static void loadgen_spawn(tx_proc_t *p, const char *const *args) {
 
 /* A listener of the test's own on 127.0.0.1:PORT, for peers that do not
  * echo. */
-static int test_listener(void) {
+static int test_listener_backlog(int backlog) {
   struct sockaddr_storage sa;
   int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
   th_addr("127.0.0.1", PORT, &sa);
   ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
-  ck_assert_int_eq(listen(fd, 64), 0);
+  ck_assert_int_eq(listen(fd, backlog), 0);
   return fd;
 }
+
+static int test_listener(void) { return test_listener_backlog(64); }
 
 static int accept_one(int lfd) {
   int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -101,9 +103,19 @@ START_TEST(loadgen_echo) {
   HAS(out, "uvip-loadgen: ok: every connection succeeded\n");
   free(out);
 
+  /* A soft descriptor limit below what the run needs is raised to the
+   * hard one. */
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "ulimit -Sn 256 && %s --port 7000 --conns 300",
+           tx_bin("uvip-loadgen"));
+  out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  HAS(out, "uvip-loadgen: 300 connections to 1 target, 0 sources, 1 process: "
+           "established 300, verified 0, peak open 300, failed 0 in ");
+  free(out);
+
   /* JSON on stdout only (the text goes to stderr, discarded here), from a
    * source address of our choice. */
-  char cmd[1024];
   snprintf(cmd, sizeof(cmd),
            "%s --conns 10 --sources 127.0.0.9 --json 2>/dev/null | python3 -c "
            "'import json,sys; d=json.load(sys.stdin); "
@@ -466,6 +478,33 @@ START_TEST(loadgen_bad_arguments) {
 }
 END_TEST
 
+/* ---- uvip-stat events ----------------------------------------------------- */
+
+/* A listener whose accept queue is full: uvip-stat --watch says so, naming
+ * the listener. */
+START_TEST(stat_listen_queue_event) {
+  int rc, fds[4];
+  struct sockaddr_storage dst;
+  th_enter_netns();
+  int lfd = test_listener_backlog(4);
+  th_addr("127.0.0.1", PORT, &dst);
+  for (int i = 0; i < 4; i++)
+    fds[i] = th_connect((struct sockaddr *)&dst, NULL);
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "%s --vips 127.0.0.1 --watch 0.01 --count 1 "
+           "--json", tx_bin("uvip-stat"));
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  HAS(out, "event: listen_queue RAISED value 1.000 threshold 0.800 "
+           "127.0.0.1:7000\n");
+  HAS(out, "{\"address\":\"127.0.0.1:7000\",\"queue\":4,\"backlog\":4,");
+  free(out);
+  for (int i = 0; i < 4; i++)
+    close(fds[i]);
+  close(lfd);
+}
+END_TEST
+
 /* ---- uvip-echo --provision ------------------------------------------------ */
 
 static char *lo_addrs(void) {
@@ -545,6 +584,7 @@ int main(void) {
   tcase_add_test(tc, loadgen_procs_worker_killed);
   tcase_add_test(tc, loadgen_churn);
   tcase_add_test(tc, loadgen_bad_arguments);
+  tcase_add_test(tc, stat_listen_queue_event);
   tcase_add_test(tc, echo_provision);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
