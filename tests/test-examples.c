@@ -661,6 +661,23 @@ START_TEST(stat_many_vips) {
 }
 END_TEST
 
+/* The capacity inputs: --sources multiplies the ports per destination,
+ * --processes the descriptors. */
+START_TEST(stat_capacity_inputs) {
+  char cmd[1024];
+  int rc;
+  snprintf(cmd, sizeof(cmd), "%s --vips 127.0.0.1 --json --sources 2 "
+           "--processes 3 | python3 -c 'import json,sys; d=json.load(sys.stdin); "
+           "c=d[\"capacity\"]; l=d[\"limits\"]; "
+           "print(c[\"per_destination\"] == 2 * c[\"usable_ports\"], "
+           "c[\"by_fds\"] == 3 * l[\"nofile_soft\"])'", tx_bin("uvip-stat"));
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  ck_assert_str_eq(out, "True True\n");
+  free(out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("examples");
   TCase *tc = tcase_create("examples");
@@ -681,6 +698,7 @@ int main(void) {
   tcase_add_test(tc, echo_per_vip_cap);
   tcase_add_test(tc, stat_watch_sigint);
   tcase_add_test(tc, stat_many_vips);
+  tcase_add_test(tc, stat_capacity_inputs);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
