@@ -371,11 +371,27 @@ static void check_echo_workers(const char *mode, const char *balance) {
   snprintf(want, sizeof(want), "uvip-echo: 2 %s workers, balance %s\n", mode,
            balance);
   tx_expect_line(p.out, want, NULL, 0);
-  if (reuseport)
+  if (reuseport) {
     tx_expect_line(p.out, "uvip-echo: every worker listens on the 4 VIPs with "
                           "SO_REUSEPORT\n", NULL, 0);
-  else
+    /* Said once they do: each VIP has both workers' listeners (its row
+     * counts them; the listener table merges equal addresses). */
+    char cmd[1024];
+    int rc;
+    snprintf(cmd, sizeof(cmd), "%s --vips %s --json", tx_bin("uvip-stat"),
+             vip_spec);
+    char *out = tx_run(cmd, &rc);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+    for (int i = 0; i < NVIPS; i++) {
+      snprintf(want, sizeof(want), "{\"address\":\"%s\",", vip_ip[i]);
+      const char *row = strstr(out, want);
+      ck_assert_msg(row != NULL, "no row %s in:\n%s", want, out);
+      ck_assert_uint_eq(tx_num_after(row, "\"listen\":"), 2);
+    }
+    free(out);
+  } else {
     echo_wait_serving(&p);
+  }
   for (int i = 0; i < NCONN; i++) {
     char msg[64];
     fds[i] = client(i % NVIPS);
@@ -678,6 +694,53 @@ START_TEST(stat_capacity_inputs) {
 }
 END_TEST
 
+/* Reuseport workers that cannot bind (the test holds the VIPs' port
+ * without SO_REUSEPORT): uvip-echo says so and exits 1, without claiming
+ * to serve. */
+static void check_reuseport_bind_error(const char *mode) {
+  tx_proc_t p;
+  int lfd[NVIPS];
+  char out[4096] = "", err[4096] = "";
+  pick_vips();
+  for (int i = 0; i < NVIPS; i++) {
+    struct sockaddr_storage sa;
+    th_addr(vip_ip[i], port, &sa);
+    lfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd[i], 0);
+    ck_assert_int_eq(bind(lfd[i], (struct sockaddr *)&sa,
+                          sizeof(struct sockaddr_in)), 0);
+    ck_assert_int_eq(listen(lfd[i], 8), 0);
+  }
+  const char *extra[] = {"--workers", "2", "--worker-mode", mode, "--balance",
+                         "reuseport", NULL};
+  echo_spawn(&p, extra);
+  tx_read_rest(p.out, out, sizeof(out));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 1);
+  /* Threads bind within uvip_workers_listen(); a process reports it. */
+  if (strcmp(mode, "thread") == 0) {
+    ck_assert_msg(strstr(err, "uvip-echo: cannot listen: ") &&
+                  strstr(err, ": address already in use\n"), "%s", err);
+  } else {
+    ck_assert_msg(strstr(err, " cannot start: address already in use\n"),
+                  "%s", err);
+    ck_assert_msg(strstr(out, "uvip-echo: bye\n") != NULL, "%s", out);
+  }
+  ck_assert_msg(strstr(out, "every worker listens") == NULL, "%s", out);
+  for (int i = 0; i < NVIPS; i++)
+    close(lfd[i]);
+}
+
+START_TEST(echo_reuseport_bind_error_thread) {
+  check_reuseport_bind_error("thread");
+}
+END_TEST
+
+START_TEST(echo_reuseport_bind_error_process) {
+  check_reuseport_bind_error("process");
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("examples");
   TCase *tc = tcase_create("examples");
@@ -699,6 +762,8 @@ int main(void) {
   tcase_add_test(tc, stat_watch_sigint);
   tcase_add_test(tc, stat_many_vips);
   tcase_add_test(tc, stat_capacity_inputs);
+  tcase_add_test(tc, echo_reuseport_bind_error_thread);
+  tcase_add_test(tc, echo_reuseport_bind_error_process);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
