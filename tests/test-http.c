@@ -847,6 +847,39 @@ START_TEST(test_failed_vip) {
 }
 END_TEST
 
+/* Reuseport worker processes that cannot bind (the test holds the port
+ * without SO_REUSEPORT): uvip-http says so and exits 1, never "ready". */
+START_TEST(test_reuseport_bind_error) {
+  tx_proc_t p;
+  char portbuf[16], out[4096] = "", err[4096] = "";
+  int lfd[2];
+  srv_port = th_free_port();
+  snprintf(portbuf, sizeof(portbuf), "%d", srv_port);
+  for (int i = 0; i < 2; i++) {
+    struct sockaddr_storage sa;
+    th_addr(i ? "127.0.0.2" : "127.0.0.1", srv_port, &sa);
+    lfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd[i], 0);
+    ck_assert_int_eq(bind(lfd[i], (struct sockaddr *)&sa,
+                          sizeof(struct sockaddr_in)), 0);
+    ck_assert_int_eq(listen(lfd[i], 8), 0);
+  }
+  const char *argv[] = {http_bin(), "--listen", "127.0.0.1-127.0.0.2",
+                        "--port", portbuf, "--workers", "2", "--worker-mode",
+                        "process", "--balance", "reuseport",
+                        "--census-interval-ms", "0", NULL};
+  tx_spawn(&p, argv);
+  tx_read_rest(p.out, out, sizeof(out));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 1);
+  ck_assert_msg(strstr(err, " cannot start: address already in use\n"), "%s",
+                err);
+  ck_assert_msg(strstr(out, "ready") == NULL, "%s", out);
+  close(lfd[0]);
+  close(lfd[1]);
+}
+END_TEST
+
 START_TEST(test_version_help) {
   int rc;
   char cmd[4200];
@@ -930,6 +963,7 @@ int main(void) {
   tcase_add_test(tc, test_shutdown_timeout);
   tcase_add_test(tc, test_failed_vip);
   tcase_add_test(tc, test_version_help);
+  tcase_add_test(tc, test_reuseport_bind_error);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
