@@ -31,6 +31,8 @@ static uv_timer_t g_publish, g_drain;
 static uint64_t g_drain_deadline;
 static unsigned int g_reported; /* workers that reported their start */
 static int g_stopping, g_exit;
+static uint64_t g_census_ms;
+static const uvip_addrs_t *g_addrs;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -233,6 +235,16 @@ static int census_start(uv_loop_t *loop, const uvip_addrs_t *addrs,
   return r;
 }
 
+/* The census samples on the threadpool. With process workers it starts
+ * once they are all forked: a fork while a threadpool thread holds a lock
+ * (an allocator's, under ASan) leaves the child stuck on it. */
+static void start_census(uv_loop_t *loop) {
+  int r;
+  if (g_census_ms && (r = census_start(loop, g_addrs, g_census_ms)) != 0)
+    fprintf(stderr, "%s: census: %s (serving /metrics without it)\n",
+            ex_prog, uv_strerror(r));
+}
+
 static void on_done(http_server_t *hs) {
   (void)hs;
   ex_signals_close();
@@ -313,6 +325,7 @@ static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
   }
   printf("%s: ready\n", ex_prog);
   fflush(stdout);
+  start_census(uv_default_loop());
 }
 
 int main(int argc, char **argv) {
@@ -536,9 +549,10 @@ int main(int argc, char **argv) {
     ex_write_pid_file(pid_file);
   }
 
-  if (census_ms && (r = census_start(loop, addrs, census_ms)) != 0)
-    fprintf(stderr, "%s: census: %s (serving /metrics without it)\n",
-            ex_prog, uv_strerror(r));
+  g_census_ms = census_ms;
+  g_addrs = addrs;
+  if (!g_workers)
+    start_census(loop);
 
   uv_run(loop, UV_RUN_DEFAULT);
   http_server_free(g_http);
