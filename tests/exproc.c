@@ -75,9 +75,13 @@ int tx_wait_exit(tx_proc_t *p) {
 }
 
 char *tx_run(const char *args, int *rc) {
-  char cmd[4096], *out, *p;
-  snprintf(cmd, sizeof(cmd), "%s 2>&1; echo \"rc=$?\"", args);
+  static const char tail[] = " 2>&1; echo \"rc=$?\"";
+  size_t len = strlen(args) + sizeof(tail);
+  char *cmd = malloc(len), *out, *p;
+  ck_assert_ptr_nonnull(cmd);
+  snprintf(cmd, len, "%s%s", args, tail);
   out = th_cmd_output(cmd);
+  free(cmd);
   ck_assert_ptr_nonnull(out);
   p = strrchr(out, '\n');
   ck_assert_ptr_nonnull(p);

@@ -48,9 +48,14 @@ static void echo_down(tx_proc_t *p) {
 
 /* uvip-loadgen with args, to its end; returns its output (both streams). */
 static char *loadgen(const char *args, int *rc) {
-  char cmd[2048];
-  snprintf(cmd, sizeof(cmd), "%s %s", tx_bin("uvip-loadgen"), args);
-  return tx_run(cmd, rc);
+  const char *bin = tx_bin("uvip-loadgen");
+  size_t len = strlen(bin) + strlen(args) + 2;
+  char *cmd = malloc(len);
+  ck_assert_ptr_nonnull(cmd);
+  snprintf(cmd, len, "%s %s", bin, args);
+  char *out = tx_run(cmd, rc);
+  free(cmd);
+  return out;
 }
 
 static void loadgen_spawn(tx_proc_t *p, const char *const *args) {
