@@ -41,6 +41,10 @@ static uvip_workers_t *workers; /* --workers */
 static uv_signal_t usr1;        /* --workers: SIGUSR1 prints their counts */
 static uint64_t drain_waited_ms;
 static uvip_provision_t *prov; /* --provision: the addresses we added */
+static uvip_workers_options_t wcfg; /* --workers: as given */
+static unsigned workers_reported;   /* workers that reported their start */
+static int stopping;                /* the workers are being closed */
+static int exit_status;
 
 /* Runs at any exit, including exit() on a second signal, so that the
  * addresses this run added never outlive it. */
@@ -193,18 +197,30 @@ static void on_workers_closed(uvip_workers_t *w) {
   uvip_server_close(server, on_server_closed);
 }
 
+/* The connections the workers hold. Not the server's own count: with
+ * reuseport the workers accept on listeners of their own and the server's
+ * count stays 0 (their counts are then the ones they last reported). */
+static uint64_t workers_active(void) {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < uvip_workers_count(workers); i++) {
+    uvip_worker_stats_t ws;
+    if (uvip_workers_stats(workers, i, &ws) == 0)
+      n += ws.active;
+  }
+  return n;
+}
+
 /* With workers the connections live elsewhere: poll the count until they
  * are gone or the grace period is over, then close the workers (which
  * closes what is left). */
 static void on_drain_tick(uv_timer_t *t) {
-  uvip_vip_stats_t st;
-  uvip_server_stats(server, &st);
+  uint64_t active = workers_active();
   drain_waited_ms += 100;
-  if (st.active > 0 && drain_waited_ms < shutdown_ms)
+  if (active > 0 && drain_waited_ms < shutdown_ms)
     return;
-  if (st.active > 0)
+  if (active > 0)
     fprintf(stderr, "%s: closing %llu connections still open\n", ex_prog,
-            (unsigned long long)st.active);
+            (unsigned long long)active);
   uv_timer_stop(t);
   uvip_workers_close(workers, on_workers_closed);
 }
@@ -212,10 +228,14 @@ static void on_drain_tick(uv_timer_t *t) {
 static void on_signal(int signum) {
   uvip_vip_stats_t st;
   uvip_server_stats(server, &st);
+  if (workers && stopping)
+    return; /* a worker could not start: closing already */
   if (workers) {
+    stopping = 1;
     fprintf(stderr, "%s: %s, stopped accepting; waiting up to %llu ms for "
             "%llu connections\n", ex_prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
-            (unsigned long long)shutdown_ms, (unsigned long long)st.active);
+            (unsigned long long)shutdown_ms,
+            (unsigned long long)workers_active());
     print_workers(workers, 0);
     uvip_server_stop(server);
     uv_timer_start(&shutdown_timer, on_drain_tick, 0, 100);
@@ -230,6 +250,60 @@ static void on_signal(int signum) {
   uvip_server_close(server, on_server_closed);
   uv_timer_start(&shutdown_timer, on_shutdown_timeout, shutdown_ms, 0);
   uv_unref((uv_handle_t *)&shutdown_timer);
+}
+
+/* The listeners, and "serving N of M VIPs" (what whoever started us waits
+ * for). With workers, once every one of them is ready: before that a
+ * reuseport VIP has no listener yet. */
+static void announce(void) {
+  size_t ok = 0, n = uvip_server_vip_count(server);
+  if (workers) {
+    printf("%s: %u %s workers, balance %s\n", ex_prog, wcfg.nworkers,
+           wcfg.mode == UVIP_WORKER_PROCESS ? "process" : "thread",
+           wcfg.balance == UVIP_BALANCE_EXACT         ? "exact"
+           : wcfg.balance == UVIP_BALANCE_ROUND_ROBIN ? "round-robin"
+                                                       : "reuseport");
+  }
+  /* With reuseport the workers hold the listeners. */
+  if (workers && wcfg.balance == UVIP_BALANCE_REUSEPORT) {
+    printf("%s: every worker listens on the %zu VIPs with SO_REUSEPORT\n",
+           ex_prog, n);
+    ok = n = 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    uvip_vip_t *v = uvip_server_vip(server, i);
+    char a[UVIP_ADDRSTRLEN];
+    uvip_addr_format(uvip_vip_addr(v), 1, a, sizeof(a));
+    if (uvip_vip_state(v) == UVIP_VIP_LISTENING) {
+      printf("%s: listening on %s%s\n", ex_prog, a,
+             uvip_vip_adopted(v) ? " (adopted)" : "");
+      ok++;
+    } else {
+      fprintf(stderr, "%s: cannot listen on %s: %s\n", ex_prog, a,
+              uv_strerror(uvip_vip_error(v)));
+    }
+  }
+  if (n)
+    printf("%s: serving %zu of %zu VIPs\n", ex_prog, ok, n);
+  fflush(stdout);
+}
+
+/* Workers report their start asynchronously; one that cannot start (a
+ * reuseport bind error, a failed fork) ends the run with status 1. */
+static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
+  if (status < 0) {
+    fprintf(stderr, "%s: worker %u cannot start: %s\n", ex_prog, i,
+            uv_strerror(status));
+    exit_status = 1;
+  }
+  if (++workers_reported < uvip_workers_count(w) || stopping)
+    return; /* more to come, or a signal is closing them already */
+  if (exit_status == 0) {
+    announce();
+  } else {
+    stopping = 1;
+    uvip_workers_close(w, on_workers_closed);
+  }
 }
 
 /* Upgrade hooks: an echo connection carries no state, so every idle one
@@ -410,6 +484,8 @@ int main(int argc, char **argv) {
       rl.rlim_cur = rl.rlim_max;
       setrlimit(RLIMIT_NOFILE, &rl);
     }
+    wopts.ready_cb = on_worker_ready;
+    wcfg = wopts;
     if ((r = uvip_workers_new(server, &wopts, &workers)) != 0) {
       fprintf(stderr, "%s: workers: %s\n", ex_prog, uv_strerror(r));
       return 1;
@@ -446,36 +522,8 @@ int main(int argc, char **argv) {
     ex_write_pid_file(pid_file);
   }
 
-  size_t ok = 0, n = uvip_server_vip_count(server);
-  if (workers) {
-    printf("%s: %u %s workers, balance %s\n", ex_prog, wopts.nworkers,
-           wopts.mode == UVIP_WORKER_PROCESS ? "process" : "thread",
-           wopts.balance == UVIP_BALANCE_EXACT         ? "exact"
-           : wopts.balance == UVIP_BALANCE_ROUND_ROBIN ? "round-robin"
-                                                       : "reuseport");
-  }
-  /* With reuseport the workers hold the listeners. */
-  if (workers && wopts.balance == UVIP_BALANCE_REUSEPORT) {
-    printf("%s: every worker listens on the %zu VIPs with SO_REUSEPORT\n",
-           ex_prog, n);
-    ok = n = 0;
-  }
-  for (size_t i = 0; i < n; i++) {
-    uvip_vip_t *v = uvip_server_vip(server, i);
-    char a[UVIP_ADDRSTRLEN];
-    uvip_addr_format(uvip_vip_addr(v), 1, a, sizeof(a));
-    if (uvip_vip_state(v) == UVIP_VIP_LISTENING) {
-      printf("%s: listening on %s%s\n", ex_prog, a,
-             uvip_vip_adopted(v) ? " (adopted)" : "");
-      ok++;
-    } else {
-      fprintf(stderr, "%s: cannot listen on %s: %s\n", ex_prog, a,
-              uv_strerror(uvip_vip_error(v)));
-    }
-  }
-  if (n)
-    printf("%s: serving %zu of %zu VIPs\n", ex_prog, ok, n);
-  fflush(stdout);
+  if (!workers)
+    announce();
 
   uv_run(loop, UV_RUN_DEFAULT);
   uv_run(loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
@@ -483,5 +531,5 @@ int main(int argc, char **argv) {
   if (r != 0)
     fprintf(stderr, "%s: loop not empty at exit: %s\n", ex_prog, uv_strerror(r));
   printf("%s: bye\n", ex_prog);
-  return 0;
+  return exit_status;
 }

@@ -29,6 +29,10 @@ static http_shared_t *g_shared;
 static http_server_config_t g_cfg;
 static uv_timer_t g_publish, g_drain;
 static uint64_t g_drain_deadline;
+static unsigned int g_reported; /* workers that reported their start */
+static int g_stopping, g_exit;
+static uint64_t g_census_ms;
+static const uvip_addrs_t *g_addrs;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -231,6 +235,16 @@ static int census_start(uv_loop_t *loop, const uvip_addrs_t *addrs,
   return r;
 }
 
+/* The census samples on the threadpool. With process workers it starts
+ * once they are all forked: a fork while a threadpool thread holds a lock
+ * (an allocator's, under ASan) leaves the child stuck on it. */
+static void start_census(uv_loop_t *loop) {
+  int r;
+  if (g_census_ms && (r = census_start(loop, g_addrs, g_census_ms)) != 0)
+    fprintf(stderr, "%s: census: %s (serving /metrics without it)\n",
+            ex_prog, uv_strerror(r));
+}
+
 static void on_done(http_server_t *hs) {
   (void)hs;
   ex_signals_close();
@@ -268,8 +282,10 @@ static void upgrade_retire(size_t kept) {
   http_server_shutdown(g_http, on_done);
 }
 
-static void on_signal(int signum) {
-  fprintf(stderr, "%s: signal %d, stopping\n", ex_prog, signum);
+static void stop(void) {
+  if (g_stopping)
+    return;
+  g_stopping = 1;
   if (g_tracker) {
     if (g_http)
       http_server_ctx(g_http)->census_prom =
@@ -285,6 +301,31 @@ static void on_signal(int signum) {
     return;
   }
   http_server_shutdown(g_http, on_done);
+}
+
+static void on_signal(int signum) {
+  fprintf(stderr, "%s: signal %d, stopping\n", ex_prog, signum);
+  stop();
+}
+
+/* Workers report their start asynchronously: "ready" once all have (a
+ * reuseport VIP has no listener before); one that cannot start (a
+ * reuseport bind error, a failed fork) stops the server, exit status 1. */
+static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
+  if (status < 0) {
+    fprintf(stderr, "%s: worker %u cannot start: %s\n", ex_prog, i,
+            uv_strerror(status));
+    g_exit = 1;
+  }
+  if (++g_reported < uvip_workers_count(w) || g_stopping)
+    return;
+  if (g_exit) {
+    stop();
+    return;
+  }
+  printf("%s: ready\n", ex_prog);
+  fflush(stdout);
+  start_census(uv_default_loop());
 }
 
 int main(int argc, char **argv) {
@@ -459,6 +500,7 @@ int main(int argc, char **argv) {
   } else if (r == 0) {
     wo.init_cb = worker_init;
     wo.exit_cb = worker_exit;
+    wo.ready_cb = on_worker_ready;
     r = http_shared_new(uvip_addrs_count(addrs), wo.nworkers, &g_shared);
     if (r == 0)
       r = uvip_workers_new(server, &wo, &g_workers);
@@ -501,15 +543,16 @@ int main(int argc, char **argv) {
     if ((r = ex_upgrade_setup(loop, server, argv, pid_file, handoff_path,
                               &hooks)) != 0)
       fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
+    printf("%s: ready\n", ex_prog);
+    fflush(stdout);
   } else {
     ex_write_pid_file(pid_file);
   }
-  printf("%s: ready\n", ex_prog);
-  fflush(stdout);
 
-  if (census_ms && (r = census_start(loop, addrs, census_ms)) != 0)
-    fprintf(stderr, "%s: census: %s (serving /metrics without it)\n",
-            ex_prog, uv_strerror(r));
+  g_census_ms = census_ms;
+  g_addrs = addrs;
+  if (!g_workers)
+    start_census(loop);
 
   uv_run(loop, UV_RUN_DEFAULT);
   http_server_free(g_http);
@@ -520,5 +563,5 @@ int main(int argc, char **argv) {
   r = uv_loop_close(loop);
   if (r != 0)
     fprintf(stderr, "%s: loop close: %s\n", ex_prog, uv_strerror(r));
-  return 0;
+  return g_exit;
 }

@@ -7,9 +7,12 @@
  * copies of the suite running at once use different addresses, and the
  * port is a free one.
  * SPDX-License-Identifier: MIT */
+#include "exproc.h"
 #include "helpers.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,16 +29,6 @@ static char vip_spec[64];       /* "127.X.Y.1-127.X.Y.4" */
 static char vip_ip[NVIPS][20];  /* "127.X.Y.k" */
 static int port;
 
-static const char *bin(const char *name) {
-  static char path[2][4096];
-  static int k;
-  const char *dir = getenv("UVIP_BUILD_DIR");
-  ck_assert_msg(dir != NULL, "UVIP_BUILD_DIR not set");
-  k = !k;
-  snprintf(path[k], sizeof(path[k]), "%s/examples/%s", dir, name);
-  return path[k];
-}
-
 static void pick_vips(void) {
   unsigned pid = (unsigned)getpid();
   vip_x = 1 + (pid >> 8) % 250;
@@ -50,86 +43,43 @@ static void pick_vips(void) {
 
 /* ---- a running uvip-echo -------------------------------------------------- */
 
-typedef struct {
-  pid_t pid;
-  FILE *out, *err;
-} proc_t;
-
-static FILE *pipe_reader(int fds[2]) {
-  close(fds[1]);
-  FILE *f = fdopen(fds[0], "r");
-  ck_assert_ptr_nonnull(f);
-  return f;
-}
-
-static void spawn(proc_t *p, const char *const *argv) {
-  int out[2], err[2];
-  ck_assert_int_eq(pipe(out), 0);
-  ck_assert_int_eq(pipe(err), 0);
-  fflush(NULL);
-  p->pid = fork();
-  ck_assert_int_ge(p->pid, 0);
-  if (p->pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err[1], STDERR_FILENO);
-    close(out[0]);
-    close(out[1]);
-    close(err[0]);
-    close(err[1]);
-    execv(argv[0], (char *const *)argv);
-    _exit(127);
-  }
-  p->out = pipe_reader(out);
-  p->err = pipe_reader(err);
-}
-
-/* Reads lines from f until one contains want; fails at end of file. The
- * lines read are appended to seen (may be NULL). */
-static void expect_line(FILE *f, const char *want, char *seen, size_t len) {
-  char line[1024];
-  while (fgets(line, sizeof(line), f) != NULL) {
-    if (seen)
-      strncat(seen, line, len - strlen(seen) - 1);
-    if (strstr(line, want) != NULL)
-      return;
-  }
-  ck_abort_msg("no line with '%s' before end of output; seen:\n%s", want,
-               seen ? seen : "");
-}
-
-/* Reads what is left (until the program closes its end). */
-static void read_rest(FILE *f, char *seen, size_t len) {
-  char line[1024];
-  while (fgets(line, sizeof(line), f) != NULL)
-    strncat(seen, line, len - strlen(seen) - 1);
-}
-
-/* Waits for the program's exit and returns its exit status; a death by
- * signal fails the test. */
-static int wait_exit(proc_t *p) {
-  int st;
-  ck_assert_int_eq(waitpid(p->pid, &st, 0), p->pid);
-  ck_assert_msg(WIFEXITED(st), "killed by signal %d", WTERMSIG(st));
-  fclose(p->out);
-  fclose(p->err);
-  return WEXITSTATUS(st);
-}
-
-/* uvip-echo on the test's VIPs with extra arguments; returns once it has
- * said it serves all of them (after checking each "listening on" line). */
-static void echo_start(proc_t *p, const char *a1, const char *a2) {
-  char portbuf[16], seen[4096] = "", want[256];
+/* Starts uvip-echo on the test's VIPs with extra arguments (NULL
+ * terminated). */
+static void echo_spawn(tx_proc_t *p, const char *const *extra) {
+  static char portbuf[16];
+  const char *argv[32];
+  size_t n = 0;
   snprintf(portbuf, sizeof(portbuf), "%d", port);
-  const char *argv[] = {bin("uvip-echo"), "--listen", vip_spec, "--port",
-                        portbuf,          a1,         a2,       NULL};
-  spawn(p, argv);
+  argv[n++] = tx_bin("uvip-echo");
+  argv[n++] = "--listen";
+  argv[n++] = vip_spec;
+  argv[n++] = "--port";
+  argv[n++] = portbuf;
+  while (*extra && n < 31)
+    argv[n++] = *extra++;
+  argv[n] = NULL;
+  tx_spawn(p, argv);
+}
+
+/* Reads uvip-echo's output up to "serving N of N VIPs" and checks each
+ * "listening on" line before it. */
+static void echo_wait_serving(tx_proc_t *p) {
+  char seen[4096] = "", want[256];
   snprintf(want, sizeof(want), "serving %d of %d VIPs", NVIPS, NVIPS);
-  expect_line(p->out, want, seen, sizeof(seen));
+  tx_expect_line(p->out, want, seen, sizeof(seen));
   for (int i = 0; i < NVIPS; i++) {
     snprintf(want, sizeof(want), "uvip-echo: listening on %s:%d\n", vip_ip[i],
              port);
     ck_assert_msg(strstr(seen, want) != NULL, "no '%s' in:\n%s", want, seen);
   }
+}
+
+/* uvip-echo on the test's VIPs with extra arguments; returns once it has
+ * said it serves all of them. */
+static void echo_start(tx_proc_t *p, const char *a1, const char *a2) {
+  const char *extra[] = {a1, a2, NULL};
+  echo_spawn(p, extra);
+  echo_wait_serving(p);
 }
 
 /* A client connection from 127.0.0.1, so that the VIPs' own sockets are
@@ -141,53 +91,12 @@ static int client(int i) {
   return th_connect((struct sockaddr *)&dst, (struct sockaddr *)&src);
 }
 
-static void echo_check(int fd, const char *msg) {
-  size_t n = strlen(msg), got = 0;
-  char buf[256];
-  ck_assert_int_eq(write(fd, msg, n), (ssize_t)n);
-  while (got < n) {
-    ssize_t r = read(fd, buf + got, sizeof(buf) - got);
-    ck_assert_msg(r > 0, "read: %zd (%s)", r, strerror(errno));
-    got += (size_t)r;
-  }
-  ck_assert_uint_eq(got, n);
-  ck_assert(memcmp(buf, msg, n) == 0);
-}
-
-/* The server closed the connection: read() sees the end. */
-static void expect_eof(int fd) {
-  char c;
-  ssize_t r;
-  do
-    r = read(fd, &c, 1);
-  while (r < 0 && errno == EINTR);
-  ck_assert_msg(r == 0 || (r < 0 && errno == ECONNRESET), "read: %zd", r);
-}
-
-/* Runs a command line through the shell; returns its output (stdout and
- * stderr) and sets *rc to its exit status. */
-static char *run(const char *args, int *rc) {
-  char cmd[2048], *out, *p;
-  snprintf(cmd, sizeof(cmd), "%s 2>&1; echo \"rc=$?\"", args);
-  out = th_cmd_output(cmd);
-  ck_assert_ptr_nonnull(out);
-  p = strrchr(out, '\n');
-  ck_assert_ptr_nonnull(p);
-  *p = 0;
-  p = strrchr(out, '\n');
-  p = p ? p + 1 : out;
-  ck_assert_msg(strncmp(p, "rc=", 3) == 0, "no exit status in: %s", out);
-  *rc = atoi(p + 3);
-  *p = 0;
-  return out;
-}
-
 /* ---- tests ---------------------------------------------------------------- */
 
 /* Echo on every VIP, uvip-stat sees the listeners and the connections, and
  * SIGTERM drains: uvip-echo waits for the clients to go and exits 0. */
 START_TEST(echo_stat_sigterm) {
-  proc_t p;
+  tx_proc_t p;
   int fds[NVIPS], rc;
   char cmd[1024], want[256], *out;
 
@@ -197,13 +106,13 @@ START_TEST(echo_stat_sigterm) {
     char msg[256];
     fds[i] = client(i);
     snprintf(msg, sizeof(msg), "hello %s\n", vip_ip[i]);
-    echo_check(fds[i], msg);
+    tx_echo_check(fds[i], msg);
   }
 
   /* The table: one row per VIP and its listener. */
-  snprintf(cmd, sizeof(cmd), "%s --vips %s --top 0", bin("uvip-stat"),
+  snprintf(cmd, sizeof(cmd), "%s --vips %s --top 0", tx_bin("uvip-stat"),
            vip_spec);
-  out = run(cmd, &rc);
+  out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
   ck_assert_msg(strstr(out, "LISTENER") != NULL, "%s", out);
   for (int i = 0; i < NVIPS; i++) {
@@ -218,9 +127,9 @@ START_TEST(echo_stat_sigterm) {
 
   /* JSON: exact counts per VIP (one inbound connection, one listener) and
    * the listeners with their queue empty (uvip-echo accepts them all). */
-  snprintf(cmd, sizeof(cmd), "%s --vips %s --json", bin("uvip-stat"),
+  snprintf(cmd, sizeof(cmd), "%s --vips %s --json", tx_bin("uvip-stat"),
            vip_spec);
-  out = run(cmd, &rc);
+  out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
   for (int i = 0; i < NVIPS; i++) {
     snprintf(want, sizeof(want),
@@ -238,15 +147,15 @@ START_TEST(echo_stat_sigterm) {
   /* SIGTERM: it stops accepting and waits for the 4 connections. */
   char err[4096] = "", rest[4096] = "";
   ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
-  expect_line(p.err, "SIGTERM, stopped accepting; waiting up to 60000 ms for 4 "
+  tx_expect_line(p.err, "SIGTERM, stopped accepting; waiting up to 60000 ms for 4 "
                      "connections", err, sizeof(err));
   /* Still serving the open ones while it drains. */
-  echo_check(fds[0], "still there\n");
+  tx_echo_check(fds[0], "still there\n");
   for (int i = 0; i < NVIPS; i++)
     close(fds[i]);
-  read_rest(p.out, rest, sizeof(rest));
-  read_rest(p.err, err, sizeof(err));
-  ck_assert_int_eq(wait_exit(&p), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
   ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
   ck_assert_msg(strstr(err, "loop not empty") == NULL, "%s", err);
   ck_assert_msg(strstr(err, "closing") == NULL, "%s", err);
@@ -256,7 +165,7 @@ END_TEST
 /* SIGINT with connections open and no grace period: uvip-echo closes them
  * itself (the clients see the end) and exits 0. */
 START_TEST(echo_sigint_closes_conns) {
-  proc_t p;
+  tx_proc_t p;
   int fds[NVIPS];
   char err[4096] = "", rest[4096] = "";
 
@@ -264,18 +173,18 @@ START_TEST(echo_sigint_closes_conns) {
   echo_start(&p, "--shutdown-timeout", "0");
   for (int i = 0; i < NVIPS; i++) {
     fds[i] = client(i);
-    echo_check(fds[i], "x");
+    tx_echo_check(fds[i], "x");
   }
   ck_assert_int_eq(kill(p.pid, SIGINT), 0);
-  expect_line(p.err, "SIGINT, stopped accepting", err, sizeof(err));
-  expect_line(p.err, "closing 4 connections still open", err, sizeof(err));
+  tx_expect_line(p.err, "SIGINT, stopped accepting", err, sizeof(err));
+  tx_expect_line(p.err, "closing 4 connections still open", err, sizeof(err));
   for (int i = 0; i < NVIPS; i++) {
-    expect_eof(fds[i]);
+    tx_expect_eof(fds[i]);
     close(fds[i]);
   }
-  read_rest(p.out, rest, sizeof(rest));
-  read_rest(p.err, err, sizeof(err));
-  ck_assert_int_eq(wait_exit(&p), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
   ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
   ck_assert_msg(strstr(err, "loop not empty") == NULL, "%s", err);
 }
@@ -284,15 +193,15 @@ END_TEST
 /* SIGINT with nothing open: straight out, exit 0. A second signal during
  * a drain exits at once with status 1 and says so. */
 START_TEST(echo_signals) {
-  proc_t p;
+  tx_proc_t p;
   char err[4096] = "", rest[4096] = "";
 
   pick_vips();
   echo_start(&p, "--max-conns", "10");
   ck_assert_int_eq(kill(p.pid, SIGINT), 0);
-  read_rest(p.out, rest, sizeof(rest));
-  read_rest(p.err, err, sizeof(err));
-  ck_assert_int_eq(wait_exit(&p), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
   ck_assert_msg(strstr(err, "SIGINT, stopped accepting; waiting up to 5000 ms "
                             "for 0 connections") != NULL, "%s", err);
   ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
@@ -300,16 +209,16 @@ START_TEST(echo_signals) {
   err[0] = rest[0] = 0;
   echo_start(&p, "--shutdown-timeout", "60000");
   int fd = client(2);
-  echo_check(fd, "y");
+  tx_echo_check(fd, "y");
   ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
-  expect_line(p.err, "waiting up to 60000 ms for 1 connections", err,
+  tx_expect_line(p.err, "waiting up to 60000 ms for 1 connections", err,
               sizeof(err));
   ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
-  expect_line(p.err, "second signal, exiting now", err, sizeof(err));
-  read_rest(p.out, rest, sizeof(rest));
-  ck_assert_int_eq(wait_exit(&p), 1);
+  tx_expect_line(p.err, "second signal, exiting now", err, sizeof(err));
+  tx_read_rest(p.out, rest, sizeof(rest));
+  ck_assert_int_eq(tx_wait_exit(&p), 1);
   ck_assert_msg(strstr(rest, "bye") == NULL, "%s", rest);
-  expect_eof(fd);
+  tx_expect_eof(fd);
   close(fd);
 }
 END_TEST
@@ -349,8 +258,8 @@ START_TEST(bad_arguments) {
   char cmd[1024];
   int rc;
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-    snprintf(cmd, sizeof(cmd), "%s %s", bin(cases[i].prog), cases[i].args);
-    char *out = run(cmd, &rc);
+    snprintf(cmd, sizeof(cmd), "%s %s", tx_bin(cases[i].prog), cases[i].args);
+    char *out = tx_run(cmd, &rc);
     ck_assert_msg(rc == cases[i].rc, "%s %s: rc %d (want %d): %s",
                   cases[i].prog, cases[i].args, rc, cases[i].rc, out);
     ck_assert_msg(strstr(out, cases[i].msg) != NULL, "%s %s: no '%s' in: %s",
@@ -358,12 +267,12 @@ START_TEST(bad_arguments) {
     free(out);
   }
   /* --help is not an error. */
-  snprintf(cmd, sizeof(cmd), "%s --help", bin("uvip-echo"));
-  char *out = run(cmd, &rc);
+  snprintf(cmd, sizeof(cmd), "%s --help", tx_bin("uvip-echo"));
+  char *out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0 && strstr(out, "usage: uvip-echo") != NULL, "%s", out);
   free(out);
-  snprintf(cmd, sizeof(cmd), "%s --help", bin("uvip-stat"));
-  out = run(cmd, &rc);
+  snprintf(cmd, sizeof(cmd), "%s --help", tx_bin("uvip-stat"));
+  out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0 && strstr(out, "usage: uvip-stat") != NULL, "%s", out);
   free(out);
 }
@@ -373,18 +282,18 @@ END_TEST
  * (the tracker) prints exactly that many samples and exits 0; Prometheus
  * and the capacity report name the VIPs. */
 START_TEST(stat_modes) {
-  proc_t p;
+  tx_proc_t p;
   char cmd[1024], want[256], *out;
   int rc;
 
   pick_vips();
   echo_start(&p, "--shutdown-timeout", "0");
   int fd = client(1);
-  echo_check(fd, "z");
+  tx_echo_check(fd, "z");
 
   snprintf(cmd, sizeof(cmd), "%s --vips %s --json --watch 0.01 --count 3",
-           bin("uvip-stat"), vip_spec);
-  out = run(cmd, &rc);
+           tx_bin("uvip-stat"), vip_spec);
+  out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
   int objects = 0;
   for (char *s = out; (s = strstr(s, "{\"totals\":")) != NULL; s++)
@@ -392,9 +301,9 @@ START_TEST(stat_modes) {
   ck_assert_msg(objects == 3, "%d samples: %s", objects, out);
   free(out);
 
-  snprintf(cmd, sizeof(cmd), "%s --vips %s --prometheus", bin("uvip-stat"),
+  snprintf(cmd, sizeof(cmd), "%s --vips %s --prometheus", tx_bin("uvip-stat"),
            vip_spec);
-  out = run(cmd, &rc);
+  out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
   snprintf(want, sizeof(want),
            "uvip_vip_sockets{vip=\"%s\",state=\"established\",direction=\"in\"} 1\n",
@@ -406,8 +315,8 @@ START_TEST(stat_modes) {
   free(out);
 
   snprintf(cmd, sizeof(cmd), "%s --vips %s --capacity --target 1000000 "
-           "--procfs", bin("uvip-stat"), vip_spec);
-  out = run(cmd, &rc);
+           "--procfs", tx_bin("uvip-stat"), vip_spec);
+  out = tx_run(cmd, &rc);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
   ck_assert_msg(strstr(out, "(/proc/net/tcp)") != NULL, "%s", out);
   ck_assert_msg(strstr(out, "\ncapacity: overall ") != NULL, "%s", out);
@@ -419,9 +328,416 @@ START_TEST(stat_modes) {
   close(fd);
   ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
   char rest[4096] = "";
-  read_rest(p.out, rest, sizeof(rest));
-  ck_assert_int_eq(wait_exit(&p), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
   ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
+}
+END_TEST
+
+/* Reads the per-worker lines SIGUSR1 (or a shutdown) prints, "worker I:
+ * KEY N", for workers 0 and 1, and returns the sum of N; each count goes to
+ * n[i] when n is not NULL. */
+static unsigned long long worker_lines(FILE *out, const char *key,
+                                       unsigned long long n[2]) {
+  unsigned long long sum = 0;
+  for (int i = 0; i < 2; i++) {
+    char want[64], seen[1024] = "";
+    snprintf(want, sizeof(want), "uvip-echo: worker %d: %s ", i, key);
+    tx_expect_line(out, want, seen, sizeof(seen));
+    unsigned long long v = tx_num_after(strstr(seen, want), want);
+    if (n)
+      n[i] = v;
+    sum += v;
+  }
+  return sum;
+}
+
+/* uvip-echo with 2 workers: echo on every VIP through them, SIGUSR1 reports
+ * who holds the connections (exactly 4 each when the acceptor balances:
+ * exact and round-robin alternate for connections made one after another),
+ * SIGTERM drains and the final report counts every hand-off. */
+static void check_echo_workers(const char *mode, const char *balance) {
+  enum { NCONN = 8 };
+  tx_proc_t p;
+  int fds[NCONN];
+  int reuseport = strcmp(balance, "reuseport") == 0;
+  char want[256], err[4096] = "", rest[4096] = "";
+  unsigned long long n[2];
+
+  pick_vips();
+  const char *extra[] = {"--workers", "2", "--worker-mode", mode, "--balance",
+                         balance, "--shutdown-timeout", "60000", NULL};
+  echo_spawn(&p, extra);
+  snprintf(want, sizeof(want), "uvip-echo: 2 %s workers, balance %s\n", mode,
+           balance);
+  tx_expect_line(p.out, want, NULL, 0);
+  if (reuseport) {
+    tx_expect_line(p.out, "uvip-echo: every worker listens on the 4 VIPs with "
+                          "SO_REUSEPORT\n", NULL, 0);
+    /* Said once they do: each VIP has both workers' listeners (its row
+     * counts them; the listener table merges equal addresses). */
+    char cmd[1024];
+    int rc;
+    snprintf(cmd, sizeof(cmd), "%s --vips %s --json", tx_bin("uvip-stat"),
+             vip_spec);
+    char *out = tx_run(cmd, &rc);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+    for (int i = 0; i < NVIPS; i++) {
+      snprintf(want, sizeof(want), "{\"address\":\"%s\",", vip_ip[i]);
+      const char *row = strstr(out, want);
+      ck_assert_msg(row != NULL, "no row %s in:\n%s", want, out);
+      ck_assert_uint_eq(tx_num_after(row, "\"listen\":"), 2);
+    }
+    free(out);
+  } else {
+    echo_wait_serving(&p);
+  }
+  for (int i = 0; i < NCONN; i++) {
+    char msg[64];
+    fds[i] = client(i % NVIPS);
+    snprintf(msg, sizeof(msg), "through a worker %d\n", i);
+    tx_echo_check(fds[i], msg);
+  }
+
+  /* The acceptor's counts are exact at once; reuseport workers report
+   * theirs every 200 ms, so those are asked for until they are in (20 ms
+   * apart, at most 10 s). */
+  unsigned long long active = 0;
+  for (int tries = 0; active != NCONN; tries++) {
+    ck_assert_msg(tries < 500, "workers report %llu connections", active);
+    if (tries > 0)
+      (void)poll(NULL, 0, 20);
+    ck_assert_int_eq(kill(p.pid, SIGUSR1), 0);
+    active = worker_lines(p.out, "active", n);
+    ck_assert_msg(reuseport || active == NCONN, "%llu", active);
+  }
+  if (!reuseport) {
+    ck_assert_uint_eq(n[0], NCONN / 2);
+    ck_assert_uint_eq(n[1], NCONN / 2);
+  }
+
+  ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+  snprintf(want, sizeof(want), "SIGTERM, stopped accepting; waiting up to "
+                               "60000 ms for %d connections", NCONN);
+  tx_expect_line(p.err, want, err, sizeof(err));
+  /* The state at the signal, then the drain waits for the clients. */
+  ck_assert_uint_eq(worker_lines(p.out, "active", NULL), NCONN);
+  tx_echo_check(fds[0], "still served while draining\n");
+  for (int i = 0; i < NCONN; i++)
+    close(fds[i]);
+  ck_assert_uint_eq(worker_lines(p.out, "handed", n), NCONN);
+  if (!reuseport)
+    ck_assert_uint_eq(n[0], NCONN / 2);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+  ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
+  ck_assert_msg(strstr(err, "closing") == NULL, "%s", err);
+  ck_assert_msg(strstr(err, "loop not empty") == NULL, "%s", err);
+}
+
+START_TEST(echo_workers_thread_exact) { check_echo_workers("thread", "exact"); }
+END_TEST
+
+START_TEST(echo_workers_thread_rr) {
+  check_echo_workers("thread", "round-robin");
+}
+END_TEST
+
+START_TEST(echo_workers_process_exact) {
+  check_echo_workers("process", "exact");
+}
+END_TEST
+
+START_TEST(echo_workers_process_rr) {
+  check_echo_workers("process", "round-robin");
+}
+END_TEST
+
+START_TEST(echo_workers_thread_reuseport) {
+  check_echo_workers("thread", "reuseport");
+}
+END_TEST
+
+START_TEST(echo_workers_process_reuseport) {
+  check_echo_workers("process", "reuseport");
+}
+END_TEST
+
+/* Workers and no grace period: SIGINT closes the connections the workers
+ * hold (the clients see the end), says how many, and exits 0. */
+START_TEST(echo_workers_no_grace) {
+  tx_proc_t p;
+  int fds[NVIPS];
+  char err[4096] = "", rest[4096] = "";
+
+  pick_vips();
+  const char *extra[] = {"--workers", "2", "--worker-mode", "process",
+                         "--max-conns-per-worker", "100",
+                         "--shutdown-timeout", "0", NULL};
+  echo_spawn(&p, extra);
+  echo_wait_serving(&p);
+  for (int i = 0; i < NVIPS; i++) {
+    fds[i] = client(i);
+    tx_echo_check(fds[i], "held");
+  }
+  ck_assert_int_eq(kill(p.pid, SIGINT), 0);
+  tx_expect_line(p.err, "SIGINT, stopped accepting; waiting up to 0 ms for 4 "
+                        "connections", err, sizeof(err));
+  tx_expect_line(p.err, "closing 4 connections still open", err, sizeof(err));
+  for (int i = 0; i < NVIPS; i++) {
+    tx_expect_eof(fds[i]);
+    close(fds[i]);
+  }
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+  ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
+}
+END_TEST
+
+/* A client that writes much more than it reads: uvip-echo keeps what the
+ * socket cannot take, stops reading until it is written, and every byte
+ * comes back in order once the client reads. Phase 1 writes without
+ * reading until the client's own socket is full (which needs the server to
+ * have stopped reading); phase 2 reads and writes the rest. */
+START_TEST(echo_slow_reader) {
+  enum { TOTAL = 64 << 20 };
+  tx_proc_t p;
+  char rest[4096] = "";
+  static unsigned char wbuf[65536], rbuf[65536];
+  size_t sent = 0, got = 0;
+
+  pick_vips();
+  echo_start(&p, "--shutdown-timeout", "0");
+  int fd = client(0);
+  ck_assert_int_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+  for (;;) {
+    size_t n = sizeof(wbuf) < TOTAL - sent ? sizeof(wbuf) : TOTAL - sent;
+    for (size_t i = 0; i < n; i++)
+      wbuf[i] = (unsigned char)((sent + i) * 7 / 3);
+    ssize_t w = write(fd, wbuf, n);
+    if (w < 0) {
+      ck_assert_msg(errno == EAGAIN, "write: %s", strerror(errno));
+      break;
+    }
+    sent += (size_t)w;
+    ck_assert_msg(sent < TOTAL, "%d bytes written and the socket never "
+                                "filled", TOTAL);
+  }
+  while (got < TOTAL) {
+    struct pollfd pf = {.fd = fd, .events = POLLIN | (sent < TOTAL ? POLLOUT : 0)};
+    ck_assert_int_eq(poll(&pf, 1, 10000), 1);
+    if (pf.revents & POLLOUT) {
+      size_t n = sizeof(wbuf) < TOTAL - sent ? sizeof(wbuf) : TOTAL - sent;
+      for (size_t i = 0; i < n; i++)
+        wbuf[i] = (unsigned char)((sent + i) * 7 / 3);
+      ssize_t w = write(fd, wbuf, n);
+      ck_assert_msg(w > 0 || errno == EAGAIN, "write: %s", strerror(errno));
+      if (w > 0)
+        sent += (size_t)w;
+    }
+    if (pf.revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t r = read(fd, rbuf, sizeof(rbuf));
+      ck_assert_msg(r > 0 || (r < 0 && errno == EAGAIN), "read: %zd (%s)", r,
+                    strerror(errno));
+      /* One check per read: check's assertions are slow per byte. */
+      ssize_t bad = -1;
+      for (ssize_t i = 0; i < r && bad < 0; i++)
+        if (rbuf[i] != (unsigned char)((got + (size_t)i) * 7 / 3))
+          bad = i;
+      ck_assert_msg(bad < 0, "byte %zu differs", got + (size_t)bad);
+      if (r > 0)
+        got += (size_t)r;
+    }
+  }
+  ck_assert_uint_eq(got, TOTAL);
+  close(fd);
+  ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+  ck_assert_msg(strstr(rest, "uvip-echo: bye\n") != NULL, "%s", rest);
+}
+END_TEST
+
+/* A VIP that cannot be bound is named and the others are served; with
+ * --all-or-nothing it is fatal (exit 1). */
+START_TEST(echo_partial_listen) {
+  tx_proc_t p;
+  char want[256], err[4096] = "", rest[4096] = "";
+  int rc;
+
+  pick_vips();
+  /* TEST-NET-1 is on no interface of a test machine. */
+  const char *extra[] = {"--listen", "192.0.2.1", NULL};
+  echo_spawn(&p, extra);
+  snprintf(want, sizeof(want), "uvip-echo: cannot listen on 192.0.2.1:%d: ",
+           port);
+  tx_expect_line(p.err, want, err, sizeof(err));
+  snprintf(want, sizeof(want), "serving %d of %d VIPs", NVIPS, NVIPS + 1);
+  tx_expect_line(p.out, want, rest, sizeof(rest));
+  int fd = client(3);
+  tx_echo_check(fd, "the others serve");
+  close(fd);
+  ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "%s --listen %s --listen 192.0.2.1 --port %d "
+           "--all-or-nothing", tx_bin("uvip-echo"), vip_spec, port);
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 1, "rc %d: %s", rc, out);
+  snprintf(want, sizeof(want), "uvip-echo: cannot listen: 192.0.2.1:%d: ",
+           port);
+  ck_assert_msg(strstr(out, want) != NULL, "no '%s' in: %s", want, out);
+  free(out);
+}
+END_TEST
+
+/* --max-conns-per-vip 1: a second client of a VIP waits in the listen
+ * queue (uvip-stat sees it there, with the --backlog given) while another
+ * VIP still serves, and is served once the first one leaves. */
+START_TEST(echo_per_vip_cap) {
+  tx_proc_t p;
+  char cmd[1024], want[256], rest[4096] = "";
+  int rc;
+
+  pick_vips();
+  const char *extra[] = {"--max-conns-per-vip", "1", "--backlog", "16",
+                         "--accept-budget", "2", "--max-conns", "100", NULL};
+  echo_spawn(&p, extra);
+  echo_wait_serving(&p);
+  int a = client(0);
+  tx_echo_check(a, "first");
+  int b = client(0);
+  ck_assert_int_eq(write(b, "second", 6), 6);
+  /* Another VIP's connection goes through the same loop after b's. */
+  int c = client(1);
+  tx_echo_check(c, "other VIP");
+
+  snprintf(cmd, sizeof(cmd), "%s --vips %s --json", tx_bin("uvip-stat"),
+           vip_ip[0]);
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  snprintf(want, sizeof(want), "{\"address\":\"%s:%d\",\"queue\":1,"
+           "\"backlog\":16,", vip_ip[0], port);
+  ck_assert_msg(strstr(out, want) != NULL, "no '%s' in:\n%s", want, out);
+  free(out);
+
+  close(a);
+  char buf[16];
+  size_t got = 0;
+  while (got < 6) {
+    ssize_t r = read(b, buf + got, sizeof(buf) - got);
+    ck_assert_msg(r > 0, "read: %zd", r);
+    got += (size_t)r;
+  }
+  ck_assert(memcmp(buf, "second", 6) == 0);
+  close(b);
+  close(c);
+  ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+}
+END_TEST
+
+/* uvip-stat --watch without --count runs until SIGINT, then exits 0; an
+ * interval below 10 ms is taken as 10 ms. */
+START_TEST(stat_watch_sigint) {
+  tx_proc_t p;
+  char seen[8192] = "";
+  pick_vips();
+  const char *argv[] = {tx_bin("uvip-stat"), "--vips", "127.0.0.1",
+                        "--watch", "0.001", "--prometheus", NULL};
+  tx_spawn(&p, argv);
+  /* Two samples, then the signal. */
+  tx_expect_line(p.out, "# TYPE uvip_sockets gauge", seen, sizeof(seen));
+  tx_expect_line(p.out, "# TYPE uvip_sockets gauge", seen, sizeof(seen));
+  ck_assert_int_eq(kill(p.pid, SIGINT), 0);
+  tx_read_rest(p.out, NULL, 0);
+  tx_read_rest(p.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+}
+END_TEST
+
+/* --vips beyond the census's default table size (4096) is taken: every
+ * address gets its row. */
+START_TEST(stat_many_vips) {
+  char cmd[1024];
+  int rc;
+  snprintf(cmd, sizeof(cmd), "%s --vips 10.123.0.1-10.123.32.0 --top 0 | "
+           "grep -c '^10\\.123\\.'", tx_bin("uvip-stat"));
+  char *out = tx_run(cmd, &rc);
+  ck_assert_str_eq(out, "8192\n");
+  free(out);
+}
+END_TEST
+
+/* The capacity inputs: --sources multiplies the ports per destination,
+ * --processes the descriptors. */
+START_TEST(stat_capacity_inputs) {
+  char cmd[1024];
+  int rc;
+  snprintf(cmd, sizeof(cmd), "%s --vips 127.0.0.1 --json --sources 2 "
+           "--processes 3 | python3 -c 'import json,sys; d=json.load(sys.stdin); "
+           "c=d[\"capacity\"]; l=d[\"limits\"]; "
+           "print(c[\"per_destination\"] == 2 * c[\"usable_ports\"], "
+           "c[\"by_fds\"] == 3 * l[\"nofile_soft\"])'", tx_bin("uvip-stat"));
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+  ck_assert_str_eq(out, "True True\n");
+  free(out);
+}
+END_TEST
+
+/* Reuseport workers that cannot bind (the test holds the VIPs' port
+ * without SO_REUSEPORT): uvip-echo says so and exits 1, without claiming
+ * to serve. */
+static void check_reuseport_bind_error(const char *mode) {
+  tx_proc_t p;
+  int lfd[NVIPS];
+  char out[4096] = "", err[4096] = "";
+  pick_vips();
+  for (int i = 0; i < NVIPS; i++) {
+    struct sockaddr_storage sa;
+    th_addr(vip_ip[i], port, &sa);
+    lfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd[i], 0);
+    ck_assert_int_eq(bind(lfd[i], (struct sockaddr *)&sa,
+                          sizeof(struct sockaddr_in)), 0);
+    ck_assert_int_eq(listen(lfd[i], 8), 0);
+  }
+  const char *extra[] = {"--workers", "2", "--worker-mode", mode, "--balance",
+                         "reuseport", NULL};
+  echo_spawn(&p, extra);
+  tx_read_rest(p.out, out, sizeof(out));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 1);
+  /* Threads bind within uvip_workers_listen(); a process reports it. */
+  if (strcmp(mode, "thread") == 0) {
+    ck_assert_msg(strstr(err, "uvip-echo: cannot listen: ") &&
+                  strstr(err, ": address already in use\n"), "%s", err);
+  } else {
+    ck_assert_msg(strstr(err, " cannot start: address already in use\n"),
+                  "%s", err);
+    ck_assert_msg(strstr(out, "uvip-echo: bye\n") != NULL, "%s", out);
+  }
+  ck_assert_msg(strstr(out, "every worker listens") == NULL, "%s", out);
+  for (int i = 0; i < NVIPS; i++)
+    close(lfd[i]);
+}
+
+START_TEST(echo_reuseport_bind_error_thread) {
+  check_reuseport_bind_error("thread");
+}
+END_TEST
+
+START_TEST(echo_reuseport_bind_error_process) {
+  check_reuseport_bind_error("process");
 }
 END_TEST
 
@@ -433,6 +749,21 @@ int main(void) {
   tcase_add_test(tc, echo_signals);
   tcase_add_test(tc, bad_arguments);
   tcase_add_test(tc, stat_modes);
+  tcase_add_test(tc, echo_workers_thread_exact);
+  tcase_add_test(tc, echo_workers_thread_rr);
+  tcase_add_test(tc, echo_workers_process_exact);
+  tcase_add_test(tc, echo_workers_process_rr);
+  tcase_add_test(tc, echo_workers_thread_reuseport);
+  tcase_add_test(tc, echo_workers_process_reuseport);
+  tcase_add_test(tc, echo_workers_no_grace);
+  tcase_add_test(tc, echo_slow_reader);
+  tcase_add_test(tc, echo_partial_listen);
+  tcase_add_test(tc, echo_per_vip_cap);
+  tcase_add_test(tc, stat_watch_sigint);
+  tcase_add_test(tc, stat_many_vips);
+  tcase_add_test(tc, stat_capacity_inputs);
+  tcase_add_test(tc, echo_reuseport_bind_error_thread);
+  tcase_add_test(tc, echo_reuseport_bind_error_process);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -1,6 +1,7 @@
 /* uvip-http end to end: the real binary, real clients (curl and raw
  * sockets) on loopback VIPs.
  * SPDX-License-Identifier: MIT */
+#include "exproc.h"
 #include "helpers.h"
 
 #include <errno.h>
@@ -25,6 +26,8 @@ static int srv_port;
 /* The server's standard output, kept open: the tests wait for the lines it
  * prints (ready, census) rather than for time. */
 static FILE *srv_out;
+/* What it printed up to "ready" (the listeners, the workers). */
+static char srv_banner[4096];
 
 /* Reads the server's output until a line containing want; fails if the
  * server exits first. */
@@ -94,6 +97,7 @@ static void srv_start(const char *const *extra) {
   }
   ck_assert_msg(strstr(buf, "ready\n") != NULL,
                 "uvip-http exited before it was ready: '%s'", buf);
+  snprintf(srv_banner, sizeof(srv_banner), "%s", buf);
   ck_assert_ptr_nonnull(strstr(buf, "listening on http://127.0.0.1:"));
   ck_assert_ptr_nonnull(strstr(buf, "listening on http://127.0.0.2:"));
 }
@@ -741,6 +745,159 @@ END_TEST
 START_TEST(test_workers_process) { check_workers("process"); }
 END_TEST
 
+/* The listener and admission options are taken and the server serves
+ * with them; past 16 VIPs the listing is summed up; without the census
+ * /metrics and /stats.json carry none. */
+START_TEST(test_options_many_vips) {
+  const char *extra[] = {"--listen", "127.0.1.1-127.0.1.20", "--max-conns",
+                         "100", "--max-conns-per-vip", "50", "--accept-budget",
+                         "8", "--backlog", "64", "--reuseport",
+                         "--defer-accept", "0", "--census-interval-ms", "0",
+                         NULL};
+  char args[256], want[128];
+  srv_start(extra);
+  ck_assert_msg(strstr(srv_banner, "uvip-http: ... 22 VIPs in all\n"), "%s",
+                srv_banner);
+  snprintf(want, sizeof(want), "listening on http://127.0.1.14:%d/\n",
+           srv_port);
+  ck_assert_msg(strstr(srv_banner, want), "no '%s' in %s", want, srv_banner);
+  ck_assert_msg(!strstr(srv_banner, "listening on http://127.0.1.15:"), "%s",
+                srv_banner);
+  curl_ok("127.0.1.20");
+  curl_ok("127.0.0.2");
+  snprintf(args, sizeof(args), "http://127.0.1.20:%d/metrics", srv_port);
+  char *out = curl(args);
+  snprintf(want, sizeof(want),
+           "\nuvip_vip_accepted_total{vip=\"127.0.1.20:%d\"} 2\n", srv_port);
+  ck_assert_msg(strstr(out, want), "no '%s' in %s", want, out);
+  ck_assert_msg(!strstr(out, "\nuvip_sockets{"), "%s", out);
+  free(out);
+  char cmd[256];
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --max-time 10 http://127.0.0.1:%d/stats.json | python3 -c "
+           "'import json,sys; d=json.load(sys.stdin); "
+           "print(len(d[\"vips\"]), d[\"census\"])'",
+           srv_port);
+  out = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(out);
+  ck_assert_str_eq(out, "22 None\n");
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* The other balance modes serve on every VIP too. */
+static void check_balance(const char *balance) {
+  const char *extra[] = {"--workers", "2", "--balance", balance,
+                         "--census-interval-ms", "0", NULL};
+  srv_start(extra);
+  ck_assert_msg(strstr(srv_banner, "uvip-http: 2 thread workers\n"), "%s",
+                srv_banner);
+  for (int i = 0; i < 4; i++)
+    curl_ok(i % 2 ? "127.0.0.2" : "127.0.0.1");
+  srv_stop();
+}
+
+START_TEST(test_workers_round_robin) { check_balance("round-robin"); }
+END_TEST
+
+START_TEST(test_workers_reuseport) { check_balance("reuseport"); }
+END_TEST
+
+/* A client in the middle of its request headers does not hold a stop up
+ * past --shutdown-timeout-ms (the header timeout is a minute): it is
+ * closed and the server exits 0. */
+START_TEST(test_shutdown_timeout) {
+  const char *extra[] = {"--shutdown-timeout-ms", "200", "--header-timeout-ms",
+                         "60000", "--census-interval-ms", "0", NULL};
+  char buf[256];
+  size_t len = 0;
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  keepalive_roundtrip(fd);
+  send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\n");
+  /* A full request on another connection: the partial one has been read
+   * by then, in the same or an earlier loop turn. */
+  curl_ok("127.0.0.2");
+  srv_stop();
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  close(fd);
+}
+END_TEST
+
+/* A VIP that cannot be bound is named on stderr; the others serve. */
+START_TEST(test_failed_vip) {
+  tx_proc_t p;
+  char portbuf[16], want[128], rest[4096] = "";
+  srv_port = th_free_port();
+  snprintf(portbuf, sizeof(portbuf), "%d", srv_port);
+  /* TEST-NET-1 is on no interface of a test machine. */
+  const char *argv[] = {http_bin(), "--listen", "127.0.0.1", "--listen",
+                        "192.0.2.1", "--port", portbuf,
+                        "--census-interval-ms", "0", NULL};
+  tx_spawn(&p, argv);
+  snprintf(want, sizeof(want), "uvip-http: 192.0.2.1:%d: ", srv_port);
+  tx_expect_line(p.err, want, NULL, 0);
+  tx_expect_line(p.out, "uvip-http: ready\n", NULL, 0);
+  curl_ok("127.0.0.1");
+  ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+  tx_read_rest(p.out, rest, sizeof(rest));
+  tx_read_rest(p.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&p), 0);
+}
+END_TEST
+
+/* Reuseport worker processes that cannot bind (the test holds the port
+ * without SO_REUSEPORT): uvip-http says so and exits 1, never "ready". */
+START_TEST(test_reuseport_bind_error) {
+  tx_proc_t p;
+  char portbuf[16], out[4096] = "", err[4096] = "";
+  int lfd[2];
+  srv_port = th_free_port();
+  snprintf(portbuf, sizeof(portbuf), "%d", srv_port);
+  for (int i = 0; i < 2; i++) {
+    struct sockaddr_storage sa;
+    th_addr(i ? "127.0.0.2" : "127.0.0.1", srv_port, &sa);
+    lfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd[i], 0);
+    ck_assert_int_eq(bind(lfd[i], (struct sockaddr *)&sa,
+                          sizeof(struct sockaddr_in)), 0);
+    ck_assert_int_eq(listen(lfd[i], 8), 0);
+  }
+  const char *argv[] = {http_bin(), "--listen", "127.0.0.1-127.0.0.2",
+                        "--port", portbuf, "--workers", "2", "--worker-mode",
+                        "process", "--balance", "reuseport",
+                        "--census-interval-ms", "0", NULL};
+  tx_spawn(&p, argv);
+  tx_read_rest(p.out, out, sizeof(out));
+  tx_read_rest(p.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&p), 1);
+  ck_assert_msg(strstr(err, " cannot start: address already in use\n"), "%s",
+                err);
+  ck_assert_msg(strstr(out, "ready") == NULL, "%s", out);
+  close(lfd[0]);
+  close(lfd[1]);
+}
+END_TEST
+
+START_TEST(test_version_help) {
+  int rc;
+  char cmd[4200];
+  snprintf(cmd, sizeof(cmd), "%s --version", http_bin());
+  char *out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0 && strncmp(out, "uvip-http ", 10) == 0 &&
+                    strstr(out, " (libuv ") && strstr(out, ", llhttp "),
+                "rc %d: %s", rc, out);
+  free(out);
+  snprintf(cmd, sizeof(cmd), "%s --help", http_bin());
+  out = tx_run(cmd, &rc);
+  ck_assert_msg(rc == 0 && strstr(out, "usage: uvip-http [options]\n") &&
+                    strstr(out, "--census-interval-ms N"),
+                "rc %d: %s", rc, out);
+  free(out);
+}
+END_TEST
+
 static void expect_usage_error(const char *args, const char *name) {
   char cmd[4096 + 512];
   snprintf(cmd, sizeof(cmd), "%s %s 2>&1; echo \"status=$?\"", http_bin(),
@@ -765,6 +922,13 @@ START_TEST(test_bad_args) {
   expect_usage_error("--bogus", "--bogus");
   expect_usage_error("--port", "--port");
   expect_usage_error("stray", "stray");
+  expect_usage_error("--census-interval-ms 5", "--census-interval-ms");
+  char many[4096];
+  size_t len = 0;
+  for (int i = 0; i < 65; i++)
+    len += (size_t)snprintf(many + len, sizeof(many) - len,
+                            "--listen 127.0.0.%d ", i + 1);
+  expect_usage_error(many, "--listen: at most 64 times");
 }
 END_TEST
 
@@ -793,6 +957,13 @@ int main(void) {
   tcase_add_test(tc, test_workers_process);
   tcase_add_test(tc, test_graceful_stop_workers_thread);
   tcase_add_test(tc, test_graceful_stop_workers_process);
+  tcase_add_test(tc, test_options_many_vips);
+  tcase_add_test(tc, test_workers_round_robin);
+  tcase_add_test(tc, test_workers_reuseport);
+  tcase_add_test(tc, test_shutdown_timeout);
+  tcase_add_test(tc, test_failed_vip);
+  tcase_add_test(tc, test_version_help);
+  tcase_add_test(tc, test_reuseport_bind_error);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
