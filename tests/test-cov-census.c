@@ -376,6 +376,41 @@ START_TEST(syn_recv_per_listener) {
 }
 END_TEST
 
+/* A dual-stack [::] listener's IPv4 handshakes are IPv4 request sockets:
+ * they are its SYN_RECV all the same. */
+START_TEST(syn_recv_dual_stack_listener) {
+  int defer = 600, off = 0, fds[2];
+  struct sockaddr_storage sa;
+  cs_fresh_netns();
+  th_addr("::", 7120, &sa);
+  int l = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(l, 0);
+  ck_assert_int_eq(setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)), 0);
+  ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(struct sockaddr_in6)), 0);
+  ck_assert_int_eq(listen(l, 16), 0);
+  ck_assert_int_eq(setsockopt(l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)), 0);
+  fds[0] = cs_connect_from("127.77.0.2", "127.77.0.1", 7120, 0);
+  fds[1] = cs_connect_from("::1", "::1", 7120, 0);
+  ck_assert_int_ge(fds[0], 0);
+  ck_assert_int_ge(fds[1], 0);
+  for (int p = 0; p < 2; p++) {
+    uvip_census_t *c = sampled(p ? UVIP_CENSUS_PROCFS : 0, 0);
+    if (!p)
+      cs_compare_with_ss(c);
+    ck_assert_uint_eq(uvip_census_totals(c)->in[UVIP_TCP_SYN_RECV], 2);
+    ck_assert_uint_eq(cs_row(c, "127.77.0.1", UVIP_TCP_SYN_RECV, 1), 1);
+    ck_assert_uint_eq(cs_row(c, "::1", UVIP_TCP_SYN_RECV, 1), 1);
+    ck_assert_uint_eq(uvip_census_listener_count(c), 1);
+    ck_assert_str_eq(addr_of(&uvip_census_listener(c, 0)->addr, 1), "[::]:7120");
+    ck_assert_uint_eq(uvip_census_listener(c, 0)->syn_recv, 2);
+    uvip_census_free(c);
+  }
+  close(fds[0]);
+  close(fds[1]);
+  close(l);
+}
+END_TEST
+
 /* Inbound means "a listener has this address and port now": once the
  * listener is closed, the connections it accepted count as outbound, each
  * a tuple of its own. */
@@ -1746,6 +1781,7 @@ int main(void) {
   Suite *s = suite_create("cov-census");
   TCase *tc = tcase_create("cov-census");
   tcase_add_test(tc, syn_recv_per_listener);
+  tcase_add_test(tc, syn_recv_dual_stack_listener);
   tcase_add_test(tc, closed_listener_leaves_outbound);
   tcase_add_test(tc, families);
   tcase_add_test(tc, merge_overflow_across_shards);
