@@ -713,7 +713,7 @@ START_TEST(netlink_faults) {
   same_census(ref, c);
   uvip_census_free(c);
   F.sendto_errno = EACCES;
-  c = sampled(0, 1);
+  c = sampled(0, 2);
   F.sendto_errno = 0;
   ck_assert_int_eq(uvip_census_info(c)->source, UVIP_CENSUS_SRC_PROCFS);
   same_census(ref, c);
@@ -983,6 +983,27 @@ START_TEST(limits_malformed) {
   ck_assert_int_eq(L.port_hi, 40099);
   ck_assert_int_eq(L.reserved_in_range, 5 + 1 + 10);
   ck_assert_int_eq(L.usable_ports, 100 - 16);
+  /* No reserved-ports file: none reserved, and flagged. */
+  fake(RESERVED, NULL);
+  ck_assert_int_eq(uvip_limits_read(&L), 0);
+  ck_assert(L.missing & UVIP_LIMIT_RESERVED_PORTS);
+  ck_assert_int_eq(L.reserved_in_range, 0);
+  ck_assert_int_eq(L.usable_ports, 100);
+  /* No TcpExt at all; more names than values (the rest unread). */
+  fake("/proc/net/netstat", "IpExt: A\nIpExt: 1\n");
+  ck_assert_int_eq(uvip_limits_read(&L), 0);
+  ck_assert(L.missing & UVIP_LIMIT_NETSTAT);
+  fake("/proc/net/netstat", "TcpExt: ListenDrops TW\nTcpExt: 7\n");
+  ck_assert_int_eq(uvip_limits_read(&L), 0);
+  ck_assert(!(L.missing & UVIP_LIMIT_NETSTAT));
+  ck_assert_uint_eq(L.netstat.listen_drops, 7);
+  ck_assert_uint_eq(L.netstat.tw, 0);
+  fake("/proc/meminfo", "MemTotal: lots kB\n");
+  ck_assert_int_eq(uvip_limits_read(&L), 0);
+  ck_assert_int_eq(L.mem_total, -1);
+  fake("/proc/meminfo", "MemTotal:       2048 kB\n");
+  ck_assert_int_eq(uvip_limits_read(&L), 0);
+  ck_assert_int_eq(L.mem_total, 2048 * 1024);
   fake_end();
 }
 END_TEST
@@ -1026,6 +1047,13 @@ START_TEST(out_of_descriptors) {
   }
   ck_assert_int_eq(errno, EMFILE);
   ck_assert_int_eq(uvip_census_sample(c), UV_EMFILE);
+  uvip_census_t *p = NULL;
+  uvip_census_options_t o;
+  uvip_census_options_init(&o);
+  o.flags = UVIP_CENSUS_PROCFS;
+  ck_assert_int_eq(uvip_census_new(NULL, &o, &p), 0);
+  ck_assert_int_eq(uvip_census_sample(p), UV_EMFILE);
+  uvip_census_free(p);
   uvip_limits_t L;
   ck_assert_int_eq(uvip_limits_read(&L), 0);
   ck_assert_uint_eq(L.missing, 0xfffu);
@@ -1127,6 +1155,47 @@ START_TEST(capacity_destinations_and_saturation) {
     close(fds[i]);
   close(l1);
   close(l3);
+}
+END_TEST
+
+/* Only inbound traffic (a census of the listening VIP): clients bring
+ * their own ports, so ports bound nothing and descriptors bind; a pool
+ * description with outbound sources makes ports a bound again. */
+START_TEST(capacity_inbound_only) {
+  int fds[2];
+  cs_fresh_netns();
+  cs_sysctl(RANGE, "40000 40099");
+  int l = cs_listen("127.77.0.1", 7720, 16);
+  for (int i = 0; i < 2; i++)
+    fds[i] = cs_connect_from("127.77.0.2", "127.77.0.1", 7720, 0);
+  uvip_addrs_t *a = th_addrs("127.77.0.1", 0);
+  uvip_census_t *c = NULL;
+  ck_assert_int_eq(uvip_census_new(a, NULL, &c), 0);
+  ck_assert_int_eq(uvip_census_sample(c), 0);
+  ck_assert_uint_eq(uvip_census_tuple_count(c), 0);
+  uvip_capacity_t cap;
+  ck_assert_int_eq(uvip_capacity_compute(c, NULL, &cap), 0);
+  ck_assert_uint_eq(cap.by_ports, UINT64_MAX);
+  ck_assert_uint_eq(cap.per_client_addr, 100);
+  ck_assert_int_eq(cap.binding, UVIP_BOUND_FDS);
+  ck_assert_uint_eq(cap.overall, cap.by_fds);
+  ck_assert_uint_eq(cap.conns_now, 2);
+  ck_assert(cap.worst_tuple_use == 0);
+  ck_assert(!has_advice(&cap, "ip_local_port_range"));
+  uvip_capacity_input_t in;
+  uvip_capacity_input_init(&in);
+  in.sources = 3;
+  in.listen_ports = 4;
+  ck_assert_int_eq(uvip_capacity_compute(c, &in, &cap), 0);
+  ck_assert_uint_eq(cap.per_destination, 300);
+  ck_assert_uint_eq(cap.by_ports, 300);
+  ck_assert_uint_eq(cap.per_client_addr, 400);
+  ck_assert_int_eq(cap.binding, UVIP_BOUND_PORTS);
+  uvip_census_free(c);
+  uvip_addrs_free(a);
+  for (int i = 0; i < 2; i++)
+    close(fds[i]);
+  close(l);
 }
 END_TEST
 
@@ -1261,6 +1330,15 @@ START_TEST(capacity_all_advice) {
   ck_assert_int_eq(info->has_netstat_delta, 1);
   ck_assert_uint_eq(info->netstat_delta.syncookies_sent, 5);
   ck_assert_uint_eq(info->netstat_delta.tw_overflow, 4);
+  /* Counters that went backwards (a namespace's reset) rise by 0. */
+  uvip_census_t *back = sampled(0, 0);
+  fake("/proc/net/netstat", NETSTAT("0", "0", "3", "0"));
+  ck_assert_int_eq(uvip_census_sample(back), 0);
+  ck_assert_int_eq(uvip_census_info(back)->has_netstat_delta, 1);
+  ck_assert_uint_eq(uvip_census_info(back)->netstat_delta.listen_drops, 0);
+  ck_assert_uint_eq(uvip_census_info(back)->netstat_delta.tw_overflow, 0);
+  ck_assert_uint_eq(uvip_census_info(back)->netstat_delta.syncookies_sent, 0);
+  uvip_census_free(back);
   uvip_capacity_input_t in;
   uvip_capacity_t cap;
   uvip_capacity_input_init(&in);
@@ -1585,6 +1663,20 @@ static void nl_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
     t_finish(t);
 }
 
+static void tw_stop_event(uvip_tracker_t *t, const uvip_tracker_event_t *ev) {
+  t_event(t, ev);
+  if (ev->kind == UVIP_EVENT_TIME_WAIT)
+    t_finish(t);
+}
+
+static void nl_sample_limits(uvip_tracker_t *t, const uvip_census_t *c, int status) {
+  ck_assert_int_eq(status, 0);
+  ck_assert_int_eq(uvip_census_limits(c)->tcp_max_tw_buckets, -1);
+  ck_assert_uint_eq(uvip_census_totals(c)->out[UVIP_TCP_TIME_WAIT], 4);
+  if (++T.step == 3)
+    t_finish(t);
+}
+
 /* With sockstat unreadable, TIME_WAITs are the census's own count. */
 static void tc_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
   ck_assert_int_eq(status, 0);
@@ -1620,6 +1712,19 @@ START_TEST(tracker_time_wait_sources) {
   only(&o, UVIP_EVENT_TIME_WAIT);
   t = t_new(&loop, &o);
   t_run(&loop, t, tc_sample, t_event);
+  t_close(&loop, t);
+
+  /* No sample callback: the event alone says it. */
+  t = t_new(&loop, &o);
+  t_run(&loop, t, NULL, tw_stop_event);
+  ck_assert_int_eq(T.ev[UVIP_EVENT_TIME_WAIT][1], 1);
+  t_close(&loop, t);
+
+  /* Buckets unknown: no TIME_WAIT check. */
+  fake(TW_BUCKETS, "");
+  t = t_new(&loop, &o);
+  t_run(&loop, t, nl_sample_limits, t_event);
+  ck_assert_int_eq(T.ev[UVIP_EVENT_TIME_WAIT][1], 0);
   t_close(&loop, t);
   fake_end();
 }
@@ -1796,6 +1901,7 @@ int main(void) {
   tcase_add_test(tc, out_of_descriptors);
   tcase_add_test(tc, capacity_arguments);
   tcase_add_test(tc, capacity_destinations_and_saturation);
+  tcase_add_test(tc, capacity_inbound_only);
   tcase_add_test(tc, capacity_zero_usable_ports);
   tcase_add_test(tc, capacity_time_wait_binds);
   tcase_add_test(tc, capacity_fd_use);
