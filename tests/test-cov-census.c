@@ -22,6 +22,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "census-ss.h"
@@ -926,8 +928,17 @@ START_TEST(limits_missing) {
   ck_assert_uint_eq(cap.by_time_wait, UINT64_MAX);
   ck_assert(cap.time_wait_use == 0);
   ck_assert_int_eq(cap.binding, UVIP_BOUND_PORTS);
-  /* Nothing is said about a range that could not be read. */
+  /* Nothing is said about a range that could not be read, nor about
+   * nr_open and file-max; RLIMIT_NOFILE is known. */
   ck_assert(!has_advice(&cap, "ip_local_port_range"));
+  in.target_conns = 1u << 30;
+  ck_assert_int_eq(uvip_capacity_compute(c, &in, &cap), 0);
+  ck_assert(has_advice(&cap, "raise RLIMIT_NOFILE (ulimit -n"));
+  ck_assert(!has_advice(&cap, "nr_open"));
+  ck_assert(!has_advice(&cap, "file-max"));
+  ck_assert(!has_advice(&cap, "memory"));
+  in.target_conns = 100;
+  ck_assert_int_eq(uvip_capacity_compute(c, &in, &cap), 0);
   ck_assert(!has_advice(&cap, "add source VIPs"));
   ck_assert(!has_advice(&cap, "source VIPs per destination"));
   char *json = render(c, &cap, UVIP_RENDER_JSON);
@@ -977,7 +988,7 @@ START_TEST(limits_malformed) {
   ck_assert_uint_eq(L.netstat.listen_overflows, 0);
   /* Reserved ports count only inside the range, ranges clipped to it. */
   fake(RANGE, "40000\t40099\n");
-  fake(RESERVED, "1000-40004,40050,40090-50000,60000\n");
+  fake(RESERVED, "1000-40004,40050 40090-50000,60000\n");
   ck_assert_int_eq(uvip_limits_read(&L), 0);
   ck_assert_int_eq(L.port_lo, 40000);
   ck_assert_int_eq(L.port_hi, 40099);
@@ -1066,6 +1077,131 @@ START_TEST(out_of_descriptors) {
   ck_assert_int_eq(uvip_census_limits(c)->has_bind_address_no_port, 1);
   uvip_census_free(c);
   ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+}
+END_TEST
+
+/* A read of /proc interrupted by a signal (a handler without SA_RESTART,
+ * as an application may install) is retried: no value is lost. The file
+ * is a FIFO the test holds open, so the reading thread is certainly
+ * blocked in read() when the signal comes; the test sees that in
+ * /proc/self/task/TID/syscall. */
+static volatile sig_atomic_t usr1_seen;
+static void on_usr1(int sig) {
+  (void)sig;
+  usr1_seen++;
+}
+
+typedef struct reader {
+  pid_t tid;
+  int procfs; /* 0: uvip_limits_read(); 1: a /proc census sample */
+  int rc;
+  uvip_limits_t L;
+  uvip_census_t *c;
+} reader_t;
+
+static void *reader_main(void *arg) {
+  reader_t *r = arg;
+  __atomic_store_n(&r->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+  r->rc = r->procfs ? uvip_census_sample(r->c) : uvip_limits_read(&r->L);
+  return NULL;
+}
+
+/* Waits until thread tid sleeps in read() on a descriptor (other than
+ * own_fd) open on path. */
+static void wait_reading(pid_t tid, const char *path, int own_fd) {
+  char p[64], link[256], sc[128];
+  for (int tries = 0; tries < 20000; tries++) {
+    for (int fd = 0; fd < 1024; fd++) {
+      if (fd == own_fd)
+        continue;
+      snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+      ssize_t n = readlink(p, link, sizeof(link) - 1);
+      if (n <= 0)
+        continue;
+      link[n] = 0;
+      if (strcmp(link, path) != 0)
+        continue;
+      snprintf(p, sizeof(p), "/proc/self/task/%d/syscall", (int)tid);
+      int sfd = open(p, O_RDONLY | O_CLOEXEC);
+      ck_assert_int_ge(sfd, 0);
+      n = read(sfd, sc, sizeof(sc) - 1);
+      close(sfd);
+      char want[32];
+      snprintf(want, sizeof(want), "%d 0x%x ", (int)SYS_read, fd);
+      if (n > 0 && strncmp(sc, want, strlen(want)) == 0)
+        return;
+    }
+    usleep(500);
+  }
+  ck_abort_msg("the reader never blocked in read()");
+}
+
+static void interrupted_read(const char *proc_path, int procfs,
+                             const char *content) {
+  struct sigaction sa, old;
+  reader_t r;
+  pthread_t th;
+  memset(&r, 0, sizeof(r));
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_usr1; /* no SA_RESTART: read() returns EINTR */
+  ck_assert_int_eq(sigaction(SIGUSR1, &sa, &old), 0);
+  const char *fifo = fake_path(procfs ? "tcp-fifo" : "range-fifo");
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  int wfd = open(fifo, O_RDWR | O_CLOEXEC); /* the reader's open won't wait */
+  ck_assert_int_ge(wfd, 0);
+  redirect(proc_path, fifo);
+  if (procfs) {
+    uvip_census_options_t o;
+    uvip_census_options_init(&o);
+    o.flags = UVIP_CENSUS_PROCFS | UVIP_CENSUS_NO_IPV6 | UVIP_CENSUS_NO_LIMITS;
+    ck_assert_int_eq(uvip_census_new(NULL, &o, &r.c), 0);
+  }
+  r.procfs = procfs;
+  usr1_seen = 0;
+  ck_assert_int_eq(pthread_create(&th, NULL, reader_main, &r), 0);
+  while (__atomic_load_n(&r.tid, __ATOMIC_ACQUIRE) == 0)
+    sched_yield();
+  wait_reading(r.tid, fifo, wfd);
+  ck_assert_int_eq(pthread_kill(th, SIGUSR1), 0);
+  /* The handler ran on the reader (and its read() returned EINTR). */
+  for (int i = 0; i < 20000 && !usr1_seen; i++)
+    usleep(500);
+  ck_assert_int_eq(usr1_seen, 1);
+  wait_reading(r.tid, fifo, wfd); /* reading again */
+  ck_assert_int_eq(write(wfd, content, strlen(content)), (ssize_t)strlen(content));
+  close(wfd);
+  ck_assert_int_eq(pthread_join(th, NULL), 0);
+  ck_assert_int_eq(r.rc, 0);
+  if (procfs) {
+    ck_assert_uint_eq(uvip_census_listener_count(r.c), 1);
+    ck_assert_uint_eq(uvip_census_listener(r.c, 0)->queue, 5);
+    uvip_census_free(r.c);
+  } else {
+    ck_assert_int_eq(r.L.port_lo, 40000);
+    ck_assert_int_eq(r.L.port_hi, 40099);
+  }
+  ck_assert_int_eq(sigaction(SIGUSR1, &old, NULL), 0);
+  fake_end();
+}
+
+START_TEST(proc_reads_survive_signals) {
+  interrupted_read(RANGE, 0, "40000\t40099\n");
+  interrupted_read("/proc/net/tcp", 1, TCP_HEAD
+                   "   0: 0100007F:1B58 00000000:0000 0A 00000000:00000005" REST);
+}
+END_TEST
+
+/* A file longer than the reader's buffer: its beginning is read. */
+START_TEST(proc_file_longer_than_buffer) {
+  char big[1024];
+  uvip_limits_t L;
+  memset(big, ' ', sizeof(big));
+  memcpy(big, "1000", 4);
+  big[sizeof(big) - 1] = 0;
+  fake("/proc/sys/fs/file-max", big);
+  ck_assert_int_eq(uvip_limits_read(&L), 0);
+  ck_assert_int_eq(L.file_max, 1000);
+  fake_end();
 }
 END_TEST
 
@@ -1730,6 +1866,80 @@ START_TEST(tracker_time_wait_sources) {
 }
 END_TEST
 
+/* Stopped from inside the first event of a sample that has two: the
+ * second is not reported, nor the sample. */
+static void se_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
+  (void)t;
+  (void)c;
+  (void)status;
+  ck_abort_msg("sample reported after stop");
+}
+
+static void se_event(uvip_tracker_t *t, const uvip_tracker_event_t *ev) {
+  t_event(t, ev);
+  ck_assert_int_eq(uvip_tracker_stop(t), 0);
+}
+
+START_TEST(tracker_stop_from_event) {
+  uv_loop_t loop;
+  uvip_tracker_options_t o;
+  cs_fresh_netns_once();
+  cs_sysctl(RANGE, "40000 40009");
+  uvip_tracker_options_init(&o);
+  o.ports_use = 0.5;
+  o.listen_queue_use = 0.5;
+  uvip_tracker_t *t = t_new(&loop, &o);
+  T.lfd = cs_listen("127.77.0.1", 8400, 8);
+  for (int i = 0; i < 6; i++) /* 6 of 10 ports; 6 queued of 8 */
+    T.fds[T.nfds++] = cs_connect_from("127.77.0.2", "127.77.0.1", 8400, 0);
+  ck_assert_int_eq(uvip_tracker_start(t, se_sample, se_event), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  int n = 0;
+  for (int k = 0; k < 5; k++)
+    n += T.ev[k][0] + T.ev[k][1];
+  ck_assert_int_eq(n, 1);
+  ck_assert_int_eq(T.ev[UVIP_EVENT_PORTS][1], 1); /* tuples come first */
+  uint64_t samples = 0;
+  ck_assert_int_eq(uvip_tracker_counts(t, &samples, NULL), 0);
+  ck_assert_uint_eq(samples, 1);
+  t_close(&loop, t);
+  for (int i = 0; i < T.nfds; i++)
+    cs_abort(T.fds[i]);
+  close(T.lfd);
+  cs_sysctl(RANGE, "32768 60999");
+}
+END_TEST
+
+/* TcpExt unreadable: no deltas, so no overflow events, however the
+ * listen queue overflows. */
+static void nn_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
+  ck_assert_int_eq(status, 0);
+  ck_assert_int_eq(uvip_census_info(c)->has_netstat_delta, 0);
+  ck_assert(uvip_census_limits(c)->missing & UVIP_LIMIT_NETSTAT);
+  /* backlog 0 holds one; the others' SYNs overflow it */
+  T.fds[T.nfds++] = cs_connect_from("127.77.0.2", "127.77.0.1", 8500, 1);
+  if (++T.step == 3)
+    t_finish(t);
+}
+
+START_TEST(tracker_without_netstat) {
+  uv_loop_t loop;
+  uvip_tracker_options_t o;
+  cs_fresh_netns_once();
+  fake("/proc/net/netstat", NULL);
+  only(&o, UVIP_EVENT_OVERFLOW);
+  uvip_tracker_t *t = t_new(&loop, &o);
+  T.lfd = cs_listen("127.77.0.1", 8500, 0);
+  t_run(&loop, t, nn_sample, t_event);
+  ck_assert_int_eq(T.ev[UVIP_EVENT_OVERFLOW][1], 0);
+  t_close(&loop, t);
+  for (int i = 0; i < T.nfds; i++)
+    close(T.fds[i]);
+  close(T.lfd);
+  fake_end();
+}
+END_TEST
+
 /* A failed sample is reported with its status and no events, and is not
  * the reference for the next: a condition that holds across it is neither
  * cleared nor raised again. */
@@ -1899,6 +2109,8 @@ int main(void) {
   tcase_add_test(tc, limits_malformed);
   tcase_add_test(tc, range_out_of_bounds);
   tcase_add_test(tc, out_of_descriptors);
+  tcase_add_test(tc, proc_reads_survive_signals);
+  tcase_add_test(tc, proc_file_longer_than_buffer);
   tcase_add_test(tc, capacity_arguments);
   tcase_add_test(tc, capacity_destinations_and_saturation);
   tcase_add_test(tc, capacity_inbound_only);
@@ -1911,6 +2123,8 @@ int main(void) {
   tcase_add_test(tc, tracker_listener_gone);
   tcase_add_test(tc, tracker_ports_between_levels);
   tcase_add_test(tc, tracker_time_wait_sources);
+  tcase_add_test(tc, tracker_stop_from_event);
+  tcase_add_test(tc, tracker_without_netstat);
   tcase_add_test(tc, tracker_failed_sample);
   tcase_add_test(tc, tracker_stop_in_flight);
   tcase_add_test(tc, tracker_skips_ticks_while_sampling);
