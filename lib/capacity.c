@@ -180,18 +180,29 @@ UVIP_EXPORT int uvip_capacity_compute(const uvip_census_t *census,
   }
   if (outbound && (cap->worst_tuple_use >= 0.5 ||
                    (target && cap->per_destination < target))) {
-    if (L->port_lo > 1024 || L->port_hi < 65535)
-      advise(cap, "widen net.ipv4.ip_local_port_range to \"1024 65535\" (now "
-                  "\"%d %d\": %d usable ports per tuple)",
-             L->port_lo, L->port_hi, usable);
-    if (target && usable > 0)
-      advise(cap, "use %llu source VIPs per destination for %llu connections "
-                  "to it (%d ports each; now %llu)",
-             (unsigned long long)div_up(target, (uint64_t)usable),
-             (unsigned long long)target, usable, (unsigned long long)sources);
-    else
-      advise(cap, "add source VIPs: the busiest tuple uses %.0f%% of its %d "
-                  "ports", cap->worst_tuple_use * 100, usable);
+    /* No port at all: more source VIPs or a wider range do not help while
+     * the reserved ports cover the range; an unreadable range (-1) gives
+     * nothing to say about ports. */
+    if (usable <= 0) {
+      if (!(L->missing & UVIP_LIMIT_PORT_RANGE))
+        advise(cap, "free ephemeral ports: net.ipv4.ip_local_reserved_ports "
+                    "covers all of ip_local_port_range \"%d %d\"",
+               L->port_lo, L->port_hi);
+    } else {
+      if (L->port_lo > 1024 || L->port_hi < 65535)
+        advise(cap, "widen net.ipv4.ip_local_port_range to \"1024 65535\" "
+                    "(now \"%d %d\": %d usable ports per tuple)",
+               L->port_lo, L->port_hi, usable);
+      if (target)
+        advise(cap, "use %llu source VIPs per destination for %llu "
+                    "connections to it (%d ports each; now %llu)",
+               (unsigned long long)div_up(target, (uint64_t)usable),
+               (unsigned long long)target, usable,
+               (unsigned long long)sources);
+      else
+        advise(cap, "add source VIPs: the busiest tuple uses %.0f%% of its "
+                    "%d ports", cap->worst_tuple_use * 100, usable);
+    }
     if (L->has_bind_address_no_port)
       advise(cap, "bind source VIPs with IP_BIND_ADDRESS_NO_PORT so the port "
                   "is chosen per destination at connect()");

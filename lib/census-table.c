@@ -208,6 +208,12 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
         akey_t w = lk;
         memset(w.a, 0, sizeof(w.a));
         li = tbl_get(&c->lst, &w, 0, NULL);
+        /* An IPv4 handshake on a dual-stack "::" listener is an IPv4
+         * request socket: the same listeners as is_listening(). */
+        if (li < 0 && lk.fam == AF_INET) {
+          w.fam = AF_INET6;
+          li = tbl_get(&c->lst, &w, 0, NULL);
+        }
       }
       if (li >= 0)
         s->lsyn[li]++;

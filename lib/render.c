@@ -26,14 +26,16 @@ static void put(out_t *o, const char *fmt, ...) {
     o->len += (size_t)n;
 }
 
-static void put_escaped(out_t *o, const char *s, int json) {
+/* A JSON string's contents (the advice is the only free text rendered;
+ * Prometheus labels hold addresses and names only). */
+static void put_json_string(out_t *o, const char *s) {
   for (; *s; s++) {
     unsigned char ch = (unsigned char)*s;
     if (ch == '"' || ch == '\\')
       put(o, "\\%c", ch);
     else if (ch == '\n')
       put(o, "\\n");
-    else if (ch < 0x20 && json)
+    else if (ch < 0x20)
       put(o, "\\u%04x", ch);
     else
       put(o, "%c", ch);
@@ -117,7 +119,7 @@ static void json_capacity(out_t *o, const uvip_capacity_t *c) {
 #undef NUM
   for (size_t i = 0; i < c->advice_count; i++) {
     put(o, "%s\"", i ? "," : "");
-    put_escaped(o, c->advice[i], 1);
+    put_json_string(o, c->advice[i]);
     put(o, "\"");
   }
   put(o, "]}");
