@@ -219,6 +219,21 @@ UVIP_EXPORT int uvip_capacity_compute(const uvip_census_t *census,
       break;
     }
   }
+  /* Two listeners on one address and port: a SO_REUSEPORT group. When one
+   * of them closes (a restart, a worker ending), the connections queued on
+   * it are reset unless the kernel may move them to the others. */
+  if (L->tcp_migrate_req == 0)
+    for (size_t i = 0; i < uvip_census_listener_count(census); i++) {
+      const uvip_census_listener_t *l = uvip_census_listener(census, i);
+      if (l->sockets > 1) {
+        char a[UVIP_ADDRSTRLEN];
+        uvip_addr_format((const struct sockaddr *)&l->addr, 1, a, sizeof(a));
+        advise(cap, "set net.ipv4.tcp_migrate_req=1: %u listeners share %s "
+                    "(SO_REUSEPORT); connections queued on one that closes "
+                    "are reset otherwise", l->sockets, a);
+        break;
+      }
+    }
   if (info->has_netstat_delta && (info->netstat_delta.listen_overflows ||
                                   info->netstat_delta.listen_drops))
     advise(cap, "listen queues overflowed (%llu overflows, %llu drops since "

@@ -192,8 +192,12 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
         memset(L, 0, sizeof(*L));
         akey_to_sa(&lk, &L->addr);
       }
-      L->queue = rq;
-      L->backlog = c->info.source == UVIP_CENSUS_SRC_PROCFS ? -1 : (int64_t)wq;
+      /* A SO_REUSEPORT group shows as one listener: its queues add up. */
+      L->sockets++;
+      L->queue += rq;
+      L->backlog = c->info.source == UVIP_CENSUS_SRC_PROCFS
+                       ? -1
+                       : L->backlog + (int64_t)wq;
     }
     if (v < 0 && c->nfilter)
       return; /* a wildcard listener kept only to classify our sockets */

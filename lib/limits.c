@@ -242,5 +242,7 @@ UVIP_EXPORT int uvip_limits_read(uvip_limits_t *l) {
       probe_sockopt(IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof(range));
   l->has_tcp_migrate_req =
       access("/proc/sys/net/ipv4/tcp_migrate_req", F_OK) == 0;
+  l->tcp_migrate_req = (int)read_one("/proc/sys/net/ipv4/tcp_migrate_req",
+                                     UVIP_LIMIT_MIGRATE_REQ, &l->missing);
   return 0;
 }

@@ -556,11 +556,54 @@ START_TEST(render_json_and_prometheus) {
 }
 END_TEST
 
+/* Two SO_REUSEPORT listeners on one address and port: with
+ * tcp_migrate_req off the report advises it (connections queued on one that
+ * closes would be reset), and says nothing once it is on. */
+START_TEST(reuseport_group_advises_migrate_req) {
+  struct sockaddr_in a;
+  int fds[2], one = 1;
+  uvip_census_t *c = NULL;
+  uvip_capacity_t cap;
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_port = htons(7700);
+  inet_pton(AF_INET, "127.77.0.9", &a.sin_addr);
+  for (int i = 0; i < 2; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_eq(
+        setsockopt(fds[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
+    ck_assert_int_eq(bind(fds[i], (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(fds[i], 16), 0);
+  }
+  cs_sysctl("/proc/sys/net/ipv4/tcp_migrate_req", "0");
+  ck_assert_int_eq(uvip_census_new(NULL, NULL, &c), 0);
+  ck_assert_int_eq(uvip_census_sample(c), 0);
+  ck_assert_int_eq(uvip_census_limits(c)->tcp_migrate_req, 0);
+  ck_assert_int_eq(uvip_capacity_compute(c, NULL, &cap), 0);
+  ck_assert(has_advice(&cap, "tcp_migrate_req=1: 2 listeners share "
+                             "127.77.0.9:7700"));
+  cs_sysctl("/proc/sys/net/ipv4/tcp_migrate_req", "1");
+  ck_assert_int_eq(uvip_census_sample(c), 0);
+  ck_assert_int_eq(uvip_census_limits(c)->tcp_migrate_req, 1);
+  ck_assert_int_eq(uvip_capacity_compute(c, NULL, &cap), 0);
+  ck_assert(!has_advice(&cap, "tcp_migrate_req"));
+  /* One listener alone is no group. */
+  cs_sysctl("/proc/sys/net/ipv4/tcp_migrate_req", "0");
+  close(fds[1]);
+  ck_assert_int_eq(uvip_census_sample(c), 0);
+  ck_assert_int_eq(uvip_capacity_compute(c, NULL, &cap), 0);
+  ck_assert(!has_advice(&cap, "tcp_migrate_req"));
+  uvip_census_free(c);
+  close(fds[0]);
+}
+END_TEST
+
 int main(void) {
   th_enter_netns_or_skip();
   Suite *s = suite_create("census-range");
   TCase *tc = tcase_create("census-range");
   tcase_add_test(tc, narrow_range_utilisation_and_capacity);
+  tcase_add_test(tc, reuseport_group_advises_migrate_req);
   tcase_add_test(tc, limits_read_back);
   tcase_add_test(tc, tracker_fires_once_per_crossing);
   tcase_add_test(tc, tracker_listen_time_wait_overflow);

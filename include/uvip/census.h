@@ -91,6 +91,10 @@ typedef struct uvip_limits_s {
   int has_local_port_range;     /* IP_LOCAL_PORT_RANGE socket option (6.3) */
   int has_tcp_migrate_req;      /* net.ipv4.tcp_migrate_req (5.14) */
   unsigned int missing;         /* UVIP_LIMIT_* bits of unreadable values */
+  /* net.ipv4.tcp_migrate_req: 1 moves connections queued on a closing
+   * SO_REUSEPORT listener to another one of its group instead of resetting
+   * them (a restart or a worker ending with UVIP_REUSEPORT). -1 unknown. */
+  int tcp_migrate_req;
 } uvip_limits_t;
 
 enum {
@@ -105,7 +109,8 @@ enum {
   UVIP_LIMIT_FILE_MAX = 1u << 8,
   UVIP_LIMIT_NR_OPEN = 1u << 9,
   UVIP_LIMIT_SOCKSTAT = 1u << 10,
-  UVIP_LIMIT_NETSTAT = 1u << 11
+  UVIP_LIMIT_NETSTAT = 1u << 11,
+  UVIP_LIMIT_MIGRATE_REQ = 1u << 12
 };
 
 /* Reads every limit, counter and feature probe of the calling process and
@@ -222,9 +227,12 @@ typedef struct uvip_census_vip_s {
 /* One listening socket: what ss shows as Recv-Q and Send-Q. */
 typedef struct uvip_census_listener_s {
   struct sockaddr_storage addr; /* address and port */
-  uint64_t queue;   /* connections waiting in the accept queue */
-  int64_t backlog;  /* the accept queue's limit, -1 when unknown (procfs) */
+  /* Over every listening socket on addr (more than one: a SO_REUSEPORT
+   * group, e.g. workers with UVIP_BALANCE_REUSEPORT): */
+  uint64_t queue;   /* connections waiting in the accept queues */
+  int64_t backlog;  /* the accept queues' limits, -1 when unknown (procfs) */
   uint64_t syn_recv; /* request sockets (SYN queue) on this listener */
+  uint32_t sockets; /* listening sockets on addr */
 } uvip_census_listener_t;
 
 /* Outbound sockets of one (local address, remote address:port) tuple. */
