@@ -1,0 +1,760 @@
+/* Workers' error paths, with the library's calls to malloc, calloc,
+ * realloc, fork, socketpair, uv_thread_create, uv_async_init,
+ * uv_signal_start and uv_read_start going through the wrappers below
+ * (-Wl,--wrap; they pass through unless armed): out of memory at each
+ * allocation of uvip_workers_new() and uvip_workers_listen(), a worker that
+ * cannot be forked (the first, a later one, a restart), a hand-off that
+ * cannot be allocated, an order that cannot be sent. Each checks what the
+ * caller sees: the error, the counters, the client's connection, the
+ * callbacks, and that the workers still close once, leaving no process.
+ * SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "workers-internal.h"
+
+#define MAX_TURNS 2000
+
+/* ---- the wrappers: each fails its (skip + 1)-th call from arming on ---- */
+
+typedef struct {
+  int skip, fail, err;
+} fault_t;
+static fault_t f_malloc, f_calloc, f_realloc, f_fork, f_socketpair, f_thread,
+    f_async, f_signal, f_read;
+
+static bool hit(fault_t *f) {
+  if (f->fail <= 0)
+    return false;
+  if (f->skip > 0) {
+    f->skip--;
+    return false;
+  }
+  f->fail--;
+  return true;
+}
+
+static void arm(fault_t *f, int skip, int err) {
+  f->skip = skip;
+  f->fail = 1;
+  f->err = err;
+}
+
+static void disarm_all(void) {
+  fault_t *all[] = {&f_malloc, &f_calloc, &f_realloc, &f_fork, &f_socketpair,
+                    &f_thread, &f_async, &f_signal, &f_read};
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+    memset(all[i], 0, sizeof(*all[i]));
+}
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+pid_t __real_fork(void);
+int __real_socketpair(int d, int t, int p, int sv[2]);
+int __real_uv_thread_create(uv_thread_t *t, uv_thread_cb cb, void *arg);
+int __real_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb);
+int __real_uv_signal_start(uv_signal_t *h, uv_signal_cb cb, int signum);
+int __real_uv_read_start(uv_stream_t *s, uv_alloc_cb a, uv_read_cb r);
+
+void *__wrap_malloc(size_t n);
+void *__wrap_malloc(size_t n) {
+  return hit(&f_malloc) ? NULL : __real_malloc(n);
+}
+void *__wrap_calloc(size_t n, size_t m);
+void *__wrap_calloc(size_t n, size_t m) {
+  return hit(&f_calloc) ? NULL : __real_calloc(n, m);
+}
+void *__wrap_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n) {
+  return hit(&f_realloc) ? NULL : __real_realloc(p, n);
+}
+pid_t __wrap_fork(void);
+pid_t __wrap_fork(void) {
+  if (hit(&f_fork)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return __real_fork();
+}
+int __wrap_socketpair(int d, int t, int p, int sv[2]);
+int __wrap_socketpair(int d, int t, int p, int sv[2]) {
+  if (hit(&f_socketpair)) {
+    errno = EMFILE;
+    return -1;
+  }
+  return __real_socketpair(d, t, p, sv);
+}
+int __wrap_uv_thread_create(uv_thread_t *t, uv_thread_cb cb, void *arg);
+int __wrap_uv_thread_create(uv_thread_t *t, uv_thread_cb cb, void *arg) {
+  return hit(&f_thread) ? UV_EAGAIN : __real_uv_thread_create(t, cb, arg);
+}
+int __wrap_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb);
+int __wrap_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb) {
+  return hit(&f_async) ? UV_EMFILE : __real_uv_async_init(l, a, cb);
+}
+int __wrap_uv_signal_start(uv_signal_t *h, uv_signal_cb cb, int signum);
+int __wrap_uv_signal_start(uv_signal_t *h, uv_signal_cb cb, int signum) {
+  return hit(&f_signal) ? UV_EINVAL : __real_uv_signal_start(h, cb, signum);
+}
+int __wrap_uv_read_start(uv_stream_t *s, uv_alloc_cb a, uv_read_cb r);
+int __wrap_uv_read_start(uv_stream_t *s, uv_alloc_cb a, uv_read_cb r) {
+  return hit(&f_read) ? UV_ENOTCONN : __real_uv_read_start(s, a, r);
+}
+
+/* ---- a fixture: one server on 127.0.0.1, echo on the workers ---- */
+
+static _Thread_local char rbuf[64];
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(rbuf, sizeof(rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  if (n < 0) {
+    uvip_conn_close(uvip_conn_from_tcp((uv_tcp_t *)s), NULL);
+    return;
+  }
+  uv_buf_t o = uv_buf_init(b->base, (unsigned)n);
+  uv_try_write(s, &o, 1);
+}
+
+static void on_conn(uvip_server_t *s, uvip_conn_t *c) {
+  (void)s;
+  if (uv_read_start(uvip_conn_stream(c), on_alloc, on_read) != 0)
+    uvip_conn_close(c, NULL);
+}
+
+static int nready[4], ready_status[4];
+static void on_ready(uvip_workers_t *w, unsigned int index, int status) {
+  (void)w;
+  ck_assert_uint_lt(index, 4);
+  nready[index]++;
+  ready_status[index] = status;
+}
+
+typedef struct {
+  uv_loop_t loop;
+  uvip_server_t *server;
+  uvip_workers_t *workers;
+  int port;
+  bool closed;
+  int ncloses;
+} fx_t;
+
+static fx_t *cur;
+
+static void fx_server(fx_t *f) {
+  uvip_addrs_t *a;
+  memset(f, 0, sizeof(*f));
+  cur = f;
+  f->port = th_free_port();
+  a = th_addrs("127.0.0.1", f->port);
+  ck_assert_int_eq(uv_loop_init(&f->loop), 0);
+  ck_assert_int_eq(uvip_server_new(&f->loop, a, NULL, &f->server), 0);
+  uvip_addrs_free(a);
+  memset(nready, 0, sizeof(nready));
+  memset(ready_status, 0, sizeof(ready_status));
+}
+
+static void fx_new(fx_t *f, int mode, unsigned n) {
+  uvip_workers_options_t o;
+  fx_server(f);
+  uvip_workers_options_init(&o);
+  o.nworkers = n;
+  o.mode = mode;
+  o.ready_cb = on_ready;
+  ck_assert_int_eq(uvip_workers_new(f->server, &o, &f->workers), 0);
+}
+
+static uvip_worker_stats_t wstats(fx_t *f, unsigned i) {
+  uvip_worker_stats_t st;
+  ck_assert_int_eq(uvip_workers_stats(f->workers, i, &st), 0);
+  return st;
+}
+
+static uvip_vip_stats_t sstats(fx_t *f) {
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_server_stats(f->server, &st), 0);
+  return st;
+}
+
+static bool all_alive(fx_t *f) {
+  for (unsigned i = 0; i < uvip_workers_count(f->workers); i++)
+    if (!wstats(f, i).alive)
+      return false;
+  return true;
+}
+
+static void run_until_alive(fx_t *f) {
+  for (int i = 0; i < MAX_TURNS && !all_alive(f); i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert(all_alive(f));
+}
+
+static void fx_listen(fx_t *f) {
+  char err[256] = "";
+  int r = uvip_workers_listen(f->workers, on_conn, err, sizeof(err));
+  ck_assert_msg(r == 0, "listen: %s (%s)", uv_strerror(r), err);
+  run_until_alive(f);
+}
+
+static void on_server_closed(uvip_server_t *s) { (void)s; }
+
+static void on_workers_closed(uvip_workers_t *w) {
+  ck_assert_ptr_eq(uvip_workers_server(w), cur->server);
+  cur->ncloses++;
+  cur->closed = true;
+}
+
+/* Closes the workers, then the server; the close callback runs once, the
+ * loop ends and no worker process is left. */
+static void fx_close(fx_t *f) {
+  ck_assert_int_eq(uvip_workers_close(f->workers, on_workers_closed), 0);
+  th_run_until(&f->loop, &f->closed, MAX_TURNS);
+  ck_assert_int_eq(f->ncloses, 1);
+  ck_assert_int_eq(uvip_server_close(f->server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f->loop); i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f->loop), 0);
+  ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);
+  ck_assert_int_eq(errno, ECHILD);
+  ck_assert_int_eq(f->ncloses, 1);
+}
+
+static int fx_connect(fx_t *f) {
+  struct sockaddr_storage sa;
+  th_addr("127.0.0.1", f->port, &sa);
+  return th_connect((struct sockaddr *)&sa, NULL);
+}
+
+static void expect_closed(fx_t *f, int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  char c;
+  for (int i = 0; i < 200 && poll(&p, 1, 20) == 0; i++)
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+  ssize_t k = recv(fd, &c, 1, MSG_DONTWAIT);
+  ck_assert_msg(k == 0 || (k < 0 && errno == ECONNRESET), "recv: %zd %s", k,
+                k < 0 ? strerror(errno) : "(data)");
+}
+
+static void expect_echo(fx_t *f, int fd) {
+  char c = 'e', in = 0;
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  ck_assert_int_eq(write(fd, &c, 1), 1);
+  for (int i = 0; i < 200 && poll(&p, 1, 20) == 0; i++)
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(read(fd, &in, 1), 1);
+  ck_assert_int_eq(in, 'e');
+}
+
+/* Turns the loop until the armed fault fired (no check assertion
+ * meanwhile: libcheck is linked statically and allocates through the same
+ * wrappers), then disarms; the test fails if it never fired. */
+static void run_until_fired(fx_t *f, fault_t *ft) {
+  for (int i = 0; i < MAX_TURNS && ft->fail > 0; i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  bool fired = ft->fail == 0;
+  disarm_all();
+  ck_assert_msg(fired, "the fault was not reached");
+}
+
+/* Until the server has accepted `accepted` and counts err_other. */
+static void run_until_stats(fx_t *f, uint64_t accepted, uint64_t active,
+                            uint64_t err_other) {
+  for (int i = 0; i < MAX_TURNS &&
+                  (sstats(f).accepted != accepted || sstats(f).active != active ||
+                   sstats(f).err_other != err_other);
+       i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert_uint_eq(sstats(f).accepted, accepted);
+  ck_assert_uint_eq(sstats(f).active, active);
+  ck_assert_uint_eq(sstats(f).err_other, err_other);
+}
+
+/* ---- options and uvip_workers_new() ---- */
+
+/* Every argument uvip_workers_new() refuses, and its defaults for NULL
+ * options. */
+START_TEST(test_new_args) {
+  fx_t f;
+  uvip_workers_options_t o;
+  int keep[1] = {0};
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.nkeep_fds = (size_t)INT_MAX + 1;
+  o.keep_fds = keep;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  ck_assert_ptr_null(f.workers);
+  /* NULL options: the defaults (2 thread workers). */
+  ck_assert_int_eq(uvip_workers_new(f.server, NULL, &f.workers), 0);
+  ck_assert_uint_eq(uvip_workers_count(f.workers), 2);
+  ck_assert_int_eq(wstats(&f, 1).pid, 0);
+  ck_assert_int_eq(wstats(&f, 1).exit_status, -1);
+  ck_assert_int_eq(uvip_workers_stats(f.workers, 2, &(uvip_worker_stats_t){0}),
+                   UV_EINVAL);
+  fx_close(&f);
+  /* A server that listens already cannot be given workers. */
+  fx_server(&f);
+  ck_assert_int_eq(uvip_server_listen(f.server, th_echo_on_connection, NULL, 0), 0);
+  uvip_workers_options_init(&o);
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  ck_assert_ptr_null(f.workers);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+}
+END_TEST
+
+/* Out of memory at each allocation of uvip_workers_new(): UV_ENOMEM and
+ * nothing attached to the server (it closes at once, not UV_EBUSY). */
+START_TEST(test_new_enomem) {
+  fx_t f;
+  uvip_workers_options_t o;
+  int keep[1] = {5};
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.keep_fds = keep;
+  o.nkeep_fds = 1;
+  for (int k = 0; k < 3; k++) {
+    f.workers = NULL;
+    if (k < 2)
+      arm(&f_calloc, k, 0); /* the workers, then their array */
+    else
+      arm(&f_malloc, 0, 0); /* the copy of keep_fds */
+    int r = uvip_workers_new(f.server, &o, &f.workers);
+    disarm_all();
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_ptr_null(f.workers);
+  }
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+}
+END_TEST
+
+/* ---- uvip_workers_listen() failing ---- */
+
+/* A listen that failed: the error, nothing listening, a second listen is
+ * UV_EALREADY, and the workers still close once. */
+static void expect_failed_listen(fx_t *f, int want, const char *errpart) {
+  char err[256] = "";
+  int r = uvip_workers_listen(f->workers, on_conn, err, sizeof(err));
+  disarm_all();
+  ck_assert_msg(r == want, "listen: %s, want %s (%s)", uv_strerror(r),
+                uv_strerror(want), err);
+  if (errpart)
+    ck_assert_msg(strstr(err, errpart) != NULL, "errbuf: %s", err);
+  ck_assert_int_eq(uvip_server_is_listening(f->server), 0);
+  ck_assert_int_eq(uvip_workers_listen(f->workers, on_conn, NULL, 0),
+                   UV_EALREADY);
+  fx_close(f);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(nready[i], 0);
+}
+
+/* The acceptor's handles cannot be allocated (threads: the inbox;
+ * processes: SIGCHLD, the timer, the spawner). */
+START_TEST(test_listen_handles_enomem) {
+  fx_t f;
+  fx_new(&f, UVIP_WORKER_THREAD, 2);
+  arm(&f_malloc, 0, 0);
+  expect_failed_listen(&f, UV_ENOMEM, NULL);
+  for (int k = 0; k < 3; k++) {
+    fx_new(&f, UVIP_WORKER_PROCESS, 2);
+    arm(&f_malloc, k, 0);
+    expect_failed_listen(&f, UV_ENOMEM, NULL);
+  }
+}
+END_TEST
+
+/* The inbox's async handle or the SIGCHLD watch cannot be started. */
+START_TEST(test_listen_handle_init_fails) {
+  fx_t f;
+  fx_new(&f, UVIP_WORKER_THREAD, 2);
+  arm(&f_async, 0, 0);
+  expect_failed_listen(&f, UV_EMFILE, NULL);
+  fx_new(&f, UVIP_WORKER_PROCESS, 2);
+  arm(&f_signal, 0, 0);
+  expect_failed_listen(&f, UV_EINVAL, NULL);
+}
+END_TEST
+
+/* The first worker process cannot be created: no socket pair, its pipe
+ * cannot be read, no fork. The error names the worker. */
+START_TEST(test_listen_first_process_fails) {
+  fx_t f;
+  fx_new(&f, UVIP_WORKER_PROCESS, 2);
+  arm(&f_socketpair, 0, 0);
+  expect_failed_listen(&f, UV_EMFILE, "worker 0: too many open files");
+  fx_new(&f, UVIP_WORKER_PROCESS, 2);
+  arm(&f_read, 0, 0);
+  expect_failed_listen(&f, UV_ENOTCONN, "worker 0:");
+  fx_new(&f, UVIP_WORKER_PROCESS, 2);
+  arm(&f_fork, 0, 0);
+  expect_failed_listen(&f, UV_EAGAIN, "worker 0: resource temporarily unavailable");
+}
+END_TEST
+
+/* The second thread cannot be created: the first, already running, is
+ * stopped; listen fails naming worker 1 and the workers close. Also out
+ * of memory for the first worker's loop. */
+START_TEST(test_listen_thread_fails) {
+  fx_t f;
+  fx_new(&f, UVIP_WORKER_THREAD, 2);
+  arm(&f_thread, 1, 0);
+  expect_failed_listen(&f, UV_EAGAIN, "worker 1: resource temporarily unavailable");
+  fx_new(&f, UVIP_WORKER_THREAD, 2);
+  arm(&f_malloc, 1, 0); /* after the inbox: the worker's loop */
+  expect_failed_listen(&f, UV_ENOMEM, "worker 0:");
+}
+END_TEST
+
+/* ---- forks after listen, restarts ---- */
+
+/* The second worker process cannot be forked (it is forked from the loop,
+ * after listen returned): ready_cb hears UV_EAGAIN, the worker is dead and
+ * every connection goes to the first. A restart that cannot fork either
+ * returns the error and counts no restart; the next one starts it. */
+START_TEST(test_process_later_fork_fails) {
+  fx_t f;
+  int a, b;
+  fx_new(&f, UVIP_WORKER_PROCESS, 2);
+  arm(&f_fork, 1, 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  for (int i = 0; i < MAX_TURNS && (nready[0] == 0 || nready[1] == 0); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  disarm_all();
+  ck_assert_int_eq(nready[0], 1);
+  ck_assert_int_eq(ready_status[0], 0);
+  ck_assert_int_eq(nready[1], 1);
+  ck_assert_int_eq(ready_status[1], UV_EAGAIN);
+  ck_assert_int_eq(wstats(&f, 1).alive, 0);
+  ck_assert_int_eq(wstats(&f, 1).starting, 0);
+  ck_assert_int_eq(wstats(&f, 1).pid, 0);
+  a = fx_connect(&f);
+  b = fx_connect(&f);
+  run_until_stats(&f, 2, 2, 0);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 2);
+  ck_assert_uint_eq(wstats(&f, 1).handed, 0);
+  expect_echo(&f, a);
+  /* Restarts: of a live worker, of a dead one that cannot fork, then one
+   * that works. */
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 0), UV_EBUSY);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 2), UV_EINVAL);
+  arm(&f_fork, 0, 0);
+  int r = uvip_workers_restart(f.workers, 1);
+  disarm_all();
+  ck_assert_int_eq(r, UV_EAGAIN);
+  ck_assert_uint_eq(wstats(&f, 1).restarts, 0);
+  arm(&f_socketpair, 0, 0);
+  r = uvip_workers_restart(f.workers, 1);
+  disarm_all();
+  ck_assert_int_eq(r, UV_EMFILE);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 1), 0);
+  ck_assert_uint_eq(wstats(&f, 1).restarts, 1);
+  ck_assert_int_eq(wstats(&f, 1).starting, 1);
+  run_until_alive(&f);
+  ck_assert_int_eq(nready[1], 2);
+  ck_assert_int_eq(ready_status[1], 0);
+  /* EXACT: the restarted worker, holding none, gets the next one. */
+  int c = fx_connect(&f);
+  run_until_stats(&f, 3, 3, 0);
+  ck_assert_uint_eq(wstats(&f, 1).handed, 1);
+  expect_echo(&f, c);
+  fx_close(&f);
+  close(a);
+  close(b);
+  close(c);
+}
+END_TEST
+
+/* Thread workers cannot be restarted; nor can workers that do not
+ * listen. */
+START_TEST(test_thread_restart_not_supported) {
+  fx_t f;
+  fx_new(&f, UVIP_WORKER_THREAD, 1);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 0), UV_EINVAL);
+  fx_listen(&f);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 0), UV_ENOTSUP);
+  ck_assert_uint_eq(wstats(&f, 0).restarts, 0);
+  fx_close(&f);
+}
+END_TEST
+
+/* ---- hand-offs that cannot be made ---- */
+
+/* The worker's per-VIP counts cannot grow (the third realloc of the first
+ * hand-off, after the two VIP arrays): the connection is closed and counted
+ * as the server's err_other, no slot stays taken, and the next connection
+ * is handed over (the VIP's id was kept). */
+static void vip_active_enomem(int mode) {
+  fx_t f;
+  int a, b;
+  fx_new(&f, mode, 1);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  arm(&f_realloc, 2, 0);
+  run_until_fired(&f, &f_realloc);
+  run_until_stats(&f, 0, 0, 1);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 0);
+  ck_assert_uint_eq(wstats(&f, 0).active, 0);
+  expect_closed(&f, a);
+  b = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 1);
+  expect_echo(&f, b);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 1);
+  ck_assert_uint_eq(f.workers->nvips, 1);
+  fx_close(&f);
+  close(a);
+  close(b);
+}
+
+START_TEST(test_thread_vip_active_enomem) {
+  vip_active_enomem(UVIP_WORKER_THREAD);
+}
+END_TEST
+
+START_TEST(test_process_vip_active_enomem) {
+  vip_active_enomem(UVIP_WORKER_PROCESS);
+}
+END_TEST
+
+/* The transport cannot take the descriptor (a process: the hand-off
+ * record cannot be allocated; a thread: its queue cannot grow): counted as
+ * the worker's failed, not handed, the slot is given back, the client sees
+ * the connection go; the next one is served. */
+static void transport_enomem(int mode) {
+  fx_t f;
+  int a, b;
+  fx_new(&f, mode, 1);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  if (mode == UVIP_WORKER_PROCESS) {
+    arm(&f_malloc, 0, 0);
+    run_until_fired(&f, &f_malloc);
+  } else {
+    arm(&f_realloc, 3, 0); /* VIP arrays, per-VIP counts, then the queue */
+    run_until_fired(&f, &f_realloc);
+  }
+  run_until_stats(&f, 0, 0, 1);
+  ck_assert_uint_eq(wstats(&f, 0).failed, 1);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 0);
+  ck_assert_uint_eq(wstats(&f, 0).active, 0);
+  expect_closed(&f, a);
+  b = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 1);
+  expect_echo(&f, b);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 1);
+  ck_assert_uint_eq(wstats(&f, 0).failed, 1);
+  fx_close(&f);
+  close(a);
+  close(b);
+}
+
+START_TEST(test_process_handoff_enomem) {
+  transport_enomem(UVIP_WORKER_PROCESS);
+}
+END_TEST
+
+START_TEST(test_thread_queue_enomem) {
+  transport_enomem(UVIP_WORKER_THREAD);
+}
+END_TEST
+
+/* ---- orders that cannot be sent ---- */
+
+/* uvip_server_close_conns() cannot reach a worker process (its order
+ * cannot be allocated): the error is returned and the connection stays;
+ * asked again, it is closed. */
+START_TEST(test_process_close_conns_enomem) {
+  fx_t f;
+  int a;
+  fx_new(&f, UVIP_WORKER_PROCESS, 1);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 0);
+  arm(&f_calloc, 0, 0);
+  int r = uvip_server_close_conns(f.server);
+  disarm_all();
+  ck_assert_int_eq(r, UV_ENOMEM);
+  expect_echo(&f, a);
+  ck_assert_uint_eq(sstats(&f).active, 1);
+  ck_assert_int_eq(uvip_server_close_conns(f.server), 0);
+  expect_closed(&f, a);
+  run_until_stats(&f, 1, 0, 0);
+  ck_assert_uint_eq(wstats(&f, 0).active, 0);
+  fx_close(&f);
+  close(a);
+}
+END_TEST
+
+static void on_closed_killed(uvip_workers_t *w) {
+  uvip_worker_stats_t st;
+  ck_assert_int_eq(uvip_workers_stats(w, 0, &st), 0);
+  ck_assert_msg(WIFSIGNALED(st.exit_status) && WTERMSIG(st.exit_status) == SIGKILL,
+                "status 0x%x", (unsigned)st.exit_status);
+  ck_assert_int_eq(st.active, 0);
+  on_workers_closed(w);
+}
+
+/* The order to stop cannot be sent: the worker is killed instead, its
+ * slots come back, and the close completes with a grace period that would
+ * otherwise have lasted a minute. */
+START_TEST(test_process_stop_order_enomem) {
+  fx_t f;
+  uvip_workers_options_t o;
+  int a;
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.nworkers = 1;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.grace_ms = 60000;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 0);
+  arm(&f_calloc, 0, 0);
+  int r = uvip_workers_close(f.workers, on_closed_killed);
+  disarm_all();
+  ck_assert_int_eq(r, 0);
+  th_run_until(&f.loop, &f.closed, MAX_TURNS);
+  ck_assert_int_eq(f.ncloses, 1);
+  ck_assert_uint_eq(sstats(&f).active, 0);
+  expect_closed(&f, a);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+  close(a);
+}
+END_TEST
+
+/* ---- VIP ids ---- */
+
+/* The id map grows (rehashing every key: each keeps its id), and a map
+ * that cannot grow leaves the VIP without an id until it can. A VIP whose
+ * memory is reused for another address gets a new id, and lookups then
+ * find the new one. */
+START_TEST(test_vip_ids) {
+  fx_t f;
+  static uvip_vip_t fake[40];
+  uint32_t id = 99;
+  fx_new(&f, UVIP_WORKER_THREAD, 1);
+  for (int i = 0; i < 40; i++) {
+    struct sockaddr_storage sa;
+    char ip[32];
+    snprintf(ip, sizeof(ip), "127.0.2.%d", i + 1);
+    th_addr(ip, 80, &sa);
+    memcpy(&fake[i].addr, &sa, sizeof(struct sockaddr_in));
+  }
+  for (uint32_t i = 0; i < 32; i++) {
+    ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[i], &id), 0);
+    ck_assert_uint_eq(id, i);
+  }
+  /* The 33rd key needs the map (64 slots, kept at most half full) to
+   * grow: its two arrays are calloc'd. */
+  for (int k = 0; k < 2; k++) {
+    arm(&f_calloc, k, 0);
+    int r = uvip__wk_vip_id(f.workers, &fake[32], &id);
+    disarm_all();
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_uint_eq(f.workers->vipmap.len, 32);
+    ck_assert_uint_eq(f.workers->vipmap.cap, 64);
+  }
+  for (uint32_t i = 32; i < 40; i++) {
+    ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[i], &id), 0);
+    ck_assert_uint_eq(id, i);
+  }
+  ck_assert_uint_eq(f.workers->vipmap.cap, 128);
+  for (uint32_t i = 0; i < 40; i++) {
+    ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[i], &id), 0);
+    ck_assert_uint_eq(id, i);
+  }
+  /* fake[3] now stands for another address. */
+  fake[3].addr.in.sin_port = htons(81);
+  ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[3], &id), 0);
+  ck_assert_uint_eq(id, 40);
+  ck_assert_ptr_eq(f.workers->vips[40], &fake[3]);
+  ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[3], &id), 0);
+  ck_assert_uint_eq(id, 40);
+  ck_assert_uint_eq(f.workers->vipmap.len, 40);
+  /* The VIP arrays (32 entries now) cannot grow: the second of their two
+   * reallocs fails; the map is not touched. */
+  for (int i = 0; i < 40; i++)
+    fake[i].addr.in.sin_port = htons(82);
+  for (uint32_t i = 0; i < 23; i++)
+    ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[i], &id), 0);
+  ck_assert_uint_eq(f.workers->nvips, 64);
+  arm(&f_realloc, 1, 0);
+  int r = uvip__wk_vip_id(f.workers, &fake[23], &id);
+  disarm_all();
+  ck_assert_int_eq(r, UV_ENOMEM);
+  ck_assert_uint_eq(f.workers->nvips, 64);
+  ck_assert_int_eq(uvip__wk_vip_id(f.workers, &fake[23], &id), 0);
+  ck_assert_uint_eq(id, 64);
+  fx_close(&f);
+}
+END_TEST
+
+/* A worker is not trusted to count right: releases and failures for an id
+ * it was never given, or more than it holds, change nothing beyond what it
+ * holds. */
+START_TEST(test_release_bounds) {
+  fx_t f;
+  int a;
+  fx_new(&f, UVIP_WORKER_PROCESS, 1);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 0);
+  uvip__wk_t *wk = &f.workers->wk[0];
+  uvip__wk_release(wk, 7, 1); /* no such id */
+  uvip__wk_release(wk, (uint32_t)wk->vip_cap + 1, 1);
+  ck_assert_uint_eq(sstats(&f).active, 1);
+  ck_assert_uint_eq(wstats(&f, 0).active, 1);
+  uvip__wk_failed(wk, 0, 5); /* holds one: one comes back */
+  ck_assert_uint_eq(wstats(&f, 0).active, 0);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 0);
+  ck_assert_uint_eq(wstats(&f, 0).failed, 1);
+  ck_assert_uint_eq(sstats(&f).active, 0);
+  /* Its real close, when the workers close, finds nothing to give back. */
+  fx_close(&f);
+  close(a);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("cov-workers");
+  TCase *tc = tcase_create("cov-workers");
+  tcase_add_test(tc, test_new_args);
+  tcase_add_test(tc, test_new_enomem);
+  tcase_add_test(tc, test_listen_handles_enomem);
+  tcase_add_test(tc, test_listen_handle_init_fails);
+  tcase_add_test(tc, test_listen_first_process_fails);
+  tcase_add_test(tc, test_listen_thread_fails);
+  tcase_add_test(tc, test_process_later_fork_fails);
+  tcase_add_test(tc, test_thread_restart_not_supported);
+  tcase_add_test(tc, test_thread_vip_active_enomem);
+  tcase_add_test(tc, test_process_vip_active_enomem);
+  tcase_add_test(tc, test_process_handoff_enomem);
+  tcase_add_test(tc, test_thread_queue_enomem);
+  tcase_add_test(tc, test_process_close_conns_enomem);
+  tcase_add_test(tc, test_process_stop_order_enomem);
+  tcase_add_test(tc, test_vip_ids);
+  tcase_add_test(tc, test_release_bounds);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
