@@ -406,6 +406,10 @@ START_TEST(test_listen_first_process_fails) {
   fx_new(&f, UVIP_WORKER_PROCESS, 2);
   arm(&f_fork, 0, 0);
   expect_failed_listen(&f, UV_EAGAIN, "worker 0: resource temporarily unavailable");
+  /* After SIGCHLD's handle, the timer and the spawner: the pipe. */
+  fx_new(&f, UVIP_WORKER_PROCESS, 2);
+  arm(&f_malloc, 3, 0);
+  expect_failed_listen(&f, UV_ENOMEM, "worker 0: not enough memory");
 }
 END_TEST
 
@@ -736,6 +740,183 @@ START_TEST(test_release_bounds) {
 }
 END_TEST
 
+
+/* ---- init and exit callbacks of thread workers ---- */
+
+/* init_cb opens a handle on the worker's loop and exit_cb closes it: each
+ * runs once per worker, on that worker's loop, with the application's arg.
+ * Were exit_cb not called, the handle would keep the worker's loop (and
+ * the close) from ending. */
+static int ie_init[3], ie_exit[3];
+static uv_timer_t ie_timer[3];
+static int ie_arg;
+
+static void ie_init_cb(uv_loop_t *loop, unsigned int index, void *arg) {
+  if (index < 3 && arg == &ie_arg && loop->data != NULL) {
+    __atomic_add_fetch(&ie_init[index], 1, __ATOMIC_SEQ_CST);
+    uv_timer_init(loop, &ie_timer[index]);
+  }
+}
+
+static void ie_exit_cb(uv_loop_t *loop, unsigned int index, void *arg) {
+  if (index < 3 && arg == &ie_arg && ie_timer[index].loop == loop) {
+    __atomic_add_fetch(&ie_exit[index], 1, __ATOMIC_SEQ_CST);
+    uv_close((uv_handle_t *)&ie_timer[index], NULL);
+  }
+}
+
+START_TEST(test_thread_init_exit_cb) {
+  fx_t f;
+  uvip_workers_options_t o;
+  int a;
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.nworkers = 3;
+  o.init_cb = ie_init_cb;
+  o.exit_cb = ie_exit_cb;
+  o.arg = &ie_arg;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  fx_listen(&f);
+  /* Ready is posted after init_cb. */
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(__atomic_load_n(&ie_init[i], __ATOMIC_SEQ_CST), 1);
+    ck_assert_int_eq(__atomic_load_n(&ie_exit[i], __ATOMIC_SEQ_CST), 0);
+  }
+  a = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 0);
+  expect_echo(&f, a);
+  fx_close(&f);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(ie_init[i], 1);
+    ck_assert_int_eq(ie_exit[i], 1);
+  }
+  expect_closed(&f, a);
+  close(a);
+}
+END_TEST
+
+/* ---- a worker process whose pipe ends before the process ---- */
+
+/* In the child of the first incarnation: once its pipe is open (the first
+ * loop turn), it shuts down its writing side. The acceptor reads EOF while
+ * the process still runs. */
+static bool shut_pipe_in_child;
+static uv_timer_t sp_timer;
+
+static void sp_fire(uv_timer_t *t) {
+  (void)t;
+  /* After the acceptor's sockets were closed, the pipe is our only
+   * socket. */
+  for (int fd = 3; fd < 1024; fd++) {
+    int type;
+    socklen_t len = sizeof(type);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0)
+      shutdown(fd, SHUT_WR);
+  }
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static void sp_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)index;
+  (void)arg;
+  if (!shut_pipe_in_child)
+    return;
+  uv_timer_init(loop, &sp_timer);
+  uv_timer_start(&sp_timer, sp_fire, 0, 0);
+}
+
+/* The worker is dead to the acceptor (its slots come back, it is not
+ * alive, not yet reaped); restarting it then kills the old process, which
+ * is reaped later, and the new one serves. */
+START_TEST(test_process_pipe_ends_first) {
+  fx_t f;
+  uvip_workers_options_t o;
+  int a, b;
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.nworkers = 1;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = sp_init;
+  o.ready_cb = on_ready;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  shut_pipe_in_child = true;
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  shut_pipe_in_child = false;
+  for (int i = 0; i < MAX_TURNS && nready[0] == 0; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(ready_status[0], 0);
+  int64_t old = wstats(&f, 0).pid;
+  for (int i = 0; i < MAX_TURNS && wstats(&f, 0).alive; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(wstats(&f, 0).alive, 0);
+  /* Still running: nothing reaped it. */
+  ck_assert_int_eq(kill((pid_t)old, 0), 0);
+  ck_assert_int_eq(wstats(&f, 0).exit_status, -1);
+  /* Nobody to hand to: a connection waits in the queue. */
+  a = fx_connect(&f);
+  th_run_until_quiet(&f.loop, MAX_TURNS);
+  ck_assert_uint_eq(sstats(&f).accepted, 0);
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 0), 0);
+  ck_assert(wstats(&f, 0).pid != old);
+  run_until_alive(&f);
+  run_until_stats(&f, 1, 1, 0);
+  expect_echo(&f, a);
+  b = fx_connect(&f);
+  run_until_stats(&f, 2, 2, 0);
+  expect_echo(&f, b);
+  /* The old process was killed and gets reaped: none is left after the
+   * close (fx_close checks). */
+  fx_close(&f);
+  ck_assert_int_eq(kill((pid_t)old, 0), -1);
+  close(a);
+  close(b);
+}
+END_TEST
+
+/* ---- the readiness deadline ---- */
+
+/* In the child: init_cb waits for the test (a pipe that is never
+ * written), so the worker never gets ready. */
+static int hold_pipe[2];
+static void hold_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  char c;
+  (void)loop;
+  (void)index;
+  (void)arg;
+  (void)!read(hold_pipe[0], &c, 1);
+}
+
+/* A worker process that does not get ready by its deadline is killed and
+ * ready_cb hears UV_ETIMEDOUT. The deadline (10 s) is brought forward
+ * through the internals rather than waited for. */
+START_TEST(test_process_ready_timeout) {
+  fx_t f;
+  uvip_workers_options_t o;
+  ck_assert_int_eq(pipe(hold_pipe), 0);
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.nworkers = 1;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = hold_init;
+  o.ready_cb = on_ready;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), 0);
+  ck_assert_int_eq(wstats(&f, 0).starting, 1);
+  uv_update_time(&f.loop);
+  f.workers->wk[0].ready_deadline = uv_now(&f.loop);
+  uv_timer_start(f.workers->timer, uvip__wk_proc_on_timer, 0, 0);
+  for (int i = 0; i < MAX_TURNS && nready[0] == 0; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(nready[0], 1);
+  ck_assert_int_eq(ready_status[0], UV_ETIMEDOUT);
+  ck_assert_int_eq(wstats(&f, 0).alive, 0);
+  ck_assert_int_eq(wstats(&f, 0).starting, 0);
+  fx_close(&f);
+  close(hold_pipe[0]);
+  close(hold_pipe[1]);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cov-workers");
   TCase *tc = tcase_create("cov-workers");
@@ -755,6 +936,9 @@ int main(void) {
   tcase_add_test(tc, test_process_stop_order_enomem);
   tcase_add_test(tc, test_vip_ids);
   tcase_add_test(tc, test_release_bounds);
+  tcase_add_test(tc, test_thread_init_exit_cb);
+  tcase_add_test(tc, test_process_pipe_ends_first);
+  tcase_add_test(tc, test_process_ready_timeout);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
