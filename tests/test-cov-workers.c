@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -155,18 +156,20 @@ typedef struct {
 
 static fx_t *cur;
 
-static void fx_server(fx_t *f) {
+static void fx_server_spec(fx_t *f, const char *spec) {
   uvip_addrs_t *a;
   memset(f, 0, sizeof(*f));
   cur = f;
   f->port = th_free_port();
-  a = th_addrs("127.0.0.1", f->port);
+  a = th_addrs(spec, f->port);
   ck_assert_int_eq(uv_loop_init(&f->loop), 0);
   ck_assert_int_eq(uvip_server_new(&f->loop, a, NULL, &f->server), 0);
   uvip_addrs_free(a);
   memset(nready, 0, sizeof(nready));
   memset(ready_status, 0, sizeof(ready_status));
 }
+
+static void fx_server(fx_t *f) { fx_server_spec(f, "127.0.0.1"); }
 
 static void fx_new(fx_t *f, int mode, unsigned n) {
   uvip_workers_options_t o;
@@ -917,6 +920,209 @@ START_TEST(test_process_ready_timeout) {
 }
 END_TEST
 
+/* ---- the worker process's side ---- */
+
+/* Each connection first gets the last octet of its VIP's address, as the
+ * worker sees it (its mirror of the acceptor's VIP), then its echo. */
+static void on_conn_octet(uvip_server_t *s, uvip_conn_t *c) {
+  const struct sockaddr_in *a =
+      (const struct sockaddr_in *)uvip_vip_addr(uvip_conn_vip(c));
+  char o = (char)(ntohl(a->sin_addr.s_addr) & 0xff);
+  uv_buf_t b = uv_buf_init(&o, 1);
+  uv_try_write(uvip_conn_stream(c), &b, 1);
+  on_conn(s, c);
+}
+
+static int connect_ip(fx_t *f, const char *ip) {
+  struct sockaddr_storage sa;
+  th_addr(ip, f->port, &sa);
+  return th_connect((struct sockaddr *)&sa, NULL);
+}
+
+static char read_byte(fx_t *f, int fd) {
+  char c = 0;
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  for (int i = 0; i < 200 && poll(&p, 1, 20) == 0; i++)
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(read(fd, &c, 1), 1);
+  return c;
+}
+
+/* 20 VIPs on one worker process: VIP ids past the first 16 make the
+ * worker's tables (and the acceptor's per-worker counts) grow; every
+ * connection still arrives under its own VIP. */
+#define NV 20
+START_TEST(test_process_many_vips) {
+  fx_t f;
+  uvip_workers_options_t o;
+  int fds[NV];
+  char err[256] = "";
+  fx_server_spec(&f, "127.0.0.1-127.0.0.20");
+  uvip_workers_options_init(&o);
+  o.nworkers = 1;
+  o.mode = UVIP_WORKER_PROCESS;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn_octet, err, sizeof(err)), 0);
+  run_until_alive(&f);
+  for (int i = 0; i < NV; i++) {
+    char ip[32];
+    snprintf(ip, sizeof(ip), "127.0.0.%d", NV - i);
+    fds[i] = connect_ip(&f, ip);
+    ck_assert_int_eq(read_byte(&f, fds[i]), NV - i);
+  }
+  run_until_stats(&f, NV, NV, 0);
+  ck_assert_uint_eq(wstats(&f, 0).active, NV);
+  ck_assert_uint_eq(f.workers->wk[0].vip_cap, 32);
+  expect_echo(&f, fds[NV - 1]);
+  for (int i = 0; i < NV; i++)
+    close(fds[i]);
+  run_until_stats(&f, NV, 0, 0);
+  for (size_t i = 0; i < uvip_server_vip_count(f.server); i++) {
+    uvip_vip_stats_t st;
+    ck_assert_int_eq(uvip_vip_stats(uvip_server_vip(f.server, i), &st), 0);
+    ck_assert_uint_eq(st.accepted, 1);
+    ck_assert_uint_eq(st.active, 0);
+  }
+  fx_close(&f);
+}
+END_TEST
+
+/* A worker process raises its soft descriptor limit to the hard one
+ * (it is told the result through a socket it keeps). */
+static int nf_pair[2];
+static void nf_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  struct rlimit rl;
+  char c = '?';
+  (void)loop;
+  (void)index;
+  (void)arg;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    c = rl.rlim_cur == rl.rlim_max ? 'R' : 'L';
+  (void)!write(nf_pair[1], &c, 1);
+}
+
+START_TEST(test_process_raises_nofile) {
+  fx_t f;
+  uvip_workers_options_t o;
+  struct rlimit rl, low;
+  char c = 0;
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, nf_pair), 0);
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  ck_assert_msg(rl.rlim_max > 256, "hard limit %llu", (unsigned long long)rl.rlim_max);
+  low = rl;
+  low.rlim_cur = 256;
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.nworkers = 1;
+  o.mode = UVIP_WORKER_PROCESS;
+  o.init_cb = nf_init;
+  o.keep_fds = &nf_pair[1];
+  o.nkeep_fds = 1;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), 0);
+  fx_listen(&f);
+  ck_assert_int_eq(recv(nf_pair[0], &c, 1, MSG_DONTWAIT), 1);
+  ck_assert_int_eq(c, 'R');
+  /* Not the acceptor's own. */
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &low), 0);
+  ck_assert_uint_eq(low.rlim_cur, 256);
+  fx_close(&f);
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  close(nf_pair[0]);
+  close(nf_pair[1]);
+}
+END_TEST
+
+static int want_status = -1;
+static void on_closed_status(uvip_workers_t *w) {
+  uvip_worker_stats_t st;
+  ck_assert_int_eq(uvip_workers_stats(w, 0, &st), 0);
+  ck_assert_msg(WIFEXITED(st.exit_status) && WEXITSTATUS(st.exit_status) == want_status,
+                "status 0x%x", (unsigned)st.exit_status);
+  on_workers_closed(w);
+}
+
+/* The worker process cannot read its pipe (its uv_read_start() fails: the
+ * wrapper's state is copied by the fork after the acceptor's own call
+ * passed): it exits with status 3 after reporting ready; the acceptor
+ * sees it die. */
+START_TEST(test_process_child_cannot_read) {
+  fx_t f;
+  fx_new(&f, UVIP_WORKER_PROCESS, 1);
+  arm(&f_read, 1, 0);
+  int r = uvip_workers_listen(f.workers, on_conn, NULL, 0);
+  disarm_all();
+  ck_assert_int_eq(r, 0);
+  for (int i = 0; i < MAX_TURNS && (nready[0] == 0 || wstats(&f, 0).alive ||
+                                    wstats(&f, 0).exit_status == -1);
+       i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(nready[0], 1);
+  ck_assert_int_eq(ready_status[0], 0);
+  ck_assert_int_eq(wstats(&f, 0).alive, 0);
+  want_status = 3;
+  ck_assert_int_eq(uvip_workers_close(f.workers, on_closed_status), 0);
+  th_run_until(&f.loop, &f.closed, MAX_TURNS);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+}
+END_TEST
+
+/* A VIP drained (its connection still open) and its address added again
+ * as a new VIP: the worker process keeps the two apart (the new VIP has a
+ * new id and a mirror of its own), each close is given back to its own
+ * VIP, and the old one's drain ends when its connection closes. */
+static int ndrained;
+static void on_drained(uvip_vip_t *v, int by_timeout) {
+  (void)v;
+  ck_assert_int_eq(by_timeout, 0);
+  ndrained++;
+}
+
+START_TEST(test_process_vip_readded) {
+  fx_t f;
+  int a, b;
+  uvip_vip_t *old, *nv;
+  struct sockaddr_storage sa;
+  fx_new(&f, UVIP_WORKER_PROCESS, 1);
+  fx_listen(&f);
+  old = uvip_server_vip(f.server, 0);
+  a = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 0);
+  expect_echo(&f, a);
+  ndrained = 0;
+  ck_assert_int_eq(uvip_server_remove_vip(f.server, old, 0, on_drained), 0);
+  th_addr("127.0.0.1", f.port, &sa);
+  ck_assert_int_eq(uvip_server_add_vip(f.server, (struct sockaddr *)&sa, &nv), 0);
+  ck_assert_ptr_ne(nv, old);
+  b = fx_connect(&f);
+  for (int i = 0; i < MAX_TURNS && wstats(&f, 0).active != 2; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_uint_eq(wstats(&f, 0).active, 2);
+  expect_echo(&f, b);
+  expect_echo(&f, a);
+  ck_assert_uint_eq(f.workers->nvips, 2);
+  close(a);
+  for (int i = 0; i < MAX_TURNS && ndrained == 0; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(ndrained, 1);
+  uvip_vip_stats_t st;
+  ck_assert_int_eq(uvip_vip_stats(nv, &st), 0);
+  ck_assert_uint_eq(st.active, 1);
+  ck_assert_uint_eq(wstats(&f, 0).active, 1);
+  expect_echo(&f, b);
+  close(b);
+  for (int i = 0; i < MAX_TURNS && wstats(&f, 0).active != 0; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uvip_vip_stats(nv, &st), 0);
+  ck_assert_uint_eq(st.active, 0);
+  ck_assert_uint_eq(st.closed, 1);
+  fx_close(&f);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cov-workers");
   TCase *tc = tcase_create("cov-workers");
@@ -939,6 +1145,10 @@ int main(void) {
   tcase_add_test(tc, test_thread_init_exit_cb);
   tcase_add_test(tc, test_process_pipe_ends_first);
   tcase_add_test(tc, test_process_ready_timeout);
+  tcase_add_test(tc, test_process_many_vips);
+  tcase_add_test(tc, test_process_raises_nofile);
+  tcase_add_test(tc, test_process_child_cannot_read);
+  tcase_add_test(tc, test_process_vip_readded);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
