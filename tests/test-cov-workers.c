@@ -32,28 +32,29 @@ typedef struct {
   int skip, fail, err;
 } fault_t;
 static fault_t f_malloc, f_calloc, f_realloc, f_fork, f_socketpair, f_thread,
-    f_async, f_signal, f_read;
+    f_async, f_signal, f_read, f_tcp_open;
 
+/* Atomics: a thread worker's calls go through the wrappers too. */
 static bool hit(fault_t *f) {
-  if (f->fail <= 0)
+  if (__atomic_load_n(&f->fail, __ATOMIC_SEQ_CST) <= 0)
     return false;
   if (f->skip > 0) {
     f->skip--;
     return false;
   }
-  f->fail--;
+  __atomic_store_n(&f->fail, 0, __ATOMIC_SEQ_CST);
   return true;
 }
 
 static void arm(fault_t *f, int skip, int err) {
   f->skip = skip;
-  f->fail = 1;
   f->err = err;
+  __atomic_store_n(&f->fail, 1, __ATOMIC_SEQ_CST);
 }
 
 static void disarm_all(void) {
   fault_t *all[] = {&f_malloc, &f_calloc, &f_realloc, &f_fork, &f_socketpair,
-                    &f_thread, &f_async, &f_signal, &f_read};
+                    &f_thread, &f_async, &f_signal, &f_read, &f_tcp_open};
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
     memset(all[i], 0, sizeof(*all[i]));
 }
@@ -67,6 +68,7 @@ int __real_uv_thread_create(uv_thread_t *t, uv_thread_cb cb, void *arg);
 int __real_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb);
 int __real_uv_signal_start(uv_signal_t *h, uv_signal_cb cb, int signum);
 int __real_uv_read_start(uv_stream_t *s, uv_alloc_cb a, uv_read_cb r);
+int __real_uv_tcp_open(uv_tcp_t *h, uv_os_sock_t sock);
 
 void *__wrap_malloc(size_t n);
 void *__wrap_malloc(size_t n) {
@@ -111,6 +113,11 @@ int __wrap_uv_signal_start(uv_signal_t *h, uv_signal_cb cb, int signum) {
 int __wrap_uv_read_start(uv_stream_t *s, uv_alloc_cb a, uv_read_cb r);
 int __wrap_uv_read_start(uv_stream_t *s, uv_alloc_cb a, uv_read_cb r) {
   return hit(&f_read) ? UV_ENOTCONN : __real_uv_read_start(s, a, r);
+}
+
+int __wrap_uv_tcp_open(uv_tcp_t *h, uv_os_sock_t sock);
+int __wrap_uv_tcp_open(uv_tcp_t *h, uv_os_sock_t sock) {
+  return hit(&f_tcp_open) ? UV_EBADF : __real_uv_tcp_open(h, sock);
 }
 
 /* ---- a fixture: one server on 127.0.0.1, echo on the workers ---- */
@@ -266,9 +273,9 @@ static void expect_echo(fx_t *f, int fd) {
  * meanwhile: libcheck is linked statically and allocates through the same
  * wrappers), then disarms; the test fails if it never fired. */
 static void run_until_fired(fx_t *f, fault_t *ft) {
-  for (int i = 0; i < MAX_TURNS && ft->fail > 0; i++)
+  for (int i = 0; i < MAX_TURNS && __atomic_load_n(&ft->fail, __ATOMIC_SEQ_CST) > 0; i++)
     uv_run(&f->loop, UV_RUN_ONCE);
-  bool fired = ft->fail == 0;
+  bool fired = __atomic_load_n(&ft->fail, __ATOMIC_SEQ_CST) == 0;
   disarm_all();
   ck_assert_msg(fired, "the fault was not reached");
 }
@@ -1123,6 +1130,131 @@ START_TEST(test_process_vip_readded) {
 }
 END_TEST
 
+/* ---- the accept path without workers, and with a failing handle ---- */
+
+/* A connection that cannot be given its memory or its handle: it is
+ * closed, counted (err_enomem) and accepting backs off (backoff_ms 0 is
+ * taken as 1 ms) then resumes: the next connection is served. */
+START_TEST(test_server_conn_new_fails) {
+  fx_t f;
+  uvip_server_options_t so;
+  uvip_addrs_t *a;
+  int c1, c2, c3;
+  memset(&f, 0, sizeof(f));
+  cur = &f;
+  f.port = th_free_port();
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  uvip_server_options_init(&so);
+  so.backoff_ms = 0;
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, &so, &f.server), 0);
+  uvip_addrs_free(a);
+  ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), 0);
+  c1 = fx_connect(&f);
+  arm(&f_malloc, 0, 0);
+  run_until_fired(&f, &f_malloc);
+  ck_assert_uint_eq(sstats(&f).err_enomem, 1);
+  ck_assert_uint_eq(sstats(&f).backoffs, 1);
+  ck_assert_uint_eq(sstats(&f).accepted, 0);
+  expect_closed(&f, c1);
+  c2 = fx_connect(&f);
+  arm(&f_tcp_open, 0, 0);
+  run_until_fired(&f, &f_tcp_open);
+  ck_assert_uint_eq(sstats(&f).err_enomem, 2);
+  ck_assert_uint_eq(sstats(&f).backoffs, 2);
+  expect_closed(&f, c2);
+  c3 = fx_connect(&f);
+  run_until_stats(&f, 1, 1, 0);
+  expect_echo(&f, c3);
+  close(c3);
+  run_until_stats(&f, 1, 0, 0);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+  close(c1);
+  close(c2);
+}
+END_TEST
+
+/* A worker cannot wrap the descriptor in a handle (a process: for the
+ * hand-off, on the acceptor; a thread: for the connection, on the worker):
+ * counted as a failed hand-off, the slot comes back, the client sees the
+ * connection go, the next one is served. */
+static void handle_fails(int mode) {
+  fx_t f;
+  int a, b;
+  fx_new(&f, mode, 1);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  arm(&f_tcp_open, 0, 0);
+  run_until_fired(&f, &f_tcp_open);
+  expect_closed(&f, a);
+  for (int i = 0; i < MAX_TURNS && (wstats(&f, 0).failed != 1 || sstats(&f).active != 0); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_uint_eq(wstats(&f, 0).failed, 1);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 0);
+  ck_assert_uint_eq(wstats(&f, 0).active, 0);
+  ck_assert_uint_eq(sstats(&f).active, 0);
+  b = fx_connect(&f);
+  for (int i = 0; i < MAX_TURNS && wstats(&f, 0).active != 1; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  expect_echo(&f, b);
+  ck_assert_uint_eq(wstats(&f, 0).handed, 1);
+  fx_close(&f);
+  close(a);
+  close(b);
+}
+
+START_TEST(test_process_handoff_handle_fails) {
+  handle_fails(UVIP_WORKER_PROCESS);
+}
+END_TEST
+
+START_TEST(test_thread_conn_handle_fails) {
+  handle_fails(UVIP_WORKER_THREAD);
+}
+END_TEST
+
+/* A VIP at its own cap that sees a new connection arrive: the connection
+ * waits (counted as deferred), and is accepted as soon as the VIP's
+ * connection closes. */
+START_TEST(test_vip_cap_new_edge) {
+  fx_t f;
+  uvip_server_options_t so;
+  uvip_addrs_t *a;
+  int c1, c2;
+  memset(&f, 0, sizeof(f));
+  cur = &f;
+  f.port = th_free_port();
+  a = th_addrs("127.0.0.1", f.port);
+  ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+  uvip_server_options_init(&so);
+  so.max_conns_per_vip = 1;
+  so.accept_budget = 1;
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, &so, &f.server), 0);
+  uvip_addrs_free(a);
+  ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), 0);
+  c1 = fx_connect(&f);
+  for (int i = 0; i < MAX_TURNS && sstats(&f).accepted != 1; i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  c2 = fx_connect(&f);
+  th_run_until_quiet(&f.loop, MAX_TURNS);
+  ck_assert_uint_eq(sstats(&f).accepted, 1);
+  ck_assert_uint_ge(sstats(&f).deferred, 1);
+  expect_echo(&f, c1);
+  close(c1);
+  run_until_stats(&f, 2, 1, 0);
+  expect_echo(&f, c2);
+  close(c2);
+  run_until_stats(&f, 2, 0, 0);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cov-workers");
   TCase *tc = tcase_create("cov-workers");
@@ -1149,6 +1281,10 @@ int main(void) {
   tcase_add_test(tc, test_process_raises_nofile);
   tcase_add_test(tc, test_process_child_cannot_read);
   tcase_add_test(tc, test_process_vip_readded);
+  tcase_add_test(tc, test_server_conn_new_fails);
+  tcase_add_test(tc, test_process_handoff_handle_fails);
+  tcase_add_test(tc, test_thread_conn_handle_fails);
+  tcase_add_test(tc, test_vip_cap_new_edge);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
