@@ -1255,6 +1255,48 @@ START_TEST(test_vip_cap_new_edge) {
 }
 END_TEST
 
+/* Calls in the wrong state: an unknown balance mode, a closing server,
+ * a server that listens by itself, listen and restart once closing. */
+START_TEST(test_state_errors) {
+  fx_t f;
+  uvip_workers_options_t o;
+  fx_server(&f);
+  uvip_workers_options_init(&o);
+  o.balance = UVIP_BALANCE_REUSEPORT + 1;
+  ck_assert_int_eq(uvip_workers_new(f.server, &o, &f.workers), UV_EINVAL);
+  /* Workers, then the server made to listen without them. */
+  ck_assert_int_eq(uvip_workers_new(f.server, NULL, &f.workers), 0);
+  ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, NULL, 0), UV_EALREADY);
+  fx_close(&f);
+  ck_assert_int_eq(uvip_server_is_listening(f.server), 0);
+
+  /* A closing server takes no workers. */
+  fx_server(&f);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  ck_assert_int_eq(uvip_workers_new(f.server, NULL, &f.workers), UV_EINVAL);
+  ck_assert_ptr_null(f.workers);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+
+  /* Closing workers: no listen, no restart (errbuf of length 0 is not
+   * written). */
+  char err[4] = "x";
+  fx_new(&f, UVIP_WORKER_PROCESS, 1);
+  fx_listen(&f);
+  ck_assert_int_eq(uvip_workers_close(f.workers, on_workers_closed), 0);
+  ck_assert_int_eq(uvip_workers_listen(f.workers, on_conn, err, 0), UV_EALREADY);
+  ck_assert_int_eq(err[0], 'x');
+  ck_assert_int_eq(uvip_workers_restart(f.workers, 0), UV_EINVAL);
+  th_run_until(&f.loop, &f.closed, MAX_TURNS);
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cov-workers");
   TCase *tc = tcase_create("cov-workers");
@@ -1285,6 +1327,7 @@ int main(void) {
   tcase_add_test(tc, test_process_handoff_handle_fails);
   tcase_add_test(tc, test_thread_conn_handle_fails);
   tcase_add_test(tc, test_vip_cap_new_edge);
+  tcase_add_test(tc, test_state_errors);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
