@@ -1133,8 +1133,8 @@ END_TEST
 /* ---- the accept path without workers, and with a failing handle ---- */
 
 /* A connection that cannot be given its memory or its handle: it is
- * closed, counted (err_enomem) and accepting backs off (backoff_ms 0 is
- * taken as 1 ms) then resumes: the next connection is served. */
+ * closed, counted (err_enomem) and accepting backs off (backoff_ms, on
+ * the loop's timer) then resumes: the next connection is served. */
 START_TEST(test_server_conn_new_fails) {
   fx_t f;
   uvip_server_options_t so;
@@ -1146,7 +1146,7 @@ START_TEST(test_server_conn_new_fails) {
   a = th_addrs("127.0.0.1", f.port);
   ck_assert_int_eq(uv_loop_init(&f.loop), 0);
   uvip_server_options_init(&so);
-  so.backoff_ms = 0;
+  so.backoff_ms = 5;
   ck_assert_int_eq(uvip_server_new(&f.loop, a, &so, &f.server), 0);
   uvip_addrs_free(a);
   ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), 0);
