@@ -1296,6 +1296,106 @@ START_TEST(test_state_errors) {
 }
 END_TEST
 
+/* ---- the server's API edges ---- */
+
+/* Arguments and states the server refuses, getters on NULL, and
+ * allocation failures when a VIP is added: each is refused with its error
+ * and leaves the server as it was. */
+START_TEST(test_server_args) {
+  fx_t f;
+  uvip_server_options_t so;
+  uvip_addrs_t *a = th_addrs("127.0.0.1", th_free_port());
+  uvip_server_t *s2 = NULL;
+  uvip_vip_t *v, *v2;
+  struct sockaddr_storage sa;
+  struct sockaddr un = {.sa_family = AF_UNIX};
+  uvip_vip_stats_t st;
+  int busy;
+  fx_server_spec(&f, "127.0.0.1-127.0.0.16"); /* the VIP array is full */
+  uvip_server_options_init(&so);
+  so.accept_budget = 1025;
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, &so, &s2), UV_EINVAL);
+  uvip_server_options_init(&so);
+  so.defer_accept_secs = -1;
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, &so, &s2), UV_EINVAL);
+  uvip_server_options_init(&so);
+  so.fastopen_qlen = -1;
+  ck_assert_int_eq(uvip_server_new(&f.loop, a, &so, &s2), UV_EINVAL);
+  arm(&f_calloc, 0, 0);
+  int r = uvip_server_new(&f.loop, a, NULL, &s2);
+  disarm_all();
+  ck_assert_int_eq(r, UV_ENOMEM);
+  ck_assert_ptr_null(s2);
+  uvip_addrs_free(a);
+
+  ck_assert_ptr_null(uvip_server_get_data(NULL));
+  uvip_server_set_data(NULL, &f);
+  ck_assert_uint_eq(uvip_server_vip_count(NULL), 0);
+  ck_assert_ptr_null(uvip_server_vip(NULL, 0));
+  ck_assert_ptr_null(uvip_server_vip(f.server, 16));
+  ck_assert_ptr_null(uvip_vip_addr(NULL));
+  ck_assert_int_eq(uvip_vip_state(NULL), UVIP_VIP_IDLE);
+  ck_assert_ptr_null(uvip_vip_server(NULL));
+  ck_assert_ptr_null(uvip_vip_get_data(NULL));
+  uvip_vip_set_data(NULL, &f);
+  ck_assert_int_eq(uvip_server_is_listening(NULL), 0);
+  ck_assert_int_eq(uvip_server_stats(f.server, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_vip_stats(NULL, &st), UV_EINVAL);
+  ck_assert_int_eq(uvip_vip_pause(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_vip_resume(NULL), UV_EINVAL);
+  v = uvip_server_vip(f.server, 0);
+  /* Not listening yet: neither paused nor resumed. */
+  ck_assert_int_eq(uvip_vip_pause(v), UV_EINVAL);
+  ck_assert_int_eq(uvip_vip_resume(v), UV_EINVAL);
+
+  /* add_vip: refused addresses, then no memory for the array or the VIP. */
+  ck_assert_int_eq(uvip_server_add_vip(NULL, &un, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_add_vip(f.server, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_add_vip(f.server, &un, NULL), UV_EAFNOSUPPORT);
+  th_addr("127.0.0.17", 0, &sa);
+  ck_assert_int_eq(uvip_server_add_vip(f.server, (struct sockaddr *)&sa, NULL), UV_EINVAL);
+  th_addr("127.0.0.17", f.port, &sa);
+  arm(&f_realloc, 0, 0);
+  r = uvip_server_add_vip(f.server, (struct sockaddr *)&sa, &v2);
+  disarm_all();
+  ck_assert_int_eq(r, UV_ENOMEM);
+  arm(&f_calloc, 0, 0);
+  r = uvip_server_add_vip(f.server, (struct sockaddr *)&sa, &v2);
+  disarm_all();
+  ck_assert_int_eq(r, UV_ENOMEM);
+  ck_assert_uint_eq(uvip_server_vip_count(f.server), 16);
+  /* Without out. */
+  ck_assert_int_eq(uvip_server_add_vip(f.server, (struct sockaddr *)&sa, NULL), 0);
+  ck_assert_uint_eq(uvip_server_vip_count(f.server), 17);
+  v2 = uvip_server_vip(f.server, 16);
+  ck_assert_int_eq(uvip_server_add_vip(f.server, (struct sockaddr *)&sa, NULL), UV_EEXIST);
+
+  /* A bind failure without an error buffer: the error all the same. */
+  busy = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_eq(bind(busy, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(busy, 1), 0);
+  ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), 0);
+  ck_assert_int_eq(uvip_vip_state(v2), UVIP_VIP_FAILED);
+  ck_assert_int_eq(uvip_vip_resume(v2), UV_EADDRINUSE);
+  close(busy);
+  ck_assert_int_eq(uvip_vip_resume(v2), 0);
+  ck_assert_int_eq(uvip_vip_state(v2), UVIP_VIP_LISTENING);
+  ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), UV_EALREADY);
+  /* Removing a VIP of another server, or none. */
+  ck_assert_int_eq(uvip_server_remove_vip(f.server, NULL, 0, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_remove_vip(NULL, v2, 0, NULL), UV_EINVAL);
+
+  ck_assert_int_eq(uvip_server_close(f.server, on_server_closed), 0);
+  ck_assert_int_eq(uvip_server_add_vip(f.server, (struct sockaddr *)&sa, NULL),
+                   UV_ECANCELED);
+  ck_assert_int_eq(uvip_server_listen(f.server, on_conn, NULL, 0), UV_EALREADY);
+  ck_assert_int_eq(uvip_server_is_listening(f.server), 0);
+  for (int i = 0; i < 100 && uv_loop_alive(&f.loop); i++)
+    uv_run(&f.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uv_loop_close(&f.loop), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cov-workers");
   TCase *tc = tcase_create("cov-workers");
@@ -1327,6 +1427,7 @@ int main(void) {
   tcase_add_test(tc, test_thread_conn_handle_fails);
   tcase_add_test(tc, test_vip_cap_new_edge);
   tcase_add_test(tc, test_state_errors);
+  tcase_add_test(tc, test_server_args);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
