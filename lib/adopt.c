@@ -89,14 +89,6 @@ static int check_listener(int fd, uvip__sa_t *sa, const char **why) {
   return 0;
 }
 
-static uvip_vip_t *find_vip(uvip_server_t *s, const struct sockaddr *sa) {
-  for (size_t i = 0; i < s->nvips; i++)
-    if (s->vips[i]->state != UVIP_VIP_DRAINING &&
-        uvip__sa_equal(&s->vips[i]->addr.sa, sa))
-      return s->vips[i];
-  return NULL;
-}
-
 UVIP_EXPORT int uvip_server_adopt(uvip_server_t *s, const int *fds, size_t n,
                                   size_t *extra, char *errbuf, size_t errlen) {
   size_t i, nextra = 0;
@@ -121,7 +113,7 @@ UVIP_EXPORT int uvip_server_adopt(uvip_server_t *s, const int *fds, size_t n,
     int fl;
     memset(&sa, 0, sizeof(sa));
     getsockname(fds[i], &sa.sa, &len);
-    v = find_vip(s, &sa.sa);
+    v = uvip__server_find_vip(s, &sa.sa);
     if (v == NULL || v->fd >= 0) {
       close(fds[i]);
       nextra++;

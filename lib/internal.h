@@ -167,6 +167,9 @@ void uvip__server_finish(uvip_server_t *server);
  * creation and unregisters when its own close has finished, before its close
  * callback runs (so that the callback may close the server). */
 void uvip__server_attach(uvip_server_t *server);
+/* The VIP of sa that is not draining, or NULL. */
+uvip_vip_t *uvip__server_find_vip(uvip_server_t *server,
+                                  const struct sockaddr *sa);
 void uvip__server_detach(uvip_server_t *server);
 /* Gives back the slot of one connection of vip (accounting, caps, drains,
  * close). Only on the server's loop thread. */

@@ -39,14 +39,6 @@ static void stop(uvip_moved_t *m, int status) {
   uv_close((uv_handle_t *)&m->poll, on_closed);
 }
 
-static uvip_vip_t *vip_for(uvip_server_t *s, const struct sockaddr *sa) {
-  for (size_t i = 0; i < s->nvips; i++)
-    if (s->vips[i]->state != UVIP_VIP_DRAINING &&
-        uvip__sa_equal(&s->vips[i]->addr.sa, sa))
-      return s->vips[i];
-  return NULL;
-}
-
 /* One message: 1 done, 0 nothing more now, < 0 the channel failed. */
 static int receive_one(uvip_moved_t *m) {
   struct {
@@ -89,7 +81,7 @@ static int receive_one(uvip_moved_t *m) {
       (size_t)n < sizeof(in.h) || in.h.magic != UVIP__HANDOVER_MAGIC ||
       in.h.blob_len > UVIP_HANDOVER_BLOB_MAX ||
       (size_t)n != sizeof(in.h) + in.h.blob_len ||
-      !(v = vip_for(s, (struct sockaddr *)&in.h.vip))) {
+      !(v = uvip__server_find_vip(s, (struct sockaddr *)&in.h.vip))) {
     if (fd >= 0)
       close(fd);
     m->dropped++;

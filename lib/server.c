@@ -264,6 +264,14 @@ void uvip__server_finish(uvip_server_t *s) {
   free(s);
 }
 
+uvip_vip_t *uvip__server_find_vip(uvip_server_t *s, const struct sockaddr *sa) {
+  for (size_t i = 0; i < s->nvips; i++)
+    if (s->vips[i]->state != UVIP_VIP_DRAINING &&
+        uvip__sa_equal(&s->vips[i]->addr.sa, sa))
+      return s->vips[i];
+  return NULL;
+}
+
 void uvip__server_attach(uvip_server_t *s) { s->attached++; }
 
 void uvip__server_detach(uvip_server_t *s) {
