@@ -173,9 +173,16 @@ static char **make_env(size_t nfds, int ready_fd, char **pidvar) {
     if (!is_ours(environ[i]))
       env[k++] = environ[i];
   /* Ours come last, LISTEN_FDNAMES first of them (free_env relies on it). */
-  strcpy(names, "LISTEN_FDNAMES=");
-  for (size_t i = 0; i < nfds; i++)
-    strcat(names, i ? ":uvip" : "uvip");
+  {
+    /* Appended in place: strcat() would rescan the string for every one
+     * of up to 65,536 names. */
+    char *p = names + strlen(strcpy(names, "LISTEN_FDNAMES="));
+    for (size_t i = 0; i < nfds; i++) {
+      memcpy(p, i ? ":uvip" : "uvip", i ? 5 : 4);
+      p += i ? 5 : 4;
+    }
+    *p = 0;
+  }
   snprintf(nf, 32, "LISTEN_FDS=%zu", nfds);
   snprintf(rf, 32, "UVIP_READY_FD=%d", ready_fd);
   /* The hand-over channel comes right after the readiness pipe. */

@@ -127,6 +127,9 @@ static int gen2(const char *mode, const char *port, const char *quota) {
       uvip_addrs_parse(a, "127.0.0.1-127.0.0.2", atoi(port), err,
                        sizeof(err)) != 0)
     return 10;
+  /* One name per passed socket, as systemd writes them. */
+  if (!getenv("LISTEN_FDNAMES") || strcmp(getenv("LISTEN_FDNAMES"), "uvip:uvip"))
+    return 19;
   uvip_server_options_init(&o);
   o.flags = UVIP_SOCKET_ACTIVATION;
   if (uvip_server_new(loop, a, &o, &gen2_server) != 0)
