@@ -1,6 +1,6 @@
 /* Listeners fetched over a UNIX socket by an independent new process (like
  * HAProxy's -x). The running process serves them on the loop: for each
- * client, a few messages (header + up to FDS_PER_MSG descriptors by
+ * client, a few messages (header + up to UVIP__FDS_PER_MSG descriptors by
  * SCM_RIGHTS), then it waits for the client's 'R' (ready) on the same
  * connection. The fetch side is synchronous: it runs at the new process's
  * start-up, before its loop.
@@ -10,6 +10,7 @@
  * SPDX-License-Identifier: MIT */
 #include "restart-internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -21,7 +22,6 @@
 #include <unistd.h>
 
 #define HANDOFF_MAGIC 0x75766c66u /* "uvlf" */
-#define FDS_PER_MSG 200 /* under the kernel's SCM_MAX_FD (253) */
 
 typedef struct {
   uint32_t magic;
@@ -99,37 +99,44 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     client_end(c, b->base[0] == 'R' ? 0 : UV_EPROTO);
 }
 
-/* Sends every listener in messages of up to FDS_PER_MSG. */
-static int send_all(int fd, const int *fds, size_t nfds) {
+ssize_t uvip__send_fds(int sock, struct iovec *iov, size_t iovcnt,
+                       const int *fds, size_t n) {
   union {
     struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int) * FDS_PER_MSG)];
+    char buf[CMSG_SPACE(sizeof(int) * UVIP__FDS_PER_MSG)];
   } ctl;
-  for (size_t off = 0; off < nfds; off += FDS_PER_MSG) {
-    size_t k = nfds - off < FDS_PER_MSG ? nfds - off : FDS_PER_MSG;
+  struct msghdr m;
+  struct cmsghdr *cm;
+  ssize_t r;
+  assert(n > 0 && n <= UVIP__FDS_PER_MSG);
+  memset(&m, 0, sizeof(m));
+  memset(&ctl, 0, sizeof(ctl));
+  m.msg_iov = iov;
+  m.msg_iovlen = iovcnt;
+  m.msg_control = ctl.buf;
+  m.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+  cm = CMSG_FIRSTHDR(&m);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+  do
+    r = sendmsg(sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : r;
+}
+
+/* Sends every listener in messages of up to UVIP__FDS_PER_MSG. A fresh
+ * connection's buffer takes these small messages at once; one that does
+ * not is a client to drop, not a loop to block. */
+static int send_all(int fd, const int *fds, size_t nfds) {
+  for (size_t off = 0; off < nfds; off += UVIP__FDS_PER_MSG) {
+    size_t k = nfds - off < UVIP__FDS_PER_MSG ? nfds - off : UVIP__FDS_PER_MSG;
     handoff_hdr_t hdr = {HANDOFF_MAGIC, (uint32_t)nfds, (uint32_t)k, 0};
     struct iovec iov = {&hdr, sizeof(hdr)};
-    struct msghdr m;
-    struct cmsghdr *cm;
-    ssize_t r;
-    memset(&m, 0, sizeof(m));
-    memset(&ctl, 0, sizeof(ctl));
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = ctl.buf;
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * k);
-    cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int) * k);
-    memcpy(CMSG_DATA(cm), fds + off, sizeof(int) * k);
-    /* A fresh connection's buffer takes these small messages at once;
-     * one that does not is a client to drop, not a loop to block. */
-    do
-      r = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
-    while (r < 0 && errno == EINTR);
+    ssize_t r = uvip__send_fds(fd, &iov, 1, fds + off, k);
     if (r != (ssize_t)sizeof(hdr))
-      return r < 0 ? -errno : UV_EPROTO;
+      return r < 0 ? (int)r : UV_EPROTO;
   }
   return 0;
 }
@@ -301,7 +308,7 @@ UVIP_EXPORT int uvip_handoff_fetch(const char *path, uint64_t timeout_ms,
   while (got < total) {
     union {
       struct cmsghdr align;
-      char buf[CMSG_SPACE(sizeof(int) * FDS_PER_MSG)];
+      char buf[CMSG_SPACE(sizeof(int) * UVIP__FDS_PER_MSG)];
     } ctl;
     handoff_hdr_t hdr;
     struct iovec iov = {&hdr, sizeof(hdr)};
@@ -340,7 +347,7 @@ UVIP_EXPORT int uvip_handoff_fetch(const char *path, uint64_t timeout_ms,
         }
       }
     if (rd != (ssize_t)sizeof(hdr) || hdr.magic != HANDOFF_MAGIC ||
-        hdr.count != k || hdr.count == 0 || hdr.count > FDS_PER_MSG ||
+        hdr.count != k || hdr.count == 0 || hdr.count > UVIP__FDS_PER_MSG ||
         (total != SIZE_MAX && hdr.total != total) ||
         (m.msg_flags & MSG_CTRUNC)) {
       for (size_t i = 0; i < k && got + i < max; i++)

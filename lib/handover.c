@@ -58,12 +58,6 @@ static void finish(uvip_upgrade_t *u) {
 static int send_one(uvip_upgrade_t *u, uvip__handover_item_t *it) {
   uvip__handover_msg_t h;
   struct iovec iov[2];
-  struct msghdr m;
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } ctl;
-  struct cmsghdr *cm;
   int fd;
   ssize_t r;
 
@@ -77,22 +71,9 @@ static int send_one(uvip_upgrade_t *u, uvip__handover_item_t *it) {
   iov[0].iov_len = sizeof(h);
   iov[1].iov_base = it->blob;
   iov[1].iov_len = it->len;
-  memset(&m, 0, sizeof(m));
-  memset(&ctl, 0, sizeof(ctl));
-  m.msg_iov = iov;
-  m.msg_iovlen = 2;
-  m.msg_control = ctl.buf;
-  m.msg_controllen = sizeof(ctl.buf);
-  cm = CMSG_FIRSTHDR(&m);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-  do
-    r = sendmsg(u->chan, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
-  while (r < 0 && errno == EINTR);
+  r = uvip__send_fds(u->chan, iov, 2, &fd, 1);
   if (r < 0)
-    return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+    return r == UV_EAGAIN || r == -EWOULDBLOCK ? UV_EAGAIN : (int)r;
   return 0;
 }
 

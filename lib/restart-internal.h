@@ -5,6 +5,8 @@
 
 #include "internal.h"
 
+#include <sys/uio.h>
+
 /* One message on the hand-over channel: this header, then the blob; the
  * connection's descriptor rides along (SCM_RIGHTS). */
 typedef struct uvip__handover_msg {
@@ -51,6 +53,13 @@ struct uvip_upgrade_s {
  * servers (malloc'd array; UV_ENOENT when there is none). */
 int uvip__collect_listeners(uvip_server_t *const *servers, size_t n,
                             int **fds, size_t *nfds);
+
+/* handoff.c: sends iov with n descriptors (1..UVIP__FDS_PER_MSG) by
+ * SCM_RIGHTS, without waiting (MSG_DONTWAIT, no SIGPIPE; EINTR retried).
+ * Returns the bytes sent or -errno. */
+#define UVIP__FDS_PER_MSG 200 /* under the kernel's SCM_MAX_FD (253) */
+ssize_t uvip__send_fds(int sock, struct iovec *iov, size_t iovcnt,
+                       const int *fds, size_t n);
 
 /* handover.c: ends a hand-over in progress (the upgrade closes). */
 void uvip__handover_abort(uvip_upgrade_t *u);
