@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "loopgap.h"
 #include "upgrade.h"
 
 #define DEFAULT_SPEC "127.0.0.1-127.0.0.16"
@@ -472,6 +473,7 @@ int main(int argc, char **argv) {
   if (getenv("LISTEN_FDS"))
     opts.flags |= UVIP_SOCKET_ACTIVATION;
   loop = uv_default_loop();
+  ex_loopgap_start(loop);
   if ((r = uvip_server_new(loop, addrs, &opts, &server)) != 0) {
     fprintf(stderr, "%s: %s\n", ex_prog, uv_strerror(r));
     return 1;
@@ -527,6 +529,7 @@ int main(int argc, char **argv) {
 
   uv_run(loop, UV_RUN_DEFAULT);
   uv_run(loop, UV_RUN_DEFAULT); /* let the last close callbacks run */
+  ex_loopgap_stop(loop);
   r = uv_loop_close(loop);
   if (r != 0)
     fprintf(stderr, "%s: loop not empty at exit: %s\n", ex_prog, uv_strerror(r));

@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "http/http.h"
+#include "loopgap.h"
 #include "upgrade.h"
 
 static http_server_t *g_http; /* without workers */
@@ -554,7 +555,9 @@ int main(int argc, char **argv) {
   if (!g_workers)
     start_census(loop);
 
+  ex_loopgap_start(loop);
   uv_run(loop, UV_RUN_DEFAULT);
+  ex_loopgap_stop(loop);
   http_server_free(g_http);
   http_shared_free(g_shared);
   free(g_census_prom);

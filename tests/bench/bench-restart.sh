@@ -35,6 +35,20 @@ wait_line() { # file pattern: bounded wait for a line
 
 count_procs() { pgrep -f -- "--port $1" | wc -l; }
 
+# Every uvip process prints its longest loop gap (10 ms tick) at exit.
+export UVIP_LOOP_GAP=1
+gap_fail=0
+# log port: waits (bounded) for every process on port to exit, then prints
+# the worst gap over the generations that logged one (target: < 100 ms).
+loop_gaps() {
+  local gens worst
+  for _ in $(seq 200); do [ "$(count_procs "$2")" = 0 ] && break; sleep 0.05; done
+  gens=$(grep -c "longest loop gap" "$1")
+  worst=$(sed -n 's/.*longest loop gap \([0-9]*\) ms/\1/p' "$1" | sort -n | tail -1)
+  echo "  longest loop gap over $gens generations: ${worst:-?} ms"
+  if [ -z "$worst" ] || [ "$worst" -ge 100 ]; then gap_fail=1; fi
+}
+
 echo "== uvip-echo, $n SIGUSR2 upgrades"
 p=$port
 "$echo_bin" --listen 127.0.0.1 --port $p --pid-file "$tmp/up.pid" \
@@ -51,6 +65,7 @@ wait $cpid
 echo "uvip upgrade:    $(cat "$tmp/up.client") processes_left=$(count_procs $p)"
 grep -c "upgrade: moved" "$tmp/up.log" | sed 's/^/  hand-overs logged: /'
 kill "$(cat "$tmp/up.pid")"
+loop_gaps "$tmp/up.log" "$port"
 
 echo "== uvip-echo, $n stop+start"
 p=$((port + 1))
@@ -90,6 +105,7 @@ done
 wait $cpid
 echo "uvip-http upgrade: $(cat "$tmp/hu.client") processes_left=$(count_procs $p)"
 kill "$(cat "$tmp/hu.pid")"
+loop_gaps "$tmp/hu.log" "$((port + 3))"
 
 echo "== nginx, $n binary upgrades (HTTP)"
 p=$((port + 2))
@@ -125,3 +141,17 @@ done
 wait $cpid
 echo "nginx upgrade:   $(cat "$tmp/ng.client")"
 kill -QUIT "$(cat "$tmp/nginx/nginx.pid")"
+
+# The targets for the upgrades: no failed exchange, no long-lived connection
+# lost, one process left, no loop gap of 100 ms or more.
+fail=$gap_fail
+for c in up hu; do
+  read -r refused reset early timeout lost < <(sed -n \
+    's/.*refused=\([0-9]*\) reset=\([0-9]*\) early=\([0-9]*\) timeout=\([0-9]*\).*lost=\([0-9]*\).*/\1 \2 \3 \4 \5/p' \
+    "$tmp/$c.client")
+  if [ -z "$lost" ] || [ $((refused + reset + early + timeout + lost)) != 0 ]; then
+    echo "FAIL: $c: $(cat "$tmp/$c.client")"; fail=1
+  fi
+done
+[ "$gap_fail" = 0 ] || echo "FAIL: a loop gap of 100 ms or more (or none logged)"
+exit $fail
