@@ -2,6 +2,7 @@
 #include "helpers.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -267,4 +268,16 @@ void th_read_until(FILE *f, const char *want, char *log, size_t len) {
       return;
   }
   ck_abort_msg("EOF before '%s'; output:\n%s", want, log);
+}
+
+int th_count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  int n = 0;
+  ck_assert_ptr_nonnull(d);
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.')
+      n++;
+  closedir(d);
+  return n - 1; /* the directory's own descriptor */
 }

@@ -58,6 +58,11 @@ void th_enter_netns(void);
  * terminated) or NULL if it could not run. */
 char *th_cmd_output(const char *cmd);
 
+/* The number of descriptors this process has open, read in-process from
+ * /proc/self/fd (a shell's `ls /proc/$PPID/fd` raced with popen(): it could
+ * see both ends of its own pipe). */
+int th_count_fds(void);
+
 /* Steps a[0..n) to its next permutation in lexicographic order; false
  * after the last (start from the sorted array to visit them all). */
 bool th_next_perm(int *a, int n);

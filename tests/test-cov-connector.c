@@ -146,13 +146,7 @@ static uvip_connector_t *connector(const char *spec) {
   return c;
 }
 
-static int count_fds(void) {
-  char *s = th_cmd_output("ls /proc/$PPID/fd | wc -l");
-  ck_assert_ptr_nonnull(s);
-  int n = atoi(s);
-  free(s);
-  return n;
-}
+static int count_fds(void) { return th_count_fds(); }
 
 static void reset_and_close(uvip_outconn_t *oc) {
   struct linger l = {1, 0};

@@ -340,13 +340,7 @@ static int addr_flag(const char *dev, const char *ip, const char *flag) {
   return has;
 }
 
-static int count_fds(void) {
-  char *s = th_cmd_output("ls /proc/$PPID/fd | wc -l");
-  ck_assert_ptr_nonnull(s);
-  int n = atoi(s);
-  free(s);
-  return n;
-}
+static int count_fds(void) { return th_count_fds(); }
 
 /* The lowest free descriptor becomes the limit: the next one fails with
  * EMFILE. Returns the old limit. */
