@@ -63,6 +63,7 @@ fails=0
 # namespaces; on any exit, including a failed setup or a signal.
 cleanup() {
   local ns pid
+  exec 2>/dev/null # not the shell's "Killed" notices
   for ns in $C $BAL "${H[@]}"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
   done
