@@ -467,6 +467,8 @@ EOF
       echo "    server h${h}v$v 198.18.$((16 + h)).$v:8080 source 198.18.2.$(((h - 1) * 16 + v))"
     done; done
   } >"$T/web.cfg"
+  nsx $BAL haproxy -c -f "$T/web.cfg" >"$T/web-check.log" 2>&1 ||
+    { cat "$T/web-check.log"; die "haproxy config (web)"; }
   ip netns exec $BAL haproxy -db -f "$T/web.cfg" >"$T/web.log" 2>&1 &
   wait_for 20 "all 12 servers UP in HAProxy" servers_up 12
 }
@@ -509,7 +511,7 @@ drain() {
   # Host 3 serves the client before it goes.
   wait_for 20 "host 3 serving the steady client" host_sessions_at_least 3 100
   kill -TERM "$HTTP_PID3"
-  wait_for 20 "HAProxy marking host 3 down" [ "$(host_state 3)" = DOWN ]
+  wait_for 20 "HAProxy marking host 3 down" host_down 3
   wait_for 20 "host 3's uvip-http to exit" host3_gone
   kill -0 $cpid 2>/dev/null || fail "the client ended before the drain did"
   before=$(host_sessions 1)
@@ -524,6 +526,7 @@ drain() {
   [ "${ex:-0}" -gt 0 ] || fail "drain: no exchanges"
   figure "drain of host 3 under a steady client: $out"
 }
+host_down() { [ "$(host_state "$1")" = DOWN ]; }
 host_sessions() { # HOST: total sessions its servers took
   web_stat | awk -F, -v h="h$1v" '$1 == "web" && index($2, h) == 1 {s += $8} END {print s + 0}'
 }
