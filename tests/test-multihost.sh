@@ -26,7 +26,8 @@
 #
 # Usage: test-multihost.sh [BUILD_DIR]   (default: $UVIP_BUILD_DIR)
 # Sizes (environment): MH_SPREAD_CONNS (30000), MH_ONE_HOST_CONNS (66000),
-# MH_ECMP_CONNS (30000), MH_HAPROXY_PROCS (9).
+# MH_ECMP_CONNS (30000), MH_HAPROXY_PROCS (9). MH_PHASES picks phases
+# (default "haproxy ecmp http"); MH_UVIP_HTTP another uvip-http binary.
 # Needs root and network namespaces; exits 77 (skip) otherwise, before any
 # check. Touches nothing outside the namespaces it creates; they go on any
 # exit. SPDX-License-Identifier: MIT
@@ -44,7 +45,7 @@ B=${1:-${UVIP_BUILD_DIR:-}}
   echo "usage: $0 BUILD_DIR (with examples/uvip-echo built)"; exit 2; }
 B=$(cd "$B" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
-ECHO=$B/examples/uvip-echo HTTP=$B/examples/uvip-http
+ECHO=$B/examples/uvip-echo HTTP=${MH_UVIP_HTTP:-$B/examples/uvip-http}
 LOADGEN=$B/examples/uvip-loadgen STAT=$B/examples/uvip-stat
 RCLIENT=$B/tests/bench/restart-client
 SPREAD_CONNS=${MH_SPREAD_CONNS:-30000}
@@ -77,7 +78,12 @@ trap 'exit 1' INT TERM
 # execs the program: $! is then the program's pid, not a subshell's.)
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-die() { echo "FAIL: $*"; exit 1; }
+die() {
+  echo "FAIL: $*"
+  # HAProxy's view of the web servers, if that phase got that far.
+  [ -S "$T/web.sock" ] && web_stat | awk -F, '$1 == "web" {print $2, $18, $37, $38}' | head -12
+  exit 1
+}
 figure() { echo "figure: $*"; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND (a condition, not
@@ -473,7 +479,7 @@ EOF
   wait_for 20 "all 12 servers UP in HAProxy" servers_up 12
 }
 # servers_up N: N servers of backend web reported UP by the stats socket.
-servers_up() { [ "$(web_stat | awk -F, '$1 == "web" && $18 == "UP"' | wc -l)" -eq "$1" ]; }
+servers_up() { [ "$(web_stat | awk -F, '$1 == "web" && $2 ~ /^h[0-9]v/ && $18 == "UP"' | wc -l)" -eq "$1" ]; }
 web_stat() {
   nsx $BAL python3 -c '
 import socket, sys
@@ -535,14 +541,21 @@ host3_gone() { ! kill -0 "$HTTP_PID3" 2>/dev/null; }
 
 # ------------------------------------------------------------------------
 
+phase() { case " ${MH_PHASES:-haproxy ecmp http} " in *" $1 "*) ;; *) false ;; esac; }
 setup_topology
 start_hosts
-start_haproxy
-haproxy_spread
-haproxy_one_host
-ecmp plain 1
-ecmp resilient 1
-if http_has_proxy; then
+if phase haproxy; then
+  start_haproxy
+  haproxy_spread
+  haproxy_one_host
+fi
+if phase ecmp; then
+  ecmp plain 1
+  ecmp resilient 1
+fi
+if ! phase http; then
+  :
+elif http_has_proxy; then
   start_http_tier
   proxy_whoami
   drain
