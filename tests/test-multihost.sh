@@ -297,7 +297,7 @@ haproxy_spread() {
   hold_loadgen spread 8000 "$SPREAD_CONNS" 3
   wait_for 30 "$SPREAD_CONNS connections on the hosts" at_least "$SPREAD_CONNS" \
     total_host_conns
-  c=($(host_counts))
+  mapfile -t c < <(host_counts)
   if d=$(within_spread "${c[@]}"); then :; else fail "HAProxy spread ${c[*]}: $d % off"; fi
   figure "haproxy leastconn spread: hosts ${c[*]} (max deviation $d %)"
   snapshot haproxy-spread
@@ -380,7 +380,7 @@ ecmp() { # plain|resilient REMOVED_HOST
     eval "PROBE$i=$!"
   done
   wait_for 60 "ECMP probes ready" probes_ready "$kind"
-  c=($(host_counts))
+  mapfile -t c < <(host_counts)
   if d=$(within_spread "${c[@]}"); then :; else fail "ECMP ($kind) spread ${c[*]}: $d % off"; fi
   figure "ecmp $kind spread: hosts ${c[*]} (max deviation $d %)"
   [ "$kind" = plain ] && { snapshot ecmp; fleet_view_check ecmp "${c[@]}"; }
