@@ -55,6 +55,9 @@ static void usage(FILE *f) {
           "  --max-requests N         per connection (default 10000, 0 = no "
           "limit)\n"
           "  --header-timeout-ms N    to receive a request's headers (10000)\n"
+          "  --request-timeout-ms N   a request's first byte to its end (60000)\n"
+          "  --max-body-bytes N       request body; over it: 413 (1048576, 0 = "
+          "no limit)\n"
           "  --keepalive-timeout-ms N idle between requests (30000)\n"
           "  --shutdown-timeout-ms N  graceful stop before closing (5000)\n"
           "  --pid-file PATH          write the pid once ready (rewritten by an "
@@ -88,7 +91,9 @@ enum {
   O_PIDFILE,
   O_HANDOFF,
   O_VERSION,
-  O_HELP
+  O_HELP,
+  O_REQ_TIMEOUT,
+  O_MAX_BODY
 };
 
 static const struct option long_opts[] = {
@@ -113,6 +118,8 @@ static const struct option long_opts[] = {
     {"handoff-socket", required_argument, NULL, O_HANDOFF},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
+    {"request-timeout-ms", required_argument, NULL, O_REQ_TIMEOUT},
+    {"max-body-bytes", required_argument, NULL, O_MAX_BODY},
     {NULL, 0, NULL, 0}};
 
 static void raise_nofile(void) {
@@ -357,6 +364,8 @@ int main(int argc, char **argv) {
   cfg.limits.max_requests = 10000;
   cfg.limits.max_pending_out = 64 * 1024;
   cfg.header_timeout_ms = 10000;
+  cfg.request_timeout_ms = 60000;
+  cfg.limits.max_body_bytes = 1024 * 1024;
   cfg.keepalive_timeout_ms = 30000;
   cfg.linger_ms = 2000;
   cfg.shutdown_timeout_ms = 5000;
@@ -432,6 +441,14 @@ int main(int argc, char **argv) {
     case O_HDR_TIMEOUT:
       cfg.header_timeout_ms =
           ex_parse_num("--header-timeout-ms", optarg, 1, 86400000);
+      break;
+    case O_REQ_TIMEOUT:
+      cfg.request_timeout_ms =
+          ex_parse_num("--request-timeout-ms", optarg, 1, 86400000);
+      break;
+    case O_MAX_BODY:
+      cfg.limits.max_body_bytes =
+          ex_parse_num("--max-body-bytes", optarg, 0, UINT64_MAX);
       break;
     case O_KA_TIMEOUT:
       cfg.keepalive_timeout_ms =

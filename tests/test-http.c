@@ -363,6 +363,150 @@ START_TEST(test_malformed) {
 }
 END_TEST
 
+/* Request smuggling shapes a proxy in front may pass on differently: each
+ * is answered 400 and closed, as nginx 1.22 answers them (docs/http.md
+ * lists what nginx does for each). */
+START_TEST(test_strict_parsing) {
+  srv_start(NULL);
+  /* CR not followed by LF ending the header block (CVE-2025-23167). */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\n\rX\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* Chunk data followed by two bytes that are not CRLF. */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                   "chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* A space inside a header name, or before the colon. */
+  check_bad_client("GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  check_bad_client("GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* obs-fold (RFC 9112 5.2: reject or replace; nginx rejects). */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* Transfer-Encoding on HTTP/1.0 (RFC 9112 6.1: treat as faulty). */
+  check_bad_client("GET / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: "
+                   "chunked\r\n\r\n0\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* A CR alone inside a header value. */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  srv_stop();
+}
+END_TEST
+
+/* What nginx accepts, kept: a bare LF ending the header block (RFC 9112
+ * 2.2 allows LF as a line end), empty lines before a request (2.2: ignore
+ * at least one) and a simple HTTP/0.9 GET, answered as nginx answers it:
+ * the body alone, then close. */
+START_TEST(test_lenient_kept) {
+  char buf[4096];
+  size_t len = 0;
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.1\r\nHost: a\r\n\n"
+               "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_msg(count_of(buf, "HTTP/1.1 200 OK\r\n") == 2, "got '%s'", buf);
+  close(fd);
+  fd = conn_to("127.0.0.1");
+  len = 0;
+  send_str(fd, "GET /\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_str_eq(buf, "Hello from uvip\n");
+  close(fd);
+  fd = conn_to("127.0.0.1");
+  len = 0;
+  send_str(fd, "HEAD /\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_str_eq(buf, "Bad Request\n");
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+static void expect_usage_error(const char *args, const char *name);
+
+/* Sends `drip` one byte per 50 ms (waiting for an answer paces it) until
+ * the server answers or closes; returns what it sent back. */
+static void drip_until_answer(int fd, const char *drip, char *buf, size_t cap) {
+  size_t len = 0, i;
+  int readable = 0;
+  for (i = 0; !readable; i++) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    send(fd, drip + (i % strlen(drip)), 1, MSG_NOSIGNAL);
+    readable = poll(&p, 1, 50) == 1;
+  }
+  ck_assert_int_eq(recv_until(fd, buf, cap, &len, NULL), 1);
+}
+
+/* A body trickled in faster than any idle timeout still meets the request
+ * deadline (first byte to complete request): 408, and the metrics say
+ * which deadline it was. */
+START_TEST(test_request_deadline) {
+  const char *extra[] = {"--request-timeout-ms", "300", "--header-timeout-ms",
+                         "3600000", "--keepalive-timeout-ms", "3600000", NULL};
+  char buf[2048], args[128];
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+  drip_until_answer(fd, "x", buf, sizeof(buf));
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0,
+                "got '%s'", buf);
+  close(fd);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strstr(out, "uvip_http_timeouts_total{kind=\"request\"} 1\n"),
+                "%s", out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* Empty lines between requests are the start of the next one (RFC 9112
+ * 2.2 lets a server skip a few): a stream of them meets the header
+ * timeout instead of refreshing the idle one for ever. */
+START_TEST(test_crlf_stream) {
+  const char *extra[] = {"--header-timeout-ms", "300", "--keepalive-timeout-ms",
+                         "3600000", NULL};
+  char buf[2048];
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  keepalive_roundtrip(fd);
+  drip_until_answer(fd, "\r\n", buf, sizeof(buf));
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0,
+                "got '%s'", buf);
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+/* --max-body-bytes: a declared length over it is refused before any body
+ * byte, a chunked body when its chunks pass it; at the limit it is fine. */
+START_TEST(test_body_limit) {
+  const char *extra[] = {"--max-body-bytes", "100", NULL};
+  char buf[2048], req[512];
+  size_t len = 0;
+  srv_start(extra);
+  check_bad_client("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
+                   "HTTP/1.1 413 Content Too Large\r\n");
+  snprintf(req, sizeof(req),
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "40\r\n%064d\r\n40\r\n%064d\r\n0\r\n\r\n", 0, 0);
+  check_bad_client(req, "HTTP/1.1 413 Content Too Large\r\n");
+  int fd = conn_to("127.0.0.1");
+  snprintf(req, sizeof(req),
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n"
+           "Connection: close\r\n\r\n%0100d", 0);
+  send_str(fd, req);
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 405 ", 13) == 0, "got '%s'", buf);
+  close(fd);
+  expect_usage_error("--max-body-bytes x", "--max-body-bytes");
+  expect_usage_error("--request-timeout-ms 0", "--request-timeout-ms");
+  srv_stop();
+}
+END_TEST
+
 START_TEST(test_malformed_after_good) {
   char buf[8192];
   size_t len = 0;
@@ -964,6 +1108,15 @@ int main(void) {
   tcase_add_test(tc, test_failed_vip);
   tcase_add_test(tc, test_version_help);
   tcase_add_test(tc, test_reuseport_bind_error);
+  suite_add_tcase(s, tc);
+  /* Hardening for life behind a balancer (CK_RUN_CASE=harden). */
+  tc = tcase_create("harden");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_strict_parsing);
+  tcase_add_test(tc, test_lenient_kept);
+  tcase_add_test(tc, test_request_deadline);
+  tcase_add_test(tc, test_crlf_stream);
+  tcase_add_test(tc, test_body_limit);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -46,6 +46,9 @@ typedef struct http_limits_s {
    * is waiting, so a pipelining client that does not read cannot make the
    * server buffer without bound. */
   size_t max_pending_out;
+  /* Request body bytes (Content-Length or the sum of the chunks); over
+   * it: 413. 0 = no limit. */
+  uint64_t max_body_bytes;
 } http_limits_t;
 
 /* Status codes the server answers with; index into the response counters. */
@@ -55,6 +58,7 @@ enum {
   HTTP_S404,
   HTTP_S405,
   HTTP_S408,
+  HTTP_S413,
   HTTP_S431,
   HTTP_S500,
   HTTP_NSTATUS
@@ -64,7 +68,7 @@ typedef struct http_counters_s {
   uint64_t requests;
   uint64_t responses[HTTP_NSTATUS];
   uint64_t conns_total, conns_active;
-  uint64_t timeouts_header, timeouts_idle;
+  uint64_t timeouts_header, timeouts_idle, timeouts_request;
   uint64_t write_stalls; /* responses the socket did not take at once */
 } http_counters_t;
 
@@ -88,6 +92,7 @@ typedef struct http_ctx_s {
   /* Transient, valid during one http_session_feed(). */
   http_buf_t *out;
   const char *mark; /* where the current header block starts in this feed */
+  const char *feed_end; /* end of this feed's data */
 
   http_buf_t scratch; /* body rendering for /metrics and /stats.json */
 
@@ -117,7 +122,12 @@ enum {
   HTTP_SF_KEEPALIVE = 1u << 3,  /* llhttp_should_keep_alive() at headers */
   HTTP_SF_DONE = 1u << 4,       /* last response written: close after it */
   HTTP_SF_LINGER = 1u << 5,     /* closing on an error: input may follow */
-  HTTP_SF_TOO_BIG = 1u << 6     /* header limit hit inside a callback */
+  HTTP_SF_TOO_BIG = 1u << 6,    /* header limit hit inside a callback */
+  HTTP_SF_VALUE_CR = 1u << 7,   /* a header value ended at its CR */
+  HTTP_SF_BODY_BIG = 1u << 8,   /* body limit hit inside a callback */
+  /* Bytes of the next request arrived (empty lines before it count: a
+   * stream of bare CRLFs must not look idle). */
+  HTTP_SF_STARTED = 1u << 9
 };
 
 typedef struct http_session_s {
@@ -125,7 +135,8 @@ typedef struct http_session_s {
   http_ctx_t *ctx;
   uint32_t hdr_bytes; /* header bytes of the current request before mark */
   uint32_t nreq;      /* requests answered */
-  uint8_t flags;
+  uint64_t body_bytes; /* of the current request */
+  uint16_t flags;
   uint8_t url_len;
   char url[HTTP_URL_MAX];
 } http_session_t;
@@ -159,6 +170,11 @@ static inline int http_session_in_headers(const http_session_t *s) {
 static inline int http_session_in_message(const http_session_t *s) {
   return (s->flags & HTTP_SF_IN_MSG) != 0;
 }
+/* A request has begun (even if only with empty lines) and is not
+ * complete: the request deadline runs. */
+static inline int http_session_in_request(const http_session_t *s) {
+  return (s->flags & (HTTP_SF_IN_MSG | HTTP_SF_STARTED)) != 0;
+}
 static inline int http_session_lingers(const http_session_t *s) {
   return (s->flags & HTTP_SF_LINGER) != 0;
 }
@@ -170,7 +186,8 @@ static inline int http_session_lingers(const http_session_t *s) {
 enum {
   HTTP_RF_HEAD = 1u << 0,  /* no body */
   HTTP_RF_CLOSE = 1u << 1, /* Connection: close */
-  HTTP_RF_HTTP10 = 1u << 2 /* keep-alive must be announced */
+  HTTP_RF_HTTP10 = 1u << 2, /* keep-alive must be announced */
+  HTTP_RF_HTTP09 = 1u << 3  /* HTTP/0.9: the body alone, no status line */
 };
 
 /* Appends the response to a complete request. Returns 0 or UV_ENOMEM. */
@@ -225,6 +242,7 @@ void http_shared_counters(const http_shared_t *sh, http_counters_t *sum);
 typedef struct http_server_config_s {
   http_limits_t limits;
   uint64_t header_timeout_ms;    /* request start to end of headers: 408 */
+  uint64_t request_timeout_ms;   /* request start to its end: 408 */
   uint64_t keepalive_timeout_ms; /* idle between requests, stalled writes */
   uint64_t linger_ms;            /* reading after an error response */
   uint64_t shutdown_timeout_ms;  /* graceful stop, then connections close */

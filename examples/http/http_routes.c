@@ -67,6 +67,8 @@ static const struct {
     [HTTP_S405] = {"HTTP/1.1 405 Method Not Allowed\r\n",
                    "Method Not Allowed\n"},
     [HTTP_S408] = {"HTTP/1.1 408 Request Timeout\r\n", "Request Timeout\n"},
+    [HTTP_S413] = {"HTTP/1.1 413 Content Too Large\r\n",
+                   "Content Too Large\n"},
     [HTTP_S431] = {"HTTP/1.1 431 Request Header Fields Too Large\r\n",
                    "Request Header Fields Too Large\n"},
     [HTTP_S500] = {"HTTP/1.1 500 Internal Server Error\r\n",
@@ -86,6 +88,9 @@ static int respond(http_ctx_t *ctx, http_buf_t *out, int status_idx,
                    size_t blen, unsigned int rflags) {
   int r;
   ctx->c.responses[status_idx]++;
+  /* HTTP/0.9 has no status line and no headers: the body is all. */
+  if (rflags & HTTP_RF_HTTP09)
+    return (rflags & HTTP_RF_HEAD) ? 0 : http_buf_append(out, body, blen);
   r = http_buf_printf(out,
                       "%sServer: uvip\r\nDate: %s\r\nContent-Type: %s\r\n"
                       "Content-Length: %zu\r\n%s%s\r\n",
@@ -165,6 +170,10 @@ int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
             : (rflags & HTTP_RF_HTTP10) ? HTTP_V_KEEP10
                                         : HTTP_V_KEEP11;
     ctx->c.responses[HTTP_S200]++;
+    if (rflags & HTTP_RF_HTTP09)
+      return http_buf_append(out, ctx->hello[v] + ctx->hello_hdr_len[v],
+                             (size_t)(ctx->hello_len[v] -
+                                      ctx->hello_hdr_len[v]));
     return http_buf_append(out, ctx->hello[v],
                            (rflags & HTTP_RF_HEAD) ? ctx->hello_hdr_len[v]
                                                    : ctx->hello_len[v]);
@@ -258,7 +267,7 @@ static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
 }
 
 static const char *const status_codes[HTTP_NSTATUS] = {
-    "200", "400", "404", "405", "408", "431", "500"};
+    "200", "400", "404", "405", "408", "413", "431", "500"};
 
 /* With workers, every worker's counters summed (this one's fresh). */
 static const http_counters_t *counters(http_ctx_t *ctx, http_counters_t *sum) {
@@ -351,6 +360,7 @@ static int render_metrics(http_ctx_t *ctx, http_buf_t *b) {
         "# TYPE uvip_http_timeouts_total counter\n"
         "uvip_http_timeouts_total{kind=\"header\"} %llu\n"
         "uvip_http_timeouts_total{kind=\"idle\"} %llu\n"
+        "uvip_http_timeouts_total{kind=\"request\"} %llu\n"
         "# HELP uvip_http_write_stalls_total Writes the socket did not take "
         "at once (the client reads slower than it asks).\n"
         "# TYPE uvip_http_write_stalls_total counter\n"
@@ -362,6 +372,7 @@ static int render_metrics(http_ctx_t *ctx, http_buf_t *b) {
         (unsigned long long)c->conns_active,
         (unsigned long long)c->timeouts_header,
         (unsigned long long)c->timeouts_idle,
+        (unsigned long long)c->timeouts_request,
         (unsigned long long)c->write_stalls);
   for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
     r = http_buf_printf(b, "uvip_http_responses_total{code=\"%s\"} %llu\n",
@@ -419,7 +430,7 @@ static int render_json(http_ctx_t *ctx, http_buf_t *b) {
         "],\"totals\":{\"accepted\":%llu,\"active\":%llu,\"closed\":%llu,"
         "\"deferred\":%llu,\"backoffs\":%llu},\"http\":{\"requests\":%llu,"
         "\"connections_total\":%llu,\"connections_active\":%llu,"
-        "\"timeouts\":{\"header\":%llu,\"idle\":%llu},\"write_stalls\":%llu,"
+        "\"timeouts\":{\"header\":%llu,\"idle\":%llu,\"request\":%llu},\"write_stalls\":%llu,"
         "\"responses\":{",
         (unsigned long long)tot.accepted, (unsigned long long)tot.active,
         (unsigned long long)tot.closed, (unsigned long long)tot.deferred,
@@ -428,6 +439,7 @@ static int render_json(http_ctx_t *ctx, http_buf_t *b) {
         (unsigned long long)c->conns_active,
         (unsigned long long)c->timeouts_header,
         (unsigned long long)c->timeouts_idle,
+        (unsigned long long)c->timeouts_request,
         (unsigned long long)c->write_stalls);
   for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
     r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", status_codes[k],
