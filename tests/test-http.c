@@ -1067,6 +1067,10 @@ START_TEST(test_bad_args) {
   expect_usage_error("--port", "--port");
   expect_usage_error("stray", "stray");
   expect_usage_error("--census-interval-ms 5", "--census-interval-ms");
+  /* strtoull() would take ' -1' as 2^64-1. */
+  expect_usage_error("--max-conns ' -1'", "--max-conns");
+  expect_usage_error("--max-conns 99999999999999999999", "--max-conns");
+  expect_usage_error("--listen 127.0.0.1:0", "port 0");
   char many[4096];
   size_t len = 0;
   for (int i = 0; i < 65; i++)
