@@ -102,6 +102,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       out.len = 0;
       int r = http_session_feed(&s, p, left, &out, &used);
       check(used <= left, "consumed <= given");
+      /* A shared body ends the output: the feed stopped after it. */
+      if (ctx.attach) {
+        check(r != HTTP_FEED_OK || used == left, "nothing after a body");
+        http_blob_unref(ctx.attach);
+        ctx.attach = NULL;
+      }
       check_output(&s, 0, &statuses);
       if (r == HTTP_FEED_PAUSED) {
         check(used > 0 && used < left, "a pause makes progress");

@@ -507,6 +507,94 @@ START_TEST(test_body_limit) {
 }
 END_TEST
 
+/* The per-VIP part of /metrics and /stats.json is rendered once per
+ * --stats-interval-ms and the same bytes served to every client; the HTTP
+ * counters before it are fresh in every response. */
+START_TEST(test_stats_cached) {
+  const char *extra[] = {"--stats-interval-ms", "3600000",
+                         "--census-interval-ms", "0", NULL};
+  char args[128], series[128];
+  srv_start(extra);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.1:%d\"} 1\n", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  free(out);
+  curl_ok("127.0.0.1");
+  out = curl(args);
+  /* Two more connections on 127.0.0.1, and still the cached count... */
+  ck_assert_msg(strstr(out, series), "not cached: no '%s' in %s", series, out);
+  /* ...while the request counter (fresh) has all three before this one. */
+  ck_assert_msg(strstr(out, "\nuvip_http_requests_total 3\n"), "%s", out);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/stats.json", srv_port);
+  out = curl(args);
+  snprintf(series, sizeof(series), "{\"vip\":\"127.0.0.1:%d\",", srv_port);
+  ck_assert_msg(strstr(out, series) && strstr(out, "\"requests\":4,"), "%s",
+                out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* --admin-listen: /metrics and /stats.json there, describing the data
+ * VIPs; the data VIPs answer them with 404. */
+START_TEST(test_admin_listen) {
+  const char *extra[] = {"--admin-listen", "127.0.0.3", NULL};
+  char args[128], series[128];
+  srv_start(extra);
+  ck_assert_ptr_nonnull(strstr(srv_banner, "admin on 127.0.0.3"));
+  curl_ok("127.0.0.2");
+  snprintf(args, sizeof(args), "-i http://127.0.0.1:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 404 ", 13) == 0, "%s", out);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.3:%d/metrics", srv_port);
+  out = curl(args);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.2:%d\"} 1\n", srv_port);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  ck_assert_msg(strstr(out, "uvip_http_responses_total{code=\"404\"} 1\n"),
+                "%s", out);
+  /* The admin listener is not one of the VIPs. */
+  snprintf(series, sizeof(series), "{vip=\"127.0.0.3:%d\"}", srv_port);
+  ck_assert_ptr_null(strstr(out, series));
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* A client that asks for a big response and never reads: once more than
+ * --max-output-bytes would wait for it, the server resets it at once
+ * (it used to keep it, and the kernel buffers, until the keepalive
+ * timeout). Checked without reading: poll() reports the reset. */
+START_TEST(test_output_limit) {
+  const char *extra[] = {"--listen", "127.0.2.1-127.0.2.254",
+                         "--max-output-bytes", "4096",
+                         "--keepalive-timeout-ms", "3600000",
+                         "--census-interval-ms", "0", NULL};
+  struct sockaddr_storage sa;
+  int small = 1;
+  srv_start(extra);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)),
+                   0);
+  th_addr("127.0.0.1", srv_port, &sa);
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)),
+                   0);
+  send_str(fd, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+  struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+  ck_assert_msg(poll(&p, 1, WAIT_MS) == 1 &&
+                    (p.revents & (POLLHUP | POLLERR | POLLRDHUP)),
+                "the server kept a client that does not read");
+  close(fd);
+  expect_usage_error("--max-output-bytes 100", "--max-output-bytes");
+  srv_stop();
+}
+END_TEST
+
 START_TEST(test_malformed_after_good) {
   char buf[8192];
   size_t len = 0;
@@ -1121,6 +1209,9 @@ int main(void) {
   tcase_add_test(tc, test_request_deadline);
   tcase_add_test(tc, test_crlf_stream);
   tcase_add_test(tc, test_body_limit);
+  tcase_add_test(tc, test_stats_cached);
+  tcase_add_test(tc, test_admin_listen);
+  tcase_add_test(tc, test_output_limit);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

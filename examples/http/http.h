@@ -35,6 +35,19 @@ static inline int http_buf_reserve(http_buf_t *b, size_t extra) {
   return b->cap - b->len >= extra ? 0 : http_buf_grow(b, extra);
 }
 
+/* A reference-counted byte block: a rendered /metrics or /stats.json body
+ * shared by every response that sends it, held by each write in flight
+ * until it completes (one loop's; not thread-safe). */
+typedef struct http_blob_s {
+  unsigned int refs;
+  size_t len;
+  char data[];
+} http_blob_t;
+
+http_blob_t *http_blob_new(const void *p, size_t len); /* refs = 1 */
+http_blob_t *http_blob_ref(http_blob_t *b);
+void http_blob_unref(http_blob_t *b); /* NULL is fine */
+
 /* ------------------------------------------------------------------------ */
 /* Per-loop context: limits, the cached Date header, prebuilt responses     */
 /* ------------------------------------------------------------------------ */
@@ -70,6 +83,7 @@ typedef struct http_counters_s {
   uint64_t conns_total, conns_active;
   uint64_t timeouts_header, timeouts_idle, timeouts_request;
   uint64_t write_stalls; /* responses the socket did not take at once */
+  uint64_t output_overflows; /* closed: more than max_output_bytes waiting */
 } http_counters_t;
 
 typedef struct http_shared_s http_shared_t;
@@ -96,6 +110,24 @@ typedef struct http_ctx_s {
 
   http_buf_t scratch; /* body rendering for /metrics and /stats.json */
 
+  /* /metrics and /stats.json: the per-VIP part and the census are
+   * rendered at most once per stats_ms (and again when the census
+   * changes: http_ctx_drop_cache()), and the same bytes go to every
+   * client; the small HTTP counters part is rendered per response. */
+  uint64_t stats_ms;
+  uint64_t now_ms;            /* set by the server before each feed */
+  http_blob_t *cache[2];      /* [0] Prometheus, [1] JSON */
+  uint64_t cache_at[2];
+  /* Transient: a blob the last response ends with, for the server to send
+   * after out (it takes the reference). The feed pauses after it. */
+  http_blob_t *attach;
+  /* 0: every route. HTTP_ROUTES_DATA: no /metrics, /stats.json (they are
+   * on an admin listener). HTTP_ROUTES_ADMIN: the admin listener. */
+  int routes;
+  /* Where /metrics reads counters and VIPs when they are not this
+   * context's own (the admin listener's: the data plane's); NULL = own. */
+  const struct http_ctx_s *stats_of;
+
   http_counters_t c; /* this loop's counters */
   /* With workers: /metrics renders from here, and this loop is worker
    * `worker` (its counters go to that slot). NULL without workers. */
@@ -103,7 +135,11 @@ typedef struct http_ctx_s {
   unsigned int worker;
 } http_ctx_t;
 
+enum { HTTP_ROUTES_DATA = 1, HTTP_ROUTES_ADMIN = 2 };
+
 int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits);
+/* The census or the VIPs changed: render /metrics and /stats.json anew. */
+void http_ctx_drop_cache(http_ctx_t *ctx);
 void http_ctx_free(http_ctx_t *ctx);
 /* Refreshes the Date header and the prebuilt responses if the second
  * changed. */
@@ -246,6 +282,12 @@ typedef struct http_server_config_s {
   uint64_t keepalive_timeout_ms; /* idle between requests, stalled writes */
   uint64_t linger_ms;            /* reading after an error response */
   uint64_t shutdown_timeout_ms;  /* graceful stop, then connections close */
+  uint64_t stats_interval_ms;    /* /metrics re-rendered at most this often */
+  /* Per connection: its kernel send buffer is capped at this (SO_SNDBUF),
+   * and a write that leaves more than this waiting (a shared body counted
+   * in full) resets the connection instead. 0 = no limit. */
+  uint64_t max_output_bytes;
+  int routes; /* http_ctx_t.routes */
 } http_server_config_t;
 
 typedef struct http_server_s http_server_t;

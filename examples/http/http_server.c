@@ -14,6 +14,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -60,6 +61,7 @@ struct http_conn_s {
 
 typedef struct wreq_s {
   uv_write_t req;
+  http_blob_t *blob; /* the shared body this write ends with, or NULL */
   char data[];
 } wreq_t;
 
@@ -77,6 +79,7 @@ struct http_server_s {
   tqueue_t tq[TQ_COUNT];
   uv_timer_t tick, grace;
   int handles_open;
+  int sndbuf; /* SO_SNDBUF for each connection, 0 = the kernel's */
   int shutting_down;
   int exiting; /* worker exit: free once handles and connections are gone */
   void (*done_cb)(http_server_t *hs);
@@ -279,10 +282,12 @@ static int conn_after_write(http_conn_t *hc, int after) {
 
 static void on_write(uv_write_t *req, int status) {
   http_conn_t *hc = req->handle->data;
+  wreq_t *w = (wreq_t *)(void *)req;
   int after = (hc->flags & CF_CLOSE_AFTER)    ? AFTER_CLOSE
               : (hc->flags & CF_LINGER_AFTER) ? AFTER_LINGER
                                               : AFTER_NONE;
-  free(req);
+  http_blob_unref(w->blob);
+  free(w);
   hc->flags &= (uint8_t)~(CF_WRITING | CF_CLOSE_AFTER | CF_LINGER_AFTER);
   if (status < 0) {
     conn_close(hc);
@@ -315,35 +320,73 @@ static int send_last(http_conn_t *hc, const http_buf_t *out) {
   return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
 }
 
-/* Writes out; returns 1 when it all went out and the connection can take
- * more input at once. */
-static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
+/* One client that never reads pins at most max_output_bytes here (and its
+ * kernel send buffer, capped at accept): past it, reset. The reset (an
+ * abortive close) also frees what the kernel holds for it at once. */
+static void conn_overflow(http_conn_t *hc) {
+  uv_os_fd_t fd;
+  struct linger lg = {1, 0};
+  hc->hs->ctx.c.output_overflows++;
+  if (uv_fileno((uv_handle_t *)conn_stream(hc), &fd) == 0)
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  conn_close(hc);
+}
+
+/* Writes out, then the shared body blob if any (the reference is taken);
+ * returns 1 when it all went out and the connection can take more input
+ * at once. What the socket does not take waits in a uv_write(): the rest
+ * of out copied, the body referenced, never copied. */
+static int conn_flush(http_conn_t *hc, http_buf_t *out, http_blob_t *blob,
+                      int after) {
   uv_stream_t *st = conn_stream(hc);
-  size_t off = 0;
-  if (out->len) {
-    uv_buf_t b = uv_buf_init(out->base, (unsigned int)out->len);
+  size_t off = 0, total = out->len + (blob ? blob->len : 0);
+  if (total) {
+    uv_buf_t b[2];
+    unsigned int nb = 0;
     int n;
     wreq_t *w;
-    if (after == AFTER_CLOSE)
+    if (out->len)
+      b[nb++] = uv_buf_init(out->base, (unsigned int)out->len);
+    if (blob)
+      b[nb++] = uv_buf_init(blob->data, (unsigned int)blob->len);
+    if (after == AFTER_CLOSE && !blob)
       n = send_last(hc, out);
     else
-      n = uv_try_write(st, &b, 1);
+      n = uv_try_write(st, b, nb);
     if (n < 0 && n != UV_EAGAIN) {
+      http_blob_unref(blob);
       conn_close(hc);
       return 0;
     }
     if (n > 0)
       off = (size_t)n;
-    if (off < out->len) {
-      size_t rest = out->len - off;
-      w = malloc(sizeof(*w) + rest);
+    if (off < total) {
+      size_t rest = total - off;
+      size_t copy = off < out->len ? out->len - off : 0;
+      uint64_t max = hc->hs->cfg.max_output_bytes;
+      if (max && rest > max) {
+        http_blob_unref(blob);
+        conn_overflow(hc);
+        return 0;
+      }
+      w = malloc(sizeof(*w) + copy);
       if (!w) {
+        http_blob_unref(blob);
         conn_close(hc);
         return 0;
       }
-      memcpy(w->data, out->base + off, rest);
-      b = uv_buf_init(w->data, (unsigned int)rest);
-      if (uv_write(&w->req, st, &b, 1, on_write) != 0) {
+      memcpy(w->data, out->base + off, copy);
+      w->blob = blob;
+      nb = 0;
+      if (copy)
+        b[nb++] = uv_buf_init(w->data, (unsigned int)copy);
+      if (blob) {
+        size_t boff = off > out->len ? off - out->len : 0;
+        b[nb++] = uv_buf_init(blob->data + boff,
+                              (unsigned int)(blob->len - boff));
+      }
+      if (uv_write(&w->req, st, b, nb, on_write) != 0) {
+        http_blob_unref(blob);
         free(w);
         conn_close(hc);
         return 0;
@@ -359,6 +402,7 @@ static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
       return 0;
     }
   }
+  http_blob_unref(blob);
   return conn_after_write(hc, after);
 }
 
@@ -382,13 +426,18 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
   http_server_t *hs = hc->hs;
   http_buf_t *out = &hs->out;
   uint32_t nreq = hc->s.nreq;
+  hs->ctx.now_ms = uv_now(hs->loop);
   for (;;) {
     size_t used = 0;
     int r, after;
+    http_blob_t *blob;
     out->len = 0;
     r = http_session_feed(&hc->s, data, len, out, &used);
+    blob = hs->ctx.attach;
+    hs->ctx.attach = NULL;
     if (r == HTTP_FEED_PAUSED) {
       if (conn_keep_input(hc, data + used, len - used) != 0) {
+        http_blob_unref(blob);
         conn_close(hc);
         return;
       }
@@ -401,7 +450,7 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
     after = r != HTTP_FEED_CLOSE       ? AFTER_NONE
             : http_session_lingers(&hc->s) ? AFTER_LINGER
                                            : AFTER_CLOSE;
-    if (!conn_flush(hc, out, after))
+    if (!conn_flush(hc, out, blob, after))
       break;
     if (!hc->in)
       break;
@@ -444,6 +493,12 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
    * with epoll at all. conn_input() starts reading if more is needed. */
   if (uv_fileno((uv_handle_t *)uvip_conn_tcp(conn), &fd) == 0) {
     ssize_t n;
+    /* Caps what the kernel holds for a client that does not read (the
+     * kernel clamps it to net.core.wmem_max and doubles it). One
+     * setsockopt() per connection; autotuning is off for it. */
+    if (hs->sndbuf > 0)
+      (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &hs->sndbuf,
+                       sizeof(hs->sndbuf));
     do
       n = read(fd, hs->rbuf, sizeof(hs->rbuf));
     while (n < 0 && errno == EINTR);
@@ -503,7 +558,7 @@ static void expire(http_server_t *hs, http_conn_t *hc, int which) {
     tq_unlink(hs, hc, 1);
     hs->out.len = 0;
     (void)http_session_timeout(&hc->s, &hs->out);
-    (void)conn_flush(hc, &hs->out,
+    (void)conn_flush(hc, &hs->out, NULL,
                      http_session_lingers(&hc->s) ? AFTER_LINGER
                                                   : AFTER_CLOSE);
     /* A 408 the socket did not take at once waits in a write: that wait
@@ -528,7 +583,9 @@ static void on_tick(uv_timer_t *t) {
      * graceful stop, only the final close. */
     if (!hs->ctx.stopping && http_shared_stopping(hs->ctx.shared))
       stop_gracefully(hs);
-    http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
+    /* The acceptor's admin listener reads the mapping; it has no slot. */
+    if (hs->ctx.routes != HTTP_ROUTES_ADMIN)
+      http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
   }
   for (i = 0; i < TQ_COUNT; i++) {
     http_conn_t *hc;
@@ -565,6 +622,10 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
   hs->ctx.server = server;
   hs->ctx.shared = shared;
   hs->ctx.worker = worker;
+  hs->ctx.stats_ms = cfg->stats_interval_ms;
+  hs->ctx.routes = cfg->routes;
+  hs->sndbuf = cfg->max_output_bytes > INT_MAX ? INT_MAX
+                                               : (int)cfg->max_output_bytes;
   hs->tq[TQ_HEADER].timeout = at_least_1(cfg->header_timeout_ms);
   hs->tq[TQ_IDLE].timeout = at_least_1(cfg->keepalive_timeout_ms);
   hs->tq[TQ_LINGER].timeout = at_least_1(cfg->linger_ms);

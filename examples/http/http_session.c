@@ -155,7 +155,9 @@ static int on_message_complete(llhttp_t *p) {
       s->flags |= HTTP_SF_LINGER;
     return HPE_PAUSED;
   }
-  if (ctx->out->len >= ctx->limits.max_pending_out)
+  /* A shared body goes out after out, so nothing may follow it: stop
+   * here (the rest is fed again once it is written). */
+  if (ctx->attach || ctx->out->len >= ctx->limits.max_pending_out)
     return HPE_PAUSED;
   return 0;
 }
