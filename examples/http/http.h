@@ -283,9 +283,12 @@ typedef struct http_server_config_s {
   uint64_t linger_ms;            /* reading after an error response */
   uint64_t shutdown_timeout_ms;  /* graceful stop, then connections close */
   uint64_t stats_interval_ms;    /* /metrics re-rendered at most this often */
-  /* Per connection: its kernel send buffer is capped at this (SO_SNDBUF),
-   * and a write that leaves more than this waiting (a shared body counted
-   * in full) resets the connection instead. 0 = no limit. */
+  /* Per connection: its kernel send buffer holds about this much
+   * (SO_SNDBUF), and a write that would leave more than this waiting
+   * beyond it (a shared body counted in full) resets the connection
+   * instead. So a response up to about twice this reaches a client that
+   * reads, and one that never reads pins at most about twice this. 0 = no
+   * limit. */
   uint64_t max_output_bytes;
   int routes; /* http_ctx_t.routes */
 } http_server_config_t;

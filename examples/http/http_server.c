@@ -493,9 +493,9 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
    * with epoll at all. conn_input() starts reading if more is needed. */
   if (uv_fileno((uv_handle_t *)uvip_conn_tcp(conn), &fd) == 0) {
     ssize_t n;
-    /* Caps what the kernel holds for a client that does not read (the
-     * kernel clamps it to net.core.wmem_max and doubles it). One
-     * setsockopt() per connection; autotuning is off for it. */
+    /* Caps what the kernel holds for a client that does not read at
+     * about max_output_bytes (it clamps the value to net.core.wmem_max).
+     * One setsockopt() per connection; autotuning is off for it. */
     if (hs->sndbuf > 0)
       (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &hs->sndbuf,
                        sizeof(hs->sndbuf));
@@ -624,8 +624,11 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
   hs->ctx.worker = worker;
   hs->ctx.stats_ms = cfg->stats_interval_ms;
   hs->ctx.routes = cfg->routes;
-  hs->sndbuf = cfg->max_output_bytes > INT_MAX ? INT_MAX
-                                               : (int)cfg->max_output_bytes;
+  /* The kernel doubles SO_SNDBUF for its bookkeeping: half of the limit
+   * lets it hold about the limit. */
+  hs->sndbuf = cfg->max_output_bytes / 2 > INT_MAX
+                   ? INT_MAX
+                   : (int)(cfg->max_output_bytes / 2);
   hs->tq[TQ_HEADER].timeout = at_least_1(cfg->header_timeout_ms);
   hs->tq[TQ_IDLE].timeout = at_least_1(cfg->keepalive_timeout_ms);
   hs->tq[TQ_LINGER].timeout = at_least_1(cfg->linger_ms);
