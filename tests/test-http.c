@@ -643,6 +643,39 @@ START_TEST(test_stats_slow_reader) {
 }
 END_TEST
 
+/* --admin-listen with workers: the acceptor's admin listener reads what
+ * the workers and the acceptor publish (periodically: scraped until it
+ * shows), without taking a worker's slot. */
+START_TEST(test_admin_listen_workers) {
+  const char *extra[] = {"--workers", "2", "--worker-mode", "process",
+                         "--admin-listen", "127.0.0.3", NULL};
+  char args[128], series[128];
+  int i, found = 0;
+  srv_start(extra);
+  curl_ok("127.0.0.2");
+  curl_ok("127.0.0.2");
+  snprintf(args, sizeof(args), "-i http://127.0.0.1:%d/stats.json", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 404 ", 13) == 0, "%s", out);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.3:%d/metrics", srv_port);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.2:%d\"} 2\n", srv_port);
+  for (i = 0; !found; i++) {
+    out = curl(args);
+    found = strstr(out, "\nuvip_http_requests_total 3\n") &&
+            strstr(out, "uvip_http_responses_total{code=\"404\"} 1\n") &&
+            strstr(out, series);
+    if (!found && i % 100 == 99)
+      fprintf(stderr, "/metrics after %d scrapes:\n%s\n", i + 1, out);
+    free(out);
+    if (!found) /* the next publish is at most 250 ms away */
+      (void)poll(NULL, 0, 50);
+  }
+  srv_stop();
+}
+END_TEST
+
 START_TEST(test_malformed_after_good) {
   char buf[8192];
   size_t len = 0;
@@ -1261,6 +1294,7 @@ int main(void) {
   tcase_add_test(tc, test_admin_listen);
   tcase_add_test(tc, test_output_limit);
   tcase_add_test(tc, test_stats_slow_reader);
+  tcase_add_test(tc, test_admin_listen_workers);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
