@@ -20,6 +20,8 @@
 #include "upgrade.h"
 
 static http_server_t *g_http; /* without workers */
+/* --admin-listen: /metrics and /stats.json there, not on the VIPs. */
+static http_server_t *g_admin;
 static uvip_tracker_t *g_tracker;
 static char *g_census_prom, *g_census_json;
 
@@ -56,6 +58,9 @@ static void usage(FILE *f) {
           "  --max-requests N         per connection (default 10000, 0 = no "
           "limit)\n"
           "  --header-timeout-ms N    to receive a request's headers (10000)\n"
+          "  --request-timeout-ms N   a request's first byte to its end (60000)\n"
+          "  --max-body-bytes N       request body; over it: 413 (1048576, 0 = "
+          "no limit)\n"
           "  --keepalive-timeout-ms N idle between requests (30000)\n"
           "  --shutdown-timeout-ms N  graceful stop before closing (5000)\n"
           "  --pid-file PATH          write the pid once ready (rewritten by an "
@@ -64,6 +69,13 @@ static void usage(FILE *f) {
           "                           at start, take them from the one serving there\n"
           "  --census-interval-ms N   socket census for /metrics (5000, 0 = "
           "off)\n"
+          "  --stats-interval-ms N    /metrics and /stats.json per-VIP part and\n"
+          "                           census rendered at most this often (1000)\n"
+          "  --admin-listen SPEC      serve /metrics and /stats.json there only\n"
+          "                           (not on the VIPs); default port: --port\n"
+          "  --max-output-bytes N     per connection: kernel send buffer cap, and\n"
+          "                           more unsent than this resets it (4194304,\n"
+          "                           0 = no limit)\n"
           "  --version, --help\n",
           ex_prog);
 }
@@ -89,7 +101,12 @@ enum {
   O_PIDFILE,
   O_HANDOFF,
   O_VERSION,
-  O_HELP
+  O_HELP,
+  O_REQ_TIMEOUT,
+  O_MAX_BODY,
+  O_STATS_INTERVAL,
+  O_ADMIN,
+  O_MAX_OUTPUT
 };
 
 static const struct option long_opts[] = {
@@ -114,6 +131,11 @@ static const struct option long_opts[] = {
     {"handoff-socket", required_argument, NULL, O_HANDOFF},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
+    {"request-timeout-ms", required_argument, NULL, O_REQ_TIMEOUT},
+    {"max-body-bytes", required_argument, NULL, O_MAX_BODY},
+    {"stats-interval-ms", required_argument, NULL, O_STATS_INTERVAL},
+    {"admin-listen", required_argument, NULL, O_ADMIN},
+    {"max-output-bytes", required_argument, NULL, O_MAX_OUTPUT},
     {NULL, 0, NULL, 0}};
 
 static void raise_nofile(void) {
@@ -148,7 +170,10 @@ static void on_census(uvip_tracker_t *t, const uvip_census_t *c, int status) {
   if (g_http) {
     http_server_ctx(g_http)->census_prom = g_census_prom;
     http_server_ctx(g_http)->census_json = g_census_json;
+    http_ctx_drop_cache(http_server_ctx(g_http));
   }
+  if (g_admin)
+    http_ctx_drop_cache(http_server_ctx(g_admin));
   /* Workers read it from the shared mapping: put it there now rather
    * than at the next periodic publish. */
   if (g_shared)
@@ -252,6 +277,56 @@ static void on_done(http_server_t *hs) {
   ex_upgrade_close();
 }
 
+static void on_admin_done(http_server_t *hs) { (void)hs; }
+
+static void admin_shutdown(void) {
+  if (g_admin)
+    http_server_shutdown(g_admin, on_admin_done);
+}
+
+static void drop_census(void) {
+  if (g_http) {
+    http_server_ctx(g_http)->census_prom =
+        http_server_ctx(g_http)->census_json = NULL;
+    http_ctx_drop_cache(http_server_ctx(g_http));
+  }
+  if (g_admin)
+    http_ctx_drop_cache(http_server_ctx(g_admin));
+}
+
+/* The admin listener: its own uvip server and HTTP layer on the main
+ * loop, where /metrics and /stats.json describe the data plane (the VIPs
+ * answer them with 404). SO_REUSEPORT so that an upgrade's next generation can bind
+ * it while this one still serves. */
+static int admin_start(uv_loop_t *loop, const char *spec, int port,
+                       const http_server_config_t *cfg, char *err,
+                       size_t errlen) {
+  uvip_server_options_t ao;
+  http_server_config_t acfg = *cfg;
+  uvip_addrs_t *aaddrs = NULL;
+  uvip_server_t *as = NULL;
+  int r;
+  if ((r = uvip_addrs_new(&aaddrs)) != 0)
+    return r;
+  ex_parse_spec("--admin-listen", aaddrs, spec, port);
+  uvip_server_options_init(&ao);
+  ao.flags |= UVIP_NODELAY | UVIP_REUSEPORT;
+  ao.max_conns = 64;
+  ao.conn_close_cb = http_on_lib_close;
+  acfg.routes = HTTP_ROUTES_ADMIN;
+  r = uvip_server_new(loop, aaddrs, &ao, &as);
+  uvip_addrs_free(aaddrs);
+  if (r == 0)
+    r = http_server_new(loop, as, g_shared, 0, &acfg, &g_admin);
+  if (r == 0 && !g_shared)
+    http_server_ctx(g_admin)->stats_of = http_server_ctx(g_http);
+  if (r == 0)
+    r = uvip_server_listen(as, http_on_connection, err, errlen);
+  if (r == 0)
+    printf("%s: admin on %s\n", ex_prog, spec);
+  return r;
+}
+
 /* Upgrade hooks (without workers): a keep-alive connection between
  * requests moves as it is (an HTTP/1.1 connection carries no state from
  * one request to the next); one in the middle of a request stays and
@@ -275,11 +350,11 @@ static void upgrade_retire(size_t kept) {
            kept);
   fflush(stdout);
   if (g_tracker) {
-    http_server_ctx(g_http)->census_prom =
-        http_server_ctx(g_http)->census_json = NULL;
+    drop_census();
     uvip_tracker_close(g_tracker, NULL);
     g_tracker = NULL;
   }
+  admin_shutdown();
   http_server_shutdown(g_http, on_done);
 }
 
@@ -288,12 +363,11 @@ static void stop(void) {
     return;
   g_stopping = 1;
   if (g_tracker) {
-    if (g_http)
-      http_server_ctx(g_http)->census_prom =
-          http_server_ctx(g_http)->census_json = NULL;
+    drop_census();
     uvip_tracker_close(g_tracker, NULL);
     g_tracker = NULL;
   }
+  admin_shutdown();
   if (g_workers) {
     uvip_server_stop(g_server);
     http_shared_set_stopping(g_shared);
@@ -334,6 +408,7 @@ int main(int argc, char **argv) {
   size_t nspecs = 0, i, n;
   int port = 8080, c, r;
   const char *wopt = NULL, *pid_file = NULL, *handoff_path = NULL;
+  const char *admin_spec = NULL;
   uvip_workers_options_t wo;
   uint64_t census_ms = 5000;
   uvip_server_options_t opts;
@@ -358,9 +433,13 @@ int main(int argc, char **argv) {
   cfg.limits.max_requests = 10000;
   cfg.limits.max_pending_out = 64 * 1024;
   cfg.header_timeout_ms = 10000;
+  cfg.request_timeout_ms = 60000;
+  cfg.limits.max_body_bytes = 1024 * 1024;
   cfg.keepalive_timeout_ms = 30000;
   cfg.linger_ms = 2000;
   cfg.shutdown_timeout_ms = 5000;
+  cfg.stats_interval_ms = 1000;
+  cfg.max_output_bytes = 4 * 1024 * 1024;
 
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
@@ -434,6 +513,29 @@ int main(int argc, char **argv) {
       cfg.header_timeout_ms =
           ex_parse_num("--header-timeout-ms", optarg, 1, 86400000);
       break;
+    case O_REQ_TIMEOUT:
+      cfg.request_timeout_ms =
+          ex_parse_num("--request-timeout-ms", optarg, 1, 86400000);
+      break;
+    case O_MAX_BODY:
+      cfg.limits.max_body_bytes =
+          ex_parse_num("--max-body-bytes", optarg, 0, UINT64_MAX);
+      break;
+    case O_STATS_INTERVAL:
+      cfg.stats_interval_ms =
+          ex_parse_num("--stats-interval-ms", optarg, 1, 86400000);
+      break;
+    case O_ADMIN:
+      admin_spec = optarg;
+      break;
+    case O_MAX_OUTPUT:
+      cfg.max_output_bytes =
+          ex_parse_num("--max-output-bytes", optarg, 0, UINT64_MAX);
+      if (cfg.max_output_bytes && cfg.max_output_bytes < 4096)
+        ex_usage_error("--max-output-bytes: expected 0 or at least 4096, "
+                       "got '%s'",
+                       optarg);
+      break;
     case O_KA_TIMEOUT:
       cfg.keepalive_timeout_ms =
           ex_parse_num("--keepalive-timeout-ms", optarg, 1, 86400000);
@@ -489,6 +591,8 @@ int main(int argc, char **argv) {
   /* Under systemd socket activation, serve on the sockets it bound. */
   if (getenv("LISTEN_FDS"))
     opts.flags |= UVIP_SOCKET_ACTIVATION;
+  if (admin_spec)
+    cfg.routes = HTTP_ROUTES_DATA;
   g_cfg = cfg;
   r = uvip_server_new(loop, addrs, &opts, &server);
   g_server = server;
@@ -498,6 +602,8 @@ int main(int argc, char **argv) {
       r = ex_handoff_take(server, handoff_path);
     if (r == 0)
       r = uvip_server_listen(server, http_on_connection, err, sizeof(err));
+    if (r == 0 && admin_spec)
+      r = admin_start(loop, admin_spec, port, &cfg, err, sizeof(err));
   } else if (r == 0) {
     wo.init_cb = worker_init;
     wo.exit_cb = worker_exit;
@@ -508,6 +614,8 @@ int main(int argc, char **argv) {
     if (r == 0)
       r = uvip_workers_listen(g_workers, http_on_connection, err,
                               sizeof(err));
+    if (r == 0 && admin_spec)
+      r = admin_start(loop, admin_spec, port, &cfg, err, sizeof(err));
     if (r == 0) {
       uv_timer_init(loop, &g_publish);
       uv_timer_init(loop, &g_drain);
@@ -559,6 +667,7 @@ int main(int argc, char **argv) {
   uv_run(loop, UV_RUN_DEFAULT);
   ex_loopgap_stop(loop);
   http_server_free(g_http);
+  http_server_free(g_admin);
   http_shared_free(g_shared);
   free(g_census_prom);
   free(g_census_json);

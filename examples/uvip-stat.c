@@ -9,17 +9,19 @@
 
 #include <uvip.h>
 
+#include "common.h"
+
 typedef struct opts {
   const char *vips;
   int json, prom, capacity, procfs;
-  double watch;
-  long count;
+  uint64_t watch_ms;
+  uint64_t count;
   size_t top;
   uvip_capacity_input_t in;
 } opts_t;
 
 static opts_t O;
-static long printed;
+static uint64_t printed;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -234,7 +236,7 @@ static int watch(const uvip_addrs_t *vips, const uvip_census_options_t *co) {
   uvip_tracker_t *t;
   uvip_tracker_options_init(&to);
   to.census = *co;
-  to.interval_ms = (uint64_t)(O.watch * 1000);
+  to.interval_ms = O.watch_ms;
   if (to.interval_ms < 10)
     to.interval_ms = 10;
   int rc = uvip_tracker_new(loop, vips, &to, &t);
@@ -252,15 +254,6 @@ static int watch(const uvip_addrs_t *vips, const uvip_census_options_t *co) {
   return watch_rc;
 }
 
-static int parse_u64(const char *s, uint64_t *out) {
-  char *end;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (*s == '-' || end == s || *end)
-    return -1;
-  *out = v;
-  return 0;
-}
-
 int main(int argc, char **argv) {
   static const struct option lo[] = {
       {"vips", required_argument, 0, 'v'},   {"json", no_argument, 0, 'j'},
@@ -271,8 +264,8 @@ int main(int argc, char **argv) {
       {"processes", required_argument, 0, 'P'},
       {"procfs", no_argument, 0, 'f'},       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  uint64_t v;
   int ch;
+  ex_init(argv[0]);
   O.top = 10;
   uvip_capacity_input_init(&O.in);
   while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -282,25 +275,18 @@ int main(int argc, char **argv) {
     case 'p': O.prom = 1; break;
     case 'c': O.capacity = 1; break;
     case 'f': O.procfs = 1; break;
-    case 'w': {
-      char *end;
-      O.watch = strtod(optarg, &end);
-      if (end == optarg || *end || !(O.watch > 0)) {
-        fprintf(stderr, "uvip-stat: bad --watch '%s': seconds > 0\n", optarg);
-        return 2;
-      }
+    case 'w':
+      /* A day at most: the interval is milliseconds on a uv timer. */
+      O.watch_ms = ex_parse_secs("--watch", optarg, 1, 86400000);
       break;
-    }
-    case 'n': case 't': case 'T': case 'S': case 'P':
-      if (parse_u64(optarg, &v) != 0) {
-        fprintf(stderr, "uvip-stat: bad number '%s'\n", optarg);
-        return 2;
-      }
-      if (ch == 'n') O.count = (long)v;
-      if (ch == 't') O.top = (size_t)v;
-      if (ch == 'T') O.in.target_conns = v;
-      if (ch == 'S') O.in.sources = v;
-      if (ch == 'P') O.in.processes = v;
+    case 'n': O.count = ex_parse_num("--count", optarg, 0, INT64_MAX); break;
+    case 't': O.top = (size_t)ex_parse_num("--top", optarg, 0, SIZE_MAX); break;
+    case 'T':
+      O.in.target_conns = ex_parse_num("--target", optarg, 0, UINT64_MAX);
+      break;
+    case 'S': O.in.sources = ex_parse_num("--sources", optarg, 0, UINT64_MAX); break;
+    case 'P':
+      O.in.processes = ex_parse_num("--processes", optarg, 0, UINT64_MAX);
       break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
@@ -332,7 +318,7 @@ int main(int argc, char **argv) {
     co.max_vips = uvip_addrs_count(vips);
 
   int rc = 0;
-  if (O.watch > 0) {
+  if (O.watch_ms > 0) {
     rc = watch(vips, &co);
   } else {
     uvip_census_t *c = NULL;

@@ -62,8 +62,10 @@ void uvip_addrs_free(uvip_addrs_t *addrs);
  *
  * A spec is a comma-separated list of items; each item is one of
  *   A            one address, IPv4 ("10.0.0.1") or IPv6 ("fd00::1")
- *   A/N          every address of the prefix; for IPv4 prefixes shorter
- *                than /31 the network and broadcast addresses are left out
+ *   A/N          the addresses a host may own on the prefix: the all-zero
+ *                host address is left out (IPv4 network address, IPv6
+ *                Subnet-Router anycast), and for IPv4 the broadcast one,
+ *                except on /31 and /127 (point to point) and /32, /128
  *   A-B          every address from A to B inclusive, same family, A <= B
  *   A:PORT       IPv4 with a port
  *   [V6]         IPv6 in brackets, [V6]:PORT with a port

@@ -283,14 +283,21 @@ static int parse_item(const parse_ctx_t *c, uvip_addrs_t *l, size_t b,
     first.lo &= ~host.lo;
     last.hi = first.hi | host.hi;
     last.lo = first.lo | host.lo;
+    /* A prefix means the addresses a host may own on that subnet. The
+     * all-zero host address is never one: IPv4's network address, IPv6's
+     * Subnet-Router anycast address (RFC 4291 2.6.1). IPv4 also leaves out
+     * broadcast; IPv6 has none. Point-to-point prefixes (/31, RFC 3021;
+     * /127, RFC 6164) and single addresses keep every address, and so do
+     * ranges: they are taken as written. */
     if (family == AF_INET) {
       last.hi = 0;
       last.lo &= 0xffffffffu;
       if (plen < 31) {
-        /* Network and broadcast addresses cannot be VIPs. */
         first = u128_add64(first, 1);
         last = u128_sub(last, (u128_t){0, 1});
       }
+    } else if (plen < 127) {
+      first = u128_add64(first, 1);
     }
   } else if (dash != NULL) {
     size_t di = (size_t)(dash - s);

@@ -7,7 +7,8 @@
  *  - feed never claims more bytes than it was given, a pause makes
  *    progress, and after a close no more input is taken or answered;
  *  - every output chunk starts with a status line and holds exactly one
- *    status line per response the server counted;
+ *    status line per response the server counted (an HTTP/0.9 answer,
+ *    the body alone, ends the connection);
  *  - no more requests are answered than --max-requests allows.
  *
  * Built with -DUVIP_LIBFUZZER (clang -fsanitize=fuzzer) it is a libFuzzer
@@ -29,7 +30,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static http_ctx_t ctx;
 static http_buf_t out;
 static const http_limits_t limits = {
-    .max_header_bytes = 512, .max_requests = 8, .max_pending_out = 256};
+    .max_header_bytes = 512, .max_requests = 8, .max_pending_out = 256,
+    .max_body_bytes = 100};
 
 static void check(int cond, const char *what) {
   if (!cond) {
@@ -56,9 +58,17 @@ static size_t status_lines(const char *p, size_t n) {
   return count;
 }
 
-static void check_output(size_t *statuses) {
+static void check_output(const http_session_t *s, int timeout,
+                         size_t *statuses) {
   if (out.len == 0)
     return;
+  /* An HTTP/0.9 request is answered with the body alone, the last output
+   * of the connection (after any HTTP/1.x responses in the same chunk). */
+  if (!timeout && s->parser.http_major == 0 && (s->flags & HTTP_SF_DONE) &&
+      !http_session_in_message(s)) {
+    *statuses += 1 + status_lines(out.base, out.len);
+    return;
+  }
   check(out.len >= 9 && memcmp(out.base, "HTTP/1.1 ", 9) == 0,
         "output starts with a status line");
   *statuses += status_lines(out.base, out.len);
@@ -92,7 +102,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       out.len = 0;
       int r = http_session_feed(&s, p, left, &out, &used);
       check(used <= left, "consumed <= given");
-      check_output(&statuses);
+      /* A shared body ends the output: the feed stopped after it. */
+      if (ctx.attach) {
+        check(r != HTTP_FEED_OK || used == left, "nothing after a body");
+        http_blob_unref(ctx.attach);
+        ctx.attach = NULL;
+      }
+      check_output(&s, 0, &statuses);
       if (r == HTTP_FEED_PAUSED) {
         check(used > 0 && used < left, "a pause makes progress");
         p += used;
@@ -121,7 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
           "timeout closes");
     check(out.len == 0 || memcmp(out.base, "HTTP/1.1 408 ", 13) == 0,
           "a timeout answers 408 or nothing");
-    check_output(&statuses);
+    check_output(&s, 1, &statuses);
   }
   check(statuses == responses_total() - before,
         "one status line per response");

@@ -51,9 +51,14 @@ static const struct {
     {"[fd00::1]:443", 80, 1, "[fd00::1]:443", "[fd00::1]:443"},
     {"::", 5, 1, "[::]:5", "[::]:5"},
     {"::ffff:1.2.3.4", 5, 1, "[::ffff:1.2.3.4]:5", "[::ffff:1.2.3.4]:5"},
-    {"fd00::/126", 80, 4, "[fd00::]:80", "[fd00::3]:80"},
-    {"fd00::7/126", 80, 4, "[fd00::4]:80", "[fd00::7]:80"},
-    {"[fd00::/126]:80", 0, 4, "[fd00::]:80", "[fd00::3]:80"},
+    /* IPv6 prefixes below /127 leave out the all-zero host address (the
+     * Subnet-Router anycast address), as IPv4 ones leave out the network
+     * address; there is no broadcast to leave out. */
+    {"fd00::/126", 80, 3, "[fd00::1]:80", "[fd00::3]:80"},
+    {"fd00::7/126", 80, 3, "[fd00::5]:80", "[fd00::7]:80"},
+    {"[fd00::/126]:80", 0, 3, "[fd00::1]:80", "[fd00::3]:80"},
+    {"fd00::/127", 80, 2, "[fd00::]:80", "[fd00::1]:80"},
+    {"fd00::-fd00::2", 80, 3, "[fd00::]:80", "[fd00::2]:80"},
     {"[fd00::1-fd00::4]:80", 0, 4, "[fd00::1]:80", "[fd00::4]:80"},
     {"fd00::1-fd00::4", 9, 4, "[fd00::1]:9", "[fd00::4]:9"},
     {"fd00::ffff:ffff:ffff:fffe-fd00:0:0:1::1", 9, 4,
@@ -136,11 +141,11 @@ static const struct {
     {"10.0.0.0/8", 80, UV_E2BIG,
      "'10.0.0.0/8' expands to 16777214 addresses, more than 65536 at offset 0"},
     {"0.0.0.0/0", 80, UV_E2BIG, "expands to 4294967294 addresses"},
-    {"fd00::/111", 80, UV_E2BIG, "expands to 131072 addresses"},
+    {"fd00::/111", 80, UV_E2BIG, "expands to 131071 addresses"},
     {"1.1.1.1,fd00::/64", 80, UV_E2BIG,
-     "expands to 18446744073709551616 addresses, more than 65536 at offset 8"},
+     "expands to 18446744073709551615 addresses, more than 65536 at offset 8"},
     {"::/0", 80, UV_E2BIG,
-     "expands to 340282366920938463463374607431768211456 addresses"},
+     "expands to 340282366920938463463374607431768211455 addresses"},
     {"::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 80, UV_E2BIG,
      "expands to 340282366920938463463374607431768211456 addresses"},
     {"10.0.0.0-10.1.0.0", 80, UV_E2BIG, "expands to 65537 addresses"},
@@ -243,6 +248,10 @@ END_TEST
 START_TEST(test_limit_ipv6_112) {
   char err[256], b[UVIP_ADDRSTRLEN];
   uvip_addrs_t *l = th_addrs("fd00::/112", 80);
+  ck_assert_uint_eq(uvip_addrs_count(l), UVIP_ADDRS_MAX - 1);
+  ck_assert_str_eq(fmt_at(l, 0, b), "[fd00::1]:80");
+  uvip_addrs_free(l);
+  l = th_addrs("fd00::-fd00::ffff", 80);
   ck_assert_uint_eq(uvip_addrs_count(l), UVIP_ADDRS_MAX);
   ck_assert_str_eq(fmt_at(l, 0, b), "[fd00::]:80");
   ck_assert_str_eq(fmt_at(l, 65535, b), "[fd00::ffff]:80");
@@ -255,7 +264,7 @@ START_TEST(test_limit_ipv6_112) {
   l = th_addrs("fd01::1", 80);
   ck_assert_int_eq(uvip_addrs_parse(l, "fd00::/111", 80, err, sizeof(err)),
                    UV_E2BIG);
-  ck_assert_str_eq(err, "'fd00::/111' expands to 131072 addresses, more than "
+  ck_assert_str_eq(err, "'fd00::/111' expands to 131071 addresses, more than "
                         "65536 at offset 0");
   ck_assert_uint_eq(uvip_addrs_count(l), 1);
   ck_assert_str_eq(fmt_at(l, 0, b), "[fd01::1]:80");
@@ -563,11 +572,14 @@ START_TEST(test_random_prefixes) {
       uint16_t host = (uint16_t)((1u << hostbits) - 1);
       uint16_t tail = (uint16_t)((x.s6_addr[14] << 8) | x.s6_addr[15]);
       uint16_t ft = tail & (uint16_t)~host, lt = tail | host;
+      /* Below /127 the all-zero host address is left out. */
+      if (plen < 127)
+        ft++;
       f.s6_addr[14] = (uint8_t)(ft >> 8);
       f.s6_addr[15] = (uint8_t)ft;
       l6.s6_addr[14] = (uint8_t)(lt >> 8);
       l6.s6_addr[15] = (uint8_t)lt;
-      want = (size_t)1 << hostbits;
+      want = ((size_t)1 << hostbits) - (plen < 127);
       inet_ntop(AF_INET6, &x, base, sizeof(base));
       inet_ntop(AF_INET6, &f, lo, sizeof(lo));
       inet_ntop(AF_INET6, &l6, hi, sizeof(hi));

@@ -363,6 +363,319 @@ START_TEST(test_malformed) {
 }
 END_TEST
 
+/* Request smuggling shapes a proxy in front may pass on differently: each
+ * is answered 400 and closed, as nginx 1.22 answers them (docs/http.md
+ * lists what nginx does for each). */
+START_TEST(test_strict_parsing) {
+  srv_start(NULL);
+  /* CR not followed by LF ending the header block (CVE-2025-23167). */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\n\rX\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* Chunk data followed by two bytes that are not CRLF. */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                   "chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* A space inside a header name, or before the colon. */
+  check_bad_client("GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  check_bad_client("GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* obs-fold (RFC 9112 5.2: reject or replace; nginx rejects). */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* Transfer-Encoding on HTTP/1.0 (RFC 9112 6.1: treat as faulty). */
+  check_bad_client("GET / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: "
+                   "chunked\r\n\r\n0\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  /* A CR alone inside a header value. */
+  check_bad_client("GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+                   "HTTP/1.1 400 Bad Request\r\n");
+  srv_stop();
+}
+END_TEST
+
+/* What nginx accepts, kept: a bare LF ending the header block (RFC 9112
+ * 2.2 allows LF as a line end), empty lines before a request (2.2: ignore
+ * at least one) and a simple HTTP/0.9 GET, answered as nginx answers it:
+ * the body alone, then close. */
+START_TEST(test_lenient_kept) {
+  char buf[4096];
+  size_t len = 0;
+  srv_start(NULL);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "GET / HTTP/1.1\r\nHost: a\r\n\n"
+               "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_msg(count_of(buf, "HTTP/1.1 200 OK\r\n") == 2, "got '%s'", buf);
+  close(fd);
+  fd = conn_to("127.0.0.1");
+  len = 0;
+  send_str(fd, "GET /\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_str_eq(buf, "Hello from uvip\n");
+  close(fd);
+  fd = conn_to("127.0.0.1");
+  len = 0;
+  send_str(fd, "HEAD /\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_str_eq(buf, "Bad Request\n");
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+static void expect_usage_error(const char *args, const char *name);
+
+/* Sends `drip` one byte per 50 ms (waiting for an answer paces it) until
+ * the server answers or closes; returns what it sent back. */
+static void drip_until_answer(int fd, const char *drip, char *buf, size_t cap) {
+  size_t len = 0, i;
+  int readable = 0;
+  for (i = 0; !readable; i++) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    send(fd, drip + (i % strlen(drip)), 1, MSG_NOSIGNAL);
+    readable = poll(&p, 1, 50) == 1;
+  }
+  ck_assert_int_eq(recv_until(fd, buf, cap, &len, NULL), 1);
+}
+
+/* A body trickled in faster than any idle timeout still meets the request
+ * deadline (first byte to complete request): 408, and the metrics say
+ * which deadline it was. */
+START_TEST(test_request_deadline) {
+  const char *extra[] = {"--request-timeout-ms", "300", "--header-timeout-ms",
+                         "3600000", "--keepalive-timeout-ms", "3600000", NULL};
+  char buf[2048], args[128];
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  send_str(fd, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+  drip_until_answer(fd, "x", buf, sizeof(buf));
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0,
+                "got '%s'", buf);
+  close(fd);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strstr(out, "uvip_http_timeouts_total{kind=\"request\"} 1\n"),
+                "%s", out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* Empty lines between requests are the start of the next one (RFC 9112
+ * 2.2 lets a server skip a few): a stream of them meets the header
+ * timeout instead of refreshing the idle one for ever. */
+START_TEST(test_crlf_stream) {
+  const char *extra[] = {"--header-timeout-ms", "300", "--keepalive-timeout-ms",
+                         "3600000", NULL};
+  char buf[2048];
+  srv_start(extra);
+  int fd = conn_to("127.0.0.1");
+  keepalive_roundtrip(fd);
+  drip_until_answer(fd, "\r\n", buf, sizeof(buf));
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0,
+                "got '%s'", buf);
+  close(fd);
+  srv_stop();
+}
+END_TEST
+
+/* --max-body-bytes: a declared length over it is refused before any body
+ * byte, a chunked body when its chunks pass it; at the limit it is fine. */
+START_TEST(test_body_limit) {
+  const char *extra[] = {"--max-body-bytes", "100", NULL};
+  char buf[2048], req[512];
+  size_t len = 0;
+  srv_start(extra);
+  check_bad_client("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
+                   "HTTP/1.1 413 Content Too Large\r\n");
+  snprintf(req, sizeof(req),
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "40\r\n%064d\r\n40\r\n%064d\r\n0\r\n\r\n", 0, 0);
+  check_bad_client(req, "HTTP/1.1 413 Content Too Large\r\n");
+  int fd = conn_to("127.0.0.1");
+  snprintf(req, sizeof(req),
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n"
+           "Connection: close\r\n\r\n%0100d", 0);
+  send_str(fd, req);
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  ck_assert_msg(strncmp(buf, "HTTP/1.1 405 ", 13) == 0, "got '%s'", buf);
+  close(fd);
+  expect_usage_error("--max-body-bytes x", "--max-body-bytes");
+  expect_usage_error("--request-timeout-ms 0", "--request-timeout-ms");
+  srv_stop();
+}
+END_TEST
+
+/* The per-VIP part of /metrics and /stats.json is rendered once per
+ * --stats-interval-ms and the same bytes served to every client; the HTTP
+ * counters before it are fresh in every response. */
+START_TEST(test_stats_cached) {
+  const char *extra[] = {"--stats-interval-ms", "3600000",
+                         "--census-interval-ms", "0", NULL};
+  char args[128], series[128];
+  srv_start(extra);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.1:%d\"} 1\n", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  free(out);
+  curl_ok("127.0.0.1");
+  out = curl(args);
+  /* Two more connections on 127.0.0.1, and still the cached count... */
+  ck_assert_msg(strstr(out, series), "not cached: no '%s' in %s", series, out);
+  /* ...while the request counter (fresh) has all three before this one. */
+  ck_assert_msg(strstr(out, "\nuvip_http_requests_total 3\n"), "%s", out);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/stats.json", srv_port);
+  out = curl(args);
+  snprintf(series, sizeof(series), "{\"vip\":\"127.0.0.1:%d\",", srv_port);
+  ck_assert_msg(strstr(out, series) && strstr(out, "\"requests\":4,"), "%s",
+                out);
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* --admin-listen: /metrics and /stats.json there, describing the data
+ * VIPs; the data VIPs answer them with 404. */
+START_TEST(test_admin_listen) {
+  const char *extra[] = {"--admin-listen", "127.0.0.3", NULL};
+  char args[128], series[128];
+  srv_start(extra);
+  ck_assert_ptr_nonnull(strstr(srv_banner, "admin on 127.0.0.3"));
+  curl_ok("127.0.0.2");
+  snprintf(args, sizeof(args), "-i http://127.0.0.1:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 404 ", 13) == 0, "%s", out);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.3:%d/metrics", srv_port);
+  out = curl(args);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.2:%d\"} 1\n", srv_port);
+  ck_assert_msg(strstr(out, series), "no '%s' in %s", series, out);
+  ck_assert_msg(strstr(out, "uvip_http_responses_total{code=\"404\"} 1\n"),
+                "%s", out);
+  /* The admin listener is not one of the VIPs. */
+  snprintf(series, sizeof(series), "{vip=\"127.0.0.3:%d\"}", srv_port);
+  ck_assert_ptr_null(strstr(out, series));
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* A client that asks for a big response and never reads: once more than
+ * --max-output-bytes would wait for it, the server resets it at once
+ * (it used to keep it, and the kernel buffers, until the keepalive
+ * timeout). Checked without reading: poll() reports the reset. */
+START_TEST(test_output_limit) {
+  const char *extra[] = {"--listen", "127.0.2.1-127.0.2.254",
+                         "--max-output-bytes", "4096",
+                         "--keepalive-timeout-ms", "3600000",
+                         "--census-interval-ms", "0", NULL};
+  struct sockaddr_storage sa;
+  int small = 1;
+  srv_start(extra);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)),
+                   0);
+  th_addr("127.0.0.1", srv_port, &sa);
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)),
+                   0);
+  send_str(fd, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+  struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+  ck_assert_msg(poll(&p, 1, WAIT_MS) == 1 &&
+                    (p.revents & (POLLHUP | POLLERR | POLLRDHUP)),
+                "the server kept a client that does not read");
+  close(fd);
+  expect_usage_error("--max-output-bytes 100", "--max-output-bytes");
+  srv_stop();
+}
+END_TEST
+
+/* A client that reads a big /metrics slowly gets all of it: the part the
+ * socket did not take waits in a write that references the shared body
+ * (from an offset inside it), and a pipelined request after it is
+ * answered after it. */
+START_TEST(test_stats_slow_reader) {
+  /* The socket holds about 128 KiB of the 185 KB body; the rest waits,
+   * under the limit. */
+  const char *extra[] = {"--listen", "127.0.2.1-127.0.2.254",
+                         "--max-output-bytes", "131072",
+                         "--census-interval-ms", "0", NULL};
+  static char buf[1 << 20];
+  struct sockaddr_storage sa;
+  size_t len = 0;
+  int small = 1;
+  srv_start(extra);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)),
+                   0);
+  th_addr("127.0.0.1", srv_port, &sa);
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)),
+                   0);
+  send_str(fd, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+               "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  ck_assert_int_eq(recv_until(fd, buf, sizeof(buf), &len, NULL), 1);
+  char *cl = strstr(buf, "Content-Length: ");
+  char *body = strstr(buf, "\r\n\r\n");
+  ck_assert_msg(cl && body, "got '%.200s'", buf);
+  size_t n = strtoul(cl + 16, NULL, 10);
+  body += 4;
+  ck_assert_msg(n > 100000, "a small /metrics: %zu", n);
+  ck_assert_uint_ge(len, (size_t)(body - buf) + n);
+  ck_assert_msg(strncmp(body + n, "HTTP/1.1 200 OK\r\n", 17) == 0,
+                "after the body: '%.100s'", body + n);
+  ck_assert_ptr_nonnull(strstr(body + n, "Hello from uvip\n"));
+  ck_assert_ptr_nonnull(strstr(body, "uvip_vip_state{vip=\"127.0.2.254:"));
+  close(fd);
+  char args[128];
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/metrics", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(!strstr(out, "\nuvip_http_write_stalls_total 0\n") &&
+                    strstr(out, "\nuvip_http_output_overflows_total 0\n"),
+                "no stall, or an overflow");
+  free(out);
+  srv_stop();
+}
+END_TEST
+
+/* --admin-listen with workers: the acceptor's admin listener reads what
+ * the workers and the acceptor publish (periodically: scraped until it
+ * shows), without taking a worker's slot. */
+START_TEST(test_admin_listen_workers) {
+  const char *extra[] = {"--workers", "2", "--worker-mode", "process",
+                         "--admin-listen", "127.0.0.3", NULL};
+  char args[128], series[128];
+  int i, found = 0;
+  srv_start(extra);
+  curl_ok("127.0.0.2");
+  curl_ok("127.0.0.2");
+  snprintf(args, sizeof(args), "-i http://127.0.0.1:%d/stats.json", srv_port);
+  char *out = curl(args);
+  ck_assert_msg(strncmp(out, "HTTP/1.1 404 ", 13) == 0, "%s", out);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.3:%d/metrics", srv_port);
+  snprintf(series, sizeof(series),
+           "\nuvip_vip_accepted_total{vip=\"127.0.0.2:%d\"} 2\n", srv_port);
+  for (i = 0; !found; i++) {
+    out = curl(args);
+    found = strstr(out, "\nuvip_http_requests_total 3\n") &&
+            strstr(out, "uvip_http_responses_total{code=\"404\"} 1\n") &&
+            strstr(out, series);
+    if (!found && i % 100 == 99)
+      fprintf(stderr, "/metrics after %d scrapes:\n%s\n", i + 1, out);
+    free(out);
+    if (!found) /* the next publish is at most 250 ms away */
+      (void)poll(NULL, 0, 50);
+  }
+  srv_stop();
+}
+END_TEST
+
 START_TEST(test_malformed_after_good) {
   char buf[8192];
   size_t len = 0;
@@ -923,6 +1236,10 @@ START_TEST(test_bad_args) {
   expect_usage_error("--port", "--port");
   expect_usage_error("stray", "stray");
   expect_usage_error("--census-interval-ms 5", "--census-interval-ms");
+  /* strtoull() would take ' -1' as 2^64-1. */
+  expect_usage_error("--max-conns ' -1'", "--max-conns");
+  expect_usage_error("--max-conns 99999999999999999999", "--max-conns");
+  expect_usage_error("--listen 127.0.0.1:0", "port 0");
   char many[4096];
   size_t len = 0;
   for (int i = 0; i < 65; i++)
@@ -964,6 +1281,20 @@ int main(void) {
   tcase_add_test(tc, test_failed_vip);
   tcase_add_test(tc, test_version_help);
   tcase_add_test(tc, test_reuseport_bind_error);
+  suite_add_tcase(s, tc);
+  /* Hardening for life behind a balancer (CK_RUN_CASE=harden). */
+  tc = tcase_create("harden");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_strict_parsing);
+  tcase_add_test(tc, test_lenient_kept);
+  tcase_add_test(tc, test_request_deadline);
+  tcase_add_test(tc, test_crlf_stream);
+  tcase_add_test(tc, test_body_limit);
+  tcase_add_test(tc, test_stats_cached);
+  tcase_add_test(tc, test_admin_listen);
+  tcase_add_test(tc, test_output_limit);
+  tcase_add_test(tc, test_stats_slow_reader);
+  tcase_add_test(tc, test_admin_listen_workers);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -35,6 +35,19 @@ static inline int http_buf_reserve(http_buf_t *b, size_t extra) {
   return b->cap - b->len >= extra ? 0 : http_buf_grow(b, extra);
 }
 
+/* A reference-counted byte block: a rendered /metrics or /stats.json body
+ * shared by every response that sends it, held by each write in flight
+ * until it completes (one loop's; not thread-safe). */
+typedef struct http_blob_s {
+  unsigned int refs;
+  size_t len;
+  char data[];
+} http_blob_t;
+
+http_blob_t *http_blob_new(const void *p, size_t len); /* refs = 1 */
+http_blob_t *http_blob_ref(http_blob_t *b);
+void http_blob_unref(http_blob_t *b); /* NULL is fine */
+
 /* ------------------------------------------------------------------------ */
 /* Per-loop context: limits, the cached Date header, prebuilt responses     */
 /* ------------------------------------------------------------------------ */
@@ -46,6 +59,9 @@ typedef struct http_limits_s {
    * is waiting, so a pipelining client that does not read cannot make the
    * server buffer without bound. */
   size_t max_pending_out;
+  /* Request body bytes (Content-Length or the sum of the chunks); over
+   * it: 413. 0 = no limit. */
+  uint64_t max_body_bytes;
 } http_limits_t;
 
 /* Status codes the server answers with; index into the response counters. */
@@ -55,6 +71,7 @@ enum {
   HTTP_S404,
   HTTP_S405,
   HTTP_S408,
+  HTTP_S413,
   HTTP_S431,
   HTTP_S500,
   HTTP_NSTATUS
@@ -64,8 +81,9 @@ typedef struct http_counters_s {
   uint64_t requests;
   uint64_t responses[HTTP_NSTATUS];
   uint64_t conns_total, conns_active;
-  uint64_t timeouts_header, timeouts_idle;
+  uint64_t timeouts_header, timeouts_idle, timeouts_request;
   uint64_t write_stalls; /* responses the socket did not take at once */
+  uint64_t output_overflows; /* closed: more than max_output_bytes waiting */
 } http_counters_t;
 
 typedef struct http_shared_s http_shared_t;
@@ -88,8 +106,27 @@ typedef struct http_ctx_s {
   /* Transient, valid during one http_session_feed(). */
   http_buf_t *out;
   const char *mark; /* where the current header block starts in this feed */
+  const char *feed_end; /* end of this feed's data */
 
   http_buf_t scratch; /* body rendering for /metrics and /stats.json */
+
+  /* /metrics and /stats.json: the per-VIP part and the census are
+   * rendered at most once per stats_ms (and again when the census
+   * changes: http_ctx_drop_cache()), and the same bytes go to every
+   * client; the small HTTP counters part is rendered per response. */
+  uint64_t stats_ms;
+  uint64_t now_ms;            /* set by the server before each feed */
+  http_blob_t *cache[2];      /* [0] Prometheus, [1] JSON */
+  uint64_t cache_at[2];
+  /* Transient: a blob the last response ends with, for the server to send
+   * after out (it takes the reference). The feed pauses after it. */
+  http_blob_t *attach;
+  /* 0: every route. HTTP_ROUTES_DATA: no /metrics, /stats.json (they are
+   * on an admin listener). HTTP_ROUTES_ADMIN: the admin listener. */
+  int routes;
+  /* Where /metrics reads counters and VIPs when they are not this
+   * context's own (the admin listener's: the data plane's); NULL = own. */
+  const struct http_ctx_s *stats_of;
 
   http_counters_t c; /* this loop's counters */
   /* With workers: /metrics renders from here, and this loop is worker
@@ -98,7 +135,11 @@ typedef struct http_ctx_s {
   unsigned int worker;
 } http_ctx_t;
 
+enum { HTTP_ROUTES_DATA = 1, HTTP_ROUTES_ADMIN = 2 };
+
 int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits);
+/* The census or the VIPs changed: render /metrics and /stats.json anew. */
+void http_ctx_drop_cache(http_ctx_t *ctx);
 void http_ctx_free(http_ctx_t *ctx);
 /* Refreshes the Date header and the prebuilt responses if the second
  * changed. */
@@ -117,7 +158,12 @@ enum {
   HTTP_SF_KEEPALIVE = 1u << 3,  /* llhttp_should_keep_alive() at headers */
   HTTP_SF_DONE = 1u << 4,       /* last response written: close after it */
   HTTP_SF_LINGER = 1u << 5,     /* closing on an error: input may follow */
-  HTTP_SF_TOO_BIG = 1u << 6     /* header limit hit inside a callback */
+  HTTP_SF_TOO_BIG = 1u << 6,    /* header limit hit inside a callback */
+  HTTP_SF_VALUE_CR = 1u << 7,   /* a header value ended at its CR */
+  HTTP_SF_BODY_BIG = 1u << 8,   /* body limit hit inside a callback */
+  /* Bytes of the next request arrived (empty lines before it count: a
+   * stream of bare CRLFs must not look idle). */
+  HTTP_SF_STARTED = 1u << 9
 };
 
 typedef struct http_session_s {
@@ -125,7 +171,8 @@ typedef struct http_session_s {
   http_ctx_t *ctx;
   uint32_t hdr_bytes; /* header bytes of the current request before mark */
   uint32_t nreq;      /* requests answered */
-  uint8_t flags;
+  uint64_t body_bytes; /* of the current request */
+  uint16_t flags;
   uint8_t url_len;
   char url[HTTP_URL_MAX];
 } http_session_t;
@@ -159,6 +206,11 @@ static inline int http_session_in_headers(const http_session_t *s) {
 static inline int http_session_in_message(const http_session_t *s) {
   return (s->flags & HTTP_SF_IN_MSG) != 0;
 }
+/* A request has begun (even if only with empty lines) and is not
+ * complete: the request deadline runs. */
+static inline int http_session_in_request(const http_session_t *s) {
+  return (s->flags & (HTTP_SF_IN_MSG | HTTP_SF_STARTED)) != 0;
+}
 static inline int http_session_lingers(const http_session_t *s) {
   return (s->flags & HTTP_SF_LINGER) != 0;
 }
@@ -170,7 +222,8 @@ static inline int http_session_lingers(const http_session_t *s) {
 enum {
   HTTP_RF_HEAD = 1u << 0,  /* no body */
   HTTP_RF_CLOSE = 1u << 1, /* Connection: close */
-  HTTP_RF_HTTP10 = 1u << 2 /* keep-alive must be announced */
+  HTTP_RF_HTTP10 = 1u << 2, /* keep-alive must be announced */
+  HTTP_RF_HTTP09 = 1u << 3  /* HTTP/0.9: the body alone, no status line */
 };
 
 /* Appends the response to a complete request. Returns 0 or UV_ENOMEM. */
@@ -225,9 +278,19 @@ void http_shared_counters(const http_shared_t *sh, http_counters_t *sum);
 typedef struct http_server_config_s {
   http_limits_t limits;
   uint64_t header_timeout_ms;    /* request start to end of headers: 408 */
+  uint64_t request_timeout_ms;   /* request start to its end: 408 */
   uint64_t keepalive_timeout_ms; /* idle between requests, stalled writes */
   uint64_t linger_ms;            /* reading after an error response */
   uint64_t shutdown_timeout_ms;  /* graceful stop, then connections close */
+  uint64_t stats_interval_ms;    /* /metrics re-rendered at most this often */
+  /* Per connection: its kernel send buffer holds about this much
+   * (SO_SNDBUF), and a write that would leave more than this waiting
+   * beyond it (a shared body counted in full) resets the connection
+   * instead. So a response up to about twice this reaches a client that
+   * reads, and one that never reads pins at most about twice this. 0 = no
+   * limit. */
+  uint64_t max_output_bytes;
+  int routes; /* http_ctx_t.routes */
 } http_server_config_t;
 
 typedef struct http_server_s http_server_t;

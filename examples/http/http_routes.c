@@ -67,6 +67,8 @@ static const struct {
     [HTTP_S405] = {"HTTP/1.1 405 Method Not Allowed\r\n",
                    "Method Not Allowed\n"},
     [HTTP_S408] = {"HTTP/1.1 408 Request Timeout\r\n", "Request Timeout\n"},
+    [HTTP_S413] = {"HTTP/1.1 413 Content Too Large\r\n",
+                   "Content Too Large\n"},
     [HTTP_S431] = {"HTTP/1.1 431 Request Header Fields Too Large\r\n",
                    "Request Header Fields Too Large\n"},
     [HTTP_S500] = {"HTTP/1.1 500 Internal Server Error\r\n",
@@ -86,6 +88,9 @@ static int respond(http_ctx_t *ctx, http_buf_t *out, int status_idx,
                    size_t blen, unsigned int rflags) {
   int r;
   ctx->c.responses[status_idx]++;
+  /* HTTP/0.9 has no status line and no headers: the body is all. */
+  if (rflags & HTTP_RF_HTTP09)
+    return (rflags & HTTP_RF_HEAD) ? 0 : http_buf_append(out, body, blen);
   r = http_buf_printf(out,
                       "%sServer: uvip\r\nDate: %s\r\nContent-Type: %s\r\n"
                       "Content-Length: %zu\r\n%s%s\r\n",
@@ -134,7 +139,39 @@ int http_ctx_init(http_ctx_t *ctx, const http_limits_t *limits) {
   return 0;
 }
 
-void http_ctx_free(http_ctx_t *ctx) { http_buf_free(&ctx->scratch); }
+void http_ctx_drop_cache(http_ctx_t *ctx) {
+  for (int k = 0; k < 2; k++) {
+    http_blob_unref(ctx->cache[k]);
+    ctx->cache[k] = NULL;
+  }
+}
+
+void http_ctx_free(http_ctx_t *ctx) {
+  http_ctx_drop_cache(ctx);
+  http_blob_unref(ctx->attach);
+  ctx->attach = NULL;
+  http_buf_free(&ctx->scratch);
+}
+
+http_blob_t *http_blob_new(const void *p, size_t len) {
+  http_blob_t *b = malloc(sizeof(*b) + len);
+  if (!b)
+    return NULL;
+  b->refs = 1;
+  b->len = len;
+  memcpy(b->data, p, len);
+  return b;
+}
+
+http_blob_t *http_blob_ref(http_blob_t *b) {
+  b->refs++;
+  return b;
+}
+
+void http_blob_unref(http_blob_t *b) {
+  if (b && --b->refs == 0)
+    free(b);
+}
 
 static int path_is(const char *url, size_t len, const char *path) {
   size_t n = strlen(path);
@@ -142,16 +179,34 @@ static int path_is(const char *url, size_t len, const char *path) {
          (len == n || url[n] == '?' || url[n] == '#');
 }
 
-/* A 200 whose body a renderer writes into the context's scratch buffer. */
-static int respond_rendered(http_ctx_t *ctx, http_buf_t *out,
-                            int (*render)(http_ctx_t *, http_buf_t *),
-                            const char *ctype, unsigned int rflags) {
-  int r;
+static int render_stats(http_ctx_t *ctx, int json, http_buf_t *fresh,
+                        http_blob_t **cached);
+
+/* /metrics or /stats.json: a 200 whose body is the HTTP counters, rendered
+ * now, then the cached rest, which the server sends from the shared blob
+ * (ctx->attach) instead of copying it into out. */
+static int respond_stats(http_ctx_t *ctx, http_buf_t *out, int json,
+                         unsigned int rflags) {
+  http_blob_t *blob;
+  size_t blen;
+  int r = 0;
   ctx->scratch.len = 0;
-  if ((r = render(ctx, &ctx->scratch)) != 0)
-    return r;
-  return respond(ctx, out, HTTP_S200, ctype, "", ctx->scratch.base,
-                 ctx->scratch.len, rflags);
+  if (render_stats(ctx, json, &ctx->scratch, &blob) != 0)
+    return UV_ENOMEM;
+  blen = ctx->scratch.len + blob->len;
+  ctx->c.responses[HTTP_S200]++;
+  if (!(rflags & HTTP_RF_HTTP09))
+    r = http_buf_printf(out,
+                        "HTTP/1.1 200 OK\r\nServer: uvip\r\nDate: %s\r\n"
+                        "Content-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+                        ctx->date,
+                        json ? "application/json" : "text/plain; version=0.0.4",
+                        blen, conn_header(rflags));
+  if (r == 0 && !(rflags & HTTP_RF_HEAD))
+    r = http_buf_append(out, ctx->scratch.base, ctx->scratch.len);
+  if (r == 0 && !(rflags & HTTP_RF_HEAD))
+    ctx->attach = http_blob_ref(blob);
+  return r;
 }
 
 int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
@@ -165,16 +220,20 @@ int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
             : (rflags & HTTP_RF_HTTP10) ? HTTP_V_KEEP10
                                         : HTTP_V_KEEP11;
     ctx->c.responses[HTTP_S200]++;
+    if (rflags & HTTP_RF_HTTP09)
+      return http_buf_append(out, ctx->hello[v] + ctx->hello_hdr_len[v],
+                             (size_t)(ctx->hello_len[v] -
+                                      ctx->hello_hdr_len[v]));
     return http_buf_append(out, ctx->hello[v],
                            (rflags & HTTP_RF_HEAD) ? ctx->hello_hdr_len[v]
                                                    : ctx->hello_len[v]);
   }
-  if (!url_long && path_is(url, url_len, "/metrics"))
-    return respond_rendered(ctx, out, http_render_metrics,
-                            "text/plain; version=0.0.4", rflags);
-  if (!url_long && path_is(url, url_len, "/stats.json"))
-    return respond_rendered(ctx, out, http_render_json, "application/json",
-                            rflags);
+  if (!url_long && ctx->routes != HTTP_ROUTES_DATA &&
+      path_is(url, url_len, "/metrics"))
+    return respond_stats(ctx, out, 0, rflags);
+  if (!url_long && ctx->routes != HTTP_ROUTES_DATA &&
+      path_is(url, url_len, "/stats.json"))
+    return respond_stats(ctx, out, 1, rflags);
   return respond(ctx, out, HTTP_S404, "text/plain", "",
                  statuses[HTTP_S404].body, strlen(statuses[HTTP_S404].body),
                  rflags);
@@ -229,18 +288,26 @@ static uint64_t vip_err(const uvip_vip_stats_t *st, int k) {
   return v[k];
 }
 
+/* The context whose server, workers mapping, census and counters the
+ * statistics come from: the data plane's for the admin listener. */
+static const http_ctx_t *src_of(const http_ctx_t *ctx) {
+  return ctx->stats_of ? ctx->stats_of : ctx;
+}
+
 static size_t vip_count(const http_ctx_t *ctx) {
-  if (ctx->shared)
-    return http_shared_vip_count(ctx->shared);
-  return ctx->server ? uvip_server_vip_count(ctx->server) : 0;
+  const http_ctx_t *src = src_of(ctx);
+  if (src->shared)
+    return http_shared_vip_count(src->shared);
+  return src->server ? uvip_server_vip_count(src->server) : 0;
 }
 
 /* Formats the i-th VIP's address and reads its counters. */
 static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
                    uvip_vip_stats_t *st, uvip_vip_state_t *state) {
+  const http_ctx_t *src = src_of(ctx);
   uvip_vip_t *vip;
-  if (ctx->shared) {
-    const http_shared_vip_t *v = http_shared_vip(ctx->shared, i);
+  if (src->shared) {
+    const http_shared_vip_t *v = http_shared_vip(src->shared, i);
     if (!v || !v->addr[0])
       return -1;
     memcpy(addr, v->addr, UVIP_ADDRSTRLEN);
@@ -248,7 +315,7 @@ static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
     *state = v->state;
     return 0;
   }
-  vip = uvip_server_vip(ctx->server, i);
+  vip = uvip_server_vip(src->server, i);
   if (!vip || uvip_addr_format(uvip_vip_addr(vip), 1, addr,
                                UVIP_ADDRSTRLEN) != 0 ||
       uvip_vip_stats(vip, st) != 0)
@@ -258,49 +325,76 @@ static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
 }
 
 static const char *const status_codes[HTTP_NSTATUS] = {
-    "200", "400", "404", "405", "408", "431", "500"};
+    "200", "400", "404", "405", "408", "413", "431", "500"};
 
 /* With workers, every worker's counters summed (this one's fresh). */
-static const http_counters_t *counters(http_ctx_t *ctx, http_counters_t *sum) {
-  if (!ctx->shared)
-    return &ctx->c;
-  http_shared_counters(ctx->shared, sum);
+static const http_counters_t *counters(const http_ctx_t *ctx,
+                                       http_counters_t *sum) {
+  const http_ctx_t *src = src_of(ctx);
+  if (!src->shared)
+    return &src->c;
+  http_shared_counters(src->shared, sum);
   return sum;
 }
 
 static const char *census(const http_ctx_t *ctx, int json) {
-  if (ctx->shared)
-    return http_shared_census(ctx->shared, json);
-  return json ? ctx->census_json : ctx->census_prom;
+  const http_ctx_t *src = src_of(ctx);
+  if (src->shared)
+    return http_shared_census(src->shared, json);
+  return json ? src->census_json : src->census_prom;
 }
 
-static int render_metrics(http_ctx_t *ctx, http_buf_t *b);
-static int render_json(http_ctx_t *ctx, http_buf_t *b);
+static int render_metrics_http(const http_ctx_t *ctx, http_buf_t *b);
+static int render_metrics_vips(const http_ctx_t *ctx, http_buf_t *b);
+static int render_json_http(const http_ctx_t *ctx, http_buf_t *b);
+static int render_json_vips(const http_ctx_t *ctx, http_buf_t *b);
 
-/* Workers render from the shared mapping, under its lock. */
-static int render_locked(http_ctx_t *ctx, http_buf_t *b,
-                         int (*fn)(http_ctx_t *, http_buf_t *)) {
+/* The counters part into fresh; the per-VIP part and the census from the
+ * cache, rendered again if it is older than stats_ms. Workers read the
+ * shared mapping under its lock (and put their own counters there first,
+ * unless this is the acceptor's admin listener, which has no slot). */
+static int render_stats(http_ctx_t *ctx, int json, http_buf_t *fresh,
+                        http_blob_t **cached) {
+  const http_ctx_t *src = src_of(ctx);
+  http_blob_t *blob = ctx->cache[json];
   int r;
-  if (!ctx->shared)
-    return fn(ctx, b);
-  http_shared_publish_worker(ctx->shared, ctx->worker, &ctx->c);
-  http_shared_lock(ctx->shared);
-  r = fn(ctx, b);
-  http_shared_unlock(ctx->shared);
+  if (src->shared && ctx->routes != HTTP_ROUTES_ADMIN)
+    http_shared_publish_worker(src->shared, ctx->worker, &ctx->c);
+  if (src->shared)
+    http_shared_lock(src->shared);
+  r = json ? render_json_http(ctx, fresh) : render_metrics_http(ctx, fresh);
+  if (r == 0 && (!blob || ctx->now_ms - ctx->cache_at[json] >= ctx->stats_ms)) {
+    http_buf_t b = {NULL, 0, 0};
+    r = json ? render_json_vips(ctx, &b) : render_metrics_vips(ctx, &b);
+    if (r == 0 && !(blob = http_blob_new(b.base, b.len)))
+      r = UV_ENOMEM;
+    http_buf_free(&b);
+    if (r == 0) {
+      /* Writes in flight keep the old one until they complete. */
+      http_blob_unref(ctx->cache[json]);
+      ctx->cache[json] = blob;
+      ctx->cache_at[json] = ctx->now_ms;
+    }
+  }
+  if (src->shared)
+    http_shared_unlock(src->shared);
+  *cached = blob;
   return r;
 }
 
 int http_render_metrics(http_ctx_t *ctx, http_buf_t *b) {
-  return render_locked(ctx, b, render_metrics);
+  http_blob_t *blob;
+  int r = render_stats(ctx, 0, b, &blob);
+  return r ? r : http_buf_append(b, blob->data, blob->len);
 }
 
 int http_render_json(http_ctx_t *ctx, http_buf_t *b) {
-  return render_locked(ctx, b, render_json);
+  http_blob_t *blob;
+  int r = render_stats(ctx, 1, b, &blob);
+  return r ? r : http_buf_append(b, blob->data, blob->len);
 }
 
-static int render_metrics(http_ctx_t *ctx, http_buf_t *b) {
-  http_counters_t sum;
-  const http_counters_t *c = counters(ctx, &sum);
+static int render_metrics_vips(const http_ctx_t *ctx, http_buf_t *b) {
   const char *cen = census(ctx, 0);
   size_t n = vip_count(ctx), i;
   char addr[UVIP_ADDRSTRLEN];
@@ -335,46 +429,82 @@ static int render_metrics(http_ctx_t *ctx, http_buf_t *b) {
     if (vip_get(ctx, i, addr, &st, &state) == 0)
       r = http_buf_printf(b, "uvip_vip_state{vip=\"%s\",state=\"%s\"} 1\n",
                           addr, vip_state_name(state));
-  if (r == 0)
-    r = http_buf_printf(
-        b,
-        "# HELP uvip_http_requests_total Requests parsed.\n"
-        "# TYPE uvip_http_requests_total counter\n"
-        "uvip_http_requests_total %llu\n"
-        "# HELP uvip_http_connections_total Connections served.\n"
-        "# TYPE uvip_http_connections_total counter\n"
-        "uvip_http_connections_total %llu\n"
-        "# HELP uvip_http_connections_active Connections open.\n"
-        "# TYPE uvip_http_connections_active gauge\n"
-        "uvip_http_connections_active %llu\n"
-        "# HELP uvip_http_timeouts_total Connections closed by a timeout.\n"
-        "# TYPE uvip_http_timeouts_total counter\n"
-        "uvip_http_timeouts_total{kind=\"header\"} %llu\n"
-        "uvip_http_timeouts_total{kind=\"idle\"} %llu\n"
-        "# HELP uvip_http_write_stalls_total Writes the socket did not take "
-        "at once (the client reads slower than it asks).\n"
-        "# TYPE uvip_http_write_stalls_total counter\n"
-        "uvip_http_write_stalls_total %llu\n"
-        "# HELP uvip_http_responses_total Responses by status code.\n"
-        "# TYPE uvip_http_responses_total counter\n",
-        (unsigned long long)c->requests,
-        (unsigned long long)c->conns_total,
-        (unsigned long long)c->conns_active,
-        (unsigned long long)c->timeouts_header,
-        (unsigned long long)c->timeouts_idle,
-        (unsigned long long)c->write_stalls);
-  for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
-    r = http_buf_printf(b, "uvip_http_responses_total{code=\"%s\"} %llu\n",
-                        status_codes[k],
-                        (unsigned long long)c->responses[k]);
   if (r == 0 && cen)
     r = http_buf_append(b, cen, strlen(cen));
   return r;
 }
 
-static int render_json(http_ctx_t *ctx, http_buf_t *b) {
+static int render_metrics_http(const http_ctx_t *ctx, http_buf_t *b) {
   http_counters_t sum;
   const http_counters_t *c = counters(ctx, &sum);
+  int k, r;
+  r = http_buf_printf(
+      b,
+      "# HELP uvip_http_requests_total Requests parsed.\n"
+      "# TYPE uvip_http_requests_total counter\n"
+      "uvip_http_requests_total %llu\n"
+      "# HELP uvip_http_connections_total Connections served.\n"
+      "# TYPE uvip_http_connections_total counter\n"
+      "uvip_http_connections_total %llu\n"
+      "# HELP uvip_http_connections_active Connections open.\n"
+      "# TYPE uvip_http_connections_active gauge\n"
+      "uvip_http_connections_active %llu\n"
+      "# HELP uvip_http_timeouts_total Connections closed by a timeout.\n"
+      "# TYPE uvip_http_timeouts_total counter\n"
+      "uvip_http_timeouts_total{kind=\"header\"} %llu\n"
+      "uvip_http_timeouts_total{kind=\"idle\"} %llu\n"
+      "uvip_http_timeouts_total{kind=\"request\"} %llu\n"
+      "# HELP uvip_http_write_stalls_total Writes the socket did not take "
+      "at once (the client reads slower than it asks).\n"
+      "# TYPE uvip_http_write_stalls_total counter\n"
+      "uvip_http_write_stalls_total %llu\n"
+      "# HELP uvip_http_output_overflows_total Connections reset for "
+      "leaving more than --max-output-bytes unsent.\n"
+      "# TYPE uvip_http_output_overflows_total counter\n"
+      "uvip_http_output_overflows_total %llu\n"
+      "# HELP uvip_http_responses_total Responses by status code.\n"
+      "# TYPE uvip_http_responses_total counter\n",
+      (unsigned long long)c->requests, (unsigned long long)c->conns_total,
+      (unsigned long long)c->conns_active,
+      (unsigned long long)c->timeouts_header,
+      (unsigned long long)c->timeouts_idle,
+      (unsigned long long)c->timeouts_request,
+      (unsigned long long)c->write_stalls,
+      (unsigned long long)c->output_overflows);
+  for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
+    r = http_buf_printf(b, "uvip_http_responses_total{code=\"%s\"} %llu\n",
+                        status_codes[k], (unsigned long long)c->responses[k]);
+  return r;
+}
+
+/* {"http":{...}, then render_json_vips()'s "vips":[...],...} */
+static int render_json_http(const http_ctx_t *ctx, http_buf_t *b) {
+  http_counters_t sum;
+  const http_counters_t *c = counters(ctx, &sum);
+  int k, r;
+  r = http_buf_printf(
+      b,
+      "{\"http\":{\"requests\":%llu,"
+      "\"connections_total\":%llu,\"connections_active\":%llu,"
+      "\"timeouts\":{\"header\":%llu,\"idle\":%llu,\"request\":%llu},"
+      "\"write_stalls\":%llu,\"output_overflows\":%llu,\"responses\":{",
+      (unsigned long long)c->requests, (unsigned long long)c->conns_total,
+      (unsigned long long)c->conns_active,
+      (unsigned long long)c->timeouts_header,
+      (unsigned long long)c->timeouts_idle,
+      (unsigned long long)c->timeouts_request,
+      (unsigned long long)c->write_stalls,
+      (unsigned long long)c->output_overflows);
+  for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
+    r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", status_codes[k],
+                        (unsigned long long)c->responses[k]);
+  if (r == 0)
+    r = http_buf_printf(b, "}},");
+  return r;
+}
+
+static int render_json_vips(const http_ctx_t *ctx, http_buf_t *b) {
+  const http_ctx_t *src = src_of(ctx);
   const char *cen = census(ctx, 1);
   size_t n = vip_count(ctx), i;
   char addr[UVIP_ADDRSTRLEN];
@@ -383,9 +513,9 @@ static int render_json(http_ctx_t *ctx, http_buf_t *b) {
   int k, r, first = 1;
 
   memset(&tot, 0, sizeof(tot));
-  if (ctx->server && !ctx->shared)
-    (void)uvip_server_stats(ctx->server, &tot);
-  for (i = 0; ctx->shared && i < n; i++)
+  if (src->server && !src->shared)
+    (void)uvip_server_stats(src->server, &tot);
+  for (i = 0; src->shared && i < n; i++)
     if (vip_get(ctx, i, addr, &st, &state) == 0) {
       tot.accepted += st.accepted;
       tot.active += st.active;
@@ -393,7 +523,7 @@ static int render_json(http_ctx_t *ctx, http_buf_t *b) {
       tot.deferred += st.deferred;
       tot.backoffs += st.backoffs;
     }
-  r = http_buf_printf(b, "{\"vips\":[");
+  r = http_buf_printf(b, "\"vips\":[");
   for (i = 0; i < n && r == 0; i++) {
     if (vip_get(ctx, i, addr, &st, &state) != 0)
       continue;
@@ -417,22 +547,9 @@ static int render_json(http_ctx_t *ctx, http_buf_t *b) {
     r = http_buf_printf(
         b,
         "],\"totals\":{\"accepted\":%llu,\"active\":%llu,\"closed\":%llu,"
-        "\"deferred\":%llu,\"backoffs\":%llu},\"http\":{\"requests\":%llu,"
-        "\"connections_total\":%llu,\"connections_active\":%llu,"
-        "\"timeouts\":{\"header\":%llu,\"idle\":%llu},\"write_stalls\":%llu,"
-        "\"responses\":{",
+        "\"deferred\":%llu,\"backoffs\":%llu},\"census\":%s}\n",
         (unsigned long long)tot.accepted, (unsigned long long)tot.active,
         (unsigned long long)tot.closed, (unsigned long long)tot.deferred,
-        (unsigned long long)tot.backoffs, (unsigned long long)c->requests,
-        (unsigned long long)c->conns_total,
-        (unsigned long long)c->conns_active,
-        (unsigned long long)c->timeouts_header,
-        (unsigned long long)c->timeouts_idle,
-        (unsigned long long)c->write_stalls);
-  for (k = 0; k < HTTP_NSTATUS && r == 0; k++)
-    r = http_buf_printf(b, "%s\"%s\":%llu", k ? "," : "", status_codes[k],
-                        (unsigned long long)c->responses[k]);
-  if (r == 0)
-    r = http_buf_printf(b, "}},\"census\":%s}\n", cen ? cen : "null");
+        (unsigned long long)tot.backoffs, cen ? cen : "null");
   return r;
 }

@@ -3,20 +3,31 @@
  * uv_write() only for what the socket would not take.
  *
  * Memory per idle connection is the uvip connection plus one http_conn_t
- * (about 200 bytes): no read buffer, no write buffer, no timer. Timeouts
- * live in three FIFO queues, one per timeout length, so a deadline update
- * is a move to the tail and a per-loop tick only looks at the heads.
+ * (about 230 bytes): no read buffer, no write buffer, no timer. Timeouts
+ * live in FIFO queues, one per timeout length, so a deadline update is a
+ * move to the tail and a per-loop tick only looks at the heads. A
+ * connection is in one phase queue (header, idle, linger) and, while a
+ * request is in progress, also in the request queue: that deadline runs
+ * from the request's first byte to its end, whatever the phase.
  *
  * SPDX-License-Identifier: MIT */
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { TQ_HEADER = 0, TQ_IDLE, TQ_LINGER, TQ_COUNT, TQ_NONE = 255 };
+enum {
+  TQ_HEADER = 0,
+  TQ_IDLE,
+  TQ_LINGER,
+  TQ_REQUEST, /* the only queue of link slot 1 */
+  TQ_COUNT,
+  TQ_NONE = 255
+};
 
 enum {
   CF_READING = 1u << 0,
@@ -31,20 +42,26 @@ enum { AFTER_NONE = 0, AFTER_CLOSE, AFTER_LINGER };
 
 typedef struct http_conn_s http_conn_t;
 
-struct http_conn_s {
-  http_conn_t *prev, *next; /* timeout queue */
+/* A connection's place in one timeout queue. */
+typedef struct tlink_s {
+  http_conn_t *prev, *next;
   uint64_t deadline;
+  uint8_t tq; /* TQ_NONE when in none */
+} tlink_t;
+
+struct http_conn_s {
+  tlink_t t[2]; /* [0]: a phase queue, [1]: the request queue */
   uvip_conn_t *conn;
   http_server_t *hs;
   char *in; /* input not parsed yet while output drains (backpressure) */
   size_t inlen;
-  uint8_t tq;
   uint8_t flags;
   http_session_t s;
 };
 
 typedef struct wreq_s {
   uv_write_t req;
+  http_blob_t *blob; /* the shared body this write ends with, or NULL */
   char data[];
 } wreq_t;
 
@@ -62,6 +79,7 @@ struct http_server_s {
   tqueue_t tq[TQ_COUNT];
   uv_timer_t tick, grace;
   int handles_open;
+  int sndbuf; /* SO_SNDBUF for each connection, 0 = the kernel's */
   int shutting_down;
   int exiting; /* worker exit: free once handles and connections are gone */
   void (*done_cb)(http_server_t *hs);
@@ -80,35 +98,45 @@ static __thread http_server_t *tls_hs;
 /* Timeout queues                                                           */
 /* ------------------------------------------------------------------------ */
 
-static void tq_remove(http_server_t *hs, http_conn_t *hc) {
+static int slot_of(int which) { return which == TQ_REQUEST; }
+
+static void tq_unlink(http_server_t *hs, http_conn_t *hc, int slot) {
+  tlink_t *l = &hc->t[slot];
   tqueue_t *q;
-  if (hc->tq == TQ_NONE)
+  if (l->tq == TQ_NONE)
     return;
-  q = &hs->tq[hc->tq];
-  if (hc->prev)
-    hc->prev->next = hc->next;
+  q = &hs->tq[l->tq];
+  if (l->prev)
+    l->prev->t[slot].next = l->next;
   else
-    q->head = hc->next;
-  if (hc->next)
-    hc->next->prev = hc->prev;
+    q->head = l->next;
+  if (l->next)
+    l->next->t[slot].prev = l->prev;
   else
-    q->tail = hc->prev;
-  hc->prev = hc->next = NULL;
-  hc->tq = TQ_NONE;
+    q->tail = l->prev;
+  l->prev = l->next = NULL;
+  l->tq = TQ_NONE;
+}
+
+/* Out of its phase queue. */
+static void tq_remove(http_server_t *hs, http_conn_t *hc) {
+  tq_unlink(hs, hc, 0);
 }
 
 /* Every queue holds one timeout length, so appending keeps it sorted. */
 static void tq_push(http_server_t *hs, http_conn_t *hc, int which) {
   tqueue_t *q = &hs->tq[which];
-  hc->deadline = uv_now(hs->loop) + q->timeout;
-  if (hc->tq == which && q->tail == hc)
+  int slot = slot_of(which);
+  tlink_t *l = &hc->t[slot];
+  l->deadline = uv_now(hs->loop) + q->timeout;
+  if (l->tq == which && q->tail == hc)
     return;
-  tq_remove(hs, hc);
-  hc->tq = (uint8_t)which;
-  hc->prev = q->tail;
-  hc->next = NULL;
+  tq_unlink(hs, hc, slot);
+  l->tq = (uint8_t)which;
+  l->prev = q->tail;
+  l->next = NULL;
   if (q->tail)
-    q->tail->next = hc;
+    q->tail->t[slot].next = hc;
   else
     q->head = hc;
   q->tail = hc;
@@ -125,6 +153,7 @@ static uv_stream_t *conn_stream(http_conn_t *hc) {
 static void conn_free(http_conn_t *hc) {
   http_server_t *hs = hc->hs;
   tq_remove(hs, hc);
+  tq_unlink(hs, hc, 1);
   free(hc->in);
   hs->ctx.c.conns_active--;
   free(hc);
@@ -147,6 +176,7 @@ static void conn_close(http_conn_t *hc) {
     return;
   hc->flags |= CF_CLOSING;
   tq_remove(hc->hs, hc);
+  tq_unlink(hc->hs, hc, 1);
   if (uv_is_closing((uv_handle_t *)conn_stream(hc)))
     return; /* the library is closing it: http_on_lib_close() frees */
   if (uvip_conn_close(hc->conn, on_conn_closed) != 0)
@@ -197,6 +227,7 @@ static int conn_read_start(http_conn_t *hc) {
 static void conn_linger(http_conn_t *hc) {
   uv_os_fd_t fd;
   hc->flags |= CF_LINGERING;
+  tq_unlink(hc->hs, hc, 1); /* answered: no request in progress */
   free(hc->in);
   hc->in = NULL;
   hc->inlen = 0;
@@ -213,13 +244,27 @@ static void conn_set_timeout(http_conn_t *hc) {
     return;
   if (hc->flags & CF_WRITING)
     tq_push(hc->hs, hc, TQ_IDLE);
-  else if (http_session_in_headers(&hc->s)) {
-    /* Not refreshed while headers trickle in: that is what stops a
-     * slowloris client. */
-    if (hc->tq != TQ_HEADER)
+  else if (http_session_in_headers(&hc->s) ||
+           (http_session_in_request(&hc->s) &&
+            !http_session_in_message(&hc->s))) {
+    /* Not refreshed while headers (or empty lines before them) trickle
+     * in: that is what stops a slowloris client. */
+    if (hc->t[0].tq != TQ_HEADER)
       tq_push(hc->hs, hc, TQ_HEADER);
   } else
     tq_push(hc->hs, hc, TQ_IDLE);
+}
+
+/* The request deadline: set when a request starts (its first byte came in
+ * the read just parsed, which also holds when a request completed in it),
+ * kept while it goes on, dropped once no request is in progress. */
+static void conn_set_deadline(http_conn_t *hc, uint32_t nreq_before) {
+  if (hc->flags & (CF_CLOSING | CF_LINGERING))
+    return;
+  if (!http_session_in_request(&hc->s))
+    tq_unlink(hc->hs, hc, 1);
+  else if (hc->t[1].tq == TQ_NONE || hc->s.nreq != nreq_before)
+    tq_push(hc->hs, hc, TQ_REQUEST);
 }
 
 /* Returns 1 if the connection is open and ready for more input. */
@@ -237,10 +282,12 @@ static int conn_after_write(http_conn_t *hc, int after) {
 
 static void on_write(uv_write_t *req, int status) {
   http_conn_t *hc = req->handle->data;
+  wreq_t *w = (wreq_t *)(void *)req;
   int after = (hc->flags & CF_CLOSE_AFTER)    ? AFTER_CLOSE
               : (hc->flags & CF_LINGER_AFTER) ? AFTER_LINGER
                                               : AFTER_NONE;
-  free(req);
+  http_blob_unref(w->blob);
+  free(w);
   hc->flags &= (uint8_t)~(CF_WRITING | CF_CLOSE_AFTER | CF_LINGER_AFTER);
   if (status < 0) {
     conn_close(hc);
@@ -273,35 +320,73 @@ static int send_last(http_conn_t *hc, const http_buf_t *out) {
   return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
 }
 
-/* Writes out; returns 1 when it all went out and the connection can take
- * more input at once. */
-static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
+/* One client that never reads pins at most max_output_bytes here (and its
+ * kernel send buffer, capped at accept): past it, reset. The reset (an
+ * abortive close) also frees what the kernel holds for it at once. */
+static void conn_overflow(http_conn_t *hc) {
+  uv_os_fd_t fd;
+  struct linger lg = {1, 0};
+  hc->hs->ctx.c.output_overflows++;
+  if (uv_fileno((uv_handle_t *)conn_stream(hc), &fd) == 0)
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  conn_close(hc);
+}
+
+/* Writes out, then the shared body blob if any (the reference is taken);
+ * returns 1 when it all went out and the connection can take more input
+ * at once. What the socket does not take waits in a uv_write(): the rest
+ * of out copied, the body referenced, never copied. */
+static int conn_flush(http_conn_t *hc, http_buf_t *out, http_blob_t *blob,
+                      int after) {
   uv_stream_t *st = conn_stream(hc);
-  size_t off = 0;
-  if (out->len) {
-    uv_buf_t b = uv_buf_init(out->base, (unsigned int)out->len);
+  size_t off = 0, total = out->len + (blob ? blob->len : 0);
+  if (total) {
+    uv_buf_t b[2];
+    unsigned int nb = 0;
     int n;
     wreq_t *w;
-    if (after == AFTER_CLOSE)
+    if (out->len)
+      b[nb++] = uv_buf_init(out->base, (unsigned int)out->len);
+    if (blob)
+      b[nb++] = uv_buf_init(blob->data, (unsigned int)blob->len);
+    if (after == AFTER_CLOSE && !blob)
       n = send_last(hc, out);
     else
-      n = uv_try_write(st, &b, 1);
+      n = uv_try_write(st, b, nb);
     if (n < 0 && n != UV_EAGAIN) {
+      http_blob_unref(blob);
       conn_close(hc);
       return 0;
     }
     if (n > 0)
       off = (size_t)n;
-    if (off < out->len) {
-      size_t rest = out->len - off;
-      w = malloc(sizeof(*w) + rest);
+    if (off < total) {
+      size_t rest = total - off;
+      size_t copy = off < out->len ? out->len - off : 0;
+      uint64_t max = hc->hs->cfg.max_output_bytes;
+      if (max && rest > max) {
+        http_blob_unref(blob);
+        conn_overflow(hc);
+        return 0;
+      }
+      w = malloc(sizeof(*w) + copy);
       if (!w) {
+        http_blob_unref(blob);
         conn_close(hc);
         return 0;
       }
-      memcpy(w->data, out->base + off, rest);
-      b = uv_buf_init(w->data, (unsigned int)rest);
-      if (uv_write(&w->req, st, &b, 1, on_write) != 0) {
+      memcpy(w->data, out->base + off, copy);
+      w->blob = blob;
+      nb = 0;
+      if (copy)
+        b[nb++] = uv_buf_init(w->data, (unsigned int)copy);
+      if (blob) {
+        size_t boff = off > out->len ? off - out->len : 0;
+        b[nb++] = uv_buf_init(blob->data + boff,
+                              (unsigned int)(blob->len - boff));
+      }
+      if (uv_write(&w->req, st, b, nb, on_write) != 0) {
+        http_blob_unref(blob);
         free(w);
         conn_close(hc);
         return 0;
@@ -317,6 +402,7 @@ static int conn_flush(http_conn_t *hc, http_buf_t *out, int after) {
       return 0;
     }
   }
+  http_blob_unref(blob);
   return conn_after_write(hc, after);
 }
 
@@ -339,13 +425,19 @@ static int conn_keep_input(http_conn_t *hc, const char *p, size_t n) {
 static void conn_input(http_conn_t *hc, const char *data, size_t len) {
   http_server_t *hs = hc->hs;
   http_buf_t *out = &hs->out;
+  uint32_t nreq = hc->s.nreq;
+  hs->ctx.now_ms = uv_now(hs->loop);
   for (;;) {
     size_t used = 0;
     int r, after;
+    http_blob_t *blob;
     out->len = 0;
     r = http_session_feed(&hc->s, data, len, out, &used);
+    blob = hs->ctx.attach;
+    hs->ctx.attach = NULL;
     if (r == HTTP_FEED_PAUSED) {
       if (conn_keep_input(hc, data + used, len - used) != 0) {
+        http_blob_unref(blob);
         conn_close(hc);
         return;
       }
@@ -358,7 +450,7 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
     after = r != HTTP_FEED_CLOSE       ? AFTER_NONE
             : http_session_lingers(&hc->s) ? AFTER_LINGER
                                            : AFTER_CLOSE;
-    if (!conn_flush(hc, out, after))
+    if (!conn_flush(hc, out, blob, after))
       break;
     if (!hc->in)
       break;
@@ -372,6 +464,7 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
   /* No uv_tcp_nodelay() here: uvip-http sets UVIP_NODELAY on the
    * listeners, so every connection inherits TCP_NODELAY for free. */
   conn_set_timeout(hc);
+  conn_set_deadline(hc, nreq);
 }
 
 void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
@@ -382,12 +475,12 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
     uvip_conn_close(conn, NULL);
     return;
   }
-  hc->prev = hc->next = NULL;
+  memset(hc->t, 0, sizeof(hc->t));
+  hc->t[0].tq = hc->t[1].tq = TQ_NONE;
   hc->conn = conn;
   hc->hs = hs;
   hc->in = NULL;
   hc->inlen = 0;
-  hc->tq = TQ_NONE;
   hc->flags = 0;
   http_session_init(&hc->s, &hs->ctx);
   uvip_conn_tcp(conn)->data = hc;
@@ -400,6 +493,12 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
    * with epoll at all. conn_input() starts reading if more is needed. */
   if (uv_fileno((uv_handle_t *)uvip_conn_tcp(conn), &fd) == 0) {
     ssize_t n;
+    /* Caps what the kernel holds for a client that does not read at
+     * about max_output_bytes (it clamps the value to net.core.wmem_max).
+     * One setsockopt() per connection; autotuning is off for it. */
+    if (hs->sndbuf > 0)
+      (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &hs->sndbuf,
+                       sizeof(hs->sndbuf));
     do
       n = read(fd, hs->rbuf, sizeof(hs->rbuf));
     while (n < 0 && errno == EINTR);
@@ -427,10 +526,11 @@ int http_conn_idle(uvip_conn_t *conn) {
 static void stop_gracefully(http_server_t *hs) {
   int i;
   hs->ctx.stopping = 1;
-  for (i = 0; i < TQ_COUNT; i++) {
+  /* Every open connection is in a phase queue. */
+  for (i = 0; i < TQ_REQUEST; i++) {
     http_conn_t *hc = hs->tq[i].head, *next;
     for (; hc; hc = next) {
-      next = hc->next;
+      next = hc->t[0].next;
       if (!http_session_in_message(&hc->s) && !(hc->flags & CF_WRITING) &&
           !hc->in)
         conn_close(hc);
@@ -443,13 +543,29 @@ static void stop_gracefully(http_server_t *hs) {
 /* ------------------------------------------------------------------------ */
 
 static void expire(http_server_t *hs, http_conn_t *hc, int which) {
-  if (which == TQ_HEADER) {
-    hs->ctx.c.timeouts_header++;
+  if (which == TQ_REQUEST && (hc->flags & CF_WRITING)) {
+    /* The client is not reading what it asked for either. */
+    hs->ctx.c.timeouts_request++;
+    conn_close(hc);
+    return;
+  }
+  if (which == TQ_HEADER || which == TQ_REQUEST) {
+    if (which == TQ_HEADER)
+      hs->ctx.c.timeouts_header++;
+    else
+      hs->ctx.c.timeouts_request++;
+    tq_remove(hs, hc);
+    tq_unlink(hs, hc, 1);
     hs->out.len = 0;
     (void)http_session_timeout(&hc->s, &hs->out);
-    (void)conn_flush(hc, &hs->out,
+    (void)conn_flush(hc, &hs->out, NULL,
                      http_session_lingers(&hc->s) ? AFTER_LINGER
                                                   : AFTER_CLOSE);
+    /* A 408 the socket did not take at once waits in a write: that wait
+     * has the idle timeout, like any stalled write, or the connection
+     * (and its descriptor and --max-conns slot) would stay until the
+     * client acts. */
+    conn_set_timeout(hc);
     return;
   }
   if (which == TQ_IDLE)
@@ -467,14 +583,17 @@ static void on_tick(uv_timer_t *t) {
      * graceful stop, only the final close. */
     if (!hs->ctx.stopping && http_shared_stopping(hs->ctx.shared))
       stop_gracefully(hs);
-    http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
+    /* The acceptor's admin listener reads the mapping; it has no slot. */
+    if (hs->ctx.routes != HTTP_ROUTES_ADMIN)
+      http_shared_publish_worker(hs->ctx.shared, hs->ctx.worker, &hs->ctx.c);
   }
   for (i = 0; i < TQ_COUNT; i++) {
     http_conn_t *hc;
     /* A connection taken from a queue goes back to a queue only with a
      * deadline in the future (timeouts are at least 1 ms), so this ends. */
-    while ((hc = hs->tq[i].head) && hc->deadline <= now) {
-      tq_remove(hs, hc);
+    while ((hc = hs->tq[i].head) &&
+           hc->t[slot_of(i)].deadline <= now) {
+      tq_unlink(hs, hc, slot_of(i));
       expire(hs, hc, i);
     }
   }
@@ -503,9 +622,17 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
   hs->ctx.server = server;
   hs->ctx.shared = shared;
   hs->ctx.worker = worker;
+  hs->ctx.stats_ms = cfg->stats_interval_ms;
+  hs->ctx.routes = cfg->routes;
+  /* The kernel doubles SO_SNDBUF for its bookkeeping: half of the limit
+   * lets it hold about the limit. */
+  hs->sndbuf = cfg->max_output_bytes / 2 > INT_MAX
+                   ? INT_MAX
+                   : (int)(cfg->max_output_bytes / 2);
   hs->tq[TQ_HEADER].timeout = at_least_1(cfg->header_timeout_ms);
   hs->tq[TQ_IDLE].timeout = at_least_1(cfg->keepalive_timeout_ms);
   hs->tq[TQ_LINGER].timeout = at_least_1(cfg->linger_ms);
+  hs->tq[TQ_REQUEST].timeout = at_least_1(cfg->request_timeout_ms);
   /* A quarter of the shortest timeout, 10..250 ms: deadlines are met
    * within that, and an idle server wakes at most four times a second. */
   tick = hs->tq[TQ_HEADER].timeout;
@@ -513,6 +640,8 @@ int http_server_new(uv_loop_t *loop, uvip_server_t *server,
     tick = hs->tq[TQ_IDLE].timeout;
   if (hs->tq[TQ_LINGER].timeout < tick)
     tick = hs->tq[TQ_LINGER].timeout;
+  if (hs->tq[TQ_REQUEST].timeout < tick)
+    tick = hs->tq[TQ_REQUEST].timeout;
   tick /= 4;
   tick = tick < 10 ? 10 : tick > 250 ? 250 : tick;
   uv_timer_init(loop, &hs->tick);

@@ -100,6 +100,7 @@ void http_shared_counters(const http_shared_t *sh, http_counters_t *sum) {
     sum->conns_active += c->conns_active;
     sum->timeouts_header += c->timeouts_header;
     sum->timeouts_idle += c->timeouts_idle;
+    sum->timeouts_request += c->timeouts_request;
     sum->write_stalls += c->write_stalls;
   }
 }
