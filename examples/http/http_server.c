@@ -36,6 +36,7 @@ enum {
   CF_LINGER_AFTER = 1u << 3,
   CF_CLOSING = 1u << 4,
   CF_LINGERING = 1u << 5, /* shut down for writing, discarding input */
+  CF_SNDBUF_CAPPED = 1u << 6, /* SO_SNDBUF set (a large response came) */
 };
 
 enum { AFTER_NONE = 0, AFTER_CLOSE, AFTER_LINGER };
@@ -320,6 +321,11 @@ static int send_last(http_conn_t *hc, const http_buf_t *out) {
   return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
 }
 
+/* Responses up to this size (or up to the cap, if smaller) go out without
+ * capping the send buffer: what the kernel holds for them is small, and
+ * once a write stalls the connection reads no more requests. */
+#define SNDBUF_CAP_FROM (256 * 1024)
+
 /* One client that never reads pins at most max_output_bytes here (and its
  * kernel send buffer, capped at accept): past it, reset. The reset (an
  * abortive close) also frees what the kernel holds for it at once. */
@@ -349,6 +355,20 @@ static int conn_flush(http_conn_t *hc, http_buf_t *out, http_blob_t *blob,
       b[nb++] = uv_buf_init(out->base, (unsigned int)out->len);
     if (blob)
       b[nb++] = uv_buf_init(blob->data, (unsigned int)blob->len);
+    /* Caps what the kernel holds for a client that does not read at about
+     * max_output_bytes (it clamps the value to net.core.wmem_max), before
+     * the first large response (a /metrics of many VIPs) goes out. Only
+     * then: a setsockopt() on every connection cost a syscall per request
+     * with Connection: close, and turned off autotuning for all of them. */
+    if (hc->hs->sndbuf > 0 &&
+        (total > SNDBUF_CAP_FROM || total > (size_t)hc->hs->sndbuf) &&
+        !(hc->flags & CF_SNDBUF_CAPPED)) {
+      uv_os_fd_t fd;
+      hc->flags |= CF_SNDBUF_CAPPED;
+      if (uv_fileno((uv_handle_t *)st, &fd) == 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &hc->hs->sndbuf,
+                         sizeof(hc->hs->sndbuf));
+    }
     if (after == AFTER_CLOSE && !blob)
       n = send_last(hc, out);
     else
@@ -493,12 +513,6 @@ void http_on_connection(uvip_server_t *server, uvip_conn_t *conn) {
    * with epoll at all. conn_input() starts reading if more is needed. */
   if (uv_fileno((uv_handle_t *)uvip_conn_tcp(conn), &fd) == 0) {
     ssize_t n;
-    /* Caps what the kernel holds for a client that does not read at
-     * about max_output_bytes (it clamps the value to net.core.wmem_max).
-     * One setsockopt() per connection; autotuning is off for it. */
-    if (hs->sndbuf > 0)
-      (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &hs->sndbuf,
-                       sizeof(hs->sndbuf));
     do
       n = read(fd, hs->rbuf, sizeof(hs->rbuf));
     while (n < 0 && errno == EINTR);
