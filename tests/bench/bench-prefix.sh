@@ -8,7 +8,7 @@
 #   sudo tests/bench/bench-prefix.sh [BUILD_DIR]
 #
 # Environment (defaults): CONNS=100000 WORKERS=8 PROCS=8
-#   PHASES="prefix pool single" ESTABLISH_SECONDS=300 OUT=bench-prefix.json
+#   PHASES="prefix pool6 pool single" ESTABLISH_SECONDS=300 OUT=bench-prefix.json
 #   LOGDIR=(a temporary directory, removed unless KEEP=1)
 # For 1,000,000 on a quiet machine: CONNS=1000000 WORKERS=56 PROCS=56
 # (each process stays under its descriptor limit). The 16-source pool
@@ -19,10 +19,13 @@
 #   prefix  uvip-echo on [fd00::1]:7000, ip -6 route add local fd00:1::/64
 #           dev lo, uvip-loadgen --sources fd00:1::/64
 #   pool    uvip-echo on 127.0.0.1:7000, --sources 127.0.1.1-127.0.1.16
+#   pool6   uvip-echo on [fd00::1]:7000, --sources fd00:2::1-fd00:2::10 (16
+#           IPv6 addresses on lo): tells the cost of IPv6 from that of the
+#           prefix
 #   single  uvip-echo on 127.0.0.1:7000, --sources 127.0.1.1 (no --hold:
 #           it ends when every connection has succeeded or failed)
-# Exit status 0 when prefix and pool reached CONNS (or their wall) as
-# expected, 77 when not root.
+# Exit status 0 when prefix, pool6 and pool verified CONNS, 77 when not
+# root.
 set -u
 
 if [ "$(id -u)" != 0 ]; then
@@ -36,7 +39,7 @@ LOADGEN=$BUILD/examples/uvip-loadgen
 CONNS=${CONNS:-100000}
 WORKERS=${WORKERS:-8}
 PROCS=${PROCS:-8}
-PHASES=${PHASES:-prefix pool single}
+PHASES=${PHASES:-prefix pool6 pool single}
 ESTABLISH_SECONDS=${ESTABLISH_SECONDS:-300}
 OUT=${OUT:-bench-prefix.json}
 NS=uvipprefix
@@ -117,9 +120,12 @@ phase() { # name listen target sources hold
   local name=$1 listen=$2 target=$3 sources=$4 hold=$5 t0 extra=()
   echo "bench-prefix: phase $name: $CONNS connections to $target from $sources"
   make_ns || return 1
-  if [ "$name" = prefix ]; then
-    nsx ip -6 addr add fd00::1/128 dev lo nodad || return 1
-    nsx ip -6 route add local fd00:1::/64 dev lo || return 1
+  case $name in prefix|pool6) nsx ip -6 addr add fd00::1/128 dev lo nodad || return 1 ;; esac
+  [ "$name" = prefix ] && { nsx ip -6 route add local fd00:1::/64 dev lo || return 1; }
+  if [ "$name" = pool6 ]; then
+    for i in $(seq 1 16); do
+      nsx ip -6 addr add "fd00:2::$(printf %x "$i")/128" dev lo nodad || return 1
+    done
   fi
   start_echo "$name" "$listen" || return 1
   [ "$hold" = 1 ] && extra=(--hold --seconds $((ESTABLISH_SECONDS + 60)))
@@ -147,6 +153,7 @@ phase() { # name listen target sources hold
 for p in $PHASES; do
   case $p in
     prefix) phase prefix '[fd00::1]' "[fd00::1]:$PORT" fd00:1::/64 1 ;;
+    pool6) phase pool6 '[fd00::1]' "[fd00::1]:$PORT" fd00:2::1-fd00:2::10 1 ;;
     pool) phase pool 127.0.0.1 "127.0.0.1:$PORT" 127.0.1.1-127.0.1.16 1 ;;
     single) phase single 127.0.0.1 "127.0.0.1:$PORT" 127.0.1.1 0 ;;
   esac
@@ -165,7 +172,7 @@ for name in phases.split():
     keep = ('established', 'verified', 'failed_total', 'failed',
             'establish_seconds', 'source_addrs_in_use', 'exhausted')
     res[name] = {k: lg.get(k) for k in keep}
-    if name in ('prefix', 'pool') and lg.get('verified') != int(conns):
+    if name in ('prefix', 'pool', 'pool6') and lg.get('verified') != int(conns):
         ok = False
 print(json.dumps(res, indent=1))
 json.dump(res, open(out, 'w'), indent=1)
