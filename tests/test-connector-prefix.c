@@ -409,6 +409,12 @@ START_TEST(test_arguments) {
   th_addr("fd00::7", 80, &out6);
   ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&out6, NULL, on_connect, NULL),
                    UV_EAFNOSUPPORT);
+  /* A correction left in place is freed with the connector. */
+  th_addr("127.0.0.9", 0, &in);
+  ck_assert_int_eq(uvip_connector_correct(c, (struct sockaddr *)&in,
+                                          (struct sockaddr *)&dest, 2),
+                   0);
+  ck_assert_uint_eq(uvip_connector_prefix_in_use(c), 1);
   /* A list connector has no prefix. */
   ck_assert_int_eq(uvip_connector_new(&loop, NULL, NULL, &lc), 0);
   ck_assert_int_eq(uvip_connector_prefix(lc, &got), UV_ENOENT);
@@ -470,6 +476,33 @@ START_TEST(test_loadgen_prefix) {
 }
 END_TEST
 
+/* More than 64 host bits: the bits above 64 come from the destination's
+ * hash, the low 64 from the sequence; every source is inside the /48. */
+START_TEST(test_short_ipv6_prefix) {
+  uvip_prefix_t p = prefix_of("fd00:3::/48");
+  uvip_connector_t *c;
+  char a[UVIP_ADDRSTRLEN], b[UVIP_ADDRSTRLEN];
+  int i, j;
+
+  setup("fd00::1");
+  sh("ip -6 route add local fd00:3::/48 dev lo");
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &p, UVIP_PREFIX_SPREAD,
+                                             NULL, NULL, 0, &c),
+                   0);
+  for (i = 0; i < 20; i++) {
+    struct sockaddr_storage ss;
+    ck_assert_int_eq(connect_one(c), 0);
+    local_addr(i, &ss);
+    ck_assert_str_eq(ip_of((struct sockaddr *)&ss, a),
+                     ip_of(uvip_outconn_source(conns[i]), b));
+    ck_assert_int_eq(uvip_prefix_contains(&p, (struct sockaddr *)&ss), 1);
+    for (j = 0; j < i; j++)
+      ck_assert_str_ne(a, ip_of(uvip_outconn_source(conns[j]), b));
+  }
+  close_connector(c);
+}
+END_TEST
+
 int main(void) {
   /* Every test enters a namespace of its own: skip them all here, before
    * check forks, when that is not permitted. */
@@ -483,6 +516,7 @@ int main(void) {
   tcase_add_test(tc, test_missing_route);
   tcase_add_test(tc, test_arguments);
   tcase_add_test(tc, test_loadgen_prefix);
+  tcase_add_test(tc, test_short_ipv6_prefix);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
