@@ -168,6 +168,29 @@ START_TEST(test_provision) {
 }
 END_TEST
 
+START_TEST(test_provision_local_route) {
+  th_enter_netns();
+  uvip_prefix_t pfx;
+  uvip_provision_t *p = NULL;
+  int k, r;
+  ck_assert_int_eq(uvip_prefix_parse("fd00:1::/64", &pfx, NULL, 0), 0);
+  for (k = 1; k < MAX_ALLOCS; k++) {
+    p = (uvip_provision_t *)1;
+    arm(k);
+    r = uvip_provision_new_local_route("lo", &pfx, NULL, &p);
+    if (!disarm())
+      break;
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_ptr_null(p);
+  }
+  ck_assert_int_eq(r, 0);
+  ck_assert_int_ge(k, 4); /* the object, its entry, its index */
+  ck_assert_int_eq(uvip_provision_apply(p, NULL, 0), 0);
+  ck_assert_int_eq(uvip_provision_state(p, 0), UVIP_PROVISION_ADDED);
+  uvip_provision_free(p);
+}
+END_TEST
+
 /* The watcher and the live pool: no object, and the server is not left
  * attached (it closes). */
 START_TEST(test_addrwatch_livepool) {
@@ -432,6 +455,7 @@ int main(void) {
   TCase *tc = tcase_create("cov-alloc");
   tcase_add_test(tc, test_addrs);
   tcase_add_test(tc, test_provision);
+  tcase_add_test(tc, test_provision_local_route);
   tcase_add_test(tc, test_addrwatch_livepool);
   tcase_add_test(tc, test_connector);
   tcase_add_test(tc, test_connector_prefix);
