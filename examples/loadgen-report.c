@@ -42,6 +42,7 @@ static void sum_reports(const lg_tally_t *tally, lg_report_t *s) {
     s->pending += r->pending;
     s->failed += r->failed;
     s->exhausted |= r->exhausted;
+    s->src_addrs += r->src_addrs;
     if (r->range)
       s->range = r->range;
     if (r->settle_ms > s->settle_ms)
@@ -144,9 +145,15 @@ static int wall_at(const lg_opts_t *o, const lg_report_t *s, size_t t,
   const struct sockaddr *ta = uvip_addrs_at(o->targets, t);
   if (!(s->exhausted & (1ull << t)))
     return 0;
-  source_label(o->sources, ta, w->src, sizeof(w->src));
   uvip_addr_format(ta, 1, w->dst, sizeof(w->dst));
   w->in_use = s->in_use[t];
+  if (o->has_prefix) {
+    /* Only the pairs in use are known: the wall is the pairs tried. */
+    uvip_prefix_format(&o->prefix, w->src, sizeof(w->src));
+    w->ports = s->in_use[t];
+    return 1;
+  }
+  source_label(o->sources, ta, w->src, sizeof(w->src));
   w->ports = s->range * sources_for(o->sources, ta);
   return 1;
 }
@@ -154,7 +161,7 @@ static int wall_at(const lg_opts_t *o, const lg_report_t *s, size_t t,
 int lg_print_summary(const lg_tally_t *tally, const lg_opts_t *o,
                      uint64_t ms) {
   lg_report_t s;
-  char errs[512];
+  char errs[512], srcs[UVIP_PREFIXSTRLEN + 64];
   wall_t w;
   double secs = (double)ms / 1000.0;
   uint64_t expected;
@@ -170,13 +177,21 @@ int lg_print_summary(const lg_tally_t *tally, const lg_opts_t *o,
   ok = tally->got_final_all && s.failed == 0 && s.established == expected &&
        (!o->echo || s.verified == expected);
 
+  if (o->has_prefix) {
+    char pfx[UVIP_PREFIXSTRLEN];
+    uvip_prefix_format(&o->prefix, pfx, sizeof(pfx));
+    snprintf(srcs, sizeof(srcs), "sources %s (%llu addresses in use)", pfx,
+             (unsigned long long)s.src_addrs);
+  } else {
+    snprintf(srcs, sizeof(srcs), "%zu source%s", uvip_addrs_count(sources),
+             uvip_addrs_count(sources) == 1 ? "" : "s");
+  }
   fprintf(out,
-          "%s: %llu connections to %zu target%s, %zu source%s, %llu "
+          "%s: %llu connections to %zu target%s, %s, %llu "
           "process%s: established %llu, verified %llu, peak open %llu, "
           "failed %llu%s in %.1f s\n",
           ex_prog, (unsigned long long)expected, ntargets,
-          ntargets == 1 ? "" : "s", uvip_addrs_count(sources),
-          uvip_addrs_count(sources) == 1 ? "" : "s",
+          ntargets == 1 ? "" : "s", srcs,
           (unsigned long long)o->procs, o->procs == 1 ? "" : "es",
           (unsigned long long)s.established, (unsigned long long)s.verified,
           (unsigned long long)s.peak_open, (unsigned long long)s.failed, errs,
@@ -213,11 +228,16 @@ int lg_print_summary(const lg_tally_t *tally, const lg_opts_t *o,
       printf("%.3f", (double)(s.settle_ms - 1) / 1000.0);
     else
       printf("null");
-    printf(",\"procs\":%llu,\"targets\":%zu,\"sources\":%zu,\"echo\":%s,"
-           "\"hold\":%s,\"churn\":%g,\"exhausted\":[",
-           (unsigned long long)o->procs, ntargets, uvip_addrs_count(sources),
-           o->echo ? "true" : "false", o->hold ? "true" : "false",
-           o->churn);
+    printf(",\"procs\":%llu,\"targets\":%zu,\"sources\":%zu,",
+           (unsigned long long)o->procs, ntargets, uvip_addrs_count(sources));
+    if (o->has_prefix) {
+      char pfx[UVIP_PREFIXSTRLEN];
+      uvip_prefix_format(&o->prefix, pfx, sizeof(pfx));
+      printf("\"source_prefix\":\"%s\",\"source_addrs_in_use\":%llu,", pfx,
+             (unsigned long long)s.src_addrs);
+    }
+    printf("\"echo\":%s,\"hold\":%s,\"churn\":%g,\"exhausted\":[",
+           o->echo ? "true" : "false", o->hold ? "true" : "false", o->churn);
     for (t = 0; t < ntargets && t < LG_MAX_TGT; t++) {
       if (!wall_at(o, &s, t, &w))
         continue;

@@ -32,6 +32,7 @@ typedef struct {
   uint64_t settle_ms;  /* when its share was all settled; 0 = not (yet) */
   uint64_t range;      /* usable ports per (source, target) pair */
   uint64_t exhausted;  /* bit t: target t ran out of ports */
+  uint64_t src_addrs;  /* prefix pool: distinct source addresses in use */
   uint32_t in_use[LG_MAX_TGT];
   lg_err_count_t errs[LG_MAX_ERRS];
 } lg_report_t;
@@ -41,6 +42,9 @@ _Static_assert(sizeof(lg_report_t) <= 4096, "report must fit in PIPE_BUF");
 /* The command line; the summary repeats it. */
 typedef struct {
   uvip_addrs_t *targets, *sources;
+  /* --sources A/N: a prefix pool (sources stays empty) */
+  int has_prefix;
+  uvip_prefix_t prefix;
   size_t ntargets;
   uint64_t conns, procs, seconds;
   double churn;

@@ -35,6 +35,12 @@
 #define REPORT_MS 500
 #define FD_SLACK 64 /* descriptors for everything that is not a connection */
 
+typedef union {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+} lg_sa_t;
+
 /* Connection state, kept in the uv_tcp_t's data field. */
 enum { C_SETTLED = 1, C_ESTABLISHED = 2, C_DROPPED = 4 };
 
@@ -235,9 +241,37 @@ static void on_churn(uv_timer_t *t) {
   }
 }
 
+/* A prefix pool knows its pairs in use only: the range is read on any
+ * address of the prefix, and the connections in use are the total (per
+ * target with one target). */
+static void fill_report_prefix(void) {
+  lg_sa_t a;
+  uvip_connector_ports_t p;
+  uvip_connector_stats_t st;
+  size_t t;
+  memset(&a, 0, sizeof(a));
+  a.sa.sa_family = (sa_family_t)opts.prefix.family;
+  if (opts.prefix.family == AF_INET)
+    a.in.sin_addr = opts.prefix.addr.v4;
+  else
+    a.in6.sin6_addr = opts.prefix.addr.v6;
+  uvip_connector_stats(connector, 0, &st);
+  rep.src_addrs = uvip_connector_prefix_in_use(connector);
+  for (t = 0; t < opts.ntargets && t < LG_MAX_TGT; t++) {
+    if (uvip_connector_ports(connector, &a.sa,
+                             uvip_addrs_at(opts.targets, t), &p) == 0)
+      rep.range = p.range;
+    rep.in_use[t] = opts.ntargets == 1 ? (uint32_t)st.in_use : 0;
+  }
+}
+
 static void fill_report(void) {
   size_t t, i;
   const uvip_connector_ports_t zero = {0, 0, 0, 0};
+  if (opts.has_prefix) {
+    fill_report_prefix();
+    return;
+  }
   for (t = 0; t < opts.ntargets && t < LG_MAX_TGT; t++) {
     const struct sockaddr *ta = uvip_addrs_at(opts.targets, t);
     uint64_t n = 0;
@@ -343,10 +377,20 @@ static int run_worker(uint64_t k, uint64_t n) {
       return 1;
     }
   }
-  r = uvip_connector_new(loop, opts.sources, NULL, &c);
-  if (r != 0) {
-    fprintf(stderr, "%s: connector: %s\n", ex_prog, uv_strerror(r));
-    return 1;
+  if (opts.has_prefix) {
+    char err[256];
+    r = uvip_connector_new_prefix(loop, &opts.prefix, UVIP_PREFIX_SPREAD, NULL,
+                                  err, sizeof(err), &c);
+    if (r != 0) {
+      fprintf(stderr, "%s: --sources: %s\n", ex_prog, err);
+      return 1;
+    }
+  } else {
+    r = uvip_connector_new(loop, opts.sources, NULL, &c);
+    if (r != 0) {
+      fprintf(stderr, "%s: connector: %s\n", ex_prog, uv_strerror(r));
+      return 1;
+    }
   }
   connector = c;
   t0 = uv_now(loop);
@@ -508,7 +552,10 @@ static void usage(FILE *f) {
           "  --target SPEC    server VIPs (repeatable; default " DEFAULT_TARGET ")\n"
           "  --port P         port for targets without one (default 7000)\n"
           "  --conns N        connections to open (default 1000)\n"
-          "  --sources SPEC   source addresses (repeatable; default: the kernel's choice)\n"
+          "  --sources SPEC   source addresses (repeatable; default: the kernel's choice);\n"
+          "                   one prefix A/N alone is a prefix pool: any address of it,\n"
+          "                   never expanded (needs a local route, e.g. 'ip -6 route\n"
+          "                   add local fd00:1::/64 dev lo')\n"
           "  --procs N        worker processes, each with its own descriptor limit (default 1)\n"
           "  --hold           keep the connections open until --seconds have passed\n"
           "  --seconds S      run length with --hold/--churn (default 10); otherwise\n"
@@ -519,6 +566,55 @@ static void usage(FILE *f) {
           "  --json           print the summary as JSON on stdout (text goes to stderr)\n"
           "Exit status: 0 when every connection succeeded, 1 otherwise, 2 on usage errors.\n",
           ex_prog);
+}
+
+/* "A/N" alone: a prefix pool, never expanded. Anything else (addresses,
+ * ranges, lists) is an address spec. */
+static int is_prefix_spec(const char *spec) {
+  return strchr(spec, '/') != NULL && strchr(spec, ',') == NULL &&
+         strchr(spec, '-') == NULL;
+}
+
+static void parse_source_prefix(const char *spec, size_t nspecs) {
+  char err[256];
+  if (nspecs > 1)
+    ex_usage_error("--sources: the prefix pool %s cannot be mixed with other "
+                   "--sources",
+                   spec);
+  if (uvip_prefix_parse(spec, &opts.prefix, err, sizeof(err)) != 0)
+    ex_usage_error("--sources: %s", err);
+  opts.has_prefix = 1;
+}
+
+/* Every target must be of the prefix's family, and the prefix must be
+ * local (a local route): told once here rather than by every worker. */
+static void check_prefix_targets(void) {
+  char pfx[UVIP_PREFIXSTRLEN], ta[UVIP_ADDRSTRLEN], err[256];
+  uvip_connector_t *c;
+  uv_loop_t l;
+  size_t t;
+  int r;
+  uvip_prefix_format(&opts.prefix, pfx, sizeof(pfx));
+  for (t = 0; t < opts.ntargets; t++) {
+    const struct sockaddr *sa = uvip_addrs_at(opts.targets, t);
+    if (sa->sa_family == opts.prefix.family)
+      continue;
+    uvip_addr_format(sa, 1, ta, sizeof(ta));
+    ex_usage_error("--sources %s is %s but --target %s is not: mixing "
+                   "families",
+                   pfx, opts.prefix.family == AF_INET6 ? "IPv6" : "IPv4", ta);
+  }
+  uv_loop_init(&l);
+  r = uvip_connector_new_prefix(&l, &opts.prefix, UVIP_PREFIX_SPREAD, NULL,
+                                err, sizeof(err), &c);
+  if (r == 0)
+    uvip_connector_close(c, NULL);
+  uv_run(&l, UV_RUN_DEFAULT);
+  uv_loop_close(&l);
+  if (r != 0) {
+    fprintf(stderr, "%s: --sources: %s\n", ex_prog, err);
+    exit(1);
+  }
 }
 
 /* Raises the soft descriptor limit to the hard one and checks that a
@@ -605,8 +701,13 @@ int main(int argc, char **argv) {
     tspecs[ntspecs++] = DEFAULT_TARGET;
   for (i = 0; i < ntspecs; i++)
     ex_parse_spec("--target", opts.targets, tspecs[i], port);
-  for (i = 0; i < nsspecs; i++)
+  for (i = 0; i < nsspecs; i++) {
+    if (is_prefix_spec(sspecs[i])) {
+      parse_source_prefix(sspecs[i], nsspecs);
+      continue;
+    }
     ex_parse_spec("--sources", opts.sources, sspecs[i], 0);
+  }
   for (i = 0; i < uvip_addrs_count(opts.sources); i++) {
     const struct sockaddr *sa = uvip_addrs_at(opts.sources, i);
     if ((sa->sa_family == AF_INET &&
@@ -616,6 +717,8 @@ int main(int argc, char **argv) {
       ex_usage_error("--sources: addresses take no port (the kernel picks it)");
   }
   opts.ntargets = uvip_addrs_count(opts.targets);
+  if (opts.has_prefix)
+    check_prefix_targets();
   check_fd_limit();
   signal(SIGPIPE, SIG_IGN);
 

@@ -102,6 +102,45 @@ int uvip_addr_format(const struct sockaddr *sa, int with_port, char *buf,
                      size_t len);
 
 /* ------------------------------------------------------------------------ */
+/* Prefixes used whole, as pools (never expanded into a list)               */
+/* ------------------------------------------------------------------------ */
+
+/* An IP prefix: every address that starts with len bits of addr. Used as a
+ * pool of source addresses by uvip_connector_new_prefix() and as the
+ * destination of a local route by uvip_provision_new_local_route(), so that
+ * a whole IPv6 /64 (2^64 addresses) can be used without listing it. */
+typedef struct uvip_prefix_s {
+  int family;       /* AF_INET or AF_INET6 */
+  unsigned int len; /* 0..32 (IPv4) or 0..128 (IPv6) */
+  union {
+    struct in_addr v4;
+    struct in6_addr v6;
+  } addr; /* network byte order, the host bits zero */
+} uvip_prefix_t;
+
+/* Room for any prefix uvip_prefix_format() writes, with its NUL. */
+#define UVIP_PREFIXSTRLEN 52
+
+/* Parses one prefix "A/N" (IPv4 or IPv6, also "[V6/N]"; whitespace around
+ * it is ignored). Host bits set in A are allowed and cleared, as in address
+ * specs. Unlike uvip_addrs_parse() nothing is expanded, so any length is
+ * fine ("fd00::/64", "10.0.0.0/8"). No port and no list. Errors: UV_EINVAL
+ * with a one-line message in errbuf (when not NULL) naming the offending
+ * part and its offset, e.g. "bad prefix length '65x' at offset 8". */
+int uvip_prefix_parse(const char *spec, uvip_prefix_t *out, char *errbuf,
+                      size_t errlen);
+
+/* Writes "10.0.0.0/24" or "fd00:1::/64". Returns 0, UV_EINVAL or UV_ENOSPC
+ * (the buffer is then an empty string). */
+int uvip_prefix_format(const uvip_prefix_t *prefix, char *buf, size_t len);
+
+/* 1 when sa (sockaddr_in or sockaddr_in6; the port is ignored) is inside
+ * the prefix, 0 when not (or another family), UV_EINVAL for a NULL
+ * argument or an invalid prefix. */
+int uvip_prefix_contains(const uvip_prefix_t *prefix,
+                         const struct sockaddr *sa);
+
+/* ------------------------------------------------------------------------ */
 /* Server: one listening socket per VIP, a fair accept scheduler            */
 /* ------------------------------------------------------------------------ */
 

@@ -30,7 +30,9 @@ typedef struct uvip__cn_dest {
   uint64_t own;    /* sum of pairs' own */
   uint64_t others; /* sum of pairs' others */
   uint32_t rr;     /* where the next search starts: ties go round-robin */
-  uvip__cn_pair_t pairs[];
+  uint64_t pos;    /* prefix connectors: this destination's place in the
+                      sequence of source addresses (connector-prefix.c) */
+  uvip__cn_pair_t pairs[]; /* none for prefix connectors */
 } uvip__cn_dest_t;
 
 typedef struct {
@@ -39,8 +41,15 @@ typedef struct {
   uvip_connector_stats_t stats;
 } uvip__cn_source_t;
 
+/* Sources inside a prefix (connector-prefix.c). */
+typedef struct uvip__cn_prefix_s uvip__cn_prefix_t;
+
 struct uvip_connector_s {
   uv_loop_t *loop;
+  /* Not NULL for a prefix connector: srcs then has one entry, which only
+   * carries the family and the totals, and a source index is a slot of the
+   * prefix's table of pairs in use. */
+  uvip__cn_prefix_t *pfx;
   uvip__cn_source_t *srcs;
   size_t nsrcs;
   bool bind_sources; /* false: empty pool, the kernel chooses */
@@ -89,5 +98,43 @@ void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
                         bool had_port);
 /* The kernel had no port for source i to d. */
 void uvip__cn_exhausted(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i);
+
+/* The counters a connection from source i adds to (a prefix connector
+ * keeps totals only) and the address it binds. */
+uvip__cn_source_t *uvip__cn_src(uvip_connector_t *c, size_t i);
+const struct sockaddr *uvip__cn_source_addr(const uvip_connector_t *c,
+                                            size_t i);
+
+/* connector-prefix.c: the prefix versions of the functions above, which
+ * dispatch to them when c->pfx is set. */
+/* The prefix's state, the route checked; 0 or an error with errbuf set. */
+int uvip__cn_prefix_new(uvip_connector_t *c, const uvip_prefix_t *prefix,
+                        uvip_prefix_policy_t policy, char *errbuf,
+                        size_t errlen);
+void uvip__cn_prefix_free(uvip_connector_t *c);
+/* Socket options of a prefix source (FREEBIND) on a new socket. */
+void uvip__cn_prefix_sockopts(const uvip_connector_t *c, int fd);
+/* A new destination entry gets its place in the sequence. */
+void uvip__cn_prefix_dest_init(uvip_connector_t *c, uvip__cn_dest_t *d);
+/* A new search begins (or one has ended): pairs picked but not taken are
+ * dropped and the budget of tries is reset. */
+void uvip__cn_prefix_search_reset(uvip_connector_t *c);
+/* A slot for a connection to d, -1 when the budget ran out without a
+ * usable pair, or UV_ENOMEM. */
+long uvip__cn_prefix_next(uvip_connector_t *c, uvip__cn_dest_t *d);
+void uvip__cn_prefix_take(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i);
+void uvip__cn_prefix_give_back(uvip_connector_t *c, uvip__cn_dest_t *d,
+                               size_t i, bool had_port);
+void uvip__cn_prefix_exhausted(uvip_connector_t *c, size_t i);
+const struct sockaddr *uvip__cn_prefix_addr(const uvip_connector_t *c,
+                                            size_t i);
+/* uvip_connector_ports() and uvip_connector_correct() for an address of
+ * the prefix (UV_ENOENT outside it). d may be NULL for ports. */
+int uvip__cn_prefix_ports(const uvip_connector_t *c,
+                          const struct sockaddr *source,
+                          const uvip__cn_dest_t *d,
+                          uvip_connector_ports_t *out);
+int uvip__cn_prefix_correct(uvip_connector_t *c, const struct sockaddr *source,
+                            uvip__cn_dest_t *d, uint64_t sockets);
 
 #endif /* UVIP_CONNECTOR_INTERNAL_H */

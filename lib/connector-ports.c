@@ -156,12 +156,16 @@ uvip__cn_dest_t *uvip__cn_dest_get(uvip_connector_t *c,
                                    const struct sockaddr *sa) {
   uvip__cn_dest_t *d = dest_find(c, sa);
   size_t h;
+  if (c->pfx)
+    uvip__cn_prefix_search_reset(c);
   if (d)
     return d;
-  d = calloc(1, sizeof(*d) + c->nsrcs * sizeof(uvip__cn_pair_t));
+  d = calloc(1, sizeof(*d) + (c->pfx ? 0 : c->nsrcs) * sizeof(uvip__cn_pair_t));
   if (d == NULL)
     return NULL;
   memcpy(&d->addr, sa, uvip__sa_len(sa));
+  if (c->pfx)
+    uvip__cn_prefix_dest_init(c, d);
   if (c->ndests >= c->nbuckets)
     dest_grow(c);
   h = dest_hash(sa) & (c->nbuckets - 1);
@@ -173,6 +177,8 @@ uvip__cn_dest_t *uvip__cn_dest_get(uvip_connector_t *c,
 
 void uvip__cn_dest_maybe_free(uvip_connector_t *c, uvip__cn_dest_t *d) {
   uvip__cn_dest_t **pp;
+  if (c->pfx) /* a failed search ends here: its pairs go before d can */
+    uvip__cn_prefix_search_reset(c);
   if (d->own != 0 || d->others != 0)
     return;
   for (pp = &c->buckets[dest_hash(&d->addr.sa) & (c->nbuckets - 1)]; *pp;
@@ -195,6 +201,8 @@ long uvip__cn_next_source(uvip_connector_t *c, uvip__cn_dest_t *d,
   long best = -1;
   int64_t best_free = INT64_MIN;
   size_t k;
+  if (c->pfx)
+    return uvip__cn_prefix_next(c, d);
   for (k = 0; k < c->nsrcs; k++) {
     size_t i = (d->rr + k) % c->nsrcs;
     int64_t f;
@@ -214,6 +222,10 @@ long uvip__cn_next_source(uvip_connector_t *c, uvip__cn_dest_t *d,
 }
 
 void uvip__cn_take(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i) {
+  if (c->pfx) {
+    uvip__cn_prefix_take(c, d, i);
+    return;
+  }
   d->pairs[i].own++;
   d->own++;
   c->srcs[i].stats.in_use++;
@@ -221,7 +233,13 @@ void uvip__cn_take(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i) {
 
 void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
                         bool had_port) {
-  uvip__cn_pair_t *p = &d->pairs[i];
+  uvip__cn_pair_t *p;
+  if (c->pfx) {
+    uvip__cn_prefix_give_back(c, d, i, had_port);
+    uvip__cn_dest_maybe_free(c, d);
+    return;
+  }
+  p = &d->pairs[i];
   p->own--;
   /* The kernel has the port back (or in TIME_WAIT, which connect() may
    * reuse; a census correction covers the rest). An attempt the kernel
@@ -233,7 +251,20 @@ void uvip__cn_give_back(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
   uvip__cn_dest_maybe_free(c, d);
 }
 
+uvip__cn_source_t *uvip__cn_src(uvip_connector_t *c, size_t i) {
+  return &c->srcs[c->pfx ? 0 : i];
+}
+
+const struct sockaddr *uvip__cn_source_addr(const uvip_connector_t *c,
+                                            size_t i) {
+  return c->pfx ? uvip__cn_prefix_addr(c, i) : &c->srcs[i].addr.sa;
+}
+
 void uvip__cn_exhausted(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i) {
+  if (c->pfx) {
+    uvip__cn_prefix_exhausted(c, i);
+    return;
+  }
   d->pairs[i].exhausted = 1;
   c->srcs[i].stats.exhausted++;
 }
@@ -269,6 +300,8 @@ UVIP_EXPORT int uvip_connector_ports(const uvip_connector_t *c,
   long i;
   UVIP_CHECK_ARG(c == NULL || dest == NULL || out == NULL);
   UVIP_CHECK_ARG(!uvip__cn_valid_dest(dest));
+  if (c->pfx)
+    return uvip__cn_prefix_ports(c, source, dest_find(c, dest), out);
   i = find_source(c, source);
   if (i < 0)
     return (int)i;
@@ -293,6 +326,14 @@ UVIP_EXPORT int uvip_connector_correct(uvip_connector_t *c,
   long i;
   UVIP_CHECK_ARG(c == NULL || dest == NULL || c->closing);
   UVIP_CHECK_ARG(!uvip__cn_valid_dest(dest));
+  if (c->pfx) {
+    int r;
+    if ((d = uvip__cn_dest_get(c, dest)) == NULL)
+      return UV_ENOMEM;
+    r = uvip__cn_prefix_correct(c, source, d, sockets);
+    uvip__cn_dest_maybe_free(c, d);
+    return r;
+  }
   i = find_source(c, source);
   if (i < 0)
     return (int)i;

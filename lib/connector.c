@@ -46,6 +46,8 @@ static void maybe_finish_close(uvip_connector_t *c) {
   if (c->close_cb)
     c->close_cb(c);
   uvip__cn_dests_free(c);
+  if (c->pfx)
+    uvip__cn_prefix_free(c);
   free(c->srcs);
   free(c);
 }
@@ -67,8 +69,9 @@ static void on_conn_closed(uv_handle_t *h) {
 static void on_connect(uv_connect_t *req, int status) {
   uvip_outconn_t *oc = (uvip_outconn_t *)req->handle;
   uvip_connector_t *c = oc->connector;
-  uvip__cn_source_t *s = &c->srcs[oc->src];
-  const struct sockaddr *src = c->bind_sources ? &s->addr.sa : NULL;
+  uvip__cn_source_t *s = uvip__cn_src(c, oc->src);
+  const struct sockaddr *src =
+      c->bind_sources ? uvip__cn_source_addr(c, oc->src) : NULL;
   free(req);
   if (status == 0) {
     s->stats.connected++;
@@ -98,7 +101,7 @@ static void on_connect(uv_connect_t *req, int status) {
  * error of socket(), bind() or connect(). */
 static int attempt(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
                    const struct sockaddr *dest, uvip_outconn_t **out) {
-  uvip__cn_source_t *s = &c->srcs[i];
+  const struct sockaddr *src = uvip__cn_source_addr(c, i);
   uvip_outconn_t *oc;
   uv_connect_t *req;
   int fd, r, one = 1;
@@ -125,7 +128,9 @@ static int attempt(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
      * destination. Failing to set it only costs capacity. */
     (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one,
                      sizeof(one));
-    if (bind(fd, &s->addr.sa, uvip__sa_len(&s->addr.sa)) != 0) {
+    if (c->pfx)
+      uvip__cn_prefix_sockopts(c, fd);
+    if (bind(fd, src, uvip__sa_len(src)) != 0) {
       r = uv_translate_sys_error(errno);
       close(fd);
       goto fail_fd;
@@ -249,11 +254,13 @@ UVIP_EXPORT int uvip_connect(uvip_connector_t *c, const struct sockaddr *dest,
       break;
     if (r != UV_EADDRNOTAVAIL && r != UV_EADDRINUSE) {
       if (r != UV_ENOMEM && r != UV_EMFILE && r != UV_ENFILE)
-        c->srcs[i].stats.failed++;
+        uvip__cn_src(c, (size_t)i)->stats.failed++;
       break;
     }
     uvip__cn_exhausted(c, d, (size_t)i);
   }
+  if (i < -1) /* a prefix connector without memory for a new pair */
+    r = (int)i;
   if (r != 0) {
     /* Exhaustion is worth keeping only while our connections hold the
      * pair; an entry without any is dropped like an unused one. */
@@ -294,7 +301,7 @@ UVIP_EXPORT const struct sockaddr *
 uvip_outconn_source(const uvip_outconn_t *oc) {
   if (oc == NULL || !oc->connector->bind_sources)
     return NULL;
-  return &oc->connector->srcs[oc->src].addr.sa;
+  return uvip__cn_source_addr(oc->connector, oc->src);
 }
 
 UVIP_EXPORT const struct sockaddr *uvip_outconn_dest(const uvip_outconn_t *oc) {
@@ -309,7 +316,7 @@ UVIP_EXPORT size_t uvip_connector_source_count(const uvip_connector_t *c) {
 
 UVIP_EXPORT const struct sockaddr *
 uvip_connector_source(const uvip_connector_t *c, size_t i) {
-  if (c == NULL || i >= c->nsrcs || !c->bind_sources)
+  if (c == NULL || i >= c->nsrcs || !c->bind_sources || c->pfx)
     return NULL;
   return &c->srcs[i].addr.sa;
 }

@@ -48,6 +48,12 @@ int uvip__addrs_push(uvip_addrs_t *l, const uvip__sa_t *a);
 /* Drops the entries from index n on (undoes a failed parse). */
 void uvip__addrs_truncate(uvip_addrs_t *l, size_t n);
 
+/* prefix.c */
+/* A known family and a length that fits it. */
+bool uvip__prefix_valid(const uvip_prefix_t *p);
+/* Clears the host bits of a valid prefix. */
+void uvip__prefix_mask(uvip_prefix_t *p);
+
 /* procfs.c */
 /* Reads a small /proc file into buf, NUL terminated (empty on error). */
 int uvip__proc_read(const char *path, char *buf, size_t len);

@@ -20,6 +20,9 @@ typedef struct prov_entry_s {
 
 struct uvip_provision_s {
   char ifname[IF_NAMESIZE];
+  /* A local-route provisioner: its one entry is the prefix (network
+   * address and length) of a route in the local table. */
+  bool route;
   unsigned int ifindex; /* where the ADDED addresses are */
   uvip_provision_options_t opts;
   prov_entry_t *entries; /* in the caller's order */
@@ -212,6 +215,134 @@ static bool is_gone_error(int err) {
          err == UV_ESRCH;
 }
 
+static void format_route_error(char *errbuf, size_t errlen, const char *verb,
+                               const uvip_provision_t *p, int err,
+                               const char *kmsg) {
+  if (errbuf == NULL || errlen == 0)
+    return;
+  uvip_prefix_t pf;
+  char txt[UVIP_PREFIXSTRLEN];
+  const prov_entry_t *e = &p->entries[0];
+  memset(&pf, 0, sizeof(pf));
+  pf.family = e->ip.sa.sa_family;
+  pf.len = e->prefixlen;
+  if (pf.family == AF_INET)
+    pf.addr.v4 = e->ip.in.sin_addr;
+  else
+    pf.addr.v6 = e->ip.in6.sin6_addr;
+  uvip_prefix_format(&pf, txt, sizeof(txt));
+  int len = snprintf(errbuf, errlen, "%s local route %s dev %s: %s", verb, txt,
+                     p->ifname, uv_strerror(err));
+  if (kmsg != NULL && kmsg[0] && len > 0 && (size_t)len < errlen)
+    snprintf(errbuf + len, errlen - (size_t)len, " (kernel: %s)", kmsg);
+}
+
+static int route_change(uvip_provision_t *p, int add, unsigned int ifindex,
+                        char *kmsg, size_t klen) {
+  struct mnl_socket *nl;
+  uvip_prefix_t pf;
+  const prov_entry_t *e = &p->entries[0];
+  int r = uvip__rtnl_open(0, 0, &nl);
+  if (r != 0)
+    return r;
+  memset(&pf, 0, sizeof(pf));
+  pf.family = e->ip.sa.sa_family;
+  pf.len = e->prefixlen;
+  if (pf.family == AF_INET)
+    pf.addr.v4 = e->ip.in.sin_addr;
+  else
+    pf.addr.v6 = e->ip.in6.sin6_addr;
+  r = uvip__rtnl_local_route(nl, add, &pf, ifindex, kmsg, klen);
+  mnl_socket_close(nl);
+  return r;
+}
+
+/* The route's apply: added with NLM_F_EXCL, so that a route that is
+ * already there stays someone else's (or ours, from an earlier call). */
+static int route_apply(uvip_provision_t *p, unsigned int ifindex,
+                       char *errbuf, size_t errlen) {
+  char kmsg[256] = "";
+  prov_entry_t *e = &p->entries[0];
+  int r = route_change(p, 1, ifindex, kmsg, sizeof(kmsg));
+  if (r == 0) {
+    e->state = UVIP_PROVISION_ADDED;
+  } else if (r == UV_EEXIST) {
+    if (e->state != UVIP_PROVISION_ADDED)
+      e->state = UVIP_PROVISION_FOREIGN;
+    r = 0;
+  } else {
+    format_route_error(errbuf, errlen, "add", p, r, kmsg);
+  }
+  return r;
+}
+
+static int route_release(uvip_provision_t *p, char *errbuf, size_t errlen) {
+  char kmsg[256] = "";
+  prov_entry_t *e = &p->entries[0];
+  int r = route_change(p, 0, p->ifindex, kmsg, sizeof(kmsg));
+  if (r == 0 || is_gone_error(r)) {
+    e->state = UVIP_PROVISION_ABSENT;
+    return 0;
+  }
+  format_route_error(errbuf, errlen, "remove", p, r, kmsg);
+  return r;
+}
+
+UVIP_EXPORT int uvip_provision_new_local_route(
+    const char *ifname, const uvip_prefix_t *prefix,
+    const uvip_provision_options_t *opts, uvip_provision_t **out) {
+  UVIP_CHECK_ARG(out == NULL);
+  *out = NULL;
+  UVIP_CHECK_ARG(ifname == NULL || !uvip__prefix_valid(prefix));
+  /* A local route for everything (or all of IPv6) would take the host off
+   * the network; multicast and v4-mapped prefixes mean nothing here. */
+  UVIP_CHECK_ARG(prefix->len == 0);
+  UVIP_CHECK_ARG(opts != NULL &&
+                 (opts->flags & ~(unsigned int)UVIP_PROVISION_DAD) != 0);
+  uvip_prefix_t pf = *prefix;
+  uvip__prefix_mask(&pf);
+  if (pf.family == AF_INET) {
+    if (IN_MULTICAST(ntohl(pf.addr.v4.s_addr)))
+      return UV_EINVAL;
+  } else if (IN6_IS_ADDR_MULTICAST(&pf.addr.v6) ||
+             (pf.len >= 96 && IN6_IS_ADDR_V4MAPPED(&pf.addr.v6))) {
+    return UV_EINVAL;
+  }
+  unsigned int ifindex;
+  int r = uvip__rtnl_ifindex(ifname, &ifindex);
+  if (r != 0)
+    return r;
+  uvip_provision_t *p = calloc(1, sizeof(*p));
+  if (p == NULL)
+    return UV_ENOMEM;
+  p->entries = calloc(1, sizeof(*p->entries));
+  p->sorted = calloc(1, sizeof(*p->sorted));
+  if (p->entries == NULL || p->sorted == NULL) {
+    free(p->entries);
+    free(p->sorted);
+    free(p);
+    return UV_ENOMEM;
+  }
+  snprintf(p->ifname, sizeof(p->ifname), "%s", ifname);
+  p->ifindex = ifindex;
+  p->route = true;
+  uvip_provision_options_init(&p->opts);
+  prov_entry_t *e = &p->entries[0];
+  if (pf.family == AF_INET) {
+    e->ip.in.sin_family = AF_INET;
+    e->ip.in.sin_addr = pf.addr.v4;
+  } else {
+    e->ip.in6.sin6_family = AF_INET6;
+    e->ip.in6.sin6_addr = pf.addr.v6;
+  }
+  e->prefixlen = pf.len;
+  e->state = UVIP_PROVISION_ABSENT;
+  p->sorted[0] = e;
+  p->n = 1;
+  *out = p;
+  return 0;
+}
+
 UVIP_EXPORT int uvip_provision_apply(uvip_provision_t *p, char *errbuf,
                                      size_t errlen) {
   UVIP_CHECK_ARG(p == NULL);
@@ -234,6 +365,8 @@ UVIP_EXPORT int uvip_provision_apply(uvip_provision_t *p, char *errbuf,
         p->entries[i].state = UVIP_PROVISION_ABSENT;
     p->ifindex = ifindex;
   }
+  if (p->route)
+    return route_apply(p, ifindex, errbuf, errlen);
 
   struct mnl_socket *nl;
   if ((r = uvip__rtnl_open(0, 0, &nl)) != 0) {
@@ -307,6 +440,8 @@ UVIP_EXPORT int uvip_provision_release(uvip_provision_t *p, char *errbuf,
     any = any || p->entries[i].state == UVIP_PROVISION_ADDED;
   if (!any)
     return 0;
+  if (p->route)
+    return route_release(p, errbuf, errlen);
 
   struct mnl_socket *nl;
   int r = uvip__rtnl_open(0, 0, &nl);

@@ -286,3 +286,86 @@ int uvip__ip_cmp(const struct sockaddr *a, const struct sockaddr *b) {
   return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
                 &((const struct sockaddr_in6 *)b)->sin6_addr, 16);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Local routes for prefix pools                                            */
+/* ------------------------------------------------------------------------ */
+
+int uvip__rtnl_route_type(struct mnl_socket *nl, int family, const void *addr,
+                          unsigned int *type) {
+  _Alignas(8) char buf[8192];
+  size_t alen = family == AF_INET ? 4 : 16;
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = RTM_GETROUTE;
+  nlh->nlmsg_flags = NLM_F_REQUEST;
+  nlh->nlmsg_seq = rtnl_next_seq();
+  struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+  rtm->rtm_family = (unsigned char)family;
+  rtm->rtm_dst_len = (unsigned char)(alen * 8);
+  mnl_attr_put(nlh, RTA_DST, alen, addr);
+  unsigned int seq = nlh->nlmsg_seq;
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
+    return -errno;
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    int left = (int)n;
+    for (const struct nlmsghdr *m = (const struct nlmsghdr *)buf;
+         mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
+      if (m->nlmsg_seq != seq)
+        continue;
+      if (m->nlmsg_type == NLMSG_ERROR) {
+        /* No route at all (ENETUNREACH): not local either. */
+        const struct nlmsgerr *err = mnl_nlmsg_get_payload(m);
+        if (mnl_nlmsg_get_payload_len(m) < sizeof(*err))
+          return UV_EIO;
+        if (err->error == 0)
+          continue;
+        *type = RTN_UNREACHABLE;
+        return err->error == UV_ENETUNREACH || err->error == UV_EHOSTUNREACH
+                   ? 0
+                   : err->error;
+      }
+      if (m->nlmsg_type == RTM_NEWROUTE &&
+          mnl_nlmsg_get_payload_len(m) >= sizeof(struct rtmsg)) {
+        *type = ((const struct rtmsg *)mnl_nlmsg_get_payload(m))->rtm_type;
+        return 0;
+      }
+    }
+  }
+}
+
+int uvip__rtnl_local_route(struct mnl_socket *nl, int add,
+                           const uvip_prefix_t *p, unsigned int ifindex,
+                           char *msg, size_t msglen) {
+  _Alignas(8) char buf[512];
+  if (msg != NULL && msglen > 0)
+    msg[0] = '\0';
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
+  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  /* EXCL: a route that is already there is someone else's, and must be
+   * reported as such rather than taken over (and later removed). */
+  if (add)
+    nlh->nlmsg_flags |= NLM_F_CREATE | NLM_F_EXCL;
+  nlh->nlmsg_seq = rtnl_next_seq();
+  struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+  rtm->rtm_family = (unsigned char)p->family;
+  rtm->rtm_dst_len = (unsigned char)p->len;
+  rtm->rtm_table = RT_TABLE_LOCAL;
+  /* What "ip route add local" sets, but static: ours are told apart from
+   * the kernel's own (proto kernel) local routes. */
+  rtm->rtm_protocol = RTPROT_STATIC;
+  rtm->rtm_scope = RT_SCOPE_HOST;
+  rtm->rtm_type = RTN_LOCAL;
+  mnl_attr_put(nlh, RTA_DST, p->family == AF_INET ? 4 : 16, &p->addr);
+  mnl_attr_put_u32(nlh, RTA_OIF, ifindex);
+  unsigned int seq = nlh->nlmsg_seq;
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
+    return -errno;
+  return wait_ack(nl, seq, msg, msglen);
+}

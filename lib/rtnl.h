@@ -49,4 +49,18 @@ int uvip__rtnl_change(struct mnl_socket *nl, int add, const uvip__ifaddr_t *a,
  * are ignored) for sorting and searching. */
 int uvip__ip_cmp(const struct sockaddr *a, const struct sockaddr *b);
 
+/* The type (RTN_LOCAL, RTN_UNICAST, ...) of the route the kernel would use
+ * for addr (4 or 16 bytes of family): RTM_GETROUTE, no privilege needed.
+ * No route at all reads as RTN_UNREACHABLE. */
+int uvip__rtnl_route_type(struct mnl_socket *nl, int family, const void *addr,
+                          unsigned int *type);
+
+/* Adds (NLM_F_CREATE | NLM_F_EXCL: UV_EEXIST when there is one) or removes
+ * the local route for prefix p on ifindex in the local table, as "ip route
+ * add local P dev IF" does ("AnyIP": every address of p can be bound).
+ * Returns 0 or the kernel's error; msg as for uvip__rtnl_change(). */
+int uvip__rtnl_local_route(struct mnl_socket *nl, int add,
+                           const uvip_prefix_t *p, unsigned int ifindex,
+                           char *msg, size_t msglen);
+
 #endif /* UVIP_RTNL_H */

@@ -168,6 +168,29 @@ START_TEST(test_provision) {
 }
 END_TEST
 
+START_TEST(test_provision_local_route) {
+  th_enter_netns();
+  uvip_prefix_t pfx;
+  uvip_provision_t *p = NULL;
+  int k, r;
+  ck_assert_int_eq(uvip_prefix_parse("fd00:1::/64", &pfx, NULL, 0), 0);
+  for (k = 1; k < MAX_ALLOCS; k++) {
+    p = (uvip_provision_t *)1;
+    arm(k);
+    r = uvip_provision_new_local_route("lo", &pfx, NULL, &p);
+    if (!disarm())
+      break;
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_ptr_null(p);
+  }
+  ck_assert_int_eq(r, 0);
+  ck_assert_int_ge(k, 4); /* the object, its entry, its index */
+  ck_assert_int_eq(uvip_provision_apply(p, NULL, 0), 0);
+  ck_assert_int_eq(uvip_provision_state(p, 0), UVIP_PROVISION_ADDED);
+  uvip_provision_free(p);
+}
+END_TEST
+
 /* The watcher and the live pool: no object, and the server is not left
  * attached (it closes). */
 START_TEST(test_addrwatch_livepool) {
@@ -334,14 +357,108 @@ START_TEST(test_connector) {
 }
 END_TEST
 
+/* The prefix connector: its creation, a connect (the pair, the address
+ * entry, the slot arrays), a correction, and the growth of its tables (a
+ * failure there only means longer chains). */
+START_TEST(test_connector_prefix) {
+  th_enter_netns();
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  struct sockaddr_storage any, d, src;
+  th_addr("0.0.0.0", 7000, &any);
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_eq(bind(lfd, (struct sockaddr *)&any, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(lfd, 256), 0);
+  uvip_prefix_t pfx;
+  ck_assert_int_eq(uvip_prefix_parse("127.0.0.0/8", &pfx, NULL, 0), 0);
+
+  uvip_connector_t *c = NULL;
+  char err[128];
+  int k, r;
+  for (k = 1; k < MAX_ALLOCS; k++) {
+    arm(k);
+    r = uvip_connector_new_prefix(&loop, &pfx, UVIP_PREFIX_LEAST_USED, NULL,
+                                  err, sizeof(err), &c);
+    if (!disarm())
+      break;
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_ptr_null(c);
+  }
+  ck_assert_int_eq(r, 0);
+  ck_assert_int_ge(k, 6);
+
+  th_addr("127.0.0.1", 7000, &d);
+  uvip_connector_stats_t st;
+  for (k = 1; k < MAX_ALLOCS; k++) {
+    arm(k);
+    r = uvip_connect(c, (struct sockaddr *)&d, NULL, on_connect, NULL);
+    if (!disarm())
+      break;
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+    ck_assert_uint_eq(st.in_use, 0);
+    ck_assert_uint_eq(st.failed, 0);
+    ck_assert_uint_eq(uvip_connector_prefix_in_use(c), 0);
+  }
+  ck_assert_int_eq(r, 0);
+  /* The destination, the slot arrays (kept once grown), the pair, its
+   * address, the connection and its request. */
+  ck_assert_int_ge(k, 6);
+  cb_flag = false;
+  th_run_until(&loop, &cb_flag, 1000);
+  ck_assert_int_eq(last_status, 0);
+  ck_assert_uint_eq(uvip_connector_prefix_in_use(c), 1);
+
+  th_addr("127.0.9.9", 0, &src);
+  for (k = 1; k < MAX_ALLOCS; k++) {
+    arm(k);
+    r = uvip_connector_correct(c, (struct sockaddr *)&src,
+                               (struct sockaddr *)&d, 2);
+    if (!disarm())
+      break;
+    ck_assert_int_eq(r, UV_ENOMEM);
+    ck_assert_uint_eq(uvip_connector_prefix_in_use(c), 1);
+  }
+  ck_assert_int_eq(r, 0);
+  ck_assert_uint_eq(uvip_connector_prefix_in_use(c), 2);
+  ck_assert_int_eq(uvip_connector_correct(c, (struct sockaddr *)&src,
+                                          (struct sockaddr *)&d, 0), 0);
+
+  /* 63 more fill the first tables (64 entries); the 65th connection grows
+   * the slot arrays (1, 2), makes its pair (3) and address (4), and grows
+   * the address table (5) and the pair table (6). Failing the growth of a
+   * table still connects. */
+  for (int i = 2; i <= 64; i++)
+    ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&d, NULL, on_connect, NULL), 0);
+  arm(5);
+  r = uvip_connect(c, (struct sockaddr *)&d, NULL, on_connect, NULL);
+  ck_assert(disarm());
+  ck_assert_int_eq(r, 0);
+  arm(3); /* the next: slots have room; 1 pair, 2 address, 3 pair table */
+  r = uvip_connect(c, (struct sockaddr *)&d, NULL, on_connect, NULL);
+  ck_assert(disarm());
+  ck_assert_int_eq(r, 0);
+  th_run_until_quiet(&loop, 1000);
+  ck_assert_int_eq(uvip_connector_stats(c, 0, &st), 0);
+  ck_assert_uint_eq(st.connected, 66);
+  ck_assert_uint_eq(uvip_connector_prefix_in_use(c), 66);
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), 0);
+  th_run_until(&loop, &connector_closed, 1000);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  close(lfd);
+}
+END_TEST
+
 int main(void) {
   th_require_netns_or_skip();
   Suite *s = suite_create("cov-alloc");
   TCase *tc = tcase_create("cov-alloc");
   tcase_add_test(tc, test_addrs);
   tcase_add_test(tc, test_provision);
+  tcase_add_test(tc, test_provision_local_route);
   tcase_add_test(tc, test_addrwatch_livepool);
   tcase_add_test(tc, test_connector);
+  tcase_add_test(tc, test_connector_prefix);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

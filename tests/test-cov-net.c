@@ -960,6 +960,107 @@ START_TEST(test_provision_socket_failures) {
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* Local routes and the prefix connector's route check                      */
+/* ------------------------------------------------------------------------ */
+
+static int local_route_count(const char *want) {
+  char *out = th_cmd_output("ip -6 route show table local; ip route show table local");
+  int n = 0;
+  ck_assert_ptr_nonnull(out);
+  for (const char *q = out; (q = strstr(q, want)) != NULL; q += strlen(want))
+    n++;
+  free(out);
+  return n;
+}
+
+START_TEST(test_local_route_failures) {
+  enter_netns();
+  uvip_prefix_t p6, p4;
+  uvip_provision_t *prov6, *prov4;
+  char err[256];
+  ck_assert_int_eq(uvip_prefix_parse("fd00:1::/64", &p6, NULL, 0), 0);
+  ck_assert_int_eq(uvip_prefix_parse("198.18.0.0/24", &p4, NULL, 0), 0);
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &p6, NULL, &prov6), 0);
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &p4, NULL, &prov4), 0);
+
+  open_fail_err = EMFILE;
+  ck_assert_int_eq(uvip_provision_apply(prov6, err, sizeof(err)), UV_EMFILE);
+  ck_assert_str_eq(err, "add local route fd00:1::/64 dev lo: too many open files");
+  ck_assert_int_eq(uvip_provision_state(prov6, 0), UVIP_PROVISION_ABSENT);
+  open_fail_err = EMFILE;
+  ck_assert_int_eq(uvip_provision_apply(prov4, err, sizeof(err)), UV_EMFILE);
+  ck_assert_str_eq(err, "add local route 198.18.0.0/24 dev lo: too many open files");
+  ck_assert_int_eq(uvip_provision_apply(prov4, NULL, 0), 0);
+  ck_assert_int_eq(local_route_count("local 198.18.0.0/24 dev lo"), 1);
+
+  /* A release that fails keeps the route ours, to be retried. */
+  sendto_fail_err = ENOBUFS;
+  ck_assert_int_eq(uvip_provision_release(prov4, err, sizeof(err)), UV_ENOBUFS);
+  ck_assert_msg(strstr(err, "remove local route 198.18.0.0/24 dev lo: ") != NULL,
+                "%s", err);
+  ck_assert_int_eq(uvip_provision_state(prov4, 0), UVIP_PROVISION_ADDED);
+  ck_assert_int_eq(uvip_provision_release(prov4, NULL, 0), 0);
+  ck_assert_int_eq(local_route_count("198.18.0.0/24"), 0);
+  uvip_provision_free(prov4);
+
+  /* The kernel's own explanation, when IPv6 is off on lo. */
+  sh("sysctl -qw net.ipv6.conf.lo.disable_ipv6=1");
+  int r = uvip_provision_apply(prov6, err, sizeof(err));
+  ck_assert_int_lt(r, 0);
+  ck_assert_msg(strstr(err, "add local route fd00:1::/64 dev lo: ") != NULL, "%s", err);
+  ck_assert_msg(strstr(err, "(kernel: ") != NULL, "%s", err);
+  ck_assert_int_eq(uvip_provision_state(prov6, 0), UVIP_PROVISION_ABSENT);
+  uvip_provision_free(prov6);
+}
+END_TEST
+
+START_TEST(test_prefix_route_check_failures) {
+  enter_netns();
+  uv_loop_t loop;
+  uvip_connector_t *c = NULL;
+  uvip_prefix_t lo, none;
+  char err[256];
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(uvip_prefix_parse("127.0.0.0/8", &lo, NULL, 0), 0);
+  ck_assert_int_eq(uvip_prefix_parse("fd00:5::/64", &none, NULL, 0), 0);
+
+  open_fail_err = EMFILE;
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &lo, 0, NULL, err, sizeof(err), &c),
+                   UV_EMFILE);
+  ck_assert_str_eq(err, "rtnetlink socket: too many open files");
+  sendto_fail_err = ENOBUFS;
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &lo, 0, NULL, err, sizeof(err), &c),
+                   UV_ENOBUFS);
+  ck_assert_msg(strstr(err, "route lookup: ") != NULL, "%s", err);
+  rd.err = ENOBUFS;
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &lo, 0, NULL, err, sizeof(err), &c),
+                   UV_ENOBUFS);
+  ck_assert_msg(strstr(err, "route lookup: ") != NULL, "%s", err);
+  /* The kernel's "no route" answer cut short. */
+  rd.short_ack_skip = 0;
+  rd.short_ack = true;
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &none, 0, NULL, err, sizeof(err), &c),
+                   UV_EIO);
+  ck_assert(!rd.short_ack);
+  ck_assert_ptr_null(c);
+  /* EINTR is retried; an answer to another request is skipped. */
+  rd.eintr = 1;
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &none, 0, NULL, err, sizeof(err), &c),
+                   UV_EADDRNOTAVAIL);
+  ck_assert_int_eq(rd.eintr, 0);
+  rd.stale_ack = true;
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &none, 0, NULL, err, sizeof(err), &c),
+                   UV_EADDRNOTAVAIL);
+  ck_assert(!rd.stale_ack);
+  ck_assert_msg(strstr(err, "no local route for fd00:5::/64") != NULL, "%s", err);
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &lo, 0, NULL, err, sizeof(err), &c), 0);
+  ck_assert_int_eq(uvip_connector_close(c, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 /* Address events (lib/addrwatch.c)                                         */
 /* ------------------------------------------------------------------------ */
 
@@ -1232,6 +1333,8 @@ int main(void) {
   tcase_add_test(tc, test_addrwatch_new_failures);
   tcase_add_test(tc, test_addrwatch_overrun_paths);
   tcase_add_test(tc, test_addrwatch_poll_failures);
+  tcase_add_test(tc, test_local_route_failures);
+  tcase_add_test(tc, test_prefix_route_check_failures);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -1157,6 +1157,157 @@ START_TEST(test_livepool_failed) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ */
+/* Local routes for prefix pools                                            */
+/* ------------------------------------------------------------------------ */
+
+static uvip_prefix_t prefix_of(const char *spec) {
+  uvip_prefix_t p;
+  ck_assert_int_eq(uvip_prefix_parse(spec, &p, NULL, 0), 0);
+  return p;
+}
+
+/* How many lines of `ip [-6] route show table local` contain want. */
+static int local_routes(int v6, const char *want) {
+  char *out = th_cmd_output(v6 ? "ip -6 route show table local"
+                               : "ip route show table local");
+  int n = 0;
+  ck_assert_ptr_nonnull(out);
+  for (const char *q = out; (q = strstr(q, want)) != NULL; q += strlen(want))
+    n++;
+  free(out);
+  return n;
+}
+
+START_TEST(test_local_route) {
+  uvip_prefix_t p = prefix_of("fd00:1::5/64");
+  uvip_provision_t *prov;
+  uvip_connector_t *c;
+  uv_loop_t loop;
+  char err[256], ip[UVIP_ADDRSTRLEN];
+
+  enter_netns();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &p, NULL, &prov), 0);
+  ck_assert_uint_eq(uvip_provision_count(prov), 1);
+  ck_assert_int_eq(uvip_addr_format(uvip_provision_addr(prov, 0), 0, ip, sizeof(ip)), 0);
+  ck_assert_str_eq(ip, "fd00:1::");
+  ck_assert_int_eq(uvip_provision_state(prov, 0), UVIP_PROVISION_ABSENT);
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &p, UVIP_PREFIX_SPREAD, NULL,
+                                             err, sizeof(err), &c),
+                   UV_EADDRNOTAVAIL);
+
+  /* Added: the prefix is usable as a connector's sources. */
+  ck_assert_int_eq(uvip_provision_apply(prov, err, sizeof(err)), 0);
+  ck_assert_int_eq(uvip_provision_state(prov, 0), UVIP_PROVISION_ADDED);
+  ck_assert_int_eq(local_routes(1, "local fd00:1::/64 dev lo proto static"), 1);
+  ck_assert_int_eq(uvip_connector_new_prefix(&loop, &p, UVIP_PREFIX_SPREAD, NULL,
+                                             err, sizeof(err), &c),
+                   0);
+  ck_assert_int_eq(uvip_connector_close(c, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  /* Again: still ours, still one route. */
+  ck_assert_int_eq(uvip_provision_apply(prov, err, sizeof(err)), 0);
+  ck_assert_int_eq(uvip_provision_state(prov, 0), UVIP_PROVISION_ADDED);
+  ck_assert_int_eq(local_routes(1, "fd00:1::/64"), 1);
+  ck_assert_int_eq(uvip_provision_release(prov, err, sizeof(err)), 0);
+  ck_assert_int_eq(uvip_provision_state(prov, 0), UVIP_PROVISION_ABSENT);
+  ck_assert_int_eq(local_routes(1, "fd00:1::/64"), 0);
+  ck_assert_int_eq(uvip_provision_release(prov, err, sizeof(err)), 0);
+
+  /* Someone removed ours: released all the same. */
+  ck_assert_int_eq(uvip_provision_apply(prov, err, sizeof(err)), 0);
+  sh("ip -6 route del local fd00:1::/64 dev lo table local");
+  ck_assert_int_eq(uvip_provision_release(prov, err, sizeof(err)), 0);
+  ck_assert_int_eq(uvip_provision_state(prov, 0), UVIP_PROVISION_ABSENT);
+  /* free() removes what it added. */
+  ck_assert_int_eq(uvip_provision_apply(prov, err, sizeof(err)), 0);
+  ck_assert_int_eq(local_routes(1, "fd00:1::/64"), 1);
+  uvip_provision_free(prov);
+  ck_assert_int_eq(local_routes(1, "fd00:1::/64"), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* A route that is already there is someone else's: never removed. */
+START_TEST(test_local_route_foreign) {
+  uvip_prefix_t p = prefix_of("198.18.8.0/24");
+  uvip_provision_t *prov;
+  char err[256];
+
+  enter_netns();
+  sh("ip route add local 198.18.8.0/24 dev lo proto static");
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &p, NULL, &prov), 0);
+  ck_assert_int_eq(uvip_provision_apply(prov, err, sizeof(err)), 0);
+  ck_assert_int_eq(uvip_provision_state(prov, 0), UVIP_PROVISION_FOREIGN);
+  ck_assert_int_eq(uvip_provision_release(prov, err, sizeof(err)), 0);
+  uvip_provision_free(prov);
+  ck_assert_int_eq(local_routes(0, "local 198.18.8.0/24 dev lo"), 1);
+}
+END_TEST
+
+START_TEST(test_local_route_args) {
+  uvip_prefix_t p = prefix_of("fd00:1::/64"), q;
+  uvip_provision_t *prov = (uvip_provision_t *)&p;
+  uvip_provision_options_t o;
+
+  enter_netns();
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &p, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_new_local_route(NULL, &p, NULL, &prov), UV_EINVAL);
+  ck_assert_ptr_null(prov);
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", NULL, NULL, &prov), UV_EINVAL);
+  q = p;
+  q.len = 129;
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &q, NULL, &prov), UV_EINVAL);
+  const char *refused[] = {"::/0", "0.0.0.0/0", "ff02::/16", "224.0.0.0/4",
+                           "::ffff:10.0.0.0/104"};
+  for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+    q = prefix_of(refused[i]);
+    ck_assert_msg(uvip_provision_new_local_route("lo", &q, NULL, &prov) == UV_EINVAL,
+                  "%s", refused[i]);
+  }
+  uvip_provision_options_init(&o);
+  o.flags = 1u << 7;
+  ck_assert_int_eq(uvip_provision_new_local_route("lo", &p, &o, &prov), UV_EINVAL);
+  ck_assert_int_eq(uvip_provision_new_local_route("nosuch0", &p, NULL, &prov),
+                   UV_ENODEV);
+  ck_assert_ptr_null(prov);
+}
+END_TEST
+
+/* Without CAP_NET_ADMIN: the error names the route, nothing is left. */
+START_TEST(test_local_route_eperm) {
+  enter_netns();
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    uvip_prefix_t p;
+    uvip_provision_t *prov;
+    char err[256] = "";
+    if (drop_net_admin() != 0)
+      _exit(10);
+    if (uvip_prefix_parse("fd00:1::/64", &p, NULL, 0) != 0 ||
+        uvip_provision_new_local_route("lo", &p, NULL, &prov) != 0)
+      _exit(11);
+    if (uvip_provision_apply(prov, err, sizeof(err)) != UV_EPERM)
+      _exit(12);
+    if (strstr(err, "add local route fd00:1::/64 dev lo: ") == NULL ||
+        strstr(err, uv_strerror(UV_EPERM)) == NULL)
+      _exit(13);
+    if (uvip_provision_state(prov, 0) != UVIP_PROVISION_ABSENT)
+      _exit(14);
+    uvip_provision_free(prov);
+    _exit(0);
+  }
+  int status;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(WIFEXITED(status));
+  ck_assert_msg(WEXITSTATUS(status) == 0, "child failed at step %d",
+                WEXITSTATUS(status));
+  ck_assert_int_eq(local_routes(1, "fd00:1::/64"), 0);
+}
+END_TEST
+
 int main(void) {
   /* Every test enters a namespace of its own: skip them all here, before
    * check forks, when that is not permitted. */
@@ -1175,6 +1326,10 @@ int main(void) {
   tcase_add_test(tc, test_livepool_no_vips);
   tcase_add_test(tc, test_livepool_overrun);
   tcase_add_test(tc, test_livepool_failed);
+  tcase_add_test(tc, test_local_route);
+  tcase_add_test(tc, test_local_route_foreign);
+  tcase_add_test(tc, test_local_route_args);
+  tcase_add_test(tc, test_local_route_eperm);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -47,6 +47,56 @@ int uvip_connector_new(uv_loop_t *loop, const uvip_addrs_t *sources,
                        const uvip_connector_options_t *opts,
                        uvip_connector_t **out);
 
+/* How a prefix connector picks a source address inside its prefix. */
+typedef enum {
+  /* The next address of the destination's own sequence: a full-period walk
+   * of the prefix that starts at a hash of the destination and moves by a
+   * fixed stride (about 0.618 of the prefix) per connection, so sources
+   * spread evenly and a /64 practically never repeats one. O(1). */
+  UVIP_PREFIX_SPREAD = 0,
+  /* The least used address (fewest of the connector's connections, to any
+   * destination) among the next 16 of that sequence (all of them for
+   * smaller prefixes); an address not in use is taken at once. */
+  UVIP_PREFIX_LEAST_USED = 1
+} uvip_prefix_policy_t;
+
+/* Creates a connector whose sources are every address of prefix (IPv4 or
+ * IPv6), without listing them. IPv4 prefixes shorter than /31 leave out
+ * the network and broadcast addresses, IPv6 prefixes shorter than /127 the
+ * all-zero host (the subnet-router anycast address), as address specs do.
+ * The prefix must be local to the host through a local route ("AnyIP":
+ * "ip -6 route add local fd00:1::/64 dev lo", or
+ * uvip_provision_new_local_route()); sockets bind their source with
+ * IP_FREEBIND/IPV6_FREEBIND and IP_BIND_ADDRESS_NO_PORT. Port accounting is
+ * per (source, destination) pair as for a list, but only pairs in use are
+ * kept: memory grows with the connections, not with the prefix.
+ *
+ * The route is checked now (RTM_GETROUTE for an address of the prefix):
+ * without one, UV_EADDRNOTAVAIL and errbuf (when not NULL) says which
+ * route is missing and the command that adds it. Other errors: UV_EINVAL
+ * (bad argument; errbuf says which), UV_ENOMEM, or the netlink socket's.
+ *
+ * For such a connector uvip_connector_source_count() is 1,
+ * uvip_connector_source() NULL and uvip_connector_stats(c, 0, ...) the
+ * totals over the prefix; uvip_connector_ports() and
+ * uvip_connector_correct() take any address of the prefix (UV_ENOENT
+ * outside it). The `source` given to the connect callback and returned by
+ * uvip_outconn_source() is valid while the connection is open. */
+int uvip_connector_new_prefix(uv_loop_t *loop, const uvip_prefix_t *prefix,
+                              uvip_prefix_policy_t policy,
+                              const uvip_connector_options_t *opts,
+                              char *errbuf, size_t errlen,
+                              uvip_connector_t **out);
+
+/* The connector's source prefix: 0, or UV_ENOENT for a connector made by
+ * uvip_connector_new() (UV_EINVAL for NULL arguments). */
+int uvip_connector_prefix(const uvip_connector_t *connector,
+                          uvip_prefix_t *out);
+
+/* The number of distinct source addresses of a prefix connector that hold
+ * a connection or a correction now (0 for a list connector). */
+size_t uvip_connector_prefix_in_use(const uvip_connector_t *connector);
+
 /* Called once per uvip_connect() that returned 0, on the loop thread and
  * never from inside uvip_connect(). `source` is the pool address the
  * connection was made from (port 0), or NULL for the kernel's choice; it

@@ -66,6 +66,24 @@ int uvip_provision_new(const char *ifname, const uvip_addrs_t *addrs,
                        const uvip_provision_options_t *opts,
                        uvip_provision_t **out);
 
+/* Creates a provisioner for one local route: "ip route add local PREFIX
+ * dev IFNAME" (table local, type local, proto static), which makes every
+ * address of the prefix bindable without adding any ("AnyIP"); see
+ * uvip_connector_new_prefix(). The other calls work on it as on addresses:
+ * uvip_provision_apply() adds the route unless it is there already (then
+ * it is UVIP_PROVISION_FOREIGN and never removed; one this provisioner
+ * added and still finds stays UVIP_PROVISION_ADDED), release() and free()
+ * remove it only when this provisioner added it, count() is 1, addr(0) is
+ * the prefix's network address. Errors of apply() name the route, e.g.
+ * "add local route fd00:1::/64 dev lo: operation not permitted".
+ * Errors here: UV_EINVAL (bad argument, a /0, a multicast or IPv4-mapped
+ * prefix), UV_ENODEV (no such interface), UV_ENOMEM. opts may be NULL;
+ * its prefix lengths do not apply. */
+int uvip_provision_new_local_route(const char *ifname,
+                                   const uvip_prefix_t *prefix,
+                                   const uvip_provision_options_t *opts,
+                                   uvip_provision_t **out);
+
 /* Adds the addresses that are missing from the interface. Addresses already
  * on it (with any prefix length) are recorded as UVIP_PROVISION_FOREIGN and
  * left alone; addresses added by an earlier call stay UVIP_PROVISION_ADDED.
