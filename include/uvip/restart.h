@@ -104,6 +104,25 @@ int uvip_upgrade_close(uvip_upgrade_t *upgrade, uvip_upgrade_close_cb cb);
  * UVIP_READY_FD from the environment. */
 int uvip_upgrade_ready(void);
 
+/* Probation: without it, status 0 comes as soon as the new generation says
+ * ready, the old one stops (closing its copies of the listening sockets),
+ * and a new generation that crashes right after leaves the listeners with
+ * nobody. With probation_ms > 0 (call it after uvip_upgrade_start(), before
+ * the new generation says ready), readiness holds the servers passed to
+ * uvip_upgrade_start() instead (uvip_server_hold(): not accepting, sockets
+ * kept open, so the new generation takes every connection from the shared
+ * queues), and cb comes only when probation_ms have passed with the new
+ * generation alive: status 0, with the servers still held (stop them and
+ * hand over as without probation). If the new generation exits or is
+ * killed during the probation, the servers accept again (uvip_server_unhold(),
+ * connections queued meanwhile first) and cb says UV_ESRCH, why naming it:
+ * "generation PID exited with status S after ready; serving again".
+ * uvip_upgrade_close() during the probation also unholds them (cb:
+ * UV_ECANCELED) and leaves the new generation running. The servers must
+ * stay open while the upgrade is. 0 turns it off. Errors: UV_EINVAL,
+ * UV_EBUSY (the new generation said ready already, or the upgrade closes). */
+int uvip_upgrade_probation(uvip_upgrade_t *upgrade, uint64_t probation_ms);
+
 /* ---- Moving idle connections to the new generation ---------------------- */
 
 /* What to do with one connection at hand-over time. */
