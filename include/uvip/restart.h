@@ -201,9 +201,12 @@ int uvip_moved_close(uvip_moved_t *moved);
  * stops accepting and drains. */
 typedef struct uvip_handoff_s uvip_handoff_t;
 
-/* status 0: a new process took the listeners and said it is ready: stop
- * accepting now. status < 0: a fetch failed part-way (the running process
- * keeps serving; the hand-off keeps listening for another try). */
+/* status 0: a new process took the listeners and said it is ready (and,
+ * with a probation, lived through it: the servers are still held then):
+ * stop accepting now. status < 0: a fetch failed part-way, or UV_ESRCH: the
+ * new process went away during its probation (uvip_handoff_probation()) and
+ * the servers accept again. Either way the running process keeps serving
+ * and the hand-off keeps listening for another try. */
 typedef void (*uvip_handoff_cb)(uvip_handoff_t *handoff, int status);
 typedef void (*uvip_handoff_close_cb)(uvip_handoff_t *handoff);
 
@@ -236,6 +239,26 @@ int uvip_handoff_fetch(const char *path, uint64_t timeout_ms, int *fds,
 /* In the new process, once it listens: tells the old one (its hand-off
  * callback gets status 0) and closes conn. */
 int uvip_handoff_ready(int conn);
+
+/* As uvip_handoff_ready() but keeps conn open: keep it for as long as this
+ * process serves (it is close-on-exec; the kernel closes it when the
+ * process ends, however it ends), so that the old process, on probation
+ * (uvip_handoff_probation()), sees this one go. Close it when done (or let
+ * the process's end do it). */
+int uvip_handoff_ready_keep(int conn);
+
+/* The running process's side of a probation, as uvip_upgrade_probation()
+ * for re-exec: when a new process says ready with uvip_handoff_ready_keep(),
+ * the servers are held (uvip_server_hold()) rather than stopped, and cb
+ * gets status 0 only once probation_ms have passed with the new process's
+ * connection still open. If it closes first, the servers accept again
+ * (uvip_server_unhold()) and cb gets UV_ESRCH. One new process at a time:
+ * another fetch during a probation is cut (that fetch fails). A new process
+ * that says uvip_handoff_ready() (closing its connection) cannot be watched:
+ * status 0 at once, as without probation. uvip_handoff_close() during a
+ * probation unholds the servers. 0 turns it off. Errors: UV_EINVAL, UV_EBUSY
+ * (closing, or a probation runs). */
+int uvip_handoff_probation(uvip_handoff_t *handoff, uint64_t probation_ms);
 
 #ifdef __cplusplus
 }
