@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,9 @@ START_TEST(test_handoff_fetch_and_ready) {
   struct sockaddr_storage sa;
   pid_t pid;
   start("127.0.0.1-127.0.0.2", port);
+  /* It says ready and closes (uvip_handoff_ready()): it cannot be
+   * watched, so no probation. */
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000), 0);
   th_addr("127.0.0.2", port, &sa);
   pid = fork();
   ck_assert_int_ge(pid, 0);
@@ -372,6 +376,189 @@ START_TEST(test_fetch_limits) {
 }
 END_TEST
 
+/* A new process on probation: fetch, adopt, listen (never accepting), say
+ * ready keeping the connection, then wait on fd `go`: one byte makes it
+ * exit 5 (a crash), end of file (the old side closed the watched
+ * connection: the probation passed) exit 0. With serve, it first answers
+ * one connection. */
+static int probation_process(int port, int go, bool serve) {
+  int fds[16], conn;
+  size_t n = 0;
+  char err[256] = "", b;
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_addrs_t *a;
+  /* Only the fetched copies: the ones fork() gave are closed. */
+  for (size_t i = 0; i < uvip_server_vip_count(G.s); i++)
+    close(uvip_vip_fd(uvip_server_vip(G.s, i)));
+  G.accepted = 0;
+  if (uvip_handoff_fetch(sock_path, 10000, fds, 16, &n, &conn, err,
+                         sizeof(err)) != 0)
+    return 10;
+  uv_loop_init(&loop);
+  if (uvip_addrs_new(&a) != 0 ||
+      uvip_addrs_parse(a, "127.0.0.1", port, err, sizeof(err)) != 0 ||
+      uvip_server_new(&loop, a, NULL, &s) != 0)
+    return 11;
+  uvip_addrs_free(a);
+  if (uvip_server_adopt(s, fds, n, NULL, err, sizeof(err)) != 0 ||
+      uvip_server_listen(s, on_conn, err, sizeof(err)) != 0)
+    return 12;
+  if (uvip_handoff_ready_keep(conn) != 0)
+    return 13;
+  while (serve && G.accepted < 1)
+    uv_run(&loop, UV_RUN_ONCE);
+  if (serve)
+    return read(conn, &b, 1) == 0 ? 0 : 14;
+  return read(go, &b, 1) == 1 ? 5 : 6;
+}
+
+static void run_until_held(void) {
+  for (int i = 0; !uvip_server_is_held(G.s) && G.taken == 0 && i < 100000;
+       i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 1);
+  ck_assert_int_eq(G.taken, 0);
+}
+
+static void run_until_accepted(int n) {
+  for (int i = 0; G.accepted < n && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.accepted, n);
+}
+
+/* The new process goes away during its probation: the running one accepts
+ * again on the sockets it held, first what queued meanwhile. Another fetch
+ * during the probation is cut. */
+START_TEST(test_handoff_probation_crash) {
+  int port = th_free_port(), p[2], c1, c2, st;
+  struct sockaddr_storage sa;
+  pid_t pid, other;
+  char b;
+  start("127.0.0.1", port);
+  ck_assert_int_eq(uvip_handoff_probation(NULL, 1), UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_ready_keep(-1), UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000), 0);
+  ck_assert_int_eq(pipe(p), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(p[1]);
+    _exit(probation_process(port, p[0], false));
+  }
+  close(p[0]);
+  run_until_held();
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 1), UV_EBUSY);
+  th_addr("127.0.0.1", port, &sa);
+  c1 = th_connect((struct sockaddr *)&sa, NULL);
+  other = fork();
+  ck_assert_int_ge(other, 0);
+  if (other == 0) {
+    int fds[4], conn;
+    size_t n;
+    _exit(uvip_handoff_fetch(sock_path, 10000, fds, 4, &n, &conn, NULL, 0) ==
+                  UV_ECONNRESET
+              ? 0
+              : 1);
+  }
+  for (long i = 0; waitpid(other, &st, WNOHANG) == 0 && i < 100000000; i++)
+    uv_run(&G.loop, UV_RUN_NOWAIT);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other fetch: %d", st);
+  ck_assert_int_eq(G.taken, 0);
+  ck_assert_int_eq(G.accepted, 0);
+  ck_assert_int_eq(write(p[1], "x", 1), 1);
+  for (int i = 0; G.taken == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.taken, 1);
+  ck_assert_int_eq(G.status, UV_ESRCH);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 0);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  run_until_accepted(1);
+  c2 = th_connect((struct sockaddr *)&sa, NULL);
+  run_until_accepted(2);
+  {
+    struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+    setsockopt(c1, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ck_assert_int_eq(read(c1, &b, 1), 0); /* served here, not reset */
+  }
+  st = reap(pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 5);
+  close(c1);
+  close(c2);
+  close(p[1]);
+  finish();
+}
+END_TEST
+
+/* A new process that lives through its probation: it alone accepts
+ * meanwhile; then the callback says 0 and the watched connection closes. */
+START_TEST(test_handoff_probation_passes) {
+  int port = th_free_port(), c, st;
+  struct sockaddr_storage sa;
+  pid_t pid;
+  char b;
+  start("127.0.0.1", port);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 50), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0)
+    _exit(probation_process(port, -1, true));
+  run_until_held();
+  th_addr("127.0.0.1", port, &sa);
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  {
+    struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ck_assert_int_eq(read(c, &b, 1), 0); /* closed by the new process */
+  }
+  for (int i = 0; G.taken == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.status, 0);
+  ck_assert_int_eq(G.accepted, 0);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 0);
+  st = reap(pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "new process %d", st);
+  close(c);
+  finish();
+}
+END_TEST
+
+/* Closing the hand-off during a probation: nothing would end the hold, so
+ * the servers accept again. */
+START_TEST(test_handoff_probation_closed) {
+  int port = th_free_port(), p[2], c, st;
+  struct sockaddr_storage sa;
+  pid_t pid;
+  start("127.0.0.1", port);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000), 0);
+  ck_assert_int_eq(pipe(p), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(p[1]);
+    _exit(probation_process(port, p[0], false));
+  }
+  close(p[0]);
+  run_until_held();
+  ck_assert_int_eq(uvip_handoff_close(G.h, on_closed), 0);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 1), UV_EBUSY);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 0);
+  th_addr("127.0.0.1", port, &sa);
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  run_until_accepted(1);
+  ck_assert_int_eq(G.taken, 0); /* no callback once closing */
+  ck_assert_int_eq(write(p[1], "x", 1), 1);
+  st = reap(pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 5);
+  close(c);
+  close(p[1]);
+  ck_assert_int_eq(uvip_server_close(G.s, NULL), 0);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(G.closes, 1);
+  ck_assert_int_eq(uv_loop_close(&G.loop), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("handoff");
   TCase *tc = tcase_create("handoff");
@@ -381,6 +568,9 @@ int main(void) {
   tcase_add_test(tc, test_fetch_half_message);
   tcase_add_test(tc, test_handoff_args);
   tcase_add_test(tc, test_fetch_limits);
+  tcase_add_test(tc, test_handoff_probation_crash);
+  tcase_add_test(tc, test_handoff_probation_passes);
+  tcase_add_test(tc, test_handoff_probation_closed);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
