@@ -53,6 +53,7 @@ struct uvip_handoff_s {
   /* Probation: the client that said ready-and-watch ('K'), while the
    * servers are held and the timer runs. */
   uint64_t probation_ms;
+  uvip_handoff_probation_cb probation_cb;
   uv_timer_t probation;
   client_t *probing;
 };
@@ -141,6 +142,8 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     h->probing = c;
     hold_all(h, true);
     uv_timer_start(&h->probation, on_probation_passed, h->probation_ms, 0);
+    if (h->probation_cb)
+      h->probation_cb(h);
     return;
   }
   client_end(c, b->base[0] == 'R' || b->base[0] == 'K' ? 0 : UV_EPROTO);
@@ -466,10 +469,12 @@ UVIP_EXPORT int uvip_handoff_ready_keep(int conn) {
 }
 
 UVIP_EXPORT int uvip_handoff_probation(uvip_handoff_t *h,
-                                       uint64_t probation_ms) {
+                                       uint64_t probation_ms,
+                                       uvip_handoff_probation_cb began) {
   UVIP_CHECK_ARG(h == NULL);
   if (h->closing || h->probing)
     return UV_EBUSY;
   h->probation_ms = probation_ms;
+  h->probation_cb = began;
   return 0;
 }

@@ -50,6 +50,8 @@ bool uvip__probation_begin(uvip_upgrade_t *u) {
   hold_all(u, true);
   /* The readiness deadline is over: the same timer counts the probation. */
   uv_timer_start(&u->timer, on_probation_passed, u->probation_ms, 0);
+  if (u->probation_cb)
+    u->probation_cb(u);
   return true;
 }
 
@@ -83,11 +85,13 @@ void uvip__probation_cancel(uvip_upgrade_t *u) {
 }
 
 UVIP_EXPORT int uvip_upgrade_probation(uvip_upgrade_t *u,
-                                       uint64_t probation_ms) {
+                                       uint64_t probation_ms,
+                                       uvip_upgrade_probation_cb began) {
   UVIP_CHECK_ARG(u == NULL);
   /* Too late once the new generation has said ready. */
   if (u->closing || u->reported || u->on_probation)
     return UV_EBUSY;
   u->probation_ms = probation_ms;
+  u->probation_cb = began;
   return 0;
 }

@@ -46,6 +46,7 @@ struct uvip_upgrade_s {
   uvip_server_t **servers; /* those passed to uvip_upgrade_start() */
   size_t nservers;
   uint64_t probation_ms;
+  uvip_upgrade_probation_cb probation_cb;
   bool on_probation;
 
   /* Hand-over in progress (handover.c). */

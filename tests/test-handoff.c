@@ -117,7 +117,7 @@ START_TEST(test_handoff_fetch_and_ready) {
   start("127.0.0.1-127.0.0.2", port);
   /* It says ready and closes (uvip_handoff_ready()): it cannot be
    * watched, so no probation. */
-  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000), 0);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000, NULL), 0);
   th_addr("127.0.0.2", port, &sa);
   pid = fork();
   ck_assert_int_ge(pid, 0);
@@ -413,6 +413,13 @@ static int probation_process(int port, int go, bool serve) {
   return read(go, &b, 1) == 1 ? 5 : 6;
 }
 
+static int began;
+static void on_began(uvip_handoff_t *h) {
+  ck_assert_ptr_eq(h, G.h);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 1);
+  began++;
+}
+
 static void run_until_held(void) {
   for (int i = 0; !uvip_server_is_held(G.s) && G.taken == 0 && i < 100000;
        i++)
@@ -436,9 +443,10 @@ START_TEST(test_handoff_probation_crash) {
   pid_t pid, other;
   char b;
   start("127.0.0.1", port);
-  ck_assert_int_eq(uvip_handoff_probation(NULL, 1), UV_EINVAL);
+  ck_assert_int_eq(uvip_handoff_probation(NULL, 1, NULL), UV_EINVAL);
   ck_assert_int_eq(uvip_handoff_ready_keep(-1), UV_EINVAL);
-  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000), 0);
+  began = 0;
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000, on_began), 0);
   ck_assert_int_eq(pipe(p), 0);
   pid = fork();
   ck_assert_int_ge(pid, 0);
@@ -448,7 +456,8 @@ START_TEST(test_handoff_probation_crash) {
   }
   close(p[0]);
   run_until_held();
-  ck_assert_int_eq(uvip_handoff_probation(G.h, 1), UV_EBUSY);
+  ck_assert_int_eq(began, 1);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 1, NULL), UV_EBUSY);
   th_addr("127.0.0.1", port, &sa);
   c1 = th_connect((struct sockaddr *)&sa, NULL);
   other = fork();
@@ -498,7 +507,7 @@ START_TEST(test_handoff_probation_passes) {
   pid_t pid;
   char b;
   start("127.0.0.1", port);
-  ck_assert_int_eq(uvip_handoff_probation(G.h, 50), 0);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 50, NULL), 0);
   pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0)
@@ -530,7 +539,7 @@ START_TEST(test_handoff_probation_closed) {
   struct sockaddr_storage sa;
   pid_t pid;
   start("127.0.0.1", port);
-  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000), 0);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000, NULL), 0);
   ck_assert_int_eq(pipe(p), 0);
   pid = fork();
   ck_assert_int_ge(pid, 0);
@@ -541,7 +550,7 @@ START_TEST(test_handoff_probation_closed) {
   close(p[0]);
   run_until_held();
   ck_assert_int_eq(uvip_handoff_close(G.h, on_closed), 0);
-  ck_assert_int_eq(uvip_handoff_probation(G.h, 1), UV_EBUSY);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 1, NULL), UV_EBUSY);
   ck_assert_int_eq(uvip_server_is_held(G.s), 0);
   th_addr("127.0.0.1", port, &sa);
   c = th_connect((struct sockaddr *)&sa, NULL);

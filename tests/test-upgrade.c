@@ -949,6 +949,15 @@ static int crash_pipe(int *w) {
   return r;
 }
 
+static int began;
+static void on_began(uvip_upgrade_t *u) {
+  ck_assert_ptr_eq(u, G.u);
+  /* Held from here on; nothing reported yet. */
+  ck_assert_int_eq(uvip_server_is_held(G.s), 1);
+  ck_assert_int_eq(G.reports, 0);
+  began++;
+}
+
 static void run_until_held(void) {
   for (int i = 0; !uvip_server_is_held(G.s) && G.reports == 0 && i < 100000;
        i++)
@@ -987,13 +996,15 @@ START_TEST(test_upgrade_probation_crash) {
                                       on_upgrade, &G.u),
                    0);
   close(r);
-  ck_assert_int_eq(uvip_upgrade_probation(G.u, 600000), 0);
+  began = 0;
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 600000, on_began), 0);
   pid = uvip_upgrade_pid(G.u);
   run_until_held();
+  ck_assert_int_eq(began, 1);
   ck_assert_int_eq(G.reports, 0);
   ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
   /* Too late to change once it said ready. */
-  ck_assert_int_eq(uvip_upgrade_probation(G.u, 1), UV_EBUSY);
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 1, NULL), UV_EBUSY);
   /* Queued: this one holds, the new one never accepts. */
   th_addr("127.0.0.1", port, &sa);
   c1 = th_connect((struct sockaddr *)&sa, NULL);
@@ -1036,7 +1047,7 @@ START_TEST(test_upgrade_probation_passes) {
   ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
                                       on_upgrade, &G.u),
                    0);
-  ck_assert_int_eq(uvip_upgrade_probation(G.u, 50), 0);
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 50, NULL), 0);
   pid = uvip_upgrade_pid(G.u);
   run_until_held();
   th_addr("127.0.0.2", port, &sa);
@@ -1073,8 +1084,8 @@ START_TEST(test_upgrade_probation_closed) {
                                       on_upgrade, &G.u),
                    0);
   close(r);
-  ck_assert_int_eq(uvip_upgrade_probation(NULL, 1), UV_EINVAL);
-  ck_assert_int_eq(uvip_upgrade_probation(G.u, 600000), 0);
+  ck_assert_int_eq(uvip_upgrade_probation(NULL, 1, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 600000, NULL), 0);
   pid = uvip_upgrade_pid(G.u);
   run_until_held();
   close_upgrade();

@@ -120,8 +120,12 @@ int uvip_upgrade_ready(void);
  * uvip_upgrade_close() during the probation also unholds them (cb:
  * UV_ECANCELED) and leaves the new generation running. The servers must
  * stay open while the upgrade is. 0 turns it off. Errors: UV_EINVAL,
- * UV_EBUSY (the new generation said ready already, or the upgrade closes). */
-int uvip_upgrade_probation(uvip_upgrade_t *upgrade, uint64_t probation_ms);
+ * UV_EBUSY (the new generation said ready already, or the upgrade closes).
+ * began (may be NULL) runs when the probation begins (the servers are held
+ * from then on), for logs; it is not a last call. */
+typedef void (*uvip_upgrade_probation_cb)(uvip_upgrade_t *upgrade);
+int uvip_upgrade_probation(uvip_upgrade_t *upgrade, uint64_t probation_ms,
+                           uvip_upgrade_probation_cb began);
 
 /* ---- Moving idle connections to the new generation ---------------------- */
 
@@ -256,9 +260,12 @@ int uvip_handoff_ready_keep(int conn);
  * another fetch during a probation is cut (that fetch fails). A new process
  * that says uvip_handoff_ready() (closing its connection) cannot be watched:
  * status 0 at once, as without probation. uvip_handoff_close() during a
- * probation unholds the servers. 0 turns it off. Errors: UV_EINVAL, UV_EBUSY
- * (closing, or a probation runs). */
-int uvip_handoff_probation(uvip_handoff_t *handoff, uint64_t probation_ms);
+ * probation unholds the servers. 0 turns it off. began (may be NULL) runs
+ * when a probation begins. Errors: UV_EINVAL, UV_EBUSY (closing, or a
+ * probation runs). */
+typedef void (*uvip_handoff_probation_cb)(uvip_handoff_t *handoff);
+int uvip_handoff_probation(uvip_handoff_t *handoff, uint64_t probation_ms,
+                           uvip_handoff_probation_cb began);
 
 #ifdef __cplusplus
 }
