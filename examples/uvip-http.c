@@ -61,6 +61,8 @@ static void usage(FILE *f) {
           "upgrade)\n"
           "  --handoff-socket PATH    serve the listeners to the next process there;\n"
           "                           at start, take them from the one serving there\n"
+          "  --upgrade-probation-ms N after the next generation says ready, keep the\n"
+          "                           listeners for N ms, serve again if it exits (1000)\n"
           "  --census-interval-ms N   socket census for /metrics (5000, 0 = "
           "off)\n"
           "  --version, --help\n",
@@ -88,7 +90,8 @@ enum {
   O_PIDFILE,
   O_HANDOFF,
   O_VERSION,
-  O_HELP
+  O_HELP,
+  O_PROBATION
 };
 
 static const struct option long_opts[] = {
@@ -113,6 +116,7 @@ static const struct option long_opts[] = {
     {"handoff-socket", required_argument, NULL, O_HANDOFF},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
+    {"upgrade-probation-ms", required_argument, NULL, O_PROBATION},
     {NULL, 0, NULL, 0}};
 
 static void raise_nofile(void) {
@@ -446,6 +450,10 @@ int main(int argc, char **argv) {
       break;
     case O_HANDOFF:
       handoff_path = optarg;
+      break;
+    case O_PROBATION:
+      ex_upgrade_set_probation(
+          ex_parse_num("--upgrade-probation-ms", optarg, 0, 86400000));
       break;
     case O_CENSUS:
       census_ms = ex_parse_num("--census-interval-ms", optarg, 0, 86400000);
