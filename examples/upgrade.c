@@ -307,6 +307,12 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
   if (n <= 0)
     return -errno;
   U.self[n] = 0;
+  /* Before anything says this process serves (the readiness message, the
+   * pid file): SIGUSR2's default action would end it. */
+  uv_signal_init(loop, &U.usr2);
+  uv_signal_start(&U.usr2, on_usr2, SIGUSR2);
+  uv_unref((uv_handle_t *)&U.usr2);
+  U.usr2_open = true;
   if (getenv("UVIP_READY_FD")) {
     U.older = getppid();
     r = uvip_moved_start(server, hooks->moved, on_moved_end, &U.moved);
@@ -335,10 +341,6 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
               uv_strerror(r));
   }
   ex_write_pid_file(pid_file);
-  uv_signal_init(loop, &U.usr2);
-  uv_signal_start(&U.usr2, on_usr2, SIGUSR2);
-  uv_unref((uv_handle_t *)&U.usr2);
-  U.usr2_open = true;
   return 0;
 }
 

@@ -1183,6 +1183,159 @@ START_TEST(test_server_hold) {
 }
 END_TEST
 
+/* The pid in the last "upgrade: generation N ready" line of log. */
+static pid_t logged_generation(const char *log) {
+  const char *p = NULL, *q = log;
+  int pid = 0;
+  while ((q = strstr(q, "upgrade: generation ")))
+    p = q++;
+  ck_assert_ptr_nonnull(p);
+  ck_assert_int_eq(sscanf(p, "upgrade: generation %d", &pid), 1);
+  return pid;
+}
+
+/* uvip-echo's new generation is killed during its probation: the old one
+ * says so, serves again on the same listeners (new connections and the
+ * long-lived one it kept: connections move only after the probation), and
+ * the pid file names it again. Meanwhile the new generation refused to be
+ * upgraded itself. */
+START_TEST(test_echo_probation_crash) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512], portstr[16], pidf[64], log[16384] = "", want[128];
+  int port = th_free_port(), pfd[2], l, c, st;
+  struct sockaddr_storage sa;
+  pid_t first, second;
+  FILE *out;
+  ck_assert_ptr_nonnull(bdir);
+  ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(pidf, sizeof(pidf), "/tmp/uvip-test-probation-%d.pid", getpid());
+  ck_assert_int_eq(pipe(pfd), 0);
+  first = fork();
+  ck_assert_int_ge(first, 0);
+  if (first == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--pid-file", pidf, "--upgrade-probation-ms", "600000", (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  out = fdopen(pfd[0], "r");
+  th_read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
+  th_addr("127.0.0.1", port, &sa);
+  l = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(l, "one");
+
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  th_read_until(out, "on probation for 600000 ms, not accepting here", log,
+                sizeof(log));
+  second = logged_generation(log);
+  ck_assert_int_ne(second, first);
+  /* Upgrading it now would leave two generations behind it. */
+  ck_assert_int_eq(kill(second, SIGUSR2), 0);
+  th_read_until(out, "not now: the previous generation has this one on "
+                "probation", log, sizeof(log));
+  ck_assert_int_eq(kill(second, SIGKILL), 0);
+  snprintf(want, sizeof(want),
+           "generation %d was killed by signal 9 after ready; serving again",
+           (int)second);
+  th_read_until(out, want, log, sizeof(log));
+  echo_roundtrip(l, "two");
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(c, "new");
+  close(c);
+  ck_assert_int_eq(read_pid_file(pidf), first);
+  close(l);
+  ck_assert_int_eq(kill(first, SIGTERM), 0);
+  th_read_until(out, "bye", log, sizeof(log));
+  ck_assert_int_eq(waitpid(first, &st, 0), first);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(pidf);
+}
+END_TEST
+
+static pid_t spawn_echo_probation(const char *portstr, const char *sock,
+                                  FILE **out) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512];
+  int pfd[2];
+  pid_t pid;
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  ck_assert_int_eq(pipe(pfd), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--handoff-socket", sock, "--upgrade-probation-ms", "600000",
+          (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  *out = fdopen(pfd[0], "r");
+  return pid;
+}
+
+/* Over --handoff-socket: the new process is killed during its probation;
+ * the running one serves again and serves the hand-off path again, so the
+ * next process takes the listeners from it. */
+START_TEST(test_echo_handoff_probation_crash) {
+  char portstr[16], sock[64], loga[16384] = "", logb[8192] = "",
+                              logc[8192] = "";
+  int port = th_free_port(), l, c, st;
+  struct sockaddr_storage sa;
+  pid_t a, b, cpid;
+  FILE *oa, *ob, *oc;
+  ck_assert_ptr_nonnull(getenv("UVIP_BUILD_DIR"));
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(sock, sizeof(sock), "/tmp/uvip-test-hprob-%d.sock", getpid());
+  unlink(sock);
+  a = spawn_echo_probation(portstr, sock, &oa);
+  th_read_until(oa, "serving 2 of 2 VIPs", loga, sizeof(loga));
+  th_addr("127.0.0.1", port, &sa);
+  l = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(l, "one");
+
+  b = spawn_echo_probation(portstr, sock, &ob);
+  th_read_until(ob, "took 2 listeners", logb, sizeof(logb));
+  th_read_until(oa, "on probation for 600000 ms, not accepting here", loga,
+                sizeof(loga));
+  ck_assert_int_eq(kill(b, SIGUSR2), 0);
+  th_read_until(ob, "not now", logb, sizeof(logb));
+  ck_assert_int_eq(kill(b, SIGKILL), 0);
+  th_read_until(oa, "went away during its probation; serving again", loga,
+                sizeof(loga));
+  ck_assert_int_eq(waitpid(b, &st, 0), b);
+  echo_roundtrip(l, "two");
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(c, "new");
+  close(c);
+
+  /* The next one finds the first one at the path again. */
+  cpid = spawn_echo_probation(portstr, sock, &oc);
+  th_read_until(oc, "took 2 listeners", logc, sizeof(logc));
+  th_read_until(oa, "on probation for 600000 ms", loga, sizeof(loga));
+  ck_assert_int_eq(kill(cpid, SIGTERM), 0);
+  th_read_until(oc, "bye", logc, sizeof(logc));
+  ck_assert_int_eq(waitpid(cpid, &st, 0), cpid);
+  th_read_until(oa, "went away during its probation; serving again", loga,
+                sizeof(loga));
+  echo_roundtrip(l, "three");
+  close(l);
+  ck_assert_int_eq(kill(a, SIGTERM), 0);
+  th_read_until(oa, "bye", loga, sizeof(loga));
+  ck_assert_int_eq(waitpid(a, &st, 0), a);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", loga);
+  fclose(oa);
+  fclose(ob);
+  fclose(oc);
+}
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 5 && !strcmp(argv[1], "gen2"))
@@ -1211,6 +1364,8 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_upgrade_probation_passes);
   tcase_add_test(tc, test_upgrade_probation_closed);
   tcase_add_test(tc, test_server_hold);
+  tcase_add_test(tc, test_echo_probation_crash);
+  tcase_add_test(tc, test_echo_handoff_probation_crash);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
