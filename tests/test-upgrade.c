@@ -988,6 +988,8 @@ START_TEST(test_upgrade_probation_crash) {
   char ports[16], fdarg[16], want[96];
   struct sockaddr_storage sa;
   pid_t pid;
+  int fd0 = uvip_vip_fd(uvip_server_vip(G.s, 0));
+  int fd1 = uvip_vip_fd(uvip_server_vip(G.s, 1));
   r = crash_pipe(&w);
   snprintf(ports, sizeof(ports), "%d", port);
   snprintf(fdarg, sizeof(fdarg), "%d", r);
@@ -1019,6 +1021,9 @@ START_TEST(test_upgrade_probation_crash) {
            (int)pid);
   ck_assert_msg(!strcmp(G.why, want), "'%s', want '%s'", G.why, want);
   ck_assert_int_eq(uvip_upgrade_pid(G.u), 0);
+  /* The very sockets it had: none closed, none bound anew. */
+  ck_assert_int_eq(uvip_vip_fd(uvip_server_vip(G.s, 0)), fd0);
+  ck_assert_int_eq(uvip_vip_fd(uvip_server_vip(G.s, 1)), fd1);
   ck_assert_int_eq(uvip_server_is_held(G.s), 0);
   ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
   run_until_accepted(1);
