@@ -240,6 +240,14 @@ static void on_handoff_taken(uvip_handoff_t *h, int status) {
          ex_prog);
   fflush(stdout);
   uvip_server_stop(U.server);
+  /* Idle connections move to it too, if it kept its connection to us. */
+  if (!U.up && uvip_handoff_mover(h, &U.up) == 0) {
+    uvip_handoff_close(h, on_handoff_closed);
+    if (uvip_upgrade_handover(U.up, U.server, U.hooks.decide,
+                              on_handed_over) != 0)
+      on_handed_over(U.up, 0, SIZE_MAX);
+    return;
+  }
   uvip_handoff_close(h, on_handoff_closed);
   U.hooks.retire(SIZE_MAX);
 }
@@ -267,12 +275,26 @@ static void end_watch(void) {
   }
 }
 
-/* The older process closes the connection when our probation is over (or
- * when it ends): from then on it no longer watches us. */
+/* The older process sends the channel for its idle connections when our
+ * probation is over, then closes the connection (as it does when it ends):
+ * from then on it no longer watches us. */
 static void on_watched(uv_poll_t *p, int status, int events) {
+  int chan, r = 0;
   (void)p;
-  (void)status;
   (void)events;
+  while (status == 0 &&
+         (r = uvip_handoff_channel(U.handoff_conn, &chan)) != UV_EAGAIN) {
+    if (r != 0)
+      break;
+    if (U.moved || (r = uvip_moved_start_fd(U.server, chan, U.hooks.moved,
+                                            on_moved_end, &U.moved)) != 0) {
+      fprintf(stderr, "%s: handoff: cannot receive connections: %s\n",
+              ex_prog, uv_strerror(U.moved ? UV_EBUSY : r));
+      close(chan);
+    }
+  }
+  if (status == 0 && r == UV_EAGAIN)
+    return;
   end_watch();
 }
 

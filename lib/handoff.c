@@ -56,6 +56,9 @@ struct uvip_handoff_s {
   uvip_handoff_probation_cb probation_cb;
   uv_timer_t probation;
   client_t *probing;
+  /* Our end of the channel for moving connections to the last new process
+   * that took over keeping its connection (handoff-move.c), -1 if none. */
+  int move_chan;
 };
 
 static void on_handle_closed(uv_handle_t *hd) {
@@ -71,6 +74,8 @@ static void on_handle_closed(uv_handle_t *hd) {
   }
   if (--h->handles_open > 0 || !h->closing)
     return;
+  if (h->move_chan >= 0)
+    close(h->move_chan); /* not taken: the new process's receiver ends */
   if (h->close_cb)
     h->close_cb(h);
   free(h->servers);
@@ -105,12 +110,25 @@ static void hold_all(uvip_handoff_t *h, bool hold) {
     }
 }
 
+/* A new process that keeps its connection gets a channel for moving
+ * connections on it, before its success is reported. */
+static void client_took_over(client_t *c) {
+  uvip_handoff_t *h = c->h;
+  int fd;
+  if (!h->closing && uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0) {
+    if (h->move_chan >= 0)
+      close(h->move_chan);
+    h->move_chan = uvip__handoff_send_channel(fd);
+  }
+  client_end(c, 0);
+}
+
 /* Survived its probation: now the application stops accepting. */
 static void on_probation_passed(uv_timer_t *t) {
   uvip_handoff_t *h = t->data;
   client_t *c = h->probing;
   h->probing = NULL;
-  client_end(c, 0);
+  client_took_over(c);
 }
 
 /* Its connection closed after it said ready: it is gone (a process's
@@ -146,7 +164,10 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
       h->probation_cb(h);
     return;
   }
-  client_end(c, b->base[0] == 'R' || b->base[0] == 'K' ? 0 : UV_EPROTO);
+  if (b->base[0] == 'K')
+    client_took_over(c);
+  else
+    client_end(c, b->base[0] == 'R' ? 0 : UV_EPROTO);
 }
 
 /* One new process on probation at a time: another fetch meanwhile is cut
@@ -254,6 +275,7 @@ UVIP_EXPORT int uvip_handoff_serve(uv_loop_t *loop,
   memcpy(h->servers, servers, n * sizeof(*servers));
   h->nservers = n;
   h->loop = loop;
+  h->move_chan = -1;
   h->cb = cb;
   strcpy(h->path, path);
   uv_pipe_init(loop, &h->listener, 0);
@@ -476,5 +498,16 @@ UVIP_EXPORT int uvip_handoff_probation(uvip_handoff_t *h,
     return UV_EBUSY;
   h->probation_ms = probation_ms;
   h->probation_cb = began;
+  return 0;
+}
+
+UVIP_EXPORT int uvip_handoff_mover(uvip_handoff_t *h, uvip_upgrade_t **out) {
+  int r;
+  UVIP_CHECK_ARG(h == NULL || out == NULL);
+  if (h->closing || h->move_chan < 0)
+    return UV_ENOTCONN;
+  if ((r = uvip__upgrade_channel(h->loop, h->move_chan, out)) != 0)
+    return r;
+  h->move_chan = -1; /* the upgrade object's now */
   return 0;
 }

@@ -79,6 +79,15 @@ bool uvip__probation_begin(uvip_upgrade_t *u);
 void uvip__probation_failed(uvip_upgrade_t *u, int st);
 void uvip__probation_cancel(uvip_upgrade_t *u);
 
+/* handoff-move.c: makes the channel for moving connections and sends one
+ * end over the hand-off connection conn; returns our end, or -1. */
+int uvip__handoff_send_channel(int conn);
+
+/* upgrade.c: an upgrade object with no new generation of its own, only the
+ * channel chan (taken), for uvip_upgrade_handover() and
+ * uvip_upgrade_close(). */
+int uvip__upgrade_channel(uv_loop_t *loop, int chan, uvip_upgrade_t **out);
+
 /* handover.c: ends a hand-over in progress (the upgrade closes). */
 void uvip__handover_abort(uvip_upgrade_t *u);
 

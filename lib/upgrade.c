@@ -421,3 +421,32 @@ UVIP_EXPORT int uvip_upgrade_ready(void) {
 void uvip__upgrade_report(uvip_upgrade_t *u, int status, const char *why) {
   report(u, status, why);
 }
+
+int uvip__upgrade_channel(uv_loop_t *loop, int chan, uvip_upgrade_t **out) {
+  uvip_upgrade_t *u = calloc(1, sizeof(*u));
+  int r;
+  if (!u)
+    return UV_ENOMEM;
+  u->loop = loop;
+  /* Ready, and nothing will be reported: the hand-over and the close are
+   * all it is for. The handles exist so that the one close path holds. */
+  u->is_ready = true;
+  u->reported = true;
+  uv_pipe_init(loop, &u->ready, 0);
+  uv_timer_init(loop, &u->timer);
+  uv_signal_init(loop, &u->sigchld);
+  u->ready.data = u->timer.data = u->sigchld.data = u->chan_poll.data = u;
+  if ((r = uv_poll_init(loop, &u->chan_poll, chan)) != 0) {
+    /* chan stays the caller's; the three handles close, callback-free. */
+    u->closing = true;
+    u->handles_closing = 3;
+    u->chan = -1;
+    uv_close((uv_handle_t *)&u->ready, on_handle_closed);
+    uv_close((uv_handle_t *)&u->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
+    return r;
+  }
+  u->chan = chan;
+  *out = u;
+  return 0;
+}

@@ -811,11 +811,12 @@ static pid_t spawn_echo(const char *portstr, const char *sock, FILE **out) {
 }
 
 /* An independent second uvip-echo takes the listeners of the running one
- * over --handoff-socket: the first stops accepting, drains (its deadline
- * closes the long-lived connection) and exits 0; the second serves. The
- * first's exit leaves the second's socket file in place. */
+ * over --handoff-socket: after the probation the first stops accepting,
+ * moves its idle long-lived connection to the second and exits 0; the
+ * second serves both. The first's exit leaves the second's socket file in
+ * place. */
 START_TEST(test_echo_handoff_socket) {
-  char portstr[16], sock[64], loga[8192] = "", logb[8192] = "", b[8];
+  char portstr[16], sock[64], loga[8192] = "", logb[8192] = "";
   int port = th_free_port(), l, c, st;
   struct sockaddr_storage sa;
   pid_t a, bpid;
@@ -836,12 +837,11 @@ START_TEST(test_echo_handoff_socket) {
   ck_assert_msg(strstr(logb, "127.0.0.1:") && strstr(logb, "(adopted)"), "%s",
                 logb);
   th_read_until(oa, "a new process took the listeners", loga, sizeof(loga));
-  /* The first one's deadline closes the long-lived connection. */
-  {
-    struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
-    setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ck_assert_int_eq(read(l, b, sizeof(b)), 0);
-  }
+  /* The idle long-lived connection moves to the second one, over a channel
+   * sent on the hand-off connection, and goes on echoing there. */
+  th_read_until(oa, "moved 1 connections, 0 drain here", loga, sizeof(loga));
+  th_read_until(ob, "received 1 connections", logb, sizeof(logb));
+  echo_roundtrip(l, "moved");
   th_read_until(oa, "bye", loga, sizeof(loga));
   ck_assert_int_eq(waitpid(a, &st, 0), a);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", loga);

@@ -189,6 +189,12 @@ typedef void (*uvip_moved_end_cb)(uvip_moved_t *moved, int status,
 int uvip_moved_start(uvip_server_t *server, uvip_moved_cb cb,
                      uvip_moved_end_cb end, uvip_moved_t **out);
 
+/* As uvip_moved_start(), on the channel fd (taken on success), e.g. the
+ * one uvip_handoff_channel() received. Errors: UV_EINVAL, UV_EBADF (fd not
+ * open), UV_ENOMEM. */
+int uvip_moved_start_fd(uvip_server_t *server, int fd, uvip_moved_cb cb,
+                        uvip_moved_end_cb end, uvip_moved_t **out);
+
 /* Moved connections closed on arrival because no VIP matched. */
 size_t uvip_moved_dropped(const uvip_moved_t *moved);
 
@@ -250,6 +256,26 @@ int uvip_handoff_ready(int conn);
  * (uvip_handoff_probation()), sees this one go. Close it when done (or let
  * the process's end do it). */
 int uvip_handoff_ready_keep(int conn);
+
+/* In the running process, from its hand-off callback with status 0 (or
+ * later, until uvip_handoff_close()): the new process that took over
+ * keeping its connection (uvip_handoff_ready_keep()) was sent a channel
+ * for moving connections (one end of a SOCK_SEQPACKET pair, by SCM_RIGHTS on
+ * that connection); *out is an upgrade object with no process of its own
+ * on the other end: move idle connections with uvip_upgrade_handover(),
+ * then uvip_upgrade_close() it (closing the channel ends the new process's
+ * receiver); uvip_upgrade_pid() is 0. Errors: UV_EINVAL, UV_ENOTCONN (no
+ * such process: it said uvip_handoff_ready() and closed, or went, or the
+ * channel was taken already), UV_ENOMEM. */
+int uvip_handoff_mover(uvip_handoff_t *handoff, uvip_upgrade_t **out);
+
+/* In the new process, on conn kept by uvip_handoff_ready_keep(), when it is
+ * readable: 0 and *chan when the running process sent the channel for
+ * moving connections (pass it to uvip_moved_start_fd()), UV_EAGAIN when
+ * nothing came yet, UV_EOF when the running process closed the connection
+ * (its probation passed or it ended; no more will come), UV_EPROTO for
+ * anything else (descriptors that came with it are closed). */
+int uvip_handoff_channel(int conn, int *chan);
 
 /* The running process's side of a probation, as uvip_upgrade_probation()
  * for re-exec: when a new process says ready with uvip_handoff_ready_keep(),
