@@ -155,6 +155,14 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   }
   if (n == 0 || c == h->probing)
     return; /* nothing more is expected on probation */
+  if (h->probing) {
+    /* Fetched before the other one went on probation, ready after: one
+     * probation at a time, so it is cut, unreported (it serves on its
+     * own, unwatched). */
+    c->reported = true;
+    client_end(c, UV_EBUSY);
+    return;
+  }
   if (b->base[0] == 'K' && h->probation_ms > 0) {
     /* Ready, and it keeps the connection open while it lives. */
     h->probing = c;

@@ -574,6 +574,76 @@ START_TEST(test_handoff_probation_closed) {
 }
 END_TEST
 
+/* Fetches, tells `told` it did, waits for a byte on `go`, says ready
+ * keeping the connection, then: with `second`, expects the connection cut
+ * at once (exit 0 on its end, nothing sent); else waits for another byte
+ * on `go` and exits 5. */
+static int racing_process(int port, int told, int go, bool second) {
+  int fds[4], conn;
+  size_t n = 0;
+  char b;
+  (void)port;
+  for (size_t i = 0; i < uvip_server_vip_count(G.s); i++)
+    close(uvip_vip_fd(uvip_server_vip(G.s, i)));
+  if (uvip_handoff_fetch(sock_path, 10000, fds, 4, &n, &conn, NULL, 0) != 0)
+    return 10;
+  if (write(told, "f", 1) != 1 || read(go, &b, 1) != 1)
+    return 11;
+  if (uvip_handoff_ready_keep(conn) != 0)
+    return 12;
+  if (second)
+    return read(conn, &b, 1) == 0 ? 0 : 13;
+  return read(go, &b, 1) == 1 ? 5 : 14;
+}
+
+/* Two new processes fetched before either said ready: the first to say it
+ * goes on probation, the other is cut when it says it (unreported). */
+START_TEST(test_handoff_probation_one_at_a_time) {
+  int port = th_free_port(), told[2], ga[2], gb[2], st, got = 0;
+  pid_t a, b;
+  char x;
+  start("127.0.0.1", port);
+  ck_assert_int_eq(uvip_handoff_probation(G.h, 600000, NULL), 0);
+  ck_assert_int_eq(pipe2(told, O_NONBLOCK), 0);
+  ck_assert_int_eq(pipe(ga), 0);
+  ck_assert_int_eq(pipe(gb), 0);
+  a = fork();
+  ck_assert_int_ge(a, 0);
+  if (a == 0)
+    _exit(racing_process(port, told[1], ga[0], true));
+  b = fork();
+  ck_assert_int_ge(b, 0);
+  if (b == 0)
+    _exit(racing_process(port, told[1], gb[0], false));
+  for (long i = 0; got < 2 && i < 100000000; i++) {
+    uv_run(&G.loop, UV_RUN_NOWAIT);
+    if (read(told[0], &x, 1) == 1)
+      got++;
+  }
+  ck_assert_int_eq(got, 2);
+  ck_assert_int_eq(write(gb[1], "g", 1), 1); /* b says ready first */
+  run_until_held();
+  ck_assert_int_eq(write(ga[1], "g", 1), 1); /* then a */
+  for (long i = 0; waitpid(a, &st, WNOHANG) == 0 && i < 100000000; i++)
+    uv_run(&G.loop, UV_RUN_NOWAIT);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a: %d", st);
+  ck_assert_int_eq(G.taken, 0);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 1);
+  ck_assert_int_eq(write(gb[1], "g", 1), 1); /* b goes */
+  for (int i = 0; G.taken == 0 && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.status, UV_ESRCH);
+  st = reap(b);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 5);
+  for (int i = 0; i < 2; i++) {
+    close(told[i]);
+    close(ga[i]);
+    close(gb[i]);
+  }
+  finish();
+}
+END_TEST
+
 /* ---- Moving idle connections to the new process ---- */
 
 static uvip_conn_t *kept[4];
@@ -808,6 +878,7 @@ int main(void) {
   tcase_add_test(tc, test_handoff_probation_passes);
   tcase_add_test(tc, test_handoff_probation_closed);
   tcase_add_test(tc, test_handoff_moves_idle);
+  tcase_add_test(tc, test_handoff_probation_one_at_a_time);
   tcase_add_test(tc, test_handoff_channel_bad);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
