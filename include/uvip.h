@@ -199,8 +199,10 @@ int uvip_server_stop(uvip_server_t *server);
  * go on queueing in the kernel, for another process that shares the sockets
  * (a new generation on probation, <uvip/restart.h>) or for this one once
  * uvip_server_unhold() is called. VIPs stay UVIP_VIP_LISTENING, open
- * connections run on, and the server keeps its loop alive. Idempotent.
- * UV_EINVAL unless the server listens (uvip_server_is_listening()). */
+ * connections run on, and the server keeps its loop alive. Workers in
+ * UVIP_BALANCE_REUSEPORT mode accept on sockets of their own, which are not
+ * held. Idempotent. UV_EINVAL unless the server listens
+ * (uvip_server_is_listening()). */
 int uvip_server_hold(uvip_server_t *server);
 
 /* Accepts again after uvip_server_hold(), starting with what queued
