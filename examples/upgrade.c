@@ -34,7 +34,21 @@ static struct {
   uvip_handoff_t *handoff;
   int handoff_conn; /* to the process we took the listeners from */
   size_t taken;
-} U = {.handoff_conn = -1};
+  /* Probation (--upgrade-probation-ms): the old generation holds its
+   * listeners until the new one has lived this long after ready. */
+  uint64_t probation_ms;
+  uv_poll_t watched; /* handoff_conn, while the older one watches us */
+  bool watched_open;
+} U = {.handoff_conn = -1, .probation_ms = EX_PROBATION_MS};
+
+void ex_upgrade_set_probation(uint64_t ms) { U.probation_ms = ms; }
+
+/* Whether the generation before us may still take the listeners back: it
+ * has us on probation (or is moving connections to us). Upgrading now would
+ * leave two generations behind us. */
+static bool watched_by_older(void) {
+  return U.moved != NULL || U.watched_open;
+}
 
 void ex_write_pid_file(const char *path) {
   FILE *f;
@@ -64,10 +78,24 @@ static void on_handed_over(uvip_upgrade_t *u, size_t moved, size_t kept) {
   U.hooks.retire(kept);
 }
 
+static void on_probation_began(uvip_upgrade_t *u) {
+  printf("%s: upgrade: generation %d ready; on probation for %llu ms, not "
+         "accepting here\n",
+         ex_prog, uvip_upgrade_pid(u), (unsigned long long)U.probation_ms);
+  fflush(stdout);
+}
+
 static void on_upgraded(uvip_upgrade_t *u, int status, const char *why) {
   int r;
   if (status != 0) {
-    fprintf(stderr, "%s: upgrade failed: %s; still serving\n", ex_prog, why);
+    if (status == UV_ESRCH && strstr(why, "after ready"))
+      /* It crashed on probation: we accept again on the same sockets. */
+      fprintf(stderr, "%s: upgrade: %s\n", ex_prog, why);
+    else
+      fprintf(stderr, "%s: upgrade failed: %s; still serving\n", ex_prog,
+              why);
+    /* It may have written its pid there before it went. */
+    ex_write_pid_file(U.pid_file);
     uvip_upgrade_close(u, on_upgrade_closed);
     return;
   }
@@ -108,6 +136,11 @@ static void on_usr2(uv_signal_t *h, int signum) {
     fprintf(stderr, "%s: upgrade already in progress\n", ex_prog);
     return;
   }
+  if (watched_by_older()) {
+    fprintf(stderr, "%s: upgrade: not now: the previous generation has this "
+            "one on probation; try again when it has handed over\n", ex_prog);
+    return;
+  }
   if (!uvip_server_is_listening(U.server)) {
     fprintf(stderr, "%s: not listening: nothing to upgrade\n", ex_prog);
     return;
@@ -126,6 +159,8 @@ static void on_usr2(uv_signal_t *h, int signum) {
     fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
     return;
   }
+  if (U.probation_ms > 0)
+    uvip_upgrade_probation(U.up, U.probation_ms, on_probation_began);
   printf("%s: upgrade: started generation %d\n", ex_prog,
          uvip_upgrade_pid(U.up));
   fflush(stdout);
@@ -158,11 +193,44 @@ int ex_handoff_take(uvip_server_t *server, const char *path) {
 }
 
 static void on_handoff_closed(uvip_handoff_t *h) {
+  /* A re-served hand-off may have taken its place already. */
+  if (U.handoff == h)
+    U.handoff = NULL;
+}
+
+static void on_handoff_taken(uvip_handoff_t *h, int status);
+
+static void on_handoff_probation(uvip_handoff_t *h) {
   (void)h;
-  U.handoff = NULL;
+  printf("%s: handoff: a new process took the listeners; on probation for "
+         "%llu ms, not accepting here\n",
+         ex_prog, (unsigned long long)U.probation_ms);
+  fflush(stdout);
+}
+
+static int handoff_serve(void) {
+  int r = uvip_handoff_serve(U.loop, &U.server, 1, U.handoff_path,
+                             on_handoff_taken, &U.handoff);
+  if (r == 0 && U.probation_ms > 0)
+    uvip_handoff_probation(U.handoff, U.probation_ms, on_handoff_probation);
+  return r;
 }
 
 static void on_handoff_taken(uvip_handoff_t *h, int status) {
+  if (status == UV_ESRCH) {
+    int r;
+    fprintf(stderr, "%s: handoff: the new process went away during its "
+            "probation; serving again\n", ex_prog);
+    ex_write_pid_file(U.pid_file);
+    /* It served the path itself by then: serve it again, so that the next
+     * process finds us there. */
+    uvip_handoff_close(h, on_handoff_closed);
+    U.handoff = NULL;
+    if ((r = handoff_serve()) != 0)
+      fprintf(stderr, "%s: --handoff-socket %s: %s\n", ex_prog,
+              U.handoff_path, uv_strerror(r));
+    return;
+  }
   if (status != 0) {
     fprintf(stderr, "%s: handoff: a new process failed to take over: %s; "
             "still serving\n", ex_prog, uv_strerror(status));
@@ -172,6 +240,14 @@ static void on_handoff_taken(uvip_handoff_t *h, int status) {
          ex_prog);
   fflush(stdout);
   uvip_server_stop(U.server);
+  /* Idle connections move to it too, if it kept its connection to us. */
+  if (!U.up && uvip_handoff_mover(h, &U.up) == 0) {
+    uvip_handoff_close(h, on_handoff_closed);
+    if (uvip_upgrade_handover(U.up, U.server, U.hooks.decide,
+                              on_handed_over) != 0)
+      on_handed_over(U.up, 0, SIZE_MAX);
+    return;
+  }
   uvip_handoff_close(h, on_handoff_closed);
   U.hooks.retire(SIZE_MAX);
 }
@@ -184,6 +260,57 @@ static void on_moved_end(uvip_moved_t *m, int status, size_t received) {
             uv_strerror(status));
   printf("%s: upgrade: received %zu connections\n", ex_prog, received);
   fflush(stdout);
+}
+
+static void watched_closed(uv_handle_t *h) {
+  (void)h;
+  close(U.handoff_conn);
+  U.handoff_conn = -1;
+}
+
+static void end_watch(void) {
+  if (U.watched_open) {
+    U.watched_open = false;
+    uv_close((uv_handle_t *)&U.watched, watched_closed);
+  }
+}
+
+/* The older process sends the channel for its idle connections when our
+ * probation is over, then closes the connection (as it does when it ends):
+ * from then on it no longer watches us. */
+static void on_watched(uv_poll_t *p, int status, int events) {
+  int chan, r = 0;
+  (void)p;
+  (void)events;
+  while (status == 0 &&
+         (r = uvip_handoff_channel(U.handoff_conn, &chan)) != UV_EAGAIN) {
+    if (r != 0)
+      break;
+    if (U.moved || (r = uvip_moved_start_fd(U.server, chan, U.hooks.moved,
+                                            on_moved_end, &U.moved)) != 0) {
+      fprintf(stderr, "%s: handoff: cannot receive connections: %s\n",
+              ex_prog, uv_strerror(U.moved ? UV_EBUSY : r));
+      close(chan);
+    }
+  }
+  if (status == 0 && r == UV_EAGAIN)
+    return;
+  end_watch();
+}
+
+/* Ready, keeping the connection open while we serve: the older process
+ * watches it for its probation. */
+static int ready_watched(void) {
+  int r = uvip_handoff_ready_keep(U.handoff_conn);
+  if (r != 0 || uv_poll_init(U.loop, &U.watched, U.handoff_conn) != 0) {
+    close(U.handoff_conn);
+    U.handoff_conn = -1;
+    return r;
+  }
+  U.watched_open = true;
+  uv_poll_start(&U.watched, UV_READABLE | UV_DISCONNECT, on_watched);
+  uv_unref((uv_handle_t *)&U.watched);
+  return 0;
 }
 
 int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
@@ -202,6 +329,12 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
   if (n <= 0)
     return -errno;
   U.self[n] = 0;
+  /* Before anything says this process serves (the readiness message, the
+   * pid file): SIGUSR2's default action would end it. */
+  uv_signal_init(loop, &U.usr2);
+  uv_signal_start(&U.usr2, on_usr2, SIGUSR2);
+  uv_unref((uv_handle_t *)&U.usr2);
+  U.usr2_open = true;
   if (getenv("UVIP_READY_FD")) {
     U.older = getppid();
     r = uvip_moved_start(server, hooks->moved, on_moved_end, &U.moved);
@@ -215,9 +348,9 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
   /* Serve at the path before the process we took over from hears we are
    * ready: when it closes its hand-off, the file there is already ours,
    * and it leaves it alone. */
+  U.handoff_path = handoff_path;
   if (handoff_path) {
-    r = uvip_handoff_serve(loop, &server, 1, handoff_path, on_handoff_taken,
-                           &U.handoff);
+    r = handoff_serve();
     if (r != 0)
       fprintf(stderr, "%s: --handoff-socket %s: %s\n", ex_prog,
               handoff_path, uv_strerror(r));
@@ -225,16 +358,11 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
   if (U.handoff_conn >= 0) {
     printf("%s: handoff: took %zu listeners from the running process\n",
            ex_prog, U.taken);
-    if ((r = uvip_handoff_ready(U.handoff_conn)) != 0)
+    if ((r = ready_watched()) != 0)
       fprintf(stderr, "%s: handoff: cannot say ready: %s\n", ex_prog,
               uv_strerror(r));
-    U.handoff_conn = -1;
   }
   ex_write_pid_file(pid_file);
-  uv_signal_init(loop, &U.usr2);
-  uv_signal_start(&U.usr2, on_usr2, SIGUSR2);
-  uv_unref((uv_handle_t *)&U.usr2);
-  U.usr2_open = true;
   return 0;
 }
 
@@ -249,4 +377,5 @@ void ex_upgrade_close(void) {
     uvip_moved_close(U.moved);
   if (U.handoff)
     uvip_handoff_close(U.handoff, on_handoff_closed);
+  end_watch();
 }

@@ -30,6 +30,13 @@ int ex_upgrade_setup(uv_loop_t *loop, uvip_server_t *server, char **argv,
  * serves there. */
 int ex_handoff_take(uvip_server_t *server, const char *path);
 
+/* The old generation's probation (--upgrade-probation-ms): once the new
+ * one says ready, this one stops accepting but keeps its listening sockets
+ * for ms; if the new one exits meanwhile, this one accepts again on them.
+ * 0 = none (stop at once). Call before ex_upgrade_setup(). */
+#define EX_PROBATION_MS 1000
+void ex_upgrade_set_probation(uint64_t ms);
+
 /* Writes the pid to path (NULL: nothing), atomically. */
 void ex_write_pid_file(const char *path);
 

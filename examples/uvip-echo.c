@@ -345,6 +345,9 @@ static void usage(FILE *f) {
           "  --pid-file PATH          write the pid once serving (rewritten by an upgrade)\n"
           "  --handoff-socket PATH    serve the listeners there to the next process; at\n"
           "                           start, take them from the process serving there\n"
+          "  --upgrade-probation-ms N after the next generation says ready, keep the\n"
+          "                           listeners (not accepting) for N ms and serve again\n"
+          "                           if it exits meanwhile (1000, 0 = none)\n"
           "  --all-or-nothing         fail unless every VIP can be bound\n"
           "  --provision IFACE        add the missing --listen addresses to IFACE;\n"
           "                           remove those it added on exit\n"
@@ -362,7 +365,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
          O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION, O_WORKERS, O_WMODE,
-         O_BALANCE, O_MAXWK, O_PIDFILE, O_HANDOFF };
+         O_BALANCE, O_MAXWK, O_PIDFILE, O_HANDOFF, O_PROBATION };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
       {"port", required_argument, NULL, O_PORT},
@@ -380,6 +383,7 @@ int main(int argc, char **argv) {
       {"max-conns-per-worker", required_argument, NULL, O_MAXWK},
       {"pid-file", required_argument, NULL, O_PIDFILE},
       {"handoff-socket", required_argument, NULL, O_HANDOFF},
+      {"upgrade-probation-ms", required_argument, NULL, O_PROBATION},
       {NULL, 0, NULL, 0}};
   uvip_server_options_t opts;
   uvip_workers_options_t wopts;
@@ -407,6 +411,10 @@ int main(int argc, char **argv) {
     case O_PORT: port = (int)ex_parse_num("--port", optarg, 1, 65535); break;
     case O_PIDFILE: pid_file = optarg; break;
     case O_HANDOFF: handoff_path = optarg; break;
+    case O_PROBATION:
+      ex_upgrade_set_probation(
+          ex_parse_num("--upgrade-probation-ms", optarg, 0, 86400000));
+      break;
     case O_MAX: opts.max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
     case O_MAXVIP:
       opts.max_conns_per_vip = ex_parse_num("--max-conns-per-vip", optarg, 0, UINT64_MAX / 2);

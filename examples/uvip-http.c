@@ -67,6 +67,8 @@ static void usage(FILE *f) {
           "upgrade)\n"
           "  --handoff-socket PATH    serve the listeners to the next process there;\n"
           "                           at start, take them from the one serving there\n"
+          "  --upgrade-probation-ms N after the next generation says ready, keep the\n"
+          "                           listeners for N ms, serve again if it exits (1000)\n"
           "  --census-interval-ms N   socket census for /metrics (5000, 0 = "
           "off)\n"
           "  --stats-interval-ms N    /metrics and /stats.json per-VIP part and\n"
@@ -106,7 +108,8 @@ enum {
   O_MAX_BODY,
   O_STATS_INTERVAL,
   O_ADMIN,
-  O_MAX_OUTPUT
+  O_MAX_OUTPUT,
+  O_PROBATION
 };
 
 static const struct option long_opts[] = {
@@ -136,6 +139,7 @@ static const struct option long_opts[] = {
     {"stats-interval-ms", required_argument, NULL, O_STATS_INTERVAL},
     {"admin-listen", required_argument, NULL, O_ADMIN},
     {"max-output-bytes", required_argument, NULL, O_MAX_OUTPUT},
+    {"upgrade-probation-ms", required_argument, NULL, O_PROBATION},
     {NULL, 0, NULL, 0}};
 
 static void raise_nofile(void) {
@@ -549,6 +553,10 @@ int main(int argc, char **argv) {
       break;
     case O_HANDOFF:
       handoff_path = optarg;
+      break;
+    case O_PROBATION:
+      ex_upgrade_set_probation(
+          ex_parse_num("--upgrade-probation-ms", optarg, 0, 86400000));
       break;
     case O_CENSUS:
       census_ms = ex_parse_num("--census-interval-ms", optarg, 0, 86400000);

@@ -235,6 +235,26 @@ int uvip_server_listen(uvip_server_t *server, uvip_connection_cb cb,
  * by the kernel. Idempotent. */
 int uvip_server_stop(uvip_server_t *server);
 
+/* Stops accepting but keeps every listening socket open, unlike
+ * uvip_server_stop() and uvip_vip_pause() (which close them): connections
+ * go on queueing in the kernel, for another process that shares the sockets
+ * (a new generation on probation, <uvip/restart.h>) or for this one once
+ * uvip_server_unhold() is called. VIPs stay UVIP_VIP_LISTENING, open
+ * connections run on, and the server keeps its loop alive. Workers in
+ * UVIP_BALANCE_REUSEPORT mode accept on sockets of their own, which are not
+ * held. Idempotent. UV_EINVAL unless the server listens
+ * (uvip_server_is_listening()). */
+int uvip_server_hold(uvip_server_t *server);
+
+/* Accepts again after uvip_server_hold(), starting with what queued
+ * meanwhile (each listener is tried at once). 0 also when the server is not
+ * held; on a server stopped or closed meanwhile it only clears the hold.
+ * UV_EINVAL for NULL. */
+int uvip_server_unhold(uvip_server_t *server);
+
+/* 1 while the server listens but is held (uvip_server_hold()), else 0. */
+int uvip_server_is_held(const uvip_server_t *server);
+
 /* Closes every open connection of the server (as uvip_conn_close() with no
  * callback would). Connection close callbacks still run. With workers
  * (<uvip/workers.h>), every running worker is also told to close the

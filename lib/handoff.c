@@ -50,11 +50,21 @@ struct uvip_handoff_s {
   ino_t ino;
   bool closing;
   int handles_open;
+  /* Probation: the client that said ready-and-watch ('K'), while the
+   * servers are held and the timer runs. */
+  uint64_t probation_ms;
+  uvip_handoff_probation_cb probation_cb;
+  uv_timer_t probation;
+  client_t *probing;
+  /* Our end of the channel for moving connections to the last new process
+   * that took over keeping its connection (handoff-move.c), -1 if none. */
+  int move_chan;
 };
 
 static void on_handle_closed(uv_handle_t *hd) {
   uvip_handoff_t *h = hd->data;
-  if (hd != (uv_handle_t *)&h->listener) {
+  if (hd != (uv_handle_t *)&h->listener &&
+      hd != (uv_handle_t *)&h->probation) {
     client_t *c = (client_t *)hd, **pp = &h->clients;
     while (*pp && *pp != c)
       pp = &(*pp)->next;
@@ -64,6 +74,8 @@ static void on_handle_closed(uv_handle_t *hd) {
   }
   if (--h->handles_open > 0 || !h->closing)
     return;
+  if (h->move_chan >= 0)
+    close(h->move_chan); /* not taken: the new process's receiver ends */
   if (h->close_cb)
     h->close_cb(h);
   free(h->servers);
@@ -88,15 +100,91 @@ static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *b) {
   *b = uv_buf_init(buf, sizeof(buf));
 }
 
+static void hold_all(uvip_handoff_t *h, bool hold) {
+  for (size_t i = 0; i < h->nservers; i++)
+    if (hold) {
+      if (uvip_server_is_listening(h->servers[i]))
+        uvip_server_hold(h->servers[i]);
+    } else {
+      uvip_server_unhold(h->servers[i]);
+    }
+}
+
+/* A new process that keeps its connection gets a channel for moving
+ * connections on it, before its success is reported. */
+static void client_took_over(client_t *c) {
+  uvip_handoff_t *h = c->h;
+  int fd;
+  if (!h->closing && uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0) {
+    if (h->move_chan >= 0)
+      close(h->move_chan);
+    h->move_chan = uvip__handoff_send_channel(fd);
+  }
+  client_end(c, 0);
+}
+
+/* Survived its probation: now the application stops accepting. */
+static void on_probation_passed(uv_timer_t *t) {
+  uvip_handoff_t *h = t->data;
+  client_t *c = h->probing;
+  h->probing = NULL;
+  client_took_over(c);
+}
+
+/* Its connection closed after it said ready: it is gone (a process's
+ * descriptors close when it ends, however it ends). The very sockets it
+ * took accept here again. */
+static void probation_failed(uvip_handoff_t *h) {
+  client_t *c = h->probing;
+  h->probing = NULL;
+  uv_timer_stop(&h->probation);
+  hold_all(h, false);
+  client_end(c, UV_ESRCH);
+}
+
 static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   client_t *c = (client_t *)s;
+  uvip_handoff_t *h = c->h;
   if (n < 0) {
-    /* Gone without saying ready: the fetch failed on its side. */
-    client_end(c, UV_ECONNRESET);
+    if (c == h->probing)
+      probation_failed(h);
+    else
+      /* Gone without saying ready: the fetch failed on its side. */
+      client_end(c, UV_ECONNRESET);
     return;
   }
-  if (n > 0)
+  if (n == 0 || c == h->probing)
+    return; /* nothing more is expected on probation */
+  if (h->probing) {
+    /* Fetched before the other one went on probation, ready after: one
+     * probation at a time, so it is cut, unreported (it serves on its
+     * own, unwatched). */
+    c->reported = true;
+    client_end(c, UV_EBUSY);
+    return;
+  }
+  if (b->base[0] == 'K' && h->probation_ms > 0) {
+    /* Ready, and it keeps the connection open while it lives. */
+    h->probing = c;
+    hold_all(h, true);
+    uv_timer_start(&h->probation, on_probation_passed, h->probation_ms, 0);
+    if (h->probation_cb)
+      h->probation_cb(h);
+    return;
+  }
+  if (b->base[0] == 'K')
+    client_took_over(c);
+  else
     client_end(c, b->base[0] == 'R' ? 0 : UV_EPROTO);
+}
+
+/* One new process on probation at a time: another fetch meanwhile is cut
+ * (its fetch fails; nothing is reported here). */
+static int refuse_while_probing(client_t *c) {
+  if (!c->h->probing)
+    return 0;
+  c->reported = true;
+  return UV_EBUSY;
 }
 
 ssize_t uvip__send_fds(int sock, struct iovec *iov, size_t iovcnt,
@@ -157,6 +245,7 @@ static void on_connection(uv_stream_t *l, int status) {
   h->clients = c;
   h->handles_open++;
   if ((r = uv_accept(l, (uv_stream_t *)&c->pipe)) != 0 ||
+      (r = refuse_while_probing(c)) != 0 ||
       (r = uv_fileno((uv_handle_t *)&c->pipe, &fd)) != 0 ||
       (r = uvip__collect_listeners(h->servers, h->nservers, &fds, &nfds)) !=
           0 ||
@@ -194,11 +283,14 @@ UVIP_EXPORT int uvip_handoff_serve(uv_loop_t *loop,
   memcpy(h->servers, servers, n * sizeof(*servers));
   h->nservers = n;
   h->loop = loop;
+  h->move_chan = -1;
   h->cb = cb;
   strcpy(h->path, path);
   uv_pipe_init(loop, &h->listener, 0);
   h->listener.data = h;
-  h->handles_open = 1;
+  uv_timer_init(loop, &h->probation);
+  h->probation.data = h;
+  h->handles_open = 2;
   /* A socket file left by an earlier run is replaced; anything else at
    * that path makes bind fail. */
   {
@@ -239,6 +331,7 @@ UVIP_EXPORT int uvip_handoff_serve(uv_loop_t *loop,
   if (r != 0) {
     h->closing = true;
     uv_close((uv_handle_t *)&h->listener, on_handle_closed);
+    uv_close((uv_handle_t *)&h->probation, on_handle_closed);
     return r;
   }
   *out = h;
@@ -252,6 +345,12 @@ UVIP_EXPORT int uvip_handoff_close(uvip_handoff_t *h,
     return UV_EALREADY;
   h->closing = true;
   h->close_cb = cb;
+  if (h->probing) {
+    /* Nobody would end the hold: accept again. */
+    h->probing = NULL;
+    hold_all(h, false);
+  }
+  uv_close((uv_handle_t *)&h->probation, on_handle_closed);
   {
     /* A newer process may have put its own socket there since. */
     struct stat st;
@@ -388,4 +487,35 @@ UVIP_EXPORT int uvip_handoff_ready(int conn) {
   w = w == 1 ? 0 : -errno;
   close(conn);
   return (int)w;
+}
+
+UVIP_EXPORT int uvip_handoff_ready_keep(int conn) {
+  ssize_t w;
+  UVIP_CHECK_ARG(conn < 0);
+  do
+    w = send(conn, "K", 1, MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  return w == 1 ? 0 : -errno;
+}
+
+UVIP_EXPORT int uvip_handoff_probation(uvip_handoff_t *h,
+                                       uint64_t probation_ms,
+                                       uvip_handoff_probation_cb began) {
+  UVIP_CHECK_ARG(h == NULL);
+  if (h->closing || h->probing)
+    return UV_EBUSY;
+  h->probation_ms = probation_ms;
+  h->probation_cb = began;
+  return 0;
+}
+
+UVIP_EXPORT int uvip_handoff_mover(uvip_handoff_t *h, uvip_upgrade_t **out) {
+  int r;
+  UVIP_CHECK_ARG(h == NULL || out == NULL);
+  if (h->closing || h->move_chan < 0)
+    return UV_ENOTCONN;
+  if ((r = uvip__upgrade_channel(h->loop, h->move_chan, out)) != 0)
+    return r;
+  h->move_chan = -1; /* the upgrade object's now */
+  return 0;
 }

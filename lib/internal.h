@@ -158,6 +158,8 @@ struct uvip_server_s {
    * chain that still uses the server) runs the server's close callback and
    * frees it: uvip__server_finish(). */
   bool listening, stopped, closing, finishing;
+  /* uvip_server_hold(): not accepting, listening sockets kept open. */
+  bool held;
   int handles_open;     /* scheduler handles closing */
   size_t draining_vips; /* removed VIPs whose drain has not finished */
 };
@@ -194,6 +196,9 @@ void uvip__sched_remove(uvip_server_t *server, uvip_vip_t *vip);
 void uvip__sched_slot_freed(uvip_server_t *server, uvip_vip_t *vip);
 /* Re-evaluates whether to accept (e.g. a worker has room again). */
 void uvip__sched_kick(uvip_server_t *server);
+/* Puts every listening VIP in the ready ring and kicks (accepting again
+ * after uvip_server_hold()). */
+void uvip__sched_rearm(uvip_server_t *server);
 /* References the keep-alive handle while the server listens. */
 void uvip__sched_keepalive(uvip_server_t *server, bool on);
 /* Closes the scheduler's handles; uvip__server_finish() follows from the

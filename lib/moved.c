@@ -121,26 +121,16 @@ static void on_readable(uv_poll_t *p, int status, int events) {
     stop(m, r);
 }
 
-UVIP_EXPORT int uvip_moved_start(uvip_server_t *s, uvip_moved_cb cb,
-                                 uvip_moved_end_cb end, uvip_moved_t **out) {
-  const char *e = getenv("UVIP_HANDOFF_FD");
+/* Receives on fd (taken on success). */
+static int start_on(uvip_server_t *s, int fd, uvip_moved_cb cb,
+                    uvip_moved_end_cb end, uvip_moved_t **out) {
   uvip_moved_t *m;
-  char *endp;
-  long fd;
   int r;
-  UVIP_CHECK_ARG(s == NULL || cb == NULL || out == NULL);
-  *out = NULL;
-  if (!e)
-    return 0;
-  fd = strtol(e, &endp, 10);
-  if (*endp || fd < 3 || fd > 1 << 24 || fcntl((int)fd, F_GETFD) < 0)
-    return UV_EBADF;
   if (!(m = calloc(1, sizeof(*m))))
     return UV_ENOMEM;
-  unsetenv("UVIP_HANDOFF_FD");
-  fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
   m->server = s;
-  m->fd = (int)fd;
+  m->fd = fd;
   m->cb = cb;
   m->end = end;
   if ((r = uv_poll_init(s->loop, &m->poll, m->fd)) != 0) {
@@ -151,6 +141,34 @@ UVIP_EXPORT int uvip_moved_start(uvip_server_t *s, uvip_moved_cb cb,
   uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_readable);
   *out = m;
   return 0;
+}
+
+UVIP_EXPORT int uvip_moved_start(uvip_server_t *s, uvip_moved_cb cb,
+                                 uvip_moved_end_cb end, uvip_moved_t **out) {
+  const char *e = getenv("UVIP_HANDOFF_FD");
+  char *endp;
+  long fd;
+  int r;
+  UVIP_CHECK_ARG(s == NULL || cb == NULL || out == NULL);
+  *out = NULL;
+  if (!e)
+    return 0;
+  fd = strtol(e, &endp, 10);
+  if (*endp || fd < 3 || fd > 1 << 24 || fcntl((int)fd, F_GETFD) < 0)
+    return UV_EBADF;
+  if ((r = start_on(s, (int)fd, cb, end, out)) == 0)
+    unsetenv("UVIP_HANDOFF_FD");
+  return r;
+}
+
+UVIP_EXPORT int uvip_moved_start_fd(uvip_server_t *s, int fd,
+                                    uvip_moved_cb cb, uvip_moved_end_cb end,
+                                    uvip_moved_t **out) {
+  UVIP_CHECK_ARG(s == NULL || cb == NULL || out == NULL);
+  *out = NULL;
+  if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+    return UV_EBADF;
+  return start_on(s, fd, cb, end, out);
 }
 
 UVIP_EXPORT size_t uvip_moved_dropped(const uvip_moved_t *m) {

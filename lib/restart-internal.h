@@ -41,6 +41,14 @@ struct uvip_upgrade_s {
   unsigned char msg[8]; /* 'R', or 'E' and the exec errno */
   size_t nmsg;
 
+  /* Probation (probation.c): after 'R', the servers are held, not stopped,
+   * until probation_ms pass with the new generation alive. */
+  uvip_server_t **servers; /* those passed to uvip_upgrade_start() */
+  size_t nservers;
+  uint64_t probation_ms;
+  uvip_upgrade_probation_cb probation_cb;
+  bool on_probation;
+
   /* Hand-over in progress (handover.c). */
   uvip_server_t *ho_server;
   uvip_handover_done_cb ho_done;
@@ -60,6 +68,25 @@ int uvip__collect_listeners(uvip_server_t *const *servers, size_t n,
 #define UVIP__FDS_PER_MSG 200 /* under the kernel's SCM_MAX_FD (253) */
 ssize_t uvip__send_fds(int sock, struct iovec *iov, size_t iovcnt,
                        const int *fds, size_t n);
+
+/* upgrade.c: the upgrade's callback, once (later calls do nothing). */
+void uvip__upgrade_report(uvip_upgrade_t *u, int status, const char *why);
+
+/* probation.c: on 'R', starts the probation (true) or not (false: none was
+ * asked for); the new generation exited during it (st from waitpid());
+ * the upgrade closes during it. */
+bool uvip__probation_begin(uvip_upgrade_t *u);
+void uvip__probation_failed(uvip_upgrade_t *u, int st);
+void uvip__probation_cancel(uvip_upgrade_t *u);
+
+/* handoff-move.c: makes the channel for moving connections and sends one
+ * end over the hand-off connection conn; returns our end, or -1. */
+int uvip__handoff_send_channel(int conn);
+
+/* upgrade.c: an upgrade object with no new generation of its own, only the
+ * channel chan (taken), for uvip_upgrade_handover() and
+ * uvip_upgrade_close(). */
+int uvip__upgrade_channel(uv_loop_t *loop, int chan, uvip_upgrade_t **out);
 
 /* handover.c: ends a hand-over in progress (the upgrade closes). */
 void uvip__handover_abort(uvip_upgrade_t *u);

@@ -96,7 +96,8 @@ static bool vip_capped(const uvip_server_t *s, const uvip_vip_t *v) {
 }
 
 static bool can_accept(const uvip_server_t *s) {
-  return s->listening && !s->stopped && !s->backing_off && !global_capped(s);
+  return s->listening && !s->stopped && !s->held && !s->backing_off &&
+         !global_capped(s);
 }
 
 static void on_epoll(uv_poll_t *handle, int status, int events);
@@ -274,8 +275,9 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
     v->stats.active++;
     s->active++;
     s->connection_cb(s, c);
-    /* The callback may have stopped the server or removed this VIP. */
-    if (s->stopped)
+    /* The callback may have stopped or held the server or removed this
+     * VIP. */
+    if (s->stopped || s->held)
       return ACC_STOP;
     if (v->state != UVIP_VIP_LISTENING)
       return ACC_DRAINED;
@@ -345,6 +347,18 @@ void uvip__sched_slot_freed(uvip_server_t *s, uvip_vip_t *v) {
 void uvip__sched_kick(uvip_server_t *s) {
   if (s->listening && !s->stopped)
     kick(s);
+}
+
+void uvip__sched_rearm(uvip_server_t *s) {
+  if (!s->listening || s->stopped)
+    return;
+  /* Each listener is tried once: an edge collected (or spent by another
+   * process sharing the socket) while we were not accepting must not leave
+   * a queued connection waiting for the next new one. accept4()'s EAGAIN
+   * takes those with nothing queued off the ring again. */
+  for (size_t i = 0; i < s->nvips; i++)
+    mark_ready(s, s->vips[i]);
+  kick(s);
 }
 
 static void on_keepalive(uv_async_t *handle) { (void)handle; }

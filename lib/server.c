@@ -519,3 +519,26 @@ UVIP_EXPORT int uvip_vip_resume(uvip_vip_t *v) {
 UVIP_EXPORT int uvip_server_is_listening(const uvip_server_t *s) {
   return s && s->listening && !s->stopped && !s->closing;
 }
+
+UVIP_EXPORT int uvip_server_hold(uvip_server_t *s) {
+  UVIP_CHECK_ARG(s == NULL || !uvip_server_is_listening(s));
+  /* Nothing is closed: the sockets' queues go on filling, for whichever
+   * process shares them, or for this one once it accepts again. */
+  s->held = true;
+  uvip__sched_kick(s);
+  return 0;
+}
+
+UVIP_EXPORT int uvip_server_unhold(uvip_server_t *s) {
+  UVIP_CHECK_ARG(s == NULL);
+  if (!s->held)
+    return 0;
+  s->held = false;
+  /* Stopped or closing meanwhile: nothing left to accept on. */
+  uvip__sched_rearm(s);
+  return 0;
+}
+
+UVIP_EXPORT int uvip_server_is_held(const uvip_server_t *s) {
+  return s && s->held && uvip_server_is_listening(s);
+}

@@ -44,6 +44,10 @@ static void on_sigchld(uv_signal_t *h, int signum) {
    * libuv's uv_spawn(), which reaps its own). */
   if (u->pid <= 0 || waitpid(u->pid, &st, WNOHANG) != u->pid)
     return;
+  if (u->on_probation) {
+    uvip__probation_failed(u, st);
+    return;
+  }
   u->pid = 0;
   if (WIFEXITED(st))
     snprintf(why, sizeof(why),
@@ -86,6 +90,8 @@ static void on_ready_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   u->nmsg += (size_t)n;
   if (u->nmsg >= 1 && u->msg[0] == 'R') {
+    if (uvip__probation_begin(u))
+      return;
     u->is_ready = true;
     report(u, 0, "new generation ready");
   } else if (u->nmsg >= 1 + sizeof(int) && u->msg[0] == 'E') {
@@ -105,6 +111,7 @@ static void on_handle_closed(uv_handle_t *h) {
     return;
   if (u->close_cb)
     u->close_cb(u);
+  free(u->servers);
   free(u);
 }
 
@@ -305,6 +312,13 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
     return r;
   }
   env = make_env(nfds, 3 + (int)nfds, &pidvar);
+  /* Kept for the probation, which holds them. */
+  u->servers = env ? malloc(n * sizeof(*u->servers)) : NULL;
+  if (!u->servers) {
+    if (env)
+      free_env(env);
+    env = NULL;
+  }
   if (!env) {
     close(p[0]);
     close(p[1]);
@@ -314,6 +328,8 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
     free(u);
     return UV_ENOMEM;
   }
+  memcpy(u->servers, servers, n * sizeof(*servers));
+  u->nservers = n;
   u->loop = loop;
   u->cb = cb;
   u->timeout_ms = timeout_ms;
@@ -370,10 +386,12 @@ UVIP_EXPORT int uvip_upgrade_close(uvip_upgrade_t *u, uvip_upgrade_close_cb cb) 
     return UV_EALREADY;
   u->closing = true;
   u->close_cb = cb;
-  if (!u->is_ready && u->pid > 0)
+  if (!u->is_ready && !u->on_probation && u->pid > 0)
     /* Not ready: it never served and must not start now. Its exit can no
      * longer be waited for on the loop; SIGKILL makes it short. */
     kill(u->pid, SIGKILL);
+  /* On probation it serves already: it runs on, and so does this one. */
+  uvip__probation_cancel(u);
   report(u, UV_ECANCELED, "upgrade closed before the new generation was ready");
   /* Connections still queued for moving stay here (and can be read and
    * closed again); done runs for them now. */
@@ -398,4 +416,37 @@ UVIP_EXPORT int uvip_upgrade_ready(void) {
   while (w < 0 && errno == EINTR);
   close((int)fd);
   return w == 1 ? 0 : -errno;
+}
+
+void uvip__upgrade_report(uvip_upgrade_t *u, int status, const char *why) {
+  report(u, status, why);
+}
+
+int uvip__upgrade_channel(uv_loop_t *loop, int chan, uvip_upgrade_t **out) {
+  uvip_upgrade_t *u = calloc(1, sizeof(*u));
+  int r;
+  if (!u)
+    return UV_ENOMEM;
+  u->loop = loop;
+  /* Ready, and nothing will be reported: the hand-over and the close are
+   * all it is for. The handles exist so that the one close path holds. */
+  u->is_ready = true;
+  u->reported = true;
+  uv_pipe_init(loop, &u->ready, 0);
+  uv_timer_init(loop, &u->timer);
+  uv_signal_init(loop, &u->sigchld);
+  u->ready.data = u->timer.data = u->sigchld.data = u->chan_poll.data = u;
+  if ((r = uv_poll_init(loop, &u->chan_poll, chan)) != 0) {
+    /* chan stays the caller's; the three handles close, callback-free. */
+    u->closing = true;
+    u->handles_closing = 3;
+    u->chan = -1;
+    uv_close((uv_handle_t *)&u->ready, on_handle_closed);
+    uv_close((uv_handle_t *)&u->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&u->sigchld, on_handle_closed);
+    return r;
+  }
+  u->chan = chan;
+  *out = u;
+  return 0;
 }

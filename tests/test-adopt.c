@@ -414,6 +414,83 @@ START_TEST(test_echo_foreign_listen_pid) {
 }
 END_TEST
 
+/* A new generation (socket-activated) passed a descriptor that is not a
+ * listening TCP socket: uvip_server_listen() says which one and why, takes
+ * none (both stay open, the good listener too: the queue on it is not
+ * lost) and binds nothing in their place (no address open twice). */
+static int child_activation_bad(int want, const char *why) {
+  uv_loop_t loop;
+  uvip_server_options_t o;
+  uvip_server_t *s;
+  char err[256] = "";
+  uvip_addrs_t *a;
+  const char *port = getenv("TEST_PORT");
+  if (!port || uvip_addrs_new(&a) != 0 ||
+      uvip_addrs_parse(a, "127.0.0.1", atoi(port), err, sizeof(err)) != 0)
+    return 50;
+  uv_loop_init(&loop);
+  uvip_server_options_init(&o);
+  o.flags = UVIP_SOCKET_ACTIVATION;
+  if (uvip_server_new(&loop, a, &o, &s) != 0)
+    return 51;
+  uvip_addrs_free(a);
+  if (uvip_server_listen(s, on_conn, err, sizeof(err)) != want)
+    return 52;
+  if (!strstr(err, "inherited descriptor 4: ") || !strstr(err, why))
+    return 53;
+  if (!fd_open(3) || !fd_open(4))
+    return 54;
+  if (uvip_server_is_listening(s) != 0 ||
+      uvip_vip_state(uvip_server_vip(s, 0)) != UVIP_VIP_IDLE ||
+      uvip_vip_adopted(uvip_server_vip(s, 0)) != 0)
+    return 55;
+  return 0;
+}
+static int child_activation_pipe(void) {
+  return child_activation_bad(UV_ENOTSOCK, "not a socket");
+}
+static int child_activation_udp(void) {
+  return child_activation_bad(UV_EPROTOTYPE, "not a stream");
+}
+
+START_TEST(test_activation_bad_descriptors) {
+  int port = th_free_port(), p[2], ls[2];
+  char buf[16];
+  ck_assert_int_eq(pipe(p), 0);
+  ls[0] = listener("127.0.0.1", port);
+  snprintf(buf, sizeof(buf), "%d", port);
+  setenv("TEST_PORT", buf, 1);
+  ls[1] = p[0];
+  ck_assert_int_eq(in_activated_child(ls, 2, NULL, child_activation_pipe), 0);
+  ls[1] = socket(AF_INET, SOCK_DGRAM, 0);
+  ck_assert_int_eq(in_activated_child(ls, 2, NULL, child_activation_udp), 0);
+  close(ls[0]);
+  close(ls[1]);
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+/* uvip-echo started (as an upgrade would start it) with a passed descriptor
+ * that is not a socket says so and exits 1: an upgrading old generation
+ * then hears "exited before it was ready" and keeps serving. */
+START_TEST(test_echo_activation_not_a_socket) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char cmd[1024], *outp;
+  ck_assert_ptr_nonnull(bdir);
+  snprintf(cmd, sizeof(cmd),
+           "sh -c 'LISTEN_FDS=1 LISTEN_PID=$$ exec %s/examples/uvip-echo "
+           "--listen 127.0.0.1 --port %d 3</dev/null' 2>&1; echo \"exit=$?\"",
+           bdir, th_free_port());
+  outp = th_cmd_output(cmd);
+  ck_assert_ptr_nonnull(outp);
+  ck_assert_msg(strstr(outp, "inherited descriptor 3: not a socket") &&
+                    strstr(outp, "exit=1"),
+                "%s", outp);
+  free(outp);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("adopt");
   TCase *tc = tcase_create("adopt");
@@ -424,6 +501,8 @@ int main(void) {
   tcase_add_test(tc, test_listen_fds);
   tcase_add_test(tc, test_systemd_socket_activate);
   tcase_add_test(tc, test_echo_foreign_listen_pid);
+  tcase_add_test(tc, test_activation_bad_descriptors);
+  tcase_add_test(tc, test_echo_activation_not_a_socket);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

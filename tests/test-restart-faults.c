@@ -6,6 +6,7 @@
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -354,6 +355,85 @@ START_TEST(test_handoff_send_fails) {
 }
 END_TEST
 
+/* The channel for moving connections to an independent new process cannot
+ * be made (socketpair() fails) or sent (sendmsg() fails): the take-over
+ * still succeeds, only nothing can move (uvip_handoff_mover():
+ * UV_ENOTCONN), and the new process sees its connection end without a
+ * channel. */
+static int keeper(const char *path, int told, int go) {
+  int got[4], conn, chan;
+  size_t n = 0;
+  char b;
+  if (uvip_handoff_fetch(path, 5000, got, 4, &n, &conn, NULL, 0) != 0)
+    return 1;
+  if (write(told, "f", 1) != 1 || read(go, &b, 1) != 1 ||
+      uvip_handoff_ready_keep(conn) != 0)
+    return 2;
+  /* Blocking is fine here: one connection, nothing else to do. */
+  for (;;) {
+    struct pollfd p = {conn, POLLIN, 0};
+    int r;
+    if (poll(&p, 1, 10000) != 1) /* a bound, not a synchronisation */
+      return 4;
+    r = uvip_handoff_channel(conn, &chan);
+    if (r == UV_EOF)
+      return 0;
+    if (r != UV_EAGAIN)
+      return 3;
+  }
+}
+
+START_TEST(test_handoff_channel_faults) {
+  int fds[1], told[2], go[2];
+  char path[64], x;
+  uvip_handoff_t *h;
+  uvip_upgrade_t *u;
+  setup(0, fds);
+  snprintf(path, sizeof(path), "/tmp/uvip-rf-ch-%d.sock", getpid());
+  ck_assert_int_eq(uvip_handoff_serve(&G.loop, &G.s, 1, path, on_taken, &h),
+                   0);
+  for (int round = 0; round < 2; round++) {
+    pid_t pid;
+    int st;
+    ho_reports = 0;
+    ck_assert_int_eq(pipe2(told, O_NONBLOCK), 0);
+    ck_assert_int_eq(pipe(go), 0);
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0)
+      _exit(keeper(path, told[1], go[0]));
+    /* Armed once the listeners went out, before it says ready. */
+    for (long i = 0; read(told[0], &x, 1) != 1 && i < 100000000; i++)
+      uv_run(&G.loop, UV_RUN_NOWAIT);
+    if (round == 0) {
+      f_socketpair.n = 1;
+      f_socketpair.err = EMFILE;
+    } else {
+      f_sendmsg.n = 1;
+      f_sendmsg.err = ENOBUFS;
+    }
+    ck_assert_int_eq(write(go[1], "g", 1), 1);
+    for (int i = 0; ho_reports == 0 && i < 100000; i++)
+      uv_run(&G.loop, UV_RUN_ONCE);
+    ck_assert_int_eq(ho_status, 0);
+    ck_assert_int_eq(f_socketpair.n + f_sendmsg.n, 0); /* the fault ran */
+    ck_assert_int_eq(uvip_handoff_mover(h, &u), UV_ENOTCONN);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d: %d",
+                  round, st);
+    for (int i = 0; i < 2; i++) {
+      close(told[i]);
+      close(go[i]);
+    }
+  }
+  ck_assert_int_eq(uvip_handoff_close(h, ho_closed), 0);
+  for (int i = 0; !G.closed && i < 1000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  G.closed = false;
+  teardown();
+}
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 3 && !strcmp(argv[1], "gen2"))
@@ -369,6 +449,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_handover_channel_full);
   tcase_add_test(tc, test_handover_channel_broken);
   tcase_add_test(tc, test_handoff_send_fails);
+  tcase_add_test(tc, test_handoff_channel_faults);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -153,6 +154,13 @@ static int gen2(const char *mode, const char *port, const char *quota) {
   }
   if (uvip_upgrade_ready() != 0 || getenv("UVIP_READY_FD"))
     return 15;
+  if (!strcmp(mode, "crash")) {
+    /* Ready, but never accepts: exits 5 when the test writes to the pipe
+     * (its descriptor in place of the quota). Whatever queued meanwhile is
+     * the old generation's to serve. */
+    char b;
+    return read(atoi(quota), &b, 1) == 1 ? 5 : 6;
+  }
   uv_run(loop, UV_RUN_DEFAULT);
   if (!strcmp(mode, "move") && moved_ends != 1)
     return 18;
@@ -803,11 +811,12 @@ static pid_t spawn_echo(const char *portstr, const char *sock, FILE **out) {
 }
 
 /* An independent second uvip-echo takes the listeners of the running one
- * over --handoff-socket: the first stops accepting, drains (its deadline
- * closes the long-lived connection) and exits 0; the second serves. The
- * first's exit leaves the second's socket file in place. */
+ * over --handoff-socket: after the probation the first stops accepting,
+ * moves its idle long-lived connection to the second and exits 0; the
+ * second serves both. The first's exit leaves the second's socket file in
+ * place. */
 START_TEST(test_echo_handoff_socket) {
-  char portstr[16], sock[64], loga[8192] = "", logb[8192] = "", b[8];
+  char portstr[16], sock[64], loga[8192] = "", logb[8192] = "";
   int port = th_free_port(), l, c, st;
   struct sockaddr_storage sa;
   pid_t a, bpid;
@@ -828,12 +837,11 @@ START_TEST(test_echo_handoff_socket) {
   ck_assert_msg(strstr(logb, "127.0.0.1:") && strstr(logb, "(adopted)"), "%s",
                 logb);
   th_read_until(oa, "a new process took the listeners", loga, sizeof(loga));
-  /* The first one's deadline closes the long-lived connection. */
-  {
-    struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
-    setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ck_assert_int_eq(read(l, b, sizeof(b)), 0);
-  }
+  /* The idle long-lived connection moves to the second one, over a channel
+   * sent on the hand-off connection, and goes on echoing there. */
+  th_read_until(oa, "moved 1 connections, 0 drain here", loga, sizeof(loga));
+  th_read_until(ob, "received 1 connections", logb, sizeof(logb));
+  echo_roundtrip(l, "moved");
   th_read_until(oa, "bye", loga, sizeof(loga));
   ck_assert_int_eq(waitpid(a, &st, 0), a);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", loga);
@@ -927,6 +935,412 @@ START_TEST(test_http_sigusr2) {
 }
 END_TEST
 
+/* ---- Probation ---- */
+
+/* The read end of a pipe for a "crash" new generation, out of the way of
+ * the descriptors the upgrade puts at 3..; *w is the end that lets it go. */
+static int crash_pipe(int *w) {
+  int p[2], r;
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  r = fcntl(p[0], F_DUPFD, 100); /* without FD_CLOEXEC: it crosses exec */
+  ck_assert_int_ge(r, 100);
+  close(p[0]);
+  *w = p[1];
+  return r;
+}
+
+static int began;
+static void on_began(uvip_upgrade_t *u) {
+  ck_assert_ptr_eq(u, G.u);
+  /* Held from here on; nothing reported yet. */
+  ck_assert_int_eq(uvip_server_is_held(G.s), 1);
+  ck_assert_int_eq(G.reports, 0);
+  began++;
+}
+
+static void run_until_held(void) {
+  for (int i = 0; !uvip_server_is_held(G.s) && G.reports == 0 && i < 100000;
+       i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_msg(uvip_server_is_held(G.s), "not held: %s", G.why);
+}
+
+static void run_until_accepted(int n) {
+  for (int i = 0; G.accepted < n && i < 100000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.accepted, n);
+}
+
+/* Closed by the old generation's old_conn: an orderly end, not a reset. */
+static void expect_closed(int fd) {
+  char b[4];
+  struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ck_assert_int_eq(read(fd, b, sizeof(b)), 0);
+}
+
+/* The new generation says ready and exits during its probation: the old
+ * one, which held its listening sockets instead of closing them, accepts
+ * again, first the connection queued while nobody accepted, then new ones;
+ * the callback says which generation exited, how, and that it serves. */
+START_TEST(test_upgrade_probation_crash) {
+  int port = old_start("127.0.0.1-127.0.0.2", th_free_port()), w, r, c1, c2;
+  char ports[16], fdarg[16], want[96];
+  struct sockaddr_storage sa;
+  pid_t pid;
+  int fd0 = uvip_vip_fd(uvip_server_vip(G.s, 0));
+  int fd1 = uvip_vip_fd(uvip_server_vip(G.s, 1));
+  r = crash_pipe(&w);
+  snprintf(ports, sizeof(ports), "%d", port);
+  snprintf(fdarg, sizeof(fdarg), "%d", r);
+  char *argv[] = {self, "gen2", "crash", ports, fdarg, NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      on_upgrade, &G.u),
+                   0);
+  close(r);
+  began = 0;
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 600000, on_began), 0);
+  pid = uvip_upgrade_pid(G.u);
+  run_until_held();
+  ck_assert_int_eq(began, 1);
+  ck_assert_int_eq(G.reports, 0);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  /* Too late to change once it said ready. */
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 1, NULL), UV_EBUSY);
+  /* Queued: this one holds, the new one never accepts. */
+  th_addr("127.0.0.1", port, &sa);
+  c1 = th_connect((struct sockaddr *)&sa, NULL);
+  for (int i = 0; i < 10; i++)
+    uv_run(&G.loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(G.accepted, 0);
+  ck_assert_int_eq(write(w, "x", 1), 1); /* it exits 5 */
+  run_until_reported();
+  ck_assert_msg(G.status == UV_ESRCH, "%s: %s", uv_err_name(G.status), G.why);
+  snprintf(want, sizeof(want),
+           "generation %d exited with status 5 after ready; serving again",
+           (int)pid);
+  ck_assert_msg(!strcmp(G.why, want), "'%s', want '%s'", G.why, want);
+  ck_assert_int_eq(uvip_upgrade_pid(G.u), 0);
+  /* The very sockets it had: none closed, none bound anew. */
+  ck_assert_int_eq(uvip_vip_fd(uvip_server_vip(G.s, 0)), fd0);
+  ck_assert_int_eq(uvip_vip_fd(uvip_server_vip(G.s, 1)), fd1);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 0);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  run_until_accepted(1);
+  expect_closed(c1);
+  c2 = th_connect((struct sockaddr *)&sa, NULL);
+  run_until_accepted(2);
+  expect_closed(c2);
+  close_upgrade();
+  ck_assert_int_eq(G.reports, 1); /* nothing more on close */
+  old_finish();
+  close(c1);
+  close(c2);
+  close(w);
+}
+END_TEST
+
+/* A new generation that lives through its probation: meanwhile it alone
+ * accepts (this one holds), then the callback says 0 and this one stops. */
+START_TEST(test_upgrade_probation_passes) {
+  int port = old_start("127.0.0.1-127.0.0.2", th_free_port()), c1, c2, st;
+  char ports[16];
+  struct sockaddr_storage sa;
+  pid_t pid;
+  snprintf(ports, sizeof(ports), "%d", port);
+  char *argv[] = {self, "gen2", "serve", ports, "2", NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      on_upgrade, &G.u),
+                   0);
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 50, NULL), 0);
+  pid = uvip_upgrade_pid(G.u);
+  run_until_held();
+  th_addr("127.0.0.2", port, &sa);
+  c1 = th_connect((struct sockaddr *)&sa, NULL);
+  expect_reply(c1, "gen2");
+  run_until_reported();
+  ck_assert_msg(G.status == 0, "%s", G.why);
+  ck_assert_msg(strstr(G.why, "through its 50 ms probation"), "%s", G.why);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 0);
+  c2 = th_connect((struct sockaddr *)&sa, NULL);
+  expect_reply(c2, "gen2");
+  ck_assert_int_eq(G.accepted, 0);
+  close_upgrade();
+  old_finish();
+  st = reap(pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen2 status %d", st);
+  close(c1);
+  close(c2);
+}
+END_TEST
+
+/* Closing the upgrade during the probation: the old generation accepts
+ * again, the new one (ready, serving) is left running. */
+START_TEST(test_upgrade_probation_closed) {
+  int port = old_start("127.0.0.1-127.0.0.2", th_free_port()), w, r, c, st;
+  char ports[16], fdarg[16];
+  struct sockaddr_storage sa;
+  pid_t pid;
+  r = crash_pipe(&w);
+  snprintf(ports, sizeof(ports), "%d", port);
+  snprintf(fdarg, sizeof(fdarg), "%d", r);
+  char *argv[] = {self, "gen2", "crash", ports, fdarg, NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      on_upgrade, &G.u),
+                   0);
+  close(r);
+  ck_assert_int_eq(uvip_upgrade_probation(NULL, 1, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_upgrade_probation(G.u, 600000, NULL), 0);
+  pid = uvip_upgrade_pid(G.u);
+  run_until_held();
+  close_upgrade();
+  ck_assert_int_eq(G.reports, 1);
+  ck_assert_int_eq(G.status, UV_ECANCELED);
+  ck_assert_msg(strstr(G.why, "probation; serving again"), "%s", G.why);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 0);
+  ck_assert_int_eq(kill(pid, 0), 0); /* not killed */
+  th_addr("127.0.0.1", port, &sa);
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  run_until_accepted(1);
+  expect_closed(c);
+  ck_assert_int_eq(write(w, "x", 1), 1);
+  st = reap(pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 5);
+  old_finish();
+  close(c);
+  close(w);
+}
+END_TEST
+
+/* uvip_server_hold() keeps the sockets: what queues while held is accepted
+ * on uvip_server_unhold(); a hold from the connection callback ends the
+ * pass at once. */
+static void hold_conn(uvip_server_t *s, uvip_conn_t *c) {
+  G.accepted++;
+  uvip_conn_close(c, NULL);
+  ck_assert_int_eq(uvip_server_hold(s), 0);
+}
+
+START_TEST(test_server_hold) {
+  int port = old_start("127.0.0.1", th_free_port()), c[3], fd;
+  uvip_server_t *s2;
+  struct sockaddr_storage sa;
+  uvip_vip_t *v = uvip_server_vip(G.s, 0);
+  ck_assert_int_eq(uvip_server_hold(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_unhold(NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_server_is_held(NULL), 0);
+  ck_assert_int_eq(uvip_server_unhold(G.s), 0); /* not held: nothing */
+  fd = uvip_vip_fd(v);
+  ck_assert_int_eq(uvip_server_hold(G.s), 0);
+  ck_assert_int_eq(uvip_server_hold(G.s), 0);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 1);
+  ck_assert_int_eq(uvip_server_is_listening(G.s), 1);
+  ck_assert_int_eq(uvip_vip_state(v), UVIP_VIP_LISTENING);
+  ck_assert_int_eq(uvip_vip_fd(v), fd);
+  th_addr("127.0.0.1", port, &sa);
+  for (int i = 0; i < 3; i++)
+    c[i] = th_connect((struct sockaddr *)&sa, NULL);
+  for (int i = 0; i < 10; i++)
+    uv_run(&G.loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(G.accepted, 0);
+  ck_assert_int_eq(uvip_server_unhold(G.s), 0);
+  ck_assert_int_eq(uvip_server_is_held(G.s), 0);
+  run_until_accepted(3);
+  for (int i = 0; i < 3; i++) {
+    expect_closed(c[i]);
+    close(c[i]);
+  }
+  ck_assert_int_eq(uvip_server_stop(G.s), 0);
+  ck_assert_int_eq(uvip_server_hold(G.s), UV_EINVAL); /* nothing to hold */
+  old_finish();
+
+  /* Held from the callback: one of the three queued, then no more. */
+  old_start("127.0.0.1", th_free_port());
+  port = th_free_port();
+  {
+    uvip_addrs_t *a = th_addrs("127.0.0.1", port);
+    ck_assert_int_eq(uvip_server_new(&G.loop, a, NULL, &s2), 0);
+    uvip_addrs_free(a);
+    ck_assert_int_eq(uvip_server_hold(s2), UV_EINVAL); /* not listening */
+    ck_assert_int_eq(uvip_server_listen(s2, hold_conn, NULL, 0), 0);
+  }
+  th_addr("127.0.0.1", port, &sa);
+  for (int i = 0; i < 3; i++)
+    c[i] = th_connect((struct sockaddr *)&sa, NULL);
+  run_until_accepted(1);
+  for (int i = 0; i < 10; i++)
+    uv_run(&G.loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(G.accepted, 1);
+  ck_assert_int_eq(uvip_server_is_held(s2), 1);
+  ck_assert_int_eq(uvip_server_unhold(s2), 0);
+  /* One per pass now, each callback holding again. */
+  for (int k = 2; k <= 3; k++) {
+    run_until_accepted(k);
+    ck_assert_int_eq(uvip_server_unhold(s2), 0);
+  }
+  ck_assert_int_eq(uvip_server_stop(s2), 0);
+  ck_assert_int_eq(uvip_server_is_held(s2), 0);
+  ck_assert_int_eq(uvip_server_unhold(s2), 0);
+  ck_assert_int_eq(uvip_server_close(s2, NULL), 0);
+  old_finish();
+  for (int i = 0; i < 3; i++)
+    close(c[i]);
+}
+END_TEST
+
+/* The pid in the last "upgrade: generation N ready" line of log. */
+static pid_t logged_generation(const char *log) {
+  const char *p = NULL, *q = log;
+  int pid = 0;
+  while ((q = strstr(q, "upgrade: generation ")))
+    p = q++;
+  ck_assert_ptr_nonnull(p);
+  ck_assert_int_eq(sscanf(p, "upgrade: generation %d", &pid), 1);
+  return pid;
+}
+
+/* uvip-echo's new generation is killed during its probation: the old one
+ * says so, serves again on the same listeners (new connections and the
+ * long-lived one it kept: connections move only after the probation), and
+ * the pid file names it again. Meanwhile the new generation refused to be
+ * upgraded itself. */
+START_TEST(test_echo_probation_crash) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512], portstr[16], pidf[64], log[16384] = "", want[128];
+  int port = th_free_port(), pfd[2], l, c, st;
+  struct sockaddr_storage sa;
+  pid_t first, second;
+  FILE *out;
+  ck_assert_ptr_nonnull(bdir);
+  ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(pidf, sizeof(pidf), "/tmp/uvip-test-probation-%d.pid", getpid());
+  ck_assert_int_eq(pipe(pfd), 0);
+  first = fork();
+  ck_assert_int_ge(first, 0);
+  if (first == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--pid-file", pidf, "--upgrade-probation-ms", "600000", (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  out = fdopen(pfd[0], "r");
+  th_read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
+  th_addr("127.0.0.1", port, &sa);
+  l = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(l, "one");
+
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  th_read_until(out, "on probation for 600000 ms, not accepting here", log,
+                sizeof(log));
+  second = logged_generation(log);
+  ck_assert_int_ne(second, first);
+  /* Upgrading it now would leave two generations behind it. */
+  ck_assert_int_eq(kill(second, SIGUSR2), 0);
+  th_read_until(out, "not now: the previous generation has this one on "
+                "probation", log, sizeof(log));
+  ck_assert_int_eq(kill(second, SIGKILL), 0);
+  snprintf(want, sizeof(want),
+           "generation %d was killed by signal 9 after ready; serving again",
+           (int)second);
+  th_read_until(out, want, log, sizeof(log));
+  echo_roundtrip(l, "two");
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(c, "new");
+  close(c);
+  ck_assert_int_eq(read_pid_file(pidf), first);
+  close(l);
+  ck_assert_int_eq(kill(first, SIGTERM), 0);
+  th_read_until(out, "bye", log, sizeof(log));
+  ck_assert_int_eq(waitpid(first, &st, 0), first);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(pidf);
+}
+END_TEST
+
+static pid_t spawn_echo_probation(const char *portstr, const char *sock,
+                                  FILE **out) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512];
+  int pfd[2];
+  pid_t pid;
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  ck_assert_int_eq(pipe(pfd), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--handoff-socket", sock, "--upgrade-probation-ms", "600000",
+          (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  *out = fdopen(pfd[0], "r");
+  return pid;
+}
+
+/* Over --handoff-socket: the new process is killed during its probation;
+ * the running one serves again and serves the hand-off path again, so the
+ * next process takes the listeners from it. */
+START_TEST(test_echo_handoff_probation_crash) {
+  char portstr[16], sock[64], loga[16384] = "", logb[8192] = "",
+                              logc[8192] = "";
+  int port = th_free_port(), l, c, st;
+  struct sockaddr_storage sa;
+  pid_t a, b, cpid;
+  FILE *oa, *ob, *oc;
+  ck_assert_ptr_nonnull(getenv("UVIP_BUILD_DIR"));
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(sock, sizeof(sock), "/tmp/uvip-test-hprob-%d.sock", getpid());
+  unlink(sock);
+  a = spawn_echo_probation(portstr, sock, &oa);
+  th_read_until(oa, "serving 2 of 2 VIPs", loga, sizeof(loga));
+  th_addr("127.0.0.1", port, &sa);
+  l = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(l, "one");
+
+  b = spawn_echo_probation(portstr, sock, &ob);
+  th_read_until(ob, "took 2 listeners", logb, sizeof(logb));
+  th_read_until(oa, "on probation for 600000 ms, not accepting here", loga,
+                sizeof(loga));
+  ck_assert_int_eq(kill(b, SIGUSR2), 0);
+  th_read_until(ob, "not now", logb, sizeof(logb));
+  ck_assert_int_eq(kill(b, SIGKILL), 0);
+  th_read_until(oa, "went away during its probation; serving again", loga,
+                sizeof(loga));
+  ck_assert_int_eq(waitpid(b, &st, 0), b);
+  echo_roundtrip(l, "two");
+  c = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(c, "new");
+  close(c);
+
+  /* The next one finds the first one at the path again. */
+  cpid = spawn_echo_probation(portstr, sock, &oc);
+  th_read_until(oc, "took 2 listeners", logc, sizeof(logc));
+  th_read_until(oa, "on probation for 600000 ms", loga, sizeof(loga));
+  ck_assert_int_eq(kill(cpid, SIGTERM), 0);
+  th_read_until(oc, "bye", logc, sizeof(logc));
+  ck_assert_int_eq(waitpid(cpid, &st, 0), cpid);
+  th_read_until(oa, "went away during its probation; serving again", loga,
+                sizeof(loga));
+  echo_roundtrip(l, "three");
+  close(l);
+  ck_assert_int_eq(kill(a, SIGTERM), 0);
+  th_read_until(oa, "bye", loga, sizeof(loga));
+  ck_assert_int_eq(waitpid(a, &st, 0), a);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", loga);
+  fclose(oa);
+  fclose(ob);
+  fclose(oc);
+}
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 5 && !strcmp(argv[1], "gen2"))
@@ -951,6 +1365,12 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_echo_sigusr2);
   tcase_add_test(tc, test_echo_handoff_socket);
   tcase_add_test(tc, test_http_sigusr2);
+  tcase_add_test(tc, test_upgrade_probation_crash);
+  tcase_add_test(tc, test_upgrade_probation_passes);
+  tcase_add_test(tc, test_upgrade_probation_closed);
+  tcase_add_test(tc, test_server_hold);
+  tcase_add_test(tc, test_echo_probation_crash);
+  tcase_add_test(tc, test_echo_handoff_probation_crash);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

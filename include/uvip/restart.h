@@ -104,6 +104,29 @@ int uvip_upgrade_close(uvip_upgrade_t *upgrade, uvip_upgrade_close_cb cb);
  * UVIP_READY_FD from the environment. */
 int uvip_upgrade_ready(void);
 
+/* Probation: without it, status 0 comes as soon as the new generation says
+ * ready, the old one stops (closing its copies of the listening sockets),
+ * and a new generation that crashes right after leaves the listeners with
+ * nobody. With probation_ms > 0 (call it after uvip_upgrade_start(), before
+ * the new generation says ready), readiness holds the servers passed to
+ * uvip_upgrade_start() instead (uvip_server_hold(): not accepting, sockets
+ * kept open, so the new generation takes every connection from the shared
+ * queues), and cb comes only when probation_ms have passed with the new
+ * generation alive: status 0, with the servers still held (stop them and
+ * hand over as without probation). If the new generation exits or is
+ * killed during the probation, the servers accept again (uvip_server_unhold(),
+ * connections queued meanwhile first) and cb says UV_ESRCH, why naming it:
+ * "generation PID exited with status S after ready; serving again".
+ * uvip_upgrade_close() during the probation also unholds them (cb:
+ * UV_ECANCELED) and leaves the new generation running. The servers must
+ * stay open while the upgrade is. 0 turns it off. Errors: UV_EINVAL,
+ * UV_EBUSY (the new generation said ready already, or the upgrade closes).
+ * began (may be NULL) runs when the probation begins (the servers are held
+ * from then on), for logs; it is not a last call. */
+typedef void (*uvip_upgrade_probation_cb)(uvip_upgrade_t *upgrade);
+int uvip_upgrade_probation(uvip_upgrade_t *upgrade, uint64_t probation_ms,
+                           uvip_upgrade_probation_cb began);
+
 /* ---- Moving idle connections to the new generation ---------------------- */
 
 /* What to do with one connection at hand-over time. */
@@ -166,6 +189,12 @@ typedef void (*uvip_moved_end_cb)(uvip_moved_t *moved, int status,
 int uvip_moved_start(uvip_server_t *server, uvip_moved_cb cb,
                      uvip_moved_end_cb end, uvip_moved_t **out);
 
+/* As uvip_moved_start(), on the channel fd (taken on success), e.g. the
+ * one uvip_handoff_channel() received. Errors: UV_EINVAL, UV_EBADF (fd not
+ * open), UV_ENOMEM. */
+int uvip_moved_start_fd(uvip_server_t *server, int fd, uvip_moved_cb cb,
+                        uvip_moved_end_cb end, uvip_moved_t **out);
+
 /* Moved connections closed on arrival because no VIP matched. */
 size_t uvip_moved_dropped(const uvip_moved_t *moved);
 
@@ -182,9 +211,12 @@ int uvip_moved_close(uvip_moved_t *moved);
  * stops accepting and drains. */
 typedef struct uvip_handoff_s uvip_handoff_t;
 
-/* status 0: a new process took the listeners and said it is ready: stop
- * accepting now. status < 0: a fetch failed part-way (the running process
- * keeps serving; the hand-off keeps listening for another try). */
+/* status 0: a new process took the listeners and said it is ready (and,
+ * with a probation, lived through it: the servers are still held then):
+ * stop accepting now. status < 0: a fetch failed part-way, or UV_ESRCH: the
+ * new process went away during its probation (uvip_handoff_probation()) and
+ * the servers accept again. Either way the running process keeps serving
+ * and the hand-off keeps listening for another try. */
 typedef void (*uvip_handoff_cb)(uvip_handoff_t *handoff, int status);
 typedef void (*uvip_handoff_close_cb)(uvip_handoff_t *handoff);
 
@@ -217,6 +249,49 @@ int uvip_handoff_fetch(const char *path, uint64_t timeout_ms, int *fds,
 /* In the new process, once it listens: tells the old one (its hand-off
  * callback gets status 0) and closes conn. */
 int uvip_handoff_ready(int conn);
+
+/* As uvip_handoff_ready() but keeps conn open: keep it for as long as this
+ * process serves (it is close-on-exec; the kernel closes it when the
+ * process ends, however it ends), so that the old process, on probation
+ * (uvip_handoff_probation()), sees this one go. Close it when done (or let
+ * the process's end do it). */
+int uvip_handoff_ready_keep(int conn);
+
+/* In the running process, from its hand-off callback with status 0 (or
+ * later, until uvip_handoff_close()): the new process that took over
+ * keeping its connection (uvip_handoff_ready_keep()) was sent a channel
+ * for moving connections (one end of a SOCK_SEQPACKET pair, by SCM_RIGHTS on
+ * that connection); *out is an upgrade object with no process of its own
+ * on the other end: move idle connections with uvip_upgrade_handover(),
+ * then uvip_upgrade_close() it (closing the channel ends the new process's
+ * receiver); uvip_upgrade_pid() is 0. Errors: UV_EINVAL, UV_ENOTCONN (no
+ * such process: it said uvip_handoff_ready() and closed, or went, or the
+ * channel was taken already), UV_ENOMEM. */
+int uvip_handoff_mover(uvip_handoff_t *handoff, uvip_upgrade_t **out);
+
+/* In the new process, on conn kept by uvip_handoff_ready_keep(), when it is
+ * readable: 0 and *chan when the running process sent the channel for
+ * moving connections (pass it to uvip_moved_start_fd()), UV_EAGAIN when
+ * nothing came yet, UV_EOF when the running process closed the connection
+ * (its probation passed or it ended; no more will come), UV_EPROTO for
+ * anything else (descriptors that came with it are closed). */
+int uvip_handoff_channel(int conn, int *chan);
+
+/* The running process's side of a probation, as uvip_upgrade_probation()
+ * for re-exec: when a new process says ready with uvip_handoff_ready_keep(),
+ * the servers are held (uvip_server_hold()) rather than stopped, and cb
+ * gets status 0 only once probation_ms have passed with the new process's
+ * connection still open. If it closes first, the servers accept again
+ * (uvip_server_unhold()) and cb gets UV_ESRCH. One new process at a time:
+ * another fetch during a probation is cut (that fetch fails). A new process
+ * that says uvip_handoff_ready() (closing its connection) cannot be watched:
+ * status 0 at once, as without probation. uvip_handoff_close() during a
+ * probation unholds the servers. 0 turns it off. began (may be NULL) runs
+ * when a probation begins. Errors: UV_EINVAL, UV_EBUSY (closing, or a
+ * probation runs). */
+typedef void (*uvip_handoff_probation_cb)(uvip_handoff_t *handoff);
+int uvip_handoff_probation(uvip_handoff_t *handoff, uint64_t probation_ms,
+                           uvip_handoff_probation_cb began);
 
 #ifdef __cplusplus
 }

@@ -51,8 +51,10 @@ loop_gaps() {
 
 echo "== uvip-echo, $n SIGUSR2 upgrades"
 p=$port
+# A probation shorter than the interval: an upgrade that comes while the
+# previous generation still has the new one on probation is refused.
 "$echo_bin" --listen 127.0.0.1 --port $p --pid-file "$tmp/up.pid" \
-  --shutdown-timeout 3000 > "$tmp/up.log" 2>&1 &
+  --shutdown-timeout 3000 --upgrade-probation-ms 500 > "$tmp/up.log" 2>&1 &
 wait_line "$tmp/up.log" "serving"
 "$client" 127.0.0.1 $p 32 100 $secs > "$tmp/up.client" &
 cpid=$!
@@ -93,7 +95,7 @@ kill "$(cat "$tmp/ss.pid")"
 echo "== uvip-http, $n SIGUSR2 upgrades (HTTP)"
 p=$((port + 3))
 "$build/examples/uvip-http" --listen 127.0.0.1 --port $p --pid-file "$tmp/hu.pid" \
-  --census-interval-ms 0 > "$tmp/hu.log" 2>&1 &
+  --census-interval-ms 0 --upgrade-probation-ms 500 > "$tmp/hu.log" 2>&1 &
 wait_line "$tmp/hu.log" "ready"
 "$client" 127.0.0.1 $p 32 100 $secs --http > "$tmp/hu.client" &
 cpid=$!
