@@ -371,7 +371,8 @@ static void take_handover(const uvip__msg_t *m) {
   uv_pipe_t *p;
   int fd = -1;
   if (ch.ho || uv_pipe_pending_count(&ch.pipe) == 0 ||
-      uv_pipe_pending_type(&ch.pipe) != UV_NAMED_PIPE ||
+      /* libuv names a SOCK_SEQPACKET socket no type of its own. */
+      uv_pipe_pending_type(&ch.pipe) == UV_TCP ||
       !(p = malloc(sizeof(*p)))) {
     ho_report(0, 0, NULL);
     return;

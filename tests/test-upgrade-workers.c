@@ -1,0 +1,479 @@
+/* Upgrade by re-exec with workers (thread and process): the old
+ * generation's workers hand their idle connections to the new generation,
+ * whose own workers take them with the application's blob; a busy one
+ * drains in its old worker; a worker process that dies mid hand-over costs
+ * only its own connections (the listeners are already the new
+ * generation's). This program is also the new generation ("gen2 MODE PORT
+ * QUOTA").
+ * SPDX-License-Identifier: MIT */
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define NCONN 6
+
+static char self[4096];
+
+/* ---- Worker side, both generations (a worker thread or process) -------- */
+
+static __thread unsigned my_index;
+static int die_at_decide; /* process workers: the fault */
+
+typedef struct {
+  char tag[32];
+  int gen;   /* 1 old, 2 new */
+  bool held; /* reading stopped: input waits unread */
+} cdata_t;
+
+static void wk_init(uv_loop_t *loop, unsigned int index, void *arg) {
+  (void)loop;
+  (void)arg;
+  my_index = index;
+}
+
+static void c_alloc(uv_handle_t *h, size_t n, uv_buf_t *b) {
+  static __thread char buf[64];
+  (void)h;
+  (void)n;
+  *b = uv_buf_init(buf, sizeof(buf) - 1);
+}
+
+static void c_written(uv_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void reply(uv_stream_t *st, const char *text) {
+  struct {
+    uv_write_t w;
+    char text[64];
+  } *r = malloc(sizeof(*r));
+  snprintf(r->text, sizeof(r->text), "%s", text);
+  uv_buf_t b = uv_buf_init(r->text, (unsigned)strlen(r->text));
+  uv_write(&r->w, st, &b, 1, c_written);
+}
+
+static void free_cdata(uvip_conn_t *c) {
+  free(uv_handle_get_data((uv_handle_t *)uvip_conn_tcp(c)));
+}
+
+static void c_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  uvip_conn_t *c = uvip_conn_from_tcp((uv_tcp_t *)st);
+  cdata_t *d = uv_handle_get_data((uv_handle_t *)st);
+  char out[64];
+  if (n < 0) {
+    uvip_conn_close(c, free_cdata);
+    return;
+  }
+  if (n == 0)
+    return;
+  b->base[n] = 0;
+  if (d->gen == 2) {
+    snprintf(out, sizeof(out), "g2:%s", d->tag[0] ? d->tag : "new");
+    reply(st, out);
+    return;
+  }
+  if (!strcmp(b->base, "die")) {
+    die_at_decide = 1;
+    reply(st, "dying");
+    return;
+  }
+  if (!d->tag[0]) {
+    snprintf(d->tag, sizeof(d->tag), "%s", b->base);
+    if (!strcmp(b->base, "hold")) {
+      d->held = true;
+      uv_read_stop(st);
+      reply(st, "held");
+      return;
+    }
+  }
+  snprintf(out, sizeof(out), "g1:%s:%u", b->base, my_index);
+  reply(st, out);
+}
+
+static void wk_conn(uvip_server_t *s, uvip_conn_t *c, int gen) {
+  cdata_t *d = calloc(1, sizeof(*d));
+  (void)s;
+  d->gen = gen;
+  uv_handle_set_data((uv_handle_t *)uvip_conn_tcp(c), d);
+  uv_read_start(uvip_conn_stream(c), c_alloc, c_read);
+}
+
+static void old_conn(uvip_server_t *s, uvip_conn_t *c) { wk_conn(s, c, 1); }
+static void new_conn(uvip_server_t *s, uvip_conn_t *c) { wk_conn(s, c, 2); }
+
+/* Runs on the old generation's worker. Every connection is to move; the
+ * held one is read again (its input waits unread, so it is busy and
+ * stays). */
+static int decide(uvip_conn_t *c, void *blob, size_t *len) {
+  cdata_t *d = uv_handle_get_data((uv_handle_t *)uvip_conn_tcp(c));
+  if (die_at_decide)
+    _exit(9);
+  if (d->held) {
+    d->held = false;
+    uv_read_start(uvip_conn_stream(c), c_alloc, c_read);
+  }
+  *len = strlen(d->tag);
+  memcpy(blob, d->tag, *len);
+  return UVIP_HANDOVER_MOVE;
+}
+
+/* Runs on the new generation's worker. */
+static void on_moved(uvip_server_t *s, uvip_conn_t *c, const void *blob,
+                     size_t len) {
+  cdata_t *d;
+  wk_conn(s, c, 2);
+  d = uv_handle_get_data((uv_handle_t *)uvip_conn_tcp(c));
+  memcpy(d->tag, blob, len < sizeof(d->tag) - 1 ? len : sizeof(d->tag) - 1);
+}
+
+/* ---- The new generation ------------------------------------------------ */
+
+static struct {
+  uvip_server_t *s;
+  uvip_workers_t *w;
+  uvip_moved_t *m;
+  uv_timer_t t;
+  int ready, quota, status;
+  bool ended;
+} N;
+
+static void n_end(uvip_moved_t *m, int status, size_t received) {
+  (void)m;
+  N.ended = true;
+  if (status != 0)
+    N.status = 21;
+  else if ((int)received != N.quota)
+    N.status = 22;
+}
+
+static void n_closed(uvip_workers_t *w) {
+  (void)w;
+  uvip_server_close(N.s, NULL);
+}
+
+/* Done once the old generation sent everything and the moved ones (and
+ * any other) have closed. */
+static void n_tick(uv_timer_t *t) {
+  uint64_t active = 0;
+  uvip_worker_stats_t st;
+  if (!N.ended)
+    return;
+  for (unsigned i = 0; i < uvip_workers_count(N.w); i++)
+    if (uvip_workers_stats(N.w, i, &st) == 0)
+      active += st.active;
+  if (active)
+    return;
+  uv_close((uv_handle_t *)t, NULL);
+  uvip_workers_close(N.w, n_closed);
+}
+
+static void n_ready(uvip_workers_t *w, unsigned int i, int status) {
+  (void)i;
+  if (status != 0)
+    exit(23);
+  if (++N.ready < (int)uvip_workers_count(w))
+    return;
+  /* Every worker takes connections: receive the moved ones, then say so. */
+  if (uvip_moved_start(N.s, on_moved, n_end, &N.m) != 0 || !N.m)
+    exit(24);
+  if (uvip_upgrade_ready() != 0)
+    exit(25);
+}
+
+static int gen2(const char *mode, const char *port, const char *quota) {
+  uvip_server_options_t o;
+  uvip_workers_options_t wo;
+  uvip_addrs_t *a;
+  char err[256];
+  uv_loop_t *loop = uv_default_loop();
+  if (uvip_addrs_new(&a) != 0 ||
+      uvip_addrs_parse(a, "127.0.0.1-127.0.0.2", atoi(port), err,
+                       sizeof(err)) != 0)
+    return 10;
+  uvip_server_options_init(&o);
+  o.flags = UVIP_SOCKET_ACTIVATION;
+  o.conn_close_cb = free_cdata;
+  if (uvip_server_new(loop, a, &o, &N.s) != 0)
+    return 11;
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&wo);
+  wo.nworkers = 2;
+  wo.mode = strcmp(mode, "process") ? UVIP_WORKER_THREAD : UVIP_WORKER_PROCESS;
+  wo.init_cb = wk_init;
+  wo.ready_cb = n_ready;
+  if (uvip_workers_new(N.s, &wo, &N.w) != 0 ||
+      uvip_workers_listen(N.w, new_conn, err, sizeof(err)) != 0)
+    return 12;
+  if (uvip_vip_adopted(uvip_server_vip(N.s, 0)) != 1 ||
+      uvip_vip_adopted(uvip_server_vip(N.s, 1)) != 1)
+    return 13;
+  N.quota = atoi(quota);
+  uv_timer_init(loop, &N.t);
+  uv_timer_start(&N.t, n_tick, 10, 10);
+  uv_run(loop, UV_RUN_DEFAULT);
+  if (!N.ended)
+    return 26;
+  return N.status;
+}
+
+/* ---- The old generation ------------------------------------------------ */
+
+static struct {
+  uv_loop_t loop;
+  uvip_server_t *s;
+  uvip_workers_t *w;
+  uvip_upgrade_t *u;
+  uv_timer_t turn; /* keeps the loop turning while the test pumps it */
+  int ready, status;
+  size_t moved, kept;
+  bool upgraded, done, wclosed;
+  int port;
+} G;
+
+static void g_ready(uvip_workers_t *w, unsigned int i, int status) {
+  (void)w;
+  (void)i;
+  ck_assert_int_eq(status, 0);
+  G.ready++;
+}
+
+static void g_turn(uv_timer_t *t) { (void)t; }
+
+static void g_done(uvip_upgrade_t *u, size_t moved, size_t kept) {
+  (void)u;
+  G.moved = moved;
+  G.kept = kept;
+  G.done = true;
+}
+
+static void g_upgraded(uvip_upgrade_t *u, int status, const char *why) {
+  G.upgraded = true;
+  G.status = status;
+  ck_assert_msg(status == 0, "%s", why);
+  ck_assert_int_eq(uvip_server_stop(G.s), 0);
+  ck_assert_int_eq(uvip_upgrade_handover(u, G.s, decide, g_done), 0);
+  ck_assert_int_eq(uvip_upgrade_handover(u, G.s, decide, g_done), UV_EBUSY);
+}
+
+static void g_wclosed(uvip_workers_t *w) {
+  (void)w;
+  G.wclosed = true;
+}
+
+static void pump_until(const bool *flag) {
+  for (int i = 0; !*flag && i < 20000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert(*flag);
+}
+
+/* Reads a reply while the old generation's loop runs (its acceptor may be
+ * what the reply waits for). */
+static void expect(int fd, const char *msg, const char *want_prefix,
+                   char *got, size_t len) {
+  struct pollfd p = {fd, POLLIN, 0};
+  ssize_t n;
+  int i;
+  if (msg)
+    ck_assert_int_eq(write(fd, msg, strlen(msg)), (ssize_t)strlen(msg));
+  for (i = 0; i < 20000 && poll(&p, 1, 0) == 0; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  n = read(fd, got, len - 1);
+  ck_assert_int_gt(n, 0);
+  got[n] = 0;
+  ck_assert_msg(!strncmp(got, want_prefix, strlen(want_prefix)),
+                "got '%s', want '%s...'", got, want_prefix);
+}
+
+static void old_start(int mode) {
+  uvip_addrs_t *a;
+  uvip_server_options_t o;
+  uvip_workers_options_t wo;
+  char err[256] = "";
+  memset(&G, 0, sizeof(G));
+  G.port = th_free_port();
+  a = th_addrs("127.0.0.1-127.0.0.2", G.port);
+  ck_assert_int_eq(uv_loop_init(&G.loop), 0);
+  uvip_server_options_init(&o);
+  o.conn_close_cb = free_cdata;
+  ck_assert_int_eq(uvip_server_new(&G.loop, a, &o, &G.s), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&wo);
+  wo.nworkers = 2;
+  wo.mode = mode;
+  wo.init_cb = wk_init;
+  wo.ready_cb = g_ready;
+  ck_assert_int_eq(uvip_workers_new(G.s, &wo, &G.w), 0);
+  ck_assert_msg(uvip_workers_listen(G.w, old_conn, err, sizeof(err)) == 0,
+                "%s", err);
+  uv_timer_init(&G.loop, &G.turn);
+  uv_timer_start(&G.turn, g_turn, 2, 2);
+  for (int i = 0; G.ready < 2 && i < 20000; i++)
+    uv_run(&G.loop, UV_RUN_ONCE);
+  ck_assert_int_eq(G.ready, 2);
+}
+
+/* Connection i, tagged "c<i>", on alternate VIPs; returns its worker. */
+static int open_conn(int i, int *fd) {
+  struct sockaddr_storage sa;
+  char msg[16], want[32], got[64];
+  th_addr(i % 2 ? "127.0.0.2" : "127.0.0.1", G.port, &sa);
+  *fd = th_connect((struct sockaddr *)&sa, NULL);
+  snprintf(msg, sizeof(msg), "c%d", i);
+  snprintf(want, sizeof(want), "g1:c%d:", i);
+  expect(*fd, msg, want, got, sizeof(got));
+  return atoi(got + strlen(want));
+}
+
+static void start_upgrade(const char *mode, int quota, pid_t *pid) {
+  char ports[16], quotas[16];
+  snprintf(ports, sizeof(ports), "%d", G.port);
+  snprintf(quotas, sizeof(quotas), "%d", quota);
+  char *argv[] = {self, "gen2", (char *)mode, ports, quotas, NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      g_upgraded, &G.u),
+                   0);
+  *pid = uvip_upgrade_pid(G.u);
+  pump_until(&G.done);
+}
+
+/* The listeners are the new generation's: new connections on both VIPs
+ * are its own. */
+static void new_ones_served_by_gen2(void) {
+  for (int i = 0; i < 2; i++) {
+    struct sockaddr_storage sa;
+    char got[64];
+    int fd;
+    th_addr(i ? "127.0.0.2" : "127.0.0.1", G.port, &sa);
+    fd = th_connect((struct sockaddr *)&sa, NULL);
+    expect(fd, "x", "g2:new", got, sizeof(got));
+    close(fd);
+  }
+}
+
+static void old_finish(pid_t pid, int *fds, int n) {
+  int st;
+  ck_assert_int_eq(uvip_upgrade_close(G.u, NULL), 0);
+  for (int i = 0; i < n; i++)
+    if (fds[i] >= 0)
+      close(fds[i]);
+  ck_assert_int_eq(uvip_workers_close(G.w, g_wclosed), 0);
+  pump_until(&G.wclosed);
+  uv_close((uv_handle_t *)&G.turn, NULL);
+  ck_assert_int_eq(uvip_server_close(G.s, NULL), 0);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&G.loop), 0);
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen2 status %d", st);
+}
+
+static void moves_idle(int mode, const char *modename) {
+  int fds[NCONN + 1], held;
+  char got[64], want[32];
+  uint64_t active = 0;
+  pid_t pid;
+  old_start(mode);
+  for (int i = 0; i < NCONN; i++)
+    open_conn(i, &fds[i]);
+  /* A busy one: input the worker has not read. */
+  {
+    struct sockaddr_storage sa;
+    th_addr("127.0.0.1", G.port, &sa);
+    held = fds[NCONN] = th_connect((struct sockaddr *)&sa, NULL);
+    expect(held, "hold", "held", got, sizeof(got));
+    ck_assert_int_eq(write(held, "x", 1), 1);
+  }
+  start_upgrade(modename, NCONN, &pid);
+  ck_assert_uint_eq(G.moved, NCONN);
+  ck_assert_uint_eq(G.kept, 1);
+  /* Moved ones were given back by the old workers: only the busy one is
+   * held there. */
+  for (int k = 0; k < 20000; k++) {
+    uvip_worker_stats_t st;
+    active = 0;
+    for (unsigned i = 0; i < 2; i++)
+      if (uvip_workers_stats(G.w, i, &st) == 0)
+        active += st.active;
+    if (active == 1)
+      break;
+    uv_run(&G.loop, UV_RUN_ONCE);
+  }
+  ck_assert_uint_eq(active, 1);
+  /* The busy one drains in its old worker: its input is answered there. */
+  expect(held, NULL, "g1:x:", got, sizeof(got));
+  /* The moved ones answer from the new generation, with their blob. */
+  for (int i = 0; i < NCONN; i++) {
+    snprintf(want, sizeof(want), "g2:c%d", i);
+    expect(fds[i], "?", want, got, sizeof(got));
+  }
+  new_ones_served_by_gen2();
+  old_finish(pid, fds, NCONN + 1);
+}
+
+START_TEST(test_threads_move_idle) { moves_idle(UVIP_WORKER_THREAD, "thread"); }
+END_TEST
+
+START_TEST(test_processes_move_idle) {
+  moves_idle(UVIP_WORKER_PROCESS, "process");
+}
+END_TEST
+
+/* A worker process dies in the middle of its hand-over: the other
+ * worker's connections still move, the hand-over still ends (the dead
+ * one's part with it), and no listener is lost. */
+START_TEST(test_process_dies_mid_handover) {
+  int fds[NCONN], on1 = 0, dying = -1;
+  int where[NCONN];
+  char got[64], want[32];
+  pid_t pid;
+  uvip_worker_stats_t st;
+  old_start(UVIP_WORKER_PROCESS);
+  for (int i = 0; i < NCONN; i++)
+    where[i] = open_conn(i, &fds[i]);
+  /* Worker 1 gets the order to die at its first decide. */
+  for (int i = 0; i < NCONN; i++)
+    if (where[i] == 1) {
+      on1++;
+      dying = i;
+    }
+  ck_assert_int_gt(on1, 0);
+  ck_assert_int_lt(on1, NCONN);
+  expect(fds[dying], "die", "dying", got, sizeof(got));
+  start_upgrade("process", NCONN - on1, &pid);
+  ck_assert_uint_eq(G.moved, (size_t)(NCONN - on1));
+  ck_assert_uint_eq(G.kept, 0);
+  ck_assert_int_eq(uvip_workers_stats(G.w, 1, &st), 0);
+  ck_assert_int_eq(st.alive, 0);
+  for (int i = 0; i < NCONN; i++)
+    if (where[i] == 0) {
+      snprintf(want, sizeof(want), "g2:c%d", i);
+      expect(fds[i], "?", want, got, sizeof(got));
+    }
+  new_ones_served_by_gen2();
+  old_finish(pid, fds, NCONN);
+}
+END_TEST
+
+int main(int argc, char **argv) {
+  ssize_t n;
+  if (argc == 5 && !strcmp(argv[1], "gen2"))
+    return gen2(argv[2], argv[3], argv[4]);
+  n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0)
+    return 1;
+  self[n] = 0;
+  Suite *s = suite_create("upgrade-workers");
+  TCase *tc = tcase_create("upgrade-workers");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_threads_move_idle);
+  tcase_add_test(tc, test_processes_move_idle);
+  tcase_add_test(tc, test_process_dies_mid_handover);
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
