@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -460,6 +461,103 @@ START_TEST(test_process_dies_mid_handover) {
 }
 END_TEST
 
+/* ---- uvip-echo --workers: SIGUSR2 ------------------------------------- */
+
+static void echo_roundtrip(int fd, const char *msg) {
+  char buf[32] = "";
+  struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+  size_t n = strlen(msg);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ck_assert_int_eq(write(fd, msg, n), (ssize_t)n);
+  ck_assert_int_eq(read(fd, buf, n), (ssize_t)n);
+  ck_assert_str_eq(buf, msg);
+}
+
+static pid_t read_pid_file(const char *path) {
+  FILE *f = fopen(path, "r");
+  int pid = 0;
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fscanf(f, "%d", &pid), 1);
+  fclose(f);
+  return pid;
+}
+
+/* uvip-echo with two workers, five long-lived connections: one SIGUSR2
+ * moves all five to the new generation's workers; they keep echoing after
+ * the old generation has exited; the logs of each generation say what
+ * happened. */
+static void echo_workers(const char *mode) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512], portstr[16], pidf[64], log[16384] = "", want[64];
+  int port = th_free_port(), pfd[2], fds[5], st;
+  struct sockaddr_storage sa;
+  pid_t first, second;
+  FILE *out;
+
+  ck_assert_ptr_nonnull(bdir);
+  ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(pidf, sizeof(pidf), "/tmp/uvip-test-upgrade-wk-%d.pid", getpid());
+  ck_assert_int_eq(pipe(pfd), 0);
+  first = fork();
+  ck_assert_int_ge(first, 0);
+  if (first == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+          "--pid-file", pidf, "--shutdown-timeout", "3000", "--workers", "2",
+          "--worker-mode", mode, (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  out = fdopen(pfd[0], "r");
+  th_read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
+  ck_assert_int_eq(read_pid_file(pidf), first);
+  for (int i = 0; i < 5; i++) {
+    th_addr(i % 2 ? "127.0.0.2" : "127.0.0.1", port, &sa);
+    fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+    echo_roundtrip(fds[i], "one");
+  }
+  log[0] = 0;
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  th_read_until(out, "drained: no connection left", log, sizeof(log));
+  th_read_until(out, "bye", log, sizeof(log));
+  ck_assert_int_eq(waitpid(first, &st, 0), first);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  if (!strstr(log, "received 5 connections"))
+    th_read_until(out, "received 5 connections", log, sizeof(log));
+  snprintf(want, sizeof(want), "listening on 127.0.0.2:%d (adopted)", port);
+  ck_assert_msg(strstr(log, want), "%s", log);
+  ck_assert_msg(strstr(log, "upgrade: moved 5 connections, 0 drain here"),
+                "%s", log);
+  second = read_pid_file(pidf);
+  ck_assert_int_ne(second, first);
+  /* The old generation is gone: the new one's workers echo. */
+  for (int i = 0; i < 5; i++)
+    echo_roundtrip(fds[i], "two");
+  th_addr("127.0.0.2", port, &sa);
+  {
+    int c = th_connect((struct sockaddr *)&sa, NULL);
+    echo_roundtrip(c, "new");
+    close(c);
+  }
+  for (int i = 0; i < 5; i++)
+    close(fds[i]);
+  ck_assert_int_eq(kill(second, SIGTERM), 0);
+  th_read_until(out, "bye", log, sizeof(log));
+  ck_assert_int_eq(waitpid(second, &st, 0), second);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(pidf);
+}
+
+START_TEST(test_echo_thread_workers_sigusr2) { echo_workers("thread"); }
+END_TEST
+
+START_TEST(test_echo_process_workers_sigusr2) { echo_workers("process"); }
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 5 && !strcmp(argv[1], "gen2"))
@@ -474,6 +572,8 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_threads_move_idle);
   tcase_add_test(tc, test_processes_move_idle);
   tcase_add_test(tc, test_process_dies_mid_handover);
+  tcase_add_test(tc, test_echo_thread_workers_sigusr2);
+  tcase_add_test(tc, test_echo_process_workers_sigusr2);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
