@@ -150,7 +150,7 @@ static void n_end(uvip_moved_t *m, int status, size_t received) {
   N.ended = true;
   if (status != 0)
     N.status = 21;
-  else if ((int)received != N.quota)
+  else if (N.quota >= 0 && (int)received != N.quota)
     N.status = 22;
 }
 
@@ -461,6 +461,74 @@ START_TEST(test_process_dies_mid_handover) {
 }
 END_TEST
 
+/* Teardown in the middle: the upgrade and the workers are closed from
+ * the upgrade's callback, right after the hand-over began. done runs once,
+ * the workers close (giving back what they had queued for moving), and
+ * every connection is either moved or closed. */
+static int td_done;
+static void td_done_cb(uvip_upgrade_t *u, size_t moved, size_t kept) {
+  (void)u;
+  (void)moved;
+  (void)kept;
+  td_done++;
+}
+
+static void td_upgraded(uvip_upgrade_t *u, int status, const char *why) {
+  ck_assert_msg(status == 0, "%s", why);
+  G.upgraded = true;
+  ck_assert_int_eq(uvip_server_stop(G.s), 0);
+  ck_assert_int_eq(uvip_upgrade_handover(u, G.s, decide, td_done_cb), 0);
+  ck_assert_int_eq(uvip_upgrade_close(u, NULL), 0);
+  ck_assert_int_eq(td_done, 1);
+  ck_assert_int_eq(uvip_workers_close(G.w, g_wclosed), 0);
+}
+
+static void teardown_mid_handover(int mode, const char *modename) {
+  int fds[NCONN], st;
+  char ports[16];
+  pid_t pid;
+  td_done = 0;
+  old_start(mode);
+  for (int i = 0; i < NCONN; i++)
+    open_conn(i, &fds[i]);
+  snprintf(ports, sizeof(ports), "%d", G.port);
+  char *argv[] = {self, "gen2", (char *)modename, ports, "-1", NULL};
+  ck_assert_int_eq(uvip_upgrade_start(&G.loop, &G.s, 1, self, argv, 10000,
+                                      td_upgraded, &G.u),
+                   0);
+  pid = uvip_upgrade_pid(G.u);
+  pump_until(&G.wclosed);
+  ck_assert_int_eq(td_done, 1);
+  uv_close((uv_handle_t *)&G.turn, NULL);
+  ck_assert_int_eq(uvip_server_close(G.s, NULL), 0);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&G.loop), 0);
+  /* Each connection was moved (and answers there) or closed here. */
+  for (int i = 0; i < NCONN; i++) {
+    char want[16], buf[32] = "";
+    struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+    ssize_t n;
+    setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    snprintf(want, sizeof(want), "g2:c%d", i);
+    if (write(fds[i], "?", 1) == 1 &&
+        (n = read(fds[i], buf, sizeof(buf) - 1)) > 0)
+      ck_assert_str_eq(buf, want);
+    close(fds[i]);
+  }
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gen2 status %d", st);
+}
+
+START_TEST(test_threads_teardown_mid_handover) {
+  teardown_mid_handover(UVIP_WORKER_THREAD, "thread");
+}
+END_TEST
+
+START_TEST(test_processes_teardown_mid_handover) {
+  teardown_mid_handover(UVIP_WORKER_PROCESS, "process");
+}
+END_TEST
+
 /* ---- uvip-echo --workers: SIGUSR2 ------------------------------------- */
 
 static void echo_roundtrip(int fd, const char *msg) {
@@ -572,6 +640,8 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_threads_move_idle);
   tcase_add_test(tc, test_processes_move_idle);
   tcase_add_test(tc, test_process_dies_mid_handover);
+  tcase_add_test(tc, test_threads_teardown_mid_handover);
+  tcase_add_test(tc, test_processes_teardown_mid_handover);
   tcase_add_test(tc, test_echo_thread_workers_sigusr2);
   tcase_add_test(tc, test_echo_process_workers_sigusr2);
   suite_add_tcase(s, tc);
