@@ -69,6 +69,8 @@ echo "before: ok=$(sum 1 ok) failed=$(sum 1 failed) (echo checked; slowest clien
 
 t0=$(now_ms)
 kill -USR2 "$old"
+wait_for 120 has_line "$tmp/echo.log" "ready; stopped accepting"
+t_ready=$(now_ms)
 wait_for 120 has_line "$tmp/echo.log" "upgrade: moved"
 t_moved=$(now_ms)
 wait_for 120 has_line "$tmp/echo.log" "upgrade: received"
@@ -78,8 +80,10 @@ wait_for 60 bash -c "! kill -0 $old 2>/dev/null"
 t_exit=$(now_ms)
 grep -E "upgrade:|drain|adopted\)$" "$tmp/echo.log" | grep -v "listening on" || true
 echo "adopted listeners: $(grep -c "(adopted)" "$tmp/echo.log")"
+echo "SIGUSR2 -> new generation ready:        $((t_ready - t0)) ms (exec, 16 listeners adopted, $workers workers started)"
 echo "SIGUSR2 -> old side done (moved logged): $((t_moved - t0)) ms"
 echo "SIGUSR2 -> new side received all:        $((t_received - t0)) ms"
+echo "ready -> all received (the move itself):  $((t_received - t_ready)) ms"
 echo "SIGUSR2 -> old generation exited:        $((t_exit - t0)) ms"
 
 for i in $(seq "$nclients"); do kill -USR1 "$(cat "$tmp/c$i.pid")"; done
