@@ -206,7 +206,12 @@ static int gen2(const char *mode, const char *port, const char *quota) {
   uvip_addrs_free(a);
   uvip_workers_options_init(&wo);
   wo.nworkers = 2;
-  wo.mode = strcmp(mode, "process") ? UVIP_WORKER_THREAD : UVIP_WORKER_PROCESS;
+  wo.mode = strncmp(mode, "process", 7) ? UVIP_WORKER_THREAD
+                                         : UVIP_WORKER_PROCESS;
+  /* "-cap": room for 2 connections per worker, so that moved ones wait
+   * for room. */
+  if (strstr(mode, "-cap"))
+    wo.max_conns_per_worker = 2;
   wo.init_cb = wk_init;
   wo.ready_cb = n_ready;
   if (uvip_workers_new(N.s, &wo, &N.w) != 0 ||
@@ -458,6 +463,57 @@ START_TEST(test_process_dies_mid_handover) {
     }
   new_ones_served_by_gen2();
   old_finish(pid, fds, NCONN);
+}
+END_TEST
+
+/* The new generation's workers hold 2 connections each: of 6 moved ones,
+ * 4 are taken at once and the others wait in the channel until one of
+ * those closes; every one is served in the end. */
+static void moved_wait_for_room(int mode, const char *modename) {
+  int fds[NCONN], answered = 0;
+  bool done[NCONN] = {false};
+  pid_t pid;
+  old_start(mode);
+  for (int i = 0; i < NCONN; i++)
+    open_conn(i, &fds[i]);
+  start_upgrade(modename, NCONN, &pid);
+  ck_assert_uint_eq(G.moved, NCONN);
+  for (int i = 0; i < NCONN; i++)
+    ck_assert_int_eq(write(fds[i], "?", 1), 1);
+  while (answered < NCONN) {
+    struct pollfd p[NCONN];
+    int n;
+    for (int i = 0; i < NCONN; i++) {
+      p[i].fd = done[i] ? -1 : fds[i];
+      p[i].events = POLLIN;
+      p[i].revents = 0;
+    }
+    n = poll(p, NCONN, 10000); /* a bound, not a synchronisation */
+    ck_assert_int_gt(n, 0);
+    /* At most 4 can be answered before one of them closes. */
+    ck_assert_int_le(n, 4);
+    for (int i = 0; i < NCONN; i++)
+      if (p[i].revents & POLLIN) {
+        char got[32] = "", want[32];
+        ck_assert_int_gt(read(fds[i], got, sizeof(got) - 1), 0);
+        snprintf(want, sizeof(want), "g2:c%d", i);
+        ck_assert_str_eq(got, want);
+        close(fds[i]); /* room for the next one */
+        fds[i] = -1;
+        done[i] = true;
+        answered++;
+      }
+  }
+  old_finish(pid, fds, NCONN);
+}
+
+START_TEST(test_threads_moved_wait_for_room) {
+  moved_wait_for_room(UVIP_WORKER_THREAD, "thread-cap");
+}
+END_TEST
+
+START_TEST(test_processes_moved_wait_for_room) {
+  moved_wait_for_room(UVIP_WORKER_PROCESS, "process-cap");
 }
 END_TEST
 
@@ -715,6 +771,8 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_threads_move_idle);
   tcase_add_test(tc, test_processes_move_idle);
   tcase_add_test(tc, test_process_dies_mid_handover);
+  tcase_add_test(tc, test_threads_moved_wait_for_room);
+  tcase_add_test(tc, test_processes_moved_wait_for_room);
   tcase_add_test(tc, test_threads_teardown_mid_handover);
   tcase_add_test(tc, test_processes_teardown_mid_handover);
   tcase_add_test(tc, test_echo_thread_workers_sigusr2);
