@@ -155,6 +155,9 @@ struct uvip_server_s {
    * are on no list of this server, so uvip_server_close_conns() asks the
    * workers to close them. Returns 0 or the first error. */
   int (*remote_close_conns)(uvip_server_t *server);
+  /* Set while REUSEPORT workers listen on sockets of their own:
+   * uvip_server_stop() asks them to stop accepting too. */
+  void (*remote_stop)(uvip_server_t *server);
   void *handoff_ctx;
   /* Objects built on this server that must close before it (workers, live
    * pool): uvip_server_close() is UV_EBUSY while any is attached. */

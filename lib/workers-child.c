@@ -480,6 +480,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       take_handover(&m);
     else if (m.kind == UVIP__MSG_CLOSE_CONNS)
       close_conns();
+    else if (m.kind == UVIP__MSG_STOP_LISTEN && ch.own)
+      uvip_server_stop(ch.own);
   }
 }
 

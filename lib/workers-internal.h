@@ -93,6 +93,7 @@ struct uvip__wk {
    * those handed over after it are not. */
   bool close_order;
   size_t close_at;
+  bool stop_listen; /* REUSEPORT: stop the worker's own listeners */
   uvip_conn_t *conns;    /* the worker's open connections */
   /* An order to hand over (upgrade): chan is the worker's copy of the
    * channel, -1 when none is pending. ho runs on the worker's loop. */
@@ -169,7 +170,7 @@ struct uvip_workers_s {
  * and blob_len bytes of blob after the message. The callbacks are
  * addresses in the parent, valid in a child forked from it. */
 enum { UVIP__MSG_CONN = 1, UVIP__MSG_STOP = 2, UVIP__MSG_CLOSE_CONNS = 3,
-       UVIP__MSG_HANDOVER = 4, UVIP__MSG_MOVED = 5 };
+       UVIP__MSG_HANDOVER = 4, UVIP__MSG_MOVED = 5, UVIP__MSG_STOP_LISTEN = 6 };
 typedef struct {
   uint32_t kind;
   uint32_t id; /* VIP id */
@@ -227,7 +228,7 @@ int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd,
 /* Asks a thread worker to hand over (takes chan); false when it stops. */
 bool uvip__wk_thread_handover(uvip__wk_t *wk, int chan,
                               uvip_handover_decide_cb decide);
-/* kind: UVIP__MSG_STOP or UVIP__MSG_CLOSE_CONNS. */
+/* kind: UVIP__MSG_STOP, UVIP__MSG_CLOSE_CONNS or UVIP__MSG_STOP_LISTEN. */
 void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind);
 void uvip__wk_thread_remote_closed(uvip_conn_t *c);
 void uvip__wk_thread_on_inbox(uv_async_t *a);
@@ -241,8 +242,9 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
 /* Sends a worker process the order to hand over with a copy of chan. */
 int uvip__wk_proc_handover(uvip__wk_t *wk, int chan,
                            uvip_handover_decide_cb decide);
-/* kind: UVIP__MSG_STOP (a worker that cannot be told is killed) or
- * UVIP__MSG_CLOSE_CONNS. Returns 0 or the error of sending it. */
+/* kind: UVIP__MSG_STOP (a worker that cannot be told is killed),
+ * UVIP__MSG_CLOSE_CONNS or UVIP__MSG_STOP_LISTEN. Returns 0 or the error
+ * of sending it. */
 int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind);
 /* Kills a worker process at once (a start that failed half way); it is
  * reaped later, from SIGCHLD. */

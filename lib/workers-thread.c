@@ -181,7 +181,7 @@ static void take(uvip__wk_t *wk, __typeof__(wk->queue) items, size_t from,
 static void on_wk_async(uv_async_t *a) {
   uvip__wk_t *wk = a->data;
   size_t n, close_at, from = 0;
-  bool stop, close_now;
+  bool stop, close_now, stop_listen;
   int ho_chan;
   uvip_handover_decide_cb ho_decide;
   __typeof__(wk->queue) items;
@@ -195,11 +195,15 @@ static void on_wk_async(uv_async_t *a) {
   close_now = wk->close_order;
   close_at = wk->close_at;
   wk->close_order = false;
+  stop_listen = wk->stop_listen;
+  wk->stop_listen = false;
   ho_chan = wk->ho_chan;
   ho_decide = wk->ho_decide;
   wk->ho_chan = -1;
   uv_mutex_unlock(&wk->lock);
 
+  if (stop_listen && wk->own)
+    uvip_server_stop(wk->own);
   /* In the order they were given, as a worker process reads them. */
   if (close_now) {
     take(wk, items, 0, close_at);
@@ -334,6 +338,8 @@ void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind) {
   if (!wk->stop) {
     if (kind == UVIP__MSG_STOP) {
       wk->stop = true;
+    } else if (kind == UVIP__MSG_STOP_LISTEN) {
+      wk->stop_listen = true;
     } else {
       wk->close_order = true;
       wk->close_at = wk->qlen;

@@ -327,6 +327,14 @@ static int close_conns(uvip_server_t *s) {
   return order_all(ws, UVIP__MSG_CLOSE_CONNS);
 }
 
+/* The server's remote_stop (REUSEPORT): the acceptor never listened; the
+ * workers' own listeners are what accepts. */
+static void stop_listeners(uvip_server_t *s) {
+  uvip_workers_t *ws = s->handoff_ctx;
+  if (!ws->closing)
+    order_all(ws, UVIP__MSG_STOP_LISTEN);
+}
+
 static uint64_t default_max(void) {
   struct rlimit rl;
   uint64_t hard = 1u << 20;
@@ -496,6 +504,8 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
   ws->cb = cb;
   if ((r = init_acceptor_handles(ws)) != 0)
     goto fail;
+  if (ws->opts.balance == UVIP_BALANCE_REUSEPORT)
+    s->remote_stop = stop_listeners;
   if (ws->opts.balance != UVIP_BALANCE_REUSEPORT) {
     s->handoff_has_room = on_has_room;
     s->handoff_dispatch = on_dispatch;
@@ -602,6 +612,7 @@ static void finish(uvip_workers_t *ws) {
   s->handoff_moved = NULL;
   s->remote_closed = NULL;
   s->remote_close_conns = NULL;
+  s->remote_stop = NULL;
   s->handoff_ctx = NULL;
   uvip__server_detach(s);
   /* The counters stay readable from the callback. */
@@ -714,5 +725,11 @@ int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
   if (r != 0)
     return r;
   uvip_server_set_data(*out, ws->server->data);
-  return uvip_server_listen(*out, ws->cb, errbuf, errlen);
+  if ((r = uvip_server_listen(*out, ws->cb, errbuf, errlen)) != 0)
+    return r;
+  /* Started (or restarted) after the server was stopped: nothing to
+   * accept. */
+  if (ws->server->stopped)
+    uvip_server_stop(*out);
+  return 0;
 }
