@@ -370,20 +370,22 @@ static void ho_report(size_t moved, size_t kept, void *arg) {
 static void take_handover(const uvip__msg_t *m) {
   uv_pipe_t *p;
   int fd = -1;
-  if (ch.ho || uv_pipe_pending_count(&ch.pipe) == 0 ||
-      /* libuv names a SOCK_SEQPACKET socket no type of its own. */
-      uv_pipe_pending_type(&ch.pipe) == UV_TCP ||
-      !(p = malloc(sizeof(*p)))) {
-    ho_report(0, 0, NULL);
-    return;
+  /* The descriptor is taken off the pipe whatever happens next, so that
+   * the next message's is the next one. libuv names a SOCK_SEQPACKET
+   * socket no type of its own. */
+  if (uv_pipe_pending_count(&ch.pipe) > 0 &&
+      uv_pipe_pending_type(&ch.pipe) != UV_TCP &&
+      (p = malloc(sizeof(*p)))) {
+    uv_pipe_init(&ch.loop, p, 0);
+    if (uv_accept((uv_stream_t *)&ch.pipe, (uv_stream_t *)p) == 0 &&
+        uv_fileno((uv_handle_t *)p, &fd) == 0)
+      fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    uv_close((uv_handle_t *)p, free_handle);
   }
-  uv_pipe_init(&ch.loop, p, 0);
-  if (uv_accept((uv_stream_t *)&ch.pipe, (uv_stream_t *)p) == 0 &&
-      uv_fileno((uv_handle_t *)p, &fd) == 0)
-    fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  else
+  if (fd >= 0 && ch.ho) {
+    close(fd); /* one hand-over at a time */
     fd = -1;
-  uv_close((uv_handle_t *)p, free_handle);
+  }
   if (fd < 0) {
     ho_report(0, 0, NULL);
     return;

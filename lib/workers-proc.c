@@ -444,21 +444,24 @@ int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind) {
 typedef struct {
   uv_write_t req;
   uv_pipe_t pipe;
-  uvip_workers_t *ws;
+  uvip__wk_t *wk;
+  unsigned gen;
   uvip__msg_t msg;
 } ho_order_t;
 
 static void free_ho_order(uv_handle_t *h) {
   ho_order_t *o = UVIP_CONTAINER_OF(h, ho_order_t, pipe);
-  uvip_workers_t *ws = o->ws;
+  uvip_workers_t *ws = o->wk->ws;
   free(o);
   uvip__wk_closed(ws);
 }
 
 static void on_ho_order_written(uv_write_t *req, int status) {
   ho_order_t *o = UVIP_CONTAINER_OF(req, ho_order_t, req);
-  /* Not delivered: the worker is dying, and its end reports its part. */
-  (void)status;
+  /* Not delivered: the worker will not report its part (if it died, its
+   * end has counted it already). */
+  if (status < 0 && o->gen == o->wk->gen)
+    uvip__wk_ho_reported(o->wk, 0, 0);
   uv_close((uv_handle_t *)&o->pipe, free_ho_order);
 }
 
@@ -476,7 +479,8 @@ int uvip__wk_proc_handover(uvip__wk_t *wk, int chan,
     close(copy);
     return UV_ENOMEM;
   }
-  o->ws = ws;
+  o->wk = wk;
+  o->gen = wk->gen;
   o->msg.kind = UVIP__MSG_HANDOVER;
   o->msg.fn = (uint64_t)(uintptr_t)decide;
   uv_pipe_init(ws->loop, &o->pipe, 0);
