@@ -332,10 +332,10 @@ static int admin_start(uv_loop_t *loop, const char *spec, int port,
   return r;
 }
 
-/* Upgrade hooks (with workers, decide and moved run on the workers): a keep-alive connection between
- * requests moves as it is (an HTTP/1.1 connection carries no state from
- * one request to the next); one in the middle of a request stays and
- * finishes here, with Connection: close. */
+/* Upgrade hooks: a keep-alive connection between requests moves as it is
+ * (an HTTP/1.1 connection carries no state from one request to the next);
+ * one in the middle of a request stays and finishes here, with Connection:
+ * close. With workers, decide and moved run on the workers. */
 static int upgrade_decide(uvip_conn_t *c, void *blob, size_t *len) {
   (void)blob;
   *len = 0;
