@@ -687,6 +687,64 @@ static void echo_workers(const char *mode) {
   unlink(pidf);
 }
 
+/* uvip-echo --workers 2 --worker-mode process --handoff-socket: a second
+ * process started the same way takes the listeners and, after its
+ * probation, the first one's workers move their idle connections to its
+ * workers; they keep echoing once the first has exited. */
+START_TEST(test_echo_workers_handoff_socket) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512], portstr[16], sock[64], log[16384] = "";
+  int port = th_free_port(), pfd[2], fds[4], st;
+  struct sockaddr_storage sa;
+  pid_t pid[2];
+  FILE *out;
+  ck_assert_ptr_nonnull(bdir);
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(sock, sizeof(sock), "/tmp/uvip-test-wk-ho-%d.sock", getpid());
+  unlink(sock);
+  ck_assert_int_eq(pipe(pfd), 0);
+  out = fdopen(pfd[0], "r");
+  for (int k = 0; k < 2; k++) {
+    pid[k] = fork();
+    ck_assert_int_ge(pid[k], 0);
+    if (pid[k] == 0) {
+      dup2(pfd[1], 1);
+      dup2(pfd[1], 2);
+      execl(echo, echo, "--listen", "127.0.0.1-127.0.0.2", "--port", portstr,
+            "--handoff-socket", sock, "--shutdown-timeout", "3000",
+            "--workers", "2", "--worker-mode", "process", (char *)NULL);
+      _exit(127);
+    }
+    th_read_until(out, "serving 2 of 2 VIPs", log, sizeof(log));
+    if (k == 1)
+      break;
+    for (int i = 0; i < 4; i++) {
+      th_addr(i % 2 ? "127.0.0.2" : "127.0.0.1", port, &sa);
+      fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+      echo_roundtrip(fds[i], "one");
+    }
+  }
+  close(pfd[1]);
+  th_read_until(out, "drained: no connection left", log, sizeof(log));
+  ck_assert_int_eq(waitpid(pid[0], &st, 0), pid[0]);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  if (!strstr(log, "received 4 connections"))
+    th_read_until(out, "received 4 connections", log, sizeof(log));
+  ck_assert_msg(strstr(log, "upgrade: moved 4 connections, 0 drain here"),
+                "%s", log);
+  for (int i = 0; i < 4; i++) {
+    echo_roundtrip(fds[i], "two");
+    close(fds[i]);
+  }
+  ck_assert_int_eq(kill(pid[1], SIGTERM), 0);
+  ck_assert_int_eq(waitpid(pid[1], &st, 0), pid[1]);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(sock);
+}
+END_TEST
+
 START_TEST(test_echo_thread_workers_sigusr2) { echo_workers("thread"); }
 END_TEST
 
@@ -789,6 +847,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_echo_thread_workers_sigusr2);
   tcase_add_test(tc, test_echo_process_workers_sigusr2);
   tcase_add_test(tc, test_http_process_workers_sigusr2);
+  tcase_add_test(tc, test_echo_workers_handoff_socket);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
