@@ -9,13 +9,16 @@
 # Usage: tests/bench/bench-upgrade-scale.sh BUILD_DIR [CONNS] [WORKERS] [MODE]
 #   defaults: 100000 connections, 8 workers, process. The client runs as
 #   CLIENTS processes (CONNS / 12500 rounded up), each under the 20,000
-#   descriptor limit. Bounded: every wait gives up after a deadline, and
-#   everything started is killed on exit.
+#   descriptor limit. PROBATION_MS (default 1000, uvip-echo's) is passed as
+#   --upgrade-probation-ms: the old generation hands over that long after
+#   the new one said ready. Bounded: every wait gives up after a deadline,
+#   and everything started is killed on exit.
 set -euo pipefail
 build=${1:?usage: $0 BUILD_DIR [CONNS] [WORKERS] [MODE]}
 conns=${2:-100000}
 workers=${3:-8}
 mode=${4:-process}
+probation=${PROBATION_MS:-1000}
 echo_bin=$build/examples/uvip-echo
 client=$build/tests/bench/hold-echo
 per_client=12500
@@ -50,6 +53,7 @@ max_ms() { cat "$tmp"/c*.out | grep "^round=$1 " | sed 's/.* ms=//' | sort -n | 
 
 "$echo_bin" --listen 127.0.0.1-127.0.0.16 --port $port --workers "$workers" \
   --worker-mode "$mode" --pid-file "$tmp/echo.pid" --shutdown-timeout 10000 \
+  --upgrade-probation-ms "$probation" \
   > "$tmp/echo.log" 2>&1 &
 pids+=($!)
 wait_for 30 has_line "$tmp/echo.log" "serving 16 of 16 VIPs"
@@ -80,10 +84,10 @@ wait_for 60 bash -c "! kill -0 $old 2>/dev/null"
 t_exit=$(now_ms)
 grep -E "upgrade:|drain|adopted\)$" "$tmp/echo.log" | grep -v "listening on" || true
 echo "adopted listeners: $(grep -c "(adopted)" "$tmp/echo.log")"
-echo "SIGUSR2 -> new generation ready:        $((t_ready - t0)) ms (exec, 16 listeners adopted, $workers workers started)"
+echo "SIGUSR2 -> old stops, hands over:       $((t_ready - t0)) ms (exec, 16 listeners adopted, $workers workers started, ready, $probation ms probation)"
 echo "SIGUSR2 -> old side done (moved logged): $((t_moved - t0)) ms"
 echo "SIGUSR2 -> new side received all:        $((t_received - t0)) ms"
-echo "ready -> all received (the move itself):  $((t_received - t_ready)) ms"
+echo "hand-over -> all received (the move):     $((t_received - t_ready)) ms"
 echo "SIGUSR2 -> old generation exited:        $((t_exit - t0)) ms"
 
 for i in $(seq "$nclients"); do kill -USR1 "$(cat "$tmp/c$i.pid")"; done
