@@ -222,25 +222,33 @@ static void on_drain_tick(uv_timer_t *t) {
   if (active > 0)
     fprintf(stderr, "%s: closing %llu connections still open\n", ex_prog,
             (unsigned long long)active);
+  else
+    printf("%s: drained: no connection left\n", ex_prog);
   uv_timer_stop(t);
   uvip_workers_close(workers, on_workers_closed);
+}
+
+/* Stops accepting and lets the workers' connections drain (at most
+ * shutdown_ms), then closes the workers and the server. */
+static void workers_drain(void) {
+  stopping = 1;
+  print_workers(workers, 0);
+  uvip_server_stop(server);
+  uv_timer_start(&shutdown_timer, on_drain_tick, 0, 100);
+  uv_unref((uv_handle_t *)&shutdown_timer);
 }
 
 static void on_signal(int signum) {
   uvip_vip_stats_t st;
   uvip_server_stats(server, &st);
   if (workers && stopping)
-    return; /* a worker could not start: closing already */
+    return; /* a worker could not start, or an upgrade: closing already */
   if (workers) {
-    stopping = 1;
     fprintf(stderr, "%s: %s, stopped accepting; waiting up to %llu ms for "
             "%llu connections\n", ex_prog, signum == SIGINT ? "SIGINT" : "SIGTERM",
             (unsigned long long)shutdown_ms,
             (unsigned long long)workers_active());
-    print_workers(workers, 0);
-    uvip_server_stop(server);
-    uv_timer_start(&shutdown_timer, on_drain_tick, 0, 100);
-    uv_unref((uv_handle_t *)&shutdown_timer);
+    workers_drain();
     return;
   }
   fprintf(stderr,
@@ -289,24 +297,6 @@ static void announce(void) {
   fflush(stdout);
 }
 
-/* Workers report their start asynchronously; one that cannot start (a
- * reuseport bind error, a failed fork) ends the run with status 1. */
-static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
-  if (status < 0) {
-    fprintf(stderr, "%s: worker %u cannot start: %s\n", ex_prog, i,
-            uv_strerror(status));
-    exit_status = 1;
-  }
-  if (++workers_reported < uvip_workers_count(w) || stopping)
-    return; /* more to come, or a signal is closing them already */
-  if (exit_status == 0) {
-    announce();
-  } else {
-    stopping = 1;
-    uvip_workers_close(w, on_workers_closed);
-  }
-}
-
 /* Upgrade hooks: an echo connection carries no state, so every idle one
  * moves with an empty blob. */
 static int upgrade_decide(uvip_conn_t *c, void *blob, size_t *len) {
@@ -328,8 +318,54 @@ static void upgrade_retire(size_t kept) {
     printf("%s: old generation: draining %zu connections (up to %llu ms)\n",
            ex_prog, kept, (unsigned long long)shutdown_ms);
   fflush(stdout);
+  if (workers) {
+    /* The workers moved what was idle; the rest drain in them. */
+    if (!stopping)
+      workers_drain();
+    return;
+  }
   uvip_server_drain(server, shutdown_ms, NULL);
   uvip_server_close(server, on_server_closed);
+}
+
+static const char *pid_file, *handoff_path;
+static char **args;
+
+/* The pid file, readiness to the generation that started us, and SIGUSR2,
+ * before "serving": whoever waits for that line may read the one and
+ * count on the others. With workers, once every one is ready: moved
+ * connections go to them. With reuseport the workers hold the listeners
+ * and there is nothing to pass on: no SIGUSR2. */
+static void setup_upgrade(void) {
+  static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
+                                           upgrade_retire};
+  int r;
+  if (workers && wcfg.balance == UVIP_BALANCE_REUSEPORT) {
+    ex_write_pid_file(pid_file);
+    return;
+  }
+  if ((r = ex_upgrade_setup(loop, server, args, pid_file, handoff_path,
+                            &hooks)) != 0)
+    fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
+}
+
+/* Workers report their start asynchronously; one that cannot start (a
+ * reuseport bind error, a failed fork) ends the run with status 1. */
+static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
+  if (status < 0) {
+    fprintf(stderr, "%s: worker %u cannot start: %s\n", ex_prog, i,
+            uv_strerror(status));
+    exit_status = 1;
+  }
+  if (++workers_reported < uvip_workers_count(w) || stopping)
+    return; /* more to come, or a signal is closing them already */
+  if (exit_status == 0) {
+    setup_upgrade();
+    announce();
+  } else {
+    stopping = 1;
+    uvip_workers_close(w, on_workers_closed);
+  }
 }
 
 static void usage(FILE *f) {
@@ -357,8 +393,10 @@ static void usage(FILE *f) {
           "  --max-conns-per-worker N connections per worker (0 = default: none for\n"
           "                           threads, the descriptor limit for processes)\n"
           "With --workers, SIGUSR1 prints the connections each worker holds.\n"
-          "Without workers, SIGUSR2 upgrades: a new generation of this binary takes\n"
-          "over the listeners and the idle connections; this one drains and exits.\n",
+          "SIGUSR2 upgrades: a new generation of this binary takes over the\n"
+          "listeners and the idle connections (with workers, each worker hands over\n"
+          "its own, to the new generation's workers); this one drains and exits.\n"
+          "Not with --balance reuseport (the workers hold the listeners).\n",
           ex_prog);
 }
 
@@ -395,7 +433,7 @@ int main(int argc, char **argv) {
   if (specs == NULL)
     return 1;
   size_t nspecs = 0;
-  const char *prov_ifname = NULL, *pid_file = NULL, *handoff_path = NULL;
+  const char *prov_ifname = NULL;
   int port = 7000, opt, r;
   char err[512] = "";
 
@@ -500,6 +538,9 @@ int main(int argc, char **argv) {
       fprintf(stderr, "%s: workers: %s\n", ex_prog, uv_strerror(r));
       return 1;
     }
+    if (wopts.balance != UVIP_BALANCE_REUSEPORT && handoff_path &&
+        ex_handoff_take(server, handoff_path) != 0)
+      return 1;
     r = uvip_workers_listen(workers, on_connection, err, sizeof(err));
   } else {
     if (handoff_path && ex_handoff_take(server, handoff_path) != 0)
@@ -520,20 +561,12 @@ int main(int argc, char **argv) {
     uv_unref((uv_handle_t *)&usr1);
   }
 
-  /* The pid file and readiness, before "serving": whoever waits for that
-   * line may read the one and count on the other. */
+  /* With workers, once they are ready (on_worker_ready). */
+  args = argv;
   if (!workers) {
-    static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
-                                             upgrade_retire};
-    if ((r = ex_upgrade_setup(loop, server, argv, pid_file, handoff_path,
-                              &hooks)) != 0)
-      fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
-  } else {
-    ex_write_pid_file(pid_file);
-  }
-
-  if (!workers)
+    setup_upgrade();
     announce();
+  }
 
   uv_run(loop, UV_RUN_DEFAULT);
   uv_run(loop, UV_RUN_DEFAULT); /* let the last close callbacks run */

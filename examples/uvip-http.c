@@ -221,6 +221,7 @@ static void on_publish(uv_timer_t *t) {
 static void on_server_closed(uvip_server_t *server) {
   (void)server;
   ex_signals_close();
+  ex_upgrade_close();
 }
 
 static void on_workers_closed(uvip_workers_t *w) {
@@ -331,10 +332,10 @@ static int admin_start(uv_loop_t *loop, const char *spec, int port,
   return r;
 }
 
-/* Upgrade hooks (without workers): a keep-alive connection between
- * requests moves as it is (an HTTP/1.1 connection carries no state from
- * one request to the next); one in the middle of a request stays and
- * finishes here, with Connection: close. */
+/* Upgrade hooks: a keep-alive connection between requests moves as it is
+ * (an HTTP/1.1 connection carries no state from one request to the next);
+ * one in the middle of a request stays and finishes here, with Connection:
+ * close. With workers, decide and moved run on the workers. */
 static int upgrade_decide(uvip_conn_t *c, void *blob, size_t *len) {
   (void)blob;
   *len = 0;
@@ -348,11 +349,18 @@ static void upgrade_moved(uvip_server_t *srv, uvip_conn_t *c,
   http_on_connection(srv, c);
 }
 
+static void stop(void);
+
 static void upgrade_retire(size_t kept) {
   if (kept != SIZE_MAX)
     printf("%s: old generation: %zu connections finish here\n", ex_prog,
            kept);
   fflush(stdout);
+  if (g_workers) {
+    /* The workers moved what was idle; the rest finish in them. */
+    stop();
+    return;
+  }
   if (g_tracker) {
     drop_census();
     uvip_tracker_close(g_tracker, NULL);
@@ -387,6 +395,9 @@ static void on_signal(int signum) {
   stop();
 }
 
+static char **g_argv;
+static const char *g_pid_file;
+
 /* Workers report their start asynchronously: "ready" once all have (a
  * reuseport VIP has no listener before); one that cannot start (a
  * reuseport bind error, a failed fork) stops the server, exit status 1. */
@@ -401,6 +412,16 @@ static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
   if (g_exit) {
     stop();
     return;
+  }
+  /* Readiness to the generation that started us once every worker takes
+   * connections: the moved ones go to them. */
+  if (g_argv) {
+    static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
+                                             upgrade_retire};
+    int r = ex_upgrade_setup(uv_default_loop(), g_server, g_argv, g_pid_file,
+                             NULL, &hooks);
+    if (r != 0)
+      fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
   }
   printf("%s: ready\n", ex_prog);
   fflush(stdout);
@@ -662,8 +683,13 @@ int main(int argc, char **argv) {
       fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
     printf("%s: ready\n", ex_prog);
     fflush(stdout);
-  } else {
+  } else if (wo.balance == UVIP_BALANCE_REUSEPORT) {
+    /* The workers hold the listeners: nothing to pass on, no SIGUSR2. */
     ex_write_pid_file(pid_file);
+  } else {
+    /* SIGUSR2 and readiness once the workers are ready. */
+    g_argv = argv;
+    g_pid_file = pid_file;
   }
 
   g_census_ms = census_ms;

@@ -232,7 +232,9 @@ int uvip_server_listen(uvip_server_t *server, uvip_connection_cb cb,
 
 /* Stops accepting and closes every listening socket; open connections keep
  * running and stay counted. Queued, not yet accepted connections are reset
- * by the kernel. Idempotent. */
+ * by the kernel. With workers in UVIP_BALANCE_REUSEPORT mode (which accept
+ * on sockets of their own) each worker is told to stop its listeners, on
+ * its own loop: asynchronously, after this returns. Idempotent. */
 int uvip_server_stop(uvip_server_t *server);
 
 /* Stops accepting but keeps every listening socket open, unlike

@@ -142,11 +142,22 @@ struct uvip_server_s {
   /* Returns 0 when the descriptor was taken (it is then the worker's), or a
    * negative error (the scheduler closes the descriptor). */
   int (*handoff_dispatch)(uvip_server_t *server, uvip_vip_t *vip, int fd);
+  /* A connection moved from the old generation (moved.c) goes to a
+   * worker as handoff_dispatch() would send it, with its moved callback
+   * and blob (copied), which run on the worker. */
+  int (*handoff_moved)(uvip_server_t *server, uvip_vip_t *vip, int fd,
+                       uvip_moved_cb cb, const void *blob, size_t len);
+  /* A receiver of moved connections waiting for a worker with room:
+   * uvip__sched_kick() and uvip__sched_slot_freed() wake it. */
+  struct uvip_moved_s *moved_waiting;
   void (*remote_closed)(uvip_conn_t *conn);
   /* Set while the server has workers (any balance mode): their connections
    * are on no list of this server, so uvip_server_close_conns() asks the
    * workers to close them. Returns 0 or the first error. */
   int (*remote_close_conns)(uvip_server_t *server);
+  /* Set while REUSEPORT workers listen on sockets of their own:
+   * uvip_server_stop() asks them to stop accepting too. */
+  void (*remote_stop)(uvip_server_t *server);
   void *handoff_ctx;
   /* Objects built on this server that must close before it (workers, live
    * pool): uvip_server_close() is UV_EBUSY while any is attached. */
@@ -205,6 +216,9 @@ void uvip__sched_keepalive(uvip_server_t *server, bool on);
  * last close callback. A server that never listened gets one idle handle
  * for that, so that the callback still comes from the loop. */
 void uvip__sched_close(uvip_server_t *server);
+
+/* moved.c: a worker may have room again (moved_waiting). */
+void uvip__moved_room(uvip_server_t *server);
 
 /* conn.c */
 /* Wraps an accepted descriptor in a connection on `loop` (the server's loop

@@ -21,6 +21,7 @@ struct uvip_moved_s {
   int status; /* for end */
   size_t received, dropped;
   bool closing;
+  bool waiting; /* for a worker with room (the poll is stopped) */
 };
 
 static void on_closed(uv_handle_t *h) {
@@ -35,6 +36,8 @@ static void stop(uvip_moved_t *m, int status) {
   if (m->closing)
     return;
   m->closing = true;
+  if (m->server->moved_waiting == m)
+    m->server->moved_waiting = NULL;
   m->status = status;
   uv_close((uv_handle_t *)&m->poll, on_closed);
 }
@@ -54,7 +57,7 @@ static int receive_one(uvip_moved_t *m) {
   struct cmsghdr *cm;
   uvip_server_t *s = m->server;
   uvip_vip_t *v;
-  uvip_conn_t *c;
+  uvip_conn_t *c = NULL;
   int fd = -1;
   ssize_t n;
 
@@ -88,16 +91,26 @@ static int receive_one(uvip_moved_t *m) {
     return 1;
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  if (uvip__conn_new(s->loop, v, fd, &c) != 0) {
-    m->dropped++;
-    return 1;
+  if (s->handoff_moved) {
+    /* To a worker, like an accepted one; cb runs there. */
+    if (s->handoff_moved(s, v, fd, m->cb, in.blob, in.h.blob_len) != 0) {
+      close(fd);
+      m->dropped++;
+      return 1;
+    }
+  } else {
+    if (uvip__conn_new(s->loop, v, fd, &c) != 0) {
+      m->dropped++;
+      return 1;
+    }
   }
   /* As the accept path counts it. */
   v->stats.accepted++;
   v->stats.active++;
   s->active++;
   m->received++;
-  m->cb(s, c, in.blob, in.h.blob_len);
+  if (!s->handoff_moved)
+    m->cb(s, c, in.blob, in.h.blob_len);
   return 1;
 }
 
@@ -111,6 +124,16 @@ static void on_readable(uv_poll_t *p, int status, int events) {
   }
   /* A bounded batch per turn: the loop has other work. */
   for (int i = 0; i < 64 && !m->closing; i++) {
+    uvip_server_t *s = m->server;
+    /* With workers: only while one has room (below its cap, its pipe not
+     * backed up); the rest wait in the channel, and the old generation
+     * waits for room in it. */
+    if (s->handoff_moved && !s->handoff_has_room(s)) {
+      uv_poll_stop(&m->poll);
+      m->waiting = true;
+      s->moved_waiting = m;
+      return;
+    }
     r = receive_one(m);
     if (r <= 0)
       break;
@@ -119,6 +142,16 @@ static void on_readable(uv_poll_t *p, int status, int events) {
     stop(m, 0);
   else if (r < 0)
     stop(m, r);
+}
+
+void uvip__moved_room(uvip_server_t *s) {
+  uvip_moved_t *m = s->moved_waiting;
+  if (!m->waiting || m->closing || !s->handoff_has_room(s))
+    return;
+  m->waiting = false;
+  s->moved_waiting = NULL;
+  /* Read on the next poll phase, not inside the caller. */
+  uv_poll_start(&m->poll, UV_READABLE | UV_DISCONNECT, on_readable);
 }
 
 /* Receives on fd (taken on success). */

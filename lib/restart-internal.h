@@ -24,6 +24,34 @@ typedef struct uvip__handover_item {
   unsigned char blob[];
 } uvip__handover_item_t;
 
+/* Sends queued connections over a hand-over channel on one loop, as the
+ * channel has room (handover.c). Owned by the upgrade (the acceptor's own
+ * connections) or by a worker (its connections, on its loop, over its own
+ * copy of the channel). The owner starts and stops poll, which watches
+ * chan, and forwards its events to uvip__mover_writable(). */
+typedef struct uvip__mover {
+  uv_poll_t *poll;
+  int chan;
+  uvip_conn_close_cb close_cb; /* the server's conn_close_cb */
+  void *data; /* the owner's */
+  uvip__handover_item_t **items;
+  size_t n, cap, next, moved, kept;
+  bool running;
+  /* Runs once when every queued connection was sent or given back. */
+  void (*done)(struct uvip__mover *m);
+} uvip__mover_t;
+
+/* Asks decide about every open connection of list (a VIP's or a worker's,
+ * linked by next) and queues the idle ones chosen for moving. */
+void uvip__mover_collect(uvip__mover_t *m, uvip_conn_t *list,
+                         uvip_handover_decide_cb decide);
+/* Starts sending (from the loop: done never runs inside this call); cb,
+ * the owner's, forwards poll's events to uvip__mover_writable(). */
+void uvip__mover_start(uvip__mover_t *m, uv_poll_cb cb);
+void uvip__mover_writable(uvip__mover_t *m, int status);
+/* Gives back what is still queued and runs done (if running). */
+void uvip__mover_abort(uvip__mover_t *m);
+
 struct uvip_upgrade_s {
   uv_loop_t *loop;
   pid_t pid;        /* 0 once reaped */
@@ -49,12 +77,13 @@ struct uvip_upgrade_s {
   uvip_upgrade_probation_cb probation_cb;
   bool on_probation;
 
-  /* Hand-over in progress (handover.c). */
+  /* Hand-over in progress (handover.c): the server's own connections
+   * (mover) and, with workers, theirs (each worker sends its own). */
+  uvip__mover_t mover;
   uvip_server_t *ho_server;
   uvip_handover_done_cb ho_done;
-  uvip__handover_item_t **ho_items;
-  size_t ho_n, ho_next, ho_moved, ho_kept;
-  bool ho_running;
+  size_t ho_moved, ho_kept; /* the workers' part, as they report it */
+  bool ho_running, ho_workers;
 };
 
 /* upgrade.c: the listening descriptors of every listening VIP of the
@@ -90,6 +119,19 @@ int uvip__upgrade_channel(uv_loop_t *loop, int chan, uvip_upgrade_t **out);
 
 /* handover.c: ends a hand-over in progress (the upgrade closes). */
 void uvip__handover_abort(uvip_upgrade_t *u);
+/* handover.c: the workers' part of a hand-over ended (every worker asked
+ * reported, died or was closed); moved and kept are their totals. */
+void uvip__handover_workers_done(uvip_upgrade_t *u, size_t moved,
+                                 size_t kept);
+
+/* workers.c: asks every running worker of server to hand over its idle
+ * connections over its own copy of chan (decide runs on the worker);
+ * uvip__handover_workers_done(u, ...) follows once, from the loop, unless
+ * uvip__wk_handover_detach() ran first. Returns how many workers were
+ * asked (0: none runs, nothing follows) or an error (nothing asked). */
+int uvip__wk_handover(uvip_server_t *server, uvip_upgrade_t *u, int chan,
+                      uvip_handover_decide_cb decide);
+void uvip__wk_handover_detach(uvip_server_t *server);
 
 /* conn.c: a connection queued for moving cannot be closed by the
  * application (UV_EBUSY); the hand-over closes it once sent. */

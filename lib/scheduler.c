@@ -330,6 +330,8 @@ static void on_check(uv_check_t *handle) {
 }
 
 void uvip__sched_slot_freed(uvip_server_t *s, uvip_vip_t *v) {
+  if (s->moved_waiting)
+    uvip__moved_room(s);
   if (!s->listening || s->stopped)
     return;
   if (v->pending && v->state == UVIP_VIP_LISTENING && !vip_capped(s, v)) {
@@ -345,6 +347,8 @@ void uvip__sched_slot_freed(uvip_server_t *s, uvip_vip_t *v) {
 }
 
 void uvip__sched_kick(uvip_server_t *s) {
+  if (s->moved_waiting)
+    uvip__moved_room(s);
   if (s->listening && !s->stopped)
     kick(s);
 }

@@ -212,6 +212,8 @@ UVIP_EXPORT int uvip_server_stop(uvip_server_t *s) {
   if (s->stopped)
     return 0;
   s->stopped = true;
+  if (s->remote_stop)
+    s->remote_stop(s);
   for (size_t i = 0; i < s->nvips; i++) {
     uvip_vip_t *v = s->vips[i];
     if (v->state == UVIP_VIP_LISTENING)

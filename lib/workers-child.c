@@ -14,6 +14,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,8 +48,9 @@ static struct {
   uvip_conn_t *free_conns; /* connection slabs: see conn_alloc() */
   char *slab;
   size_t slab_left;
-  unsigned char part[sizeof(uvip__msg_t)];
+  unsigned char part[sizeof(uvip__msg_t) + UVIP_HANDOVER_BLOB_MAX];
   size_t plen;
+  uvip__wk_ho_t *ho; /* a hand-over in progress */
   char rbuf[4096];
 } ch;
 
@@ -323,7 +325,7 @@ static uvip_vip_t *mirror_vip(uint32_t id, const struct sockaddr *sa) {
 
 static void free_conn(uv_handle_t *h) { conn_free((uvip_conn_t *)h); }
 
-static void take_conn(const uvip__msg_t *m) {
+static void take_conn(const uvip__msg_t *m, const void *blob) {
   uvip_vip_t *v = mirror_vip(m->id, &m->addr.sa);
   uvip_conn_t *c;
   /* A descriptor lost on the way (the kernel drops what does not fit
@@ -348,7 +350,50 @@ static void take_conn(const uvip__msg_t *m) {
   v->stats.active++;
   ch.shell->active++;
   ch.active++;
-  ch.ws->cb(ch.shell, c);
+  if (m->kind == UVIP__MSG_MOVED)
+    ((uvip_moved_cb)(uintptr_t)m->fn)(ch.shell, c, blob, m->blob_len);
+  else
+    ch.ws->cb(ch.shell, c);
+}
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void ho_report(size_t moved, size_t kept, void *arg) {
+  uvip__rep_t rep = {.kind = UVIP__REP_HANDOVER, .a = moved, .b = kept};
+  (void)arg;
+  ch.ho = NULL;
+  send_reports(&rep, 1);
+}
+
+/* The order to hand over: the channel comes as a pipe handle, whose
+ * descriptor we keep (a copy: the handle closes its own). */
+static void take_handover(const uvip__msg_t *m) {
+  uv_pipe_t *p;
+  int fd = -1;
+  /* The descriptor is taken off the pipe whatever happens next, so that
+   * the next message's is the next one. libuv names a SOCK_SEQPACKET
+   * socket no type of its own. */
+  if (uv_pipe_pending_count(&ch.pipe) > 0 &&
+      uv_pipe_pending_type(&ch.pipe) != UV_TCP &&
+      (p = malloc(sizeof(*p)))) {
+    uv_pipe_init(&ch.loop, p, 0);
+    if (uv_accept((uv_stream_t *)&ch.pipe, (uv_stream_t *)p) == 0 &&
+        uv_fileno((uv_handle_t *)p, &fd) == 0)
+      fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    uv_close((uv_handle_t *)p, free_handle);
+  }
+  if (fd >= 0 && ch.ho) {
+    close(fd); /* one hand-over at a time */
+    fd = -1;
+  }
+  if (fd < 0) {
+    ho_report(0, 0, NULL);
+    return;
+  }
+  uvip__wk_ho_start(&ch.loop, fd, ch.conns,
+                    (uvip_handover_decide_cb)(uintptr_t)m->fn,
+                    ch.ws->server->opts.conn_close_cb, ho_report, NULL,
+                    &ch.ho);
 }
 
 /* Both orders close everything we hold: handed-over connections are on
@@ -373,6 +418,9 @@ static void stop(void) {
   if (ch.stopping)
     return;
   ch.stopping = true;
+  /* Connections queued for moving go back, so that they close below. */
+  if (ch.ho)
+    uvip__wk_ho_abort(ch.ho);
   /* The last counts reported are those from before the stop; the
    * periodic report ends with it (its server is being closed). */
   send_stats();
@@ -401,26 +449,41 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     child_exit(0);
   }
   while (n > 0 && !ch.done) {
-    size_t take = sizeof(uvip__msg_t) - ch.plen;
+    size_t need = sizeof(uvip__msg_t), take;
     uvip__msg_t m;
+    /* A MOVED message's blob follows it. */
+    if (ch.plen >= sizeof(m)) {
+      memcpy(&m, ch.part, sizeof(m));
+      if (m.kind == UVIP__MSG_MOVED && m.blob_len <= UVIP_HANDOVER_BLOB_MAX)
+        need += m.blob_len;
+    }
+    take = need - ch.plen;
     if ((size_t)n < take)
       take = (size_t)n;
     memcpy(ch.part + ch.plen, p, take);
     ch.plen += take;
     p += take;
     n -= (ssize_t)take;
-    if (ch.plen < sizeof(m))
+    if (ch.plen < need)
       continue;
     memcpy(&m, ch.part, sizeof(m));
+    if (m.kind == UVIP__MSG_MOVED && m.blob_len <= UVIP_HANDOVER_BLOB_MAX &&
+        need == sizeof(m) && m.blob_len > 0)
+      continue; /* the header only: now the blob */
     ch.plen = 0;
     if (m.kind == UVIP__MSG_STOP)
       stop();
     else if (ch.stopping)
       continue; /* everything is closing already */
-    else if (m.kind == UVIP__MSG_CONN)
-      take_conn(&m);
+    else if (m.kind == UVIP__MSG_CONN ||
+             (m.kind == UVIP__MSG_MOVED && m.blob_len <= UVIP_HANDOVER_BLOB_MAX))
+      take_conn(&m, ch.part + sizeof(m));
+    else if (m.kind == UVIP__MSG_HANDOVER)
+      take_handover(&m);
     else if (m.kind == UVIP__MSG_CLOSE_CONNS)
       close_conns();
+    else if (m.kind == UVIP__MSG_STOP_LISTEN && ch.own)
+      uvip_server_stop(ch.own);
   }
 }
 

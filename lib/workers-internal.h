@@ -6,7 +6,7 @@
 
 #include <sys/types.h>
 
-#include "internal.h"
+#include "restart-internal.h"
 
 /* Hand-offs a worker process may have queued in the acceptor and not yet
  * written to its pipe: each holds a descriptor of the acceptor's. */
@@ -30,12 +30,35 @@ typedef struct uvip__wk uvip__wk_t;
 
 /* What a thread worker posts back to the acceptor. */
 enum { UVIP__POST_RELEASE, UVIP__POST_FAILED, UVIP__POST_EXITED,
-       UVIP__POST_READY };
+       UVIP__POST_READY, UVIP__POST_HANDOVER };
 typedef struct {
   uint32_t kind;
   uint32_t worker;
   uvip_vip_t *vip;
+  uint64_t a, b; /* HANDOVER: moved, kept */
 } uvip__post_t;
+
+/* A worker's part of an upgrade's hand-over, on the worker's loop: its
+ * own copy of the channel, watched by poll. Freed by poll's close
+ * callback (which closes the copy). */
+typedef struct uvip__wk_ho {
+  uvip__mover_t mover;
+  uv_poll_t poll;
+  void (*report)(size_t moved, size_t kept, void *arg);
+  void *arg;
+} uvip__wk_ho_t;
+
+/* workers-handover.c: starts a worker's hand-over of the connections of
+ * list on loop over chan (taken: closed on every path). report runs once,
+ * on loop, when it ends (possibly from uvip__wk_ho_abort()). *out is NULL
+ * when it could not start (report has run then). */
+void uvip__wk_ho_start(uv_loop_t *loop, int chan, uvip_conn_t *list,
+                       uvip_handover_decide_cb decide,
+                       uvip_conn_close_cb close_cb,
+                       void (*report)(size_t moved, size_t kept, void *arg),
+                       void *arg, uvip__wk_ho_t **out);
+/* Gives back what is still queued (the worker stops). */
+void uvip__wk_ho_abort(uvip__wk_ho_t *ho);
 
 struct uvip__wk {
   uvip_workers_t *ws;
@@ -56,7 +79,13 @@ struct uvip__wk {
   uv_loop_t *loop;
   uv_async_t *async; /* wakes the worker: new descriptors or an order */
   uv_mutex_t lock;
-  struct { uvip_vip_t *vip; int fd; } *queue;
+  struct {
+    uvip_vip_t *vip;
+    int fd;
+    uvip_moved_cb moved; /* a connection moved from the old generation */
+    void *blob;          /* its blob (malloc'd) */
+    size_t len;
+  } *queue;
   size_t qlen, qcap;
   bool stop;
   /* An order to close the connections, to be carried out before queue
@@ -64,7 +93,13 @@ struct uvip__wk {
    * those handed over after it are not. */
   bool close_order;
   size_t close_at;
+  bool stop_listen; /* REUSEPORT: stop the worker's own listeners */
   uvip_conn_t *conns;    /* the worker's open connections */
+  /* An order to hand over (upgrade): chan is the worker's copy of the
+   * channel, -1 when none is pending. ho runs on the worker's loop. */
+  int ho_chan;
+  uvip_handover_decide_cb ho_decide;
+  uvip__wk_ho_t *ho;
   uvip_server_t *own;    /* REUSEPORT: the worker's own server */
   uint64_t rp_active, rp_handed; /* REUSEPORT counts, under lock */
   uv_timer_t *rp_timer;
@@ -79,6 +114,7 @@ struct uvip__wk {
   uint64_t ready_deadline; /* loop time; 0 once ready or given up */
   int start_err;           /* why a starting process ended, if known */
   unsigned inflight;
+  bool ho_pending; /* asked to hand over, has not reported yet */
   unsigned char rbuf[32]; /* a partial report record */
   size_t rlen;
 };
@@ -120,12 +156,21 @@ struct uvip_workers_s {
   size_t nzombies, cap_zombies;
   char pbuf[4096];      /* reads from worker pipes, consumed at once */
   uv_idle_t closer;     /* makes the close callback come from the loop */
+  /* An upgrade's hand-over: the workers asked that have not reported. */
+  uvip_upgrade_t *ho_upgrade;
+  unsigned ho_waiting;
+  size_t ho_moved, ho_kept;
   int handles_open;
 };
 
 /* What goes over a worker process's pipe. Parent to child. STOP and
  * CLOSE_CONNS are also the orders given to thread workers. */
-enum { UVIP__MSG_CONN = 1, UVIP__MSG_STOP = 2, UVIP__MSG_CLOSE_CONNS = 3 };
+/* HANDOVER carries the channel (a descriptor) and the decide callback;
+ * MOVED a connection moved from the old generation, its moved callback,
+ * and blob_len bytes of blob after the message. The callbacks are
+ * addresses in the parent, valid in a child forked from it. */
+enum { UVIP__MSG_CONN = 1, UVIP__MSG_STOP = 2, UVIP__MSG_CLOSE_CONNS = 3,
+       UVIP__MSG_HANDOVER = 4, UVIP__MSG_MOVED = 5, UVIP__MSG_STOP_LISTEN = 6 };
 typedef struct {
   uint32_t kind;
   uint32_t id; /* VIP id */
@@ -134,6 +179,9 @@ typedef struct {
     struct sockaddr_in in;
     struct sockaddr_in6 in6;
   } addr;      /* the VIP's address, to build the child's mirror */
+  uint32_t blob_len;
+  uint32_t pad;
+  uint64_t fn;
 } uvip__msg_t;
 /* Child to parent: */
 enum {
@@ -141,7 +189,8 @@ enum {
   UVIP__REP_ERROR,     /* a = -error: could not start */
   UVIP__REP_RELEASE,   /* a connections of VIP id closed */
   UVIP__REP_FAILED,    /* a hand-offs of VIP id could not be taken */
-  UVIP__REP_STATS      /* REUSEPORT: a = active, b = accepted */
+  UVIP__REP_STATS,     /* REUSEPORT: a = active, b = accepted */
+  UVIP__REP_HANDOVER   /* a moved, b kept */
 };
 typedef struct {
   uint32_t kind;
@@ -173,8 +222,13 @@ int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
 
 /* workers-thread.c */
 int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen);
-int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd);
-/* kind: UVIP__MSG_STOP or UVIP__MSG_CLOSE_CONNS. */
+int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd,
+                             uvip_moved_cb moved, const void *blob,
+                             size_t len);
+/* Asks a thread worker to hand over (takes chan); false when it stops. */
+bool uvip__wk_thread_handover(uvip__wk_t *wk, int chan,
+                              uvip_handover_decide_cb decide);
+/* kind: UVIP__MSG_STOP, UVIP__MSG_CLOSE_CONNS or UVIP__MSG_STOP_LISTEN. */
 void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind);
 void uvip__wk_thread_remote_closed(uvip_conn_t *c);
 void uvip__wk_thread_on_inbox(uv_async_t *a);
@@ -183,9 +237,14 @@ void uvip__wk_thread_free(uvip__wk_t *wk);
 /* workers-proc.c */
 int uvip__wk_proc_start(uvip__wk_t *wk, char *errbuf, size_t errlen);
 int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
-                           int fd);
-/* kind: UVIP__MSG_STOP (a worker that cannot be told is killed) or
- * UVIP__MSG_CLOSE_CONNS. Returns 0 or the error of sending it. */
+                           int fd, uvip_moved_cb moved, const void *blob,
+                           size_t len);
+/* Sends a worker process the order to hand over with a copy of chan. */
+int uvip__wk_proc_handover(uvip__wk_t *wk, int chan,
+                           uvip_handover_decide_cb decide);
+/* kind: UVIP__MSG_STOP (a worker that cannot be told is killed),
+ * UVIP__MSG_CLOSE_CONNS or UVIP__MSG_STOP_LISTEN. Returns 0 or the error
+ * of sending it. */
 int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind);
 /* Kills a worker process at once (a start that failed half way); it is
  * reaped later, from SIGCHLD. */
@@ -201,5 +260,7 @@ void uvip__wk_proc_on_timer(uv_timer_t *t);
 /* A worker became ready (status 0) or could not start: tells the
  * application (workers.c). */
 void uvip__wk_ready(uvip__wk_t *wk, int status);
+/* A worker asked to hand over reported (or ended: 0, 0). */
+void uvip__wk_ho_reported(uvip__wk_t *wk, uint64_t moved, uint64_t kept);
 
 #endif

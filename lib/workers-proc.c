@@ -11,6 +11,7 @@
 #include "workers-internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct {
   unsigned gen;
   uint32_t id;
   uvip__msg_t msg;
+  unsigned char blob[]; /* MOVED: msg.blob_len bytes */
 } handoff_t;
 
 /* Never blocks; only our own pids (libuv's uv_spawn() and the application
@@ -212,6 +214,9 @@ static void on_report(uvip__wk_t *wk, const uvip__rep_t *r) {
     wk->rp_active = r->a;
     wk->rp_handed = r->b;
     break;
+  case UVIP__REP_HANDOVER:
+    uvip__wk_ho_reported(wk, r->a, r->b);
+    break;
   default:
     break;
   }
@@ -364,8 +369,9 @@ static void on_unsent_closed(uv_handle_t *hd) {
 }
 
 int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
-                           int fd) {
-  handoff_t *h = malloc(sizeof(*h));
+                           int fd, uvip_moved_cb moved, const void *blob,
+                           size_t len) {
+  handoff_t *h = malloc(sizeof(*h) + (moved ? len : 0));
   uv_buf_t buf;
   int r;
   if (!h)
@@ -377,6 +383,12 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
   h->msg.kind = UVIP__MSG_CONN;
   h->msg.id = id;
   memcpy(&h->msg.addr, &vip->addr, uvip__sa_len(&vip->addr.sa));
+  if (moved) {
+    h->msg.kind = UVIP__MSG_MOVED;
+    h->msg.fn = (uint64_t)(uintptr_t)moved;
+    h->msg.blob_len = (uint32_t)len;
+    memcpy(h->blob, blob, len);
+  }
   uv_tcp_init(wk->ws->loop, &h->tcp);
   wk->ws->handles_open++;
   if ((r = uv_tcp_open(&h->tcp, fd)) != 0) {
@@ -384,7 +396,8 @@ int uvip__wk_proc_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, uint32_t id,
     uv_close((uv_handle_t *)&h->tcp, free_handoff);
     return r;
   }
-  buf = uv_buf_init((char *)&h->msg, sizeof(h->msg));
+  /* The message and its blob are contiguous: one buffer. */
+  buf = uv_buf_init((char *)&h->msg, (unsigned)(sizeof(h->msg) + h->msg.blob_len));
   if (uv_write2(&h->req, (uv_stream_t *)wk->pipe, &buf, 1,
                 (uv_stream_t *)&h->tcp, on_written) != 0) {
     /* The handle owns the descriptor now; its slot is given back from the
@@ -424,6 +437,66 @@ int uvip__wk_proc_order(uvip__wk_t *wk, uint32_t kind) {
   if (kind == UVIP__MSG_STOP)
     kill(wk->pid, SIGKILL);
   return r;
+}
+
+/* The order to hand over: a pipe handle wraps the worker's copy of the
+ * channel for uv_write2(), and closes it once the child has its own. */
+typedef struct {
+  uv_write_t req;
+  uv_pipe_t pipe;
+  uvip__wk_t *wk;
+  unsigned gen;
+  uvip__msg_t msg;
+} ho_order_t;
+
+static void free_ho_order(uv_handle_t *h) {
+  ho_order_t *o = UVIP_CONTAINER_OF(h, ho_order_t, pipe);
+  uvip_workers_t *ws = o->wk->ws;
+  free(o);
+  uvip__wk_closed(ws);
+}
+
+static void on_ho_order_written(uv_write_t *req, int status) {
+  ho_order_t *o = UVIP_CONTAINER_OF(req, ho_order_t, req);
+  /* Not delivered: the worker will not report its part (if it died, its
+   * end has counted it already). */
+  if (status < 0 && o->gen == o->wk->gen)
+    uvip__wk_ho_reported(o->wk, 0, 0);
+  uv_close((uv_handle_t *)&o->pipe, free_ho_order);
+}
+
+int uvip__wk_proc_handover(uvip__wk_t *wk, int chan,
+                           uvip_handover_decide_cb decide) {
+  uvip_workers_t *ws = wk->ws;
+  ho_order_t *o;
+  uv_buf_t buf;
+  int copy, r;
+  if (!wk->pipe)
+    return UV_EPIPE;
+  if ((copy = fcntl(chan, F_DUPFD_CLOEXEC, 3)) < 0)
+    return -errno;
+  if (!(o = calloc(1, sizeof(*o)))) {
+    close(copy);
+    return UV_ENOMEM;
+  }
+  o->wk = wk;
+  o->gen = wk->gen;
+  o->msg.kind = UVIP__MSG_HANDOVER;
+  o->msg.fn = (uint64_t)(uintptr_t)decide;
+  uv_pipe_init(ws->loop, &o->pipe, 0);
+  ws->handles_open++;
+  if ((r = uv_pipe_open(&o->pipe, copy)) != 0) {
+    close(copy);
+    uv_close((uv_handle_t *)&o->pipe, free_ho_order);
+    return r;
+  }
+  buf = uv_buf_init((char *)&o->msg, sizeof(o->msg));
+  if ((r = uv_write2(&o->req, (uv_stream_t *)wk->pipe, &buf, 1,
+                     (uv_stream_t *)&o->pipe, on_ho_order_written)) != 0) {
+    uv_close((uv_handle_t *)&o->pipe, free_ho_order);
+    return r;
+  }
+  return 0;
 }
 
 /* Without waiting: SIGCHLD (or closing's poll) reaps it. */

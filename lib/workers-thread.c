@@ -15,8 +15,8 @@
 
 static void free_handle(uv_handle_t *h) { free(h); }
 
-static void post(uvip_workers_t *ws, uint32_t kind, unsigned worker,
-                 uvip_vip_t *vip) {
+static void post2(uvip_workers_t *ws, uint32_t kind, unsigned worker,
+                  uvip_vip_t *vip, uint64_t a, uint64_t b) {
   uv_mutex_lock(&ws->lock);
   if (ws->nposts == ws->cap_posts) {
     size_t ncap = ws->cap_posts ? ws->cap_posts * 2 : 64;
@@ -33,9 +33,16 @@ static void post(uvip_workers_t *ws, uint32_t kind, unsigned worker,
   ws->posts[ws->nposts].kind = kind;
   ws->posts[ws->nposts].worker = worker;
   ws->posts[ws->nposts].vip = vip;
+  ws->posts[ws->nposts].a = a;
+  ws->posts[ws->nposts].b = b;
   ws->nposts++;
   uv_async_send(ws->inbox);
   uv_mutex_unlock(&ws->lock);
+}
+
+static void post(uvip_workers_t *ws, uint32_t kind, unsigned worker,
+                 uvip_vip_t *vip) {
+  post2(ws, kind, worker, vip, 0, 0);
 }
 
 /* On the acceptor. */
@@ -68,6 +75,10 @@ void uvip__wk_thread_on_inbox(uv_async_t *a) {
     case UVIP__POST_EXITED:
       wk->alive = wk->starting = false;
       wk->exited = true;
+      uvip__wk_ho_reported(wk, 0, 0);
+      break;
+    case UVIP__POST_HANDOVER:
+      uvip__wk_ho_reported(wk, posts[i].a, posts[i].b);
       break;
     case UVIP__POST_READY:
       if (!wk->starting)
@@ -117,8 +128,18 @@ static void close_conns(uvip__wk_t *wk) {
     uvip_server_close_conns(wk->own);
 }
 
+/* On the worker: its hand-over ended. */
+static void ho_report(size_t moved, size_t kept, void *arg) {
+  uvip__wk_t *wk = arg;
+  wk->ho = NULL;
+  post2(wk->ws, UVIP__POST_HANDOVER, wk->index, NULL, moved, kept);
+}
+
 static void do_stop(uvip__wk_t *wk) {
   uvip_workers_t *ws = wk->ws;
+  /* Connections queued for moving go back, so that they close below. */
+  if (wk->ho)
+    uvip__wk_ho_abort(wk->ho);
   /* The last counts reported are those from before the stop. */
   if (wk->own)
     publish(wk);
@@ -140,11 +161,19 @@ static void take(uvip__wk_t *wk, __typeof__(wk->queue) items, size_t from,
   for (size_t i = from; i < to; i++) {
     uvip_conn_t *c;
     if (uvip__conn_new(wk->loop, items[i].vip, items[i].fd, &c) != 0) {
+      free(items[i].blob);
+      items[i].blob = NULL;
       post(ws, UVIP__POST_FAILED, wk->index, items[i].vip);
       continue;
     }
     uvip__conn_list_add(&wk->conns, c);
-    ws->cb(ws->server, c);
+    if (items[i].moved) {
+      items[i].moved(ws->server, c, items[i].blob, items[i].len);
+      free(items[i].blob);
+      items[i].blob = NULL;
+    } else {
+      ws->cb(ws->server, c);
+    }
   }
 }
 
@@ -152,7 +181,9 @@ static void take(uvip__wk_t *wk, __typeof__(wk->queue) items, size_t from,
 static void on_wk_async(uv_async_t *a) {
   uvip__wk_t *wk = a->data;
   size_t n, close_at, from = 0;
-  bool stop, close_now;
+  bool stop, close_now, stop_listen;
+  int ho_chan;
+  uvip_handover_decide_cb ho_decide;
   __typeof__(wk->queue) items;
 
   uv_mutex_lock(&wk->lock);
@@ -164,8 +195,15 @@ static void on_wk_async(uv_async_t *a) {
   close_now = wk->close_order;
   close_at = wk->close_at;
   wk->close_order = false;
+  stop_listen = wk->stop_listen;
+  wk->stop_listen = false;
+  ho_chan = wk->ho_chan;
+  ho_decide = wk->ho_decide;
+  wk->ho_chan = -1;
   uv_mutex_unlock(&wk->lock);
 
+  if (stop_listen && wk->own)
+    uvip_server_stop(wk->own);
   /* In the order they were given, as a worker process reads them. */
   if (close_now) {
     take(wk, items, 0, close_at);
@@ -174,6 +212,11 @@ static void on_wk_async(uv_async_t *a) {
   }
   take(wk, items, from, n);
   free(items);
+  /* After what was handed over before the order: those may move too. */
+  if (ho_chan >= 0)
+    uvip__wk_ho_start(wk->loop, ho_chan, wk->conns, ho_decide,
+                      wk->ws->server->opts.conn_close_cb, ho_report, wk,
+                      &wk->ho);
   if (stop && !uv_is_closing((uv_handle_t *)a))
     do_stop(wk);
 }
@@ -258,13 +301,21 @@ int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen) {
 }
 
 /* On the acceptor. */
-int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd) {
+int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd,
+                             uvip_moved_cb moved, const void *blob,
+                             size_t len) {
+  void *copy = NULL;
+  if (moved && len && !(copy = malloc(len)))
+    return UV_ENOMEM;
+  if (copy)
+    memcpy(copy, blob, len);
   uv_mutex_lock(&wk->lock);
   if (wk->qlen == wk->qcap) {
     size_t ncap = wk->qcap ? wk->qcap * 2 : 64;
     __typeof__(wk->queue) nq = realloc(wk->queue, ncap * sizeof(*nq));
     if (!nq) {
       uv_mutex_unlock(&wk->lock);
+      free(copy);
       return UV_ENOMEM;
     }
     wk->queue = nq;
@@ -272,6 +323,9 @@ int uvip__wk_thread_dispatch(uvip__wk_t *wk, uvip_vip_t *vip, int fd) {
   }
   wk->queue[wk->qlen].vip = vip;
   wk->queue[wk->qlen].fd = fd;
+  wk->queue[wk->qlen].moved = moved;
+  wk->queue[wk->qlen].blob = copy;
+  wk->queue[wk->qlen].len = len;
   wk->qlen++;
   uv_async_send(wk->async);
   uv_mutex_unlock(&wk->lock);
@@ -284,6 +338,8 @@ void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind) {
   if (!wk->stop) {
     if (kind == UVIP__MSG_STOP) {
       wk->stop = true;
+    } else if (kind == UVIP__MSG_STOP_LISTEN) {
+      wk->stop_listen = true;
     } else {
       wk->close_order = true;
       wk->close_at = wk->qlen;
@@ -291,6 +347,22 @@ void uvip__wk_thread_order(uvip__wk_t *wk, uint32_t kind) {
     uv_async_send(wk->async);
   }
   uv_mutex_unlock(&wk->lock);
+}
+
+bool uvip__wk_thread_handover(uvip__wk_t *wk, int chan,
+                              uvip_handover_decide_cb decide) {
+  bool ok;
+  uv_mutex_lock(&wk->lock);
+  ok = !wk->stop && wk->ho_chan < 0;
+  if (ok) {
+    wk->ho_chan = chan;
+    wk->ho_decide = decide;
+    uv_async_send(wk->async);
+  }
+  uv_mutex_unlock(&wk->lock);
+  if (!ok)
+    close(chan);
+  return ok;
 }
 
 /* Stops (if needed), joins and frees a worker's thread and loop. */
@@ -302,8 +374,15 @@ void uvip__wk_thread_free(uvip__wk_t *wk) {
     free(wk->loop);
     wk->loop = NULL;
   }
-  for (size_t i = 0; i < wk->qlen; i++)
+  for (size_t i = 0; i < wk->qlen; i++) {
     close(wk->queue[i].fd);
+    free(wk->queue[i].blob);
+  }
+  /* A hand-over order the worker never saw. */
+  if (wk->ho_chan >= 0) {
+    close(wk->ho_chan);
+    wk->ho_chan = -1;
+  }
   free(wk->queue);
   wk->queue = NULL;
   wk->qlen = wk->qcap = 0;

@@ -191,6 +191,9 @@ void uvip__wk_ready(uvip__wk_t *wk, int status) {
 void uvip__wk_ended(uvip__wk_t *wk) {
   wk->alive = false;
   wk->exited = true;
+  /* Dead mid hand-over: what it sent is in the new generation, what it
+   * held is gone with it; its part is over. */
+  uvip__wk_ho_reported(wk, 0, 0);
   for (uint32_t id = 0; id < wk->vip_cap; id++)
     if (wk->vip_active[id])
       uvip__wk_release(wk, id, wk->vip_active[id]);
@@ -258,7 +261,8 @@ static int grow_vip_active(uvip__wk_t *wk, uint32_t id) {
   return 0;
 }
 
-static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
+static int dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd,
+                    uvip_moved_cb moved, const void *blob, size_t len) {
   uvip_workers_t *ws = s->handoff_ctx;
   uvip__wk_t *wk = choose(ws, true);
   uint32_t id;
@@ -275,8 +279,8 @@ static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
   wk->active++;
   wk->handed++;
   r = ws->opts.mode == UVIP_WORKER_PROCESS
-          ? uvip__wk_proc_dispatch(wk, vip, id, fd)
-          : uvip__wk_thread_dispatch(wk, vip, fd);
+          ? uvip__wk_proc_dispatch(wk, vip, id, fd, moved, blob, len)
+          : uvip__wk_thread_dispatch(wk, vip, fd, moved, blob, len);
   if (r != 0) {
     wk->vip_active[id]--;
     wk->active--;
@@ -284,6 +288,17 @@ static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
     wk->failed++;
   }
   return r;
+}
+
+static int on_dispatch(uvip_server_t *s, uvip_vip_t *vip, int fd) {
+  return dispatch(s, vip, fd, NULL, NULL, 0);
+}
+
+/* A connection moved from the old generation (moved.c): to a worker like
+ * an accepted one, and cb runs there with the blob. */
+static int on_moved(uvip_server_t *s, uvip_vip_t *vip, int fd,
+                    uvip_moved_cb cb, const void *blob, size_t len) {
+  return dispatch(s, vip, fd, cb, blob, len);
 }
 
 /* Gives an order (UVIP__MSG_STOP or _CLOSE_CONNS) to every running worker;
@@ -310,6 +325,14 @@ static int close_conns(uvip_server_t *s) {
   if (ws->closing)
     return 0;
   return order_all(ws, UVIP__MSG_CLOSE_CONNS);
+}
+
+/* The server's remote_stop (REUSEPORT): the acceptor never listened; the
+ * workers' own listeners are what accepts. */
+static void stop_listeners(uvip_server_t *s) {
+  uvip_workers_t *ws = s->handoff_ctx;
+  if (!ws->closing)
+    order_all(ws, UVIP__MSG_STOP_LISTEN);
 }
 
 static uint64_t default_max(void) {
@@ -374,6 +397,7 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
   for (unsigned i = 0; i < ws->n; i++) {
     ws->wk[i].ws = ws;
     ws->wk[i].index = i;
+    ws->wk[i].ho_chan = -1;
     uv_mutex_init(&ws->wk[i].lock);
   }
   server->handoff_ctx = ws;
@@ -480,15 +504,19 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
   ws->cb = cb;
   if ((r = init_acceptor_handles(ws)) != 0)
     goto fail;
+  if (ws->opts.balance == UVIP_BALANCE_REUSEPORT)
+    s->remote_stop = stop_listeners;
   if (ws->opts.balance != UVIP_BALANCE_REUSEPORT) {
     s->handoff_has_room = on_has_room;
     s->handoff_dispatch = on_dispatch;
+    s->handoff_moved = on_moved;
     s->remote_closed = uvip__wk_thread_remote_closed;
     /* Nothing is accepted before the loop runs, so the workers can start
      * after the listeners exist (process workers close their copies). */
     if ((r = uvip_server_listen(s, cb, errbuf, errlen)) != 0) {
       s->handoff_has_room = NULL;
       s->handoff_dispatch = NULL;
+      s->handoff_moved = NULL;
       goto fail;
     }
   }
@@ -581,8 +609,10 @@ static void finish(uvip_workers_t *ws) {
       uvip__wk_thread_free(&ws->wk[i]);
   s->handoff_has_room = NULL;
   s->handoff_dispatch = NULL;
+  s->handoff_moved = NULL;
   s->remote_closed = NULL;
   s->remote_close_conns = NULL;
+  s->remote_stop = NULL;
   s->handoff_ctx = NULL;
   uvip__server_detach(s);
   /* The counters stay readable from the callback. */
@@ -695,5 +725,11 @@ int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
   if (r != 0)
     return r;
   uvip_server_set_data(*out, ws->server->data);
-  return uvip_server_listen(*out, ws->cb, errbuf, errlen);
+  if ((r = uvip_server_listen(*out, ws->cb, errbuf, errlen)) != 0)
+    return r;
+  /* Started (or restarted) after the server was stopped: nothing to
+   * accept. */
+  if (ws->server->stopped)
+    uvip_server_stop(*out);
+  return 0;
 }

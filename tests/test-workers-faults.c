@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
-#include "workers-internal.h"
+#include "workers-internal.h" /* restart-internal.h too */
 
 #define MAX_TURNS 2000
 
@@ -366,6 +366,87 @@ START_TEST(test_worker_at_fd_limit) {
 }
 END_TEST
 
+/* The upgrade's hand-over order to a worker process that cannot be sent:
+ * its pipe handle cannot be made, the write fails at once, or it fails
+ * when it completes. The worker is not asked, or its part counts as
+ * reported (moved 0), so the hand-over still ends; its connection stays
+ * and echoes. Then one that goes through moves the connection: the
+ * channel's message carries it, and the worker gives its slot back. */
+static int move_all(uvip_conn_t *c, void *blob, size_t *len) {
+  (void)c;
+  (void)blob;
+  *len = 0;
+  return UVIP_HANDOVER_MOVE;
+}
+
+static void run_until_reported(fx_t *f, uvip_upgrade_t *u) {
+  for (int i = 0; i < MAX_TURNS && u->ho_workers; i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ck_assert(!u->ho_workers);
+}
+
+START_TEST(test_handover_order_fails) {
+  fx_t f;
+  int a, chan[2], fd = -1;
+  uvip_upgrade_t *u = calloc(1, sizeof(*u)); /* only the hand-over's part */
+  uvip__handover_msg_t h;
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  struct iovec iov = {&h, sizeof(h)};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = ctl.buf,
+                       .msg_controllen = sizeof(ctl.buf)};
+  char c;
+  ck_assert_ptr_nonnull(u);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0,
+                              chan), 0);
+  fx_new(&f, NULL);
+  fx_listen(&f);
+  a = fx_connect(&f);
+  run_until(&f, 1, 1);
+  expect_echo(&f, a);
+
+  u->ho_workers = true;
+  fail_pipe_open = 1;
+  ck_assert_int_eq(uvip__wk_handover(f.server, u, chan[0], move_all), 0);
+  ck_assert_int_eq(fail_pipe_open, 0);
+  fail_write2 = W2_FAIL_NOW;
+  ck_assert_int_eq(uvip__wk_handover(f.server, u, chan[0], move_all), 0);
+  fail_write2 = W2_FAIL_LATER;
+  ck_assert_int_eq(uvip__wk_handover(f.server, u, chan[0], move_all), 1);
+  ck_assert_int_eq(uvip__wk_handover(f.server, u, chan[0], move_all),
+                   UV_EBUSY);
+  run_until_reported(&f, u);
+  ck_assert_uint_eq(u->ho_moved, 0);
+  expect_echo(&f, a);
+  ck_assert_uint_eq(wstats(&f).active, 1);
+
+  u->ho_workers = true;
+  ck_assert_int_eq(uvip__wk_handover(f.server, u, chan[0], move_all), 1);
+  run_until_reported(&f, u);
+  ck_assert_uint_eq(u->ho_moved, 1);
+  ck_assert_int_eq(recvmsg(chan[1], &msg, MSG_DONTWAIT), (ssize_t)sizeof(h));
+  ck_assert_uint_eq(h.magic, UVIP__HANDOVER_MAGIC);
+  ck_assert_ptr_nonnull(CMSG_FIRSTHDR(&msg));
+  memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(fd));
+  ck_assert_int_ge(fd, 0);
+  /* The moved socket is the client's peer; the worker let go of it. */
+  ck_assert_int_eq(write(fd, "m", 1), 1);
+  ck_assert_int_eq(read(a, &c, 1), 1);
+  ck_assert_int_eq(c, 'm');
+  run_until(&f, 1, 0);
+  ck_assert_uint_eq(wstats(&f).active, 0);
+  fx_close(&f);
+  close(fd);
+  close(a);
+  close(chan[0]);
+  close(chan[1]);
+  free(u);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("workers-faults");
   TCase *tc = tcase_create("workers-faults");
@@ -373,6 +454,7 @@ int main(void) {
   tcase_add_test(tc, test_pipe_open_fails);
   tcase_add_test(tc, test_handoff_fails);
   tcase_add_test(tc, test_worker_at_fd_limit);
+  tcase_add_test(tc, test_handover_order_fails);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -718,6 +718,49 @@ static void reuseport(int mode) {
   finish(&f);
 }
 
+/* 1 when a connection to 127.0.0.1:port is refused (nothing listens),
+ * 0 when it is taken (then closed again). */
+static int refused(int port) {
+  struct sockaddr_storage sa;
+  int fd = socket(AF_INET, SOCK_STREAM, 0), r;
+  th_addr("127.0.0.1", port, &sa);
+  r = connect(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in));
+  ck_assert_msg(r == 0 || errno == ECONNREFUSED, "connect: %s",
+                strerror(errno));
+  close(fd);
+  return r != 0;
+}
+
+/* REUSEPORT: the acceptor never listens, the workers do. Stopping the
+ * server stops the workers' listeners (a drain or an upgrade relies on
+ * it); the connections they hold stay and still echo. */
+static void reuseport_stop(int mode) {
+  fixture_t f;
+  int fd, gone = 0;
+  start(&f, "127.0.0.1", mode, UVIP_BALANCE_REUSEPORT, RP_WORKERS, 0);
+  fd = connect_vip(&f, 1);
+  echo(&f, fd, 'a', 1);
+  ck_assert_int_eq(refused(f.port), 0);
+  ck_assert_int_eq(uvip_server_stop(f.server), 0);
+  /* The workers carry the order out on their own loops: bounded polling. */
+  for (int i = 0; i < 400 && !(gone = refused(f.port)); i++) {
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    usleep(5000);
+  }
+  ck_assert_int_eq(gone, 1);
+  echo(&f, fd, 'b', 1);
+  close(fd);
+  finish(&f);
+}
+
+START_TEST(test_thread_reuseport_stop) { reuseport_stop(UVIP_WORKER_THREAD); }
+END_TEST
+
+START_TEST(test_process_reuseport_stop) {
+  reuseport_stop(UVIP_WORKER_PROCESS);
+}
+END_TEST
+
 /* EXACT and ROUND_ROBIN with connections arriving together (queued in the
  * kernel before the acceptor runs): the counts are exact, 60 over 3 is 20
  * each, for handed and active alike. */
@@ -1093,6 +1136,8 @@ int main(void) {
   tcase_add_test(tc, test_thread_exact_counts);
   tcase_add_test(tc, test_process_exact_counts);
   tcase_add_test(tc, test_process_round_robin_counts);
+  tcase_add_test(tc, test_thread_reuseport_stop);
+  tcase_add_test(tc, test_process_reuseport_stop);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

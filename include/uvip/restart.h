@@ -158,9 +158,24 @@ typedef void (*uvip_handover_done_cb)(uvip_upgrade_t *upgrade, size_t moved,
  * in libuv for writing (else it is kept, and drains here). Moved ones are
  * sent on the loop as the channel has room; each is then closed here (the
  * socket lives on in the new generation), its slot given back and the
- * server's conn_close_cb run for it, as for a close. Errors: UV_EINVAL,
- * UV_EBUSY (the upgrade is not ready, or a hand-over runs), UV_ENOTCONN
- * (the channel is gone). done never runs on error. */
+ * server's conn_close_cb run for it, as for a close.
+ *
+ * A server with workers (uvip_workers_new(), EXACT or ROUND_ROBIN balance)
+ * hands over its workers' connections: each worker gets its own copy of
+ * the channel and, on its own loop (thread) or in its own process, runs
+ * decide for each of its connections and sends the idle ones chosen
+ * itself; nothing passes through the server's loop, which only adds up
+ * what the workers report. Busy ones stay in their worker and drain there
+ * (close the workers, with their grace period, when they are done). done
+ * runs once every worker has reported; a worker that dies on the way
+ * counts as having moved and kept nothing (what it sent before is in the
+ * new generation; what it held died with it). decide is called on the
+ * worker, so it may only touch what that worker owns.
+ *
+ * Errors: UV_EINVAL, UV_EBUSY (the upgrade is not ready, or a hand-over
+ * runs, also one whose workers have not all reported after
+ * uvip_upgrade_close()), UV_ENOTCONN (the channel is gone), UV_ECANCELED
+ * (the server's workers are closing). done never runs on error. */
 int uvip_upgrade_handover(uvip_upgrade_t *upgrade, uvip_server_t *server,
                           uvip_handover_decide_cb decide,
                           uvip_handover_done_cb done);
@@ -181,7 +196,16 @@ typedef void (*uvip_moved_end_cb)(uvip_moved_t *moved, int status,
 
 /* In the new generation: receives moved connections for server (which
  * must listen, so that every VIP exists) on the channel named by
- * UVIP_HANDOFF_FD, on the server's loop. *out is NULL and 0 is returned when
+ * UVIP_HANDOFF_FD, on the server's loop.
+ *
+ * A server with workers (EXACT or ROUND_ROBIN balance) hands each moved
+ * connection to a worker, chosen as for an accepted one and counted
+ * against its max_conns_per_worker, and cb runs on that worker (its
+ * thread, or in its process: a process worker forked from this program
+ * calls the same function) with a copy of the blob. While no worker can
+ * take one (all full, or not ready yet: start receiving once ready_cb
+ * said every one is), the rest wait in the channel, and the old
+ * generation waits with them. *out is NULL and 0 is returned when
  * the process was not started by an upgrade. A connection for an address
  * that is not a VIP of server is closed and counted as dropped
  * (uvip_moved_dropped()). Errors: UV_EINVAL, UV_EBADF (UVIP_HANDOFF_FD is

@@ -27,6 +27,13 @@
  * uvip_server_close(). The workers object must be closed before the server
  * (uvip_server_close() is UV_EBUSY until then).
  *
+ * Upgrades (<uvip/restart.h>): uvip_upgrade_start() passes the acceptor's
+ * listeners; uvip_upgrade_handover() on the server has every worker hand
+ * its idle connections to the new generation, and uvip_moved_start() in
+ * the new one gives them to its workers. Not with UVIP_BALANCE_REUSEPORT:
+ * the workers' own listeners are not passed (uvip_upgrade_start() finds
+ * none: UV_ENOENT).
+ *
  * Nothing here blocks the server's loop. A worker starts asynchronously:
  * uvip_workers_listen() and uvip_workers_restart() return once it is
  * created, and it counts as ready (takes connections, `alive` in its
