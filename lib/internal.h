@@ -240,7 +240,7 @@ void uvip__sched_close(uvip_server_t *server);
 int uvip__proxy_init(uvip_server_t *server);
 /* Takes an accepted socket (already counted in accepted and active): reads
  * its header, then makes the connection and calls connection_cb, or closes
- * it. */
+ * it. May call connection_cb before it returns. */
 void uvip__proxy_accepted(uvip_server_t *server, uvip_vip_t *vip, int fd);
 /* Closes the sockets of vip (all VIPs for NULL) still waiting. */
 void uvip__proxy_drop(uvip_server_t *server, uvip_vip_t *vip);

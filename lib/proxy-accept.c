@@ -48,6 +48,7 @@ static const unsigned char v2sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
 
 static void on_ready(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *t);
+static void serve(uvip_server_t *s, uvip__pending_t *p);
 
 static unsigned int timeout_ms(const uvip_server_t *s) {
   return s->opts.proxy_timeout_ms ? s->opts.proxy_timeout_ms
@@ -173,6 +174,9 @@ void uvip__proxy_accepted(uvip_server_t *s, uvip_vip_t *v, int fd) {
   v->stats.proxy_pending++;
   if (p == s->pend_head)
     uv_timer_start(&s->proxy_timer, on_timer, timeout_ms(s), 0);
+  /* The header usually came with the handshake's last packet (always with
+   * TCP_DEFER_ACCEPT): read it now rather than a loop turn later. */
+  serve(s, p);
 }
 
 void uvip__proxy_drop(uvip_server_t *s, uvip_vip_t *v) {

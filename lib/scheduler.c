@@ -271,6 +271,11 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
       v->stats.active++;
       s->active++;
       uvip__proxy_accepted(s, v, fd);
+      /* The callback may have run, as below. */
+      if (s->stopped)
+        return ACC_STOP;
+      if (v->state != UVIP_VIP_LISTENING)
+        return ACC_DRAINED;
       continue;
     }
     if (uvip__conn_new(s->loop, v, fd, &c) != 0) {
