@@ -720,6 +720,147 @@ START_TEST(test_option_off) {
 }
 END_TEST
 
+/* ---- the connector's side ---- */
+
+static struct {
+  uvip_outconn_t *oc;
+  int status;
+  bool connected, closed;
+  struct sockaddr_storage me;
+} cn;
+
+static void on_written(uv_write_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+static void on_out_connected(uvip_outconn_t *oc, int status,
+                             const struct sockaddr *src) {
+  int len = sizeof(cn.me);
+  uv_buf_t b = uv_buf_init((char *)"hi", 2);
+  uv_write_t *wr;
+  (void)src;
+  cn.status = status;
+  cn.connected = true;
+  if (status != 0)
+    return;
+  ck_assert_int_eq(uv_tcp_getsockname(uvip_outconn_tcp(oc),
+                                      (struct sockaddr *)&cn.me, &len),
+                   0);
+  /* After the header, whatever the application writes at once. */
+  wr = malloc(sizeof(*wr));
+  ck_assert_ptr_nonnull(wr);
+  ck_assert_int_eq(uv_write(wr, uvip_outconn_stream(oc), &b, 1, on_written),
+                   0);
+  /* Too late once connected. */
+  ck_assert_int_eq(uvip_outconn_set_proxy(oc, NULL, NULL), UV_EINVAL);
+}
+
+static void on_connector_closed(uvip_connector_t *c) {
+  (void)c;
+  cn.closed = true;
+}
+
+/* Connects with a header of `version`; set: 0 own addresses, 1 given, 2
+ * none. Returns the server's record of the connection. */
+static rec_t *connect_proxied(uvip_connector_t *c, int set) {
+  struct sockaddr_storage src, dst;
+  th_addr("203.0.113.50", 1234, &src);
+  th_addr("198.51.100.9", 443, &dst);
+  int n = g.n; /* may be delivered while the connect completes */
+  memset(&cn, 0, sizeof(cn));
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&vip_addr, NULL,
+                                on_out_connected, &cn.oc),
+                   0);
+  if (set == 1) {
+    ck_assert_int_eq(uvip_outconn_set_proxy(cn.oc, (struct sockaddr *)&dst,
+                                            (struct sockaddr *)&dst),
+                     0); /* replaced below: the last call wins */
+    ck_assert_int_eq(uvip_outconn_set_proxy(cn.oc, (struct sockaddr *)&src,
+                                            (struct sockaddr *)&dst),
+                     0);
+  } else if (set == 2) {
+    ck_assert_int_eq(uvip_outconn_set_proxy(cn.oc, NULL, NULL), 0);
+  }
+  th_run_until(&loop, &cn.connected, 100);
+  ck_assert_int_eq(cn.status, 0);
+  wait_delivered(n + 1);
+  wait_data(&g.r[n], 2);
+  ck_assert_uint_eq(g.r[n].ndata, 2);
+  ck_assert_int_eq(memcmp(g.r[n].data, "hi", 2), 0);
+  return &g.r[n];
+}
+
+static void connector_test(int version) {
+  uvip_connector_options_t o;
+  uvip_connector_t *c;
+  rec_t *r;
+  start(0, 0);
+  uvip_connector_options_init(&o);
+  o.proxy_version = version;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &o, &c), 0);
+  r = connect_proxied(c, 0);
+  ck_assert_int_eq(r->proxy, 1);
+  ck_assert_str_eq(fmt(&r->peer), fmt(&cn.me));
+  ck_assert_str_eq(fmt(&r->local), fmt(&vip_addr));
+  r = connect_proxied(c, 1);
+  ck_assert_int_eq(r->proxy, 1);
+  ck_assert_str_eq(fmt(&r->peer), "203.0.113.50:1234");
+  ck_assert_str_eq(fmt(&r->local), "198.51.100.9:443");
+  r = connect_proxied(c, 2);
+  ck_assert_int_eq(r->proxy, 2);
+  ck_assert_str_eq(fmt(&r->peer), fmt(&cn.me));
+  ck_assert_uint_eq(stats().proxy_local, 1);
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), 0);
+  th_run_until(&loop, &cn.closed, 100);
+  finish();
+}
+
+START_TEST(test_connector_v1) { connector_test(1); }
+END_TEST
+
+START_TEST(test_connector_v2) { connector_test(2); }
+END_TEST
+
+START_TEST(test_connector_args) {
+  uvip_connector_options_t o;
+  uvip_connector_t *c;
+  uvip_outconn_t *oc;
+  struct sockaddr_storage v4, v6;
+  th_addr("192.0.2.1", 1, &v4);
+  th_addr("2001:db8::1", 1, &v6);
+  start(0, 0);
+  uvip_connector_options_init(&o);
+  o.proxy_version = 3;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &o, &c), UV_EINVAL);
+  o.proxy_version = -1;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &o, &c), UV_EINVAL);
+  ck_assert_int_eq(uvip_outconn_set_proxy(NULL, NULL, NULL), UV_EINVAL);
+  /* Without proxy_version there is no header to set. */
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, NULL, &c), 0);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&vip_addr, NULL,
+                                on_out_connected, &oc),
+                   0);
+  ck_assert_int_eq(uvip_outconn_set_proxy(oc, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), 0);
+  th_run_until(&loop, &cn.closed, 100);
+  cn.closed = false;
+  o.proxy_version = 2;
+  ck_assert_int_eq(uvip_connector_new(&loop, NULL, &o, &c), 0);
+  ck_assert_int_eq(uvip_connect(c, (struct sockaddr *)&vip_addr, NULL,
+                                on_out_connected, &oc),
+                   0);
+  ck_assert_int_eq(uvip_outconn_set_proxy(oc, (struct sockaddr *)&v4, NULL),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_outconn_set_proxy(oc, (struct sockaddr *)&v4,
+                                          (struct sockaddr *)&v6),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvip_connector_close(c, on_connector_closed), 0);
+  th_run_until(&loop, &cn.closed, 100);
+  finish();
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("proxy-server");
   TCase *tc = tcase_create("proxy-server");
@@ -746,6 +887,9 @@ int main(void) {
   tcase_add_test(tc, test_drain_with_pending);
   tcase_add_test(tc, test_args);
   tcase_add_test(tc, test_option_off);
+  tcase_add_test(tc, test_connector_v1);
+  tcase_add_test(tc, test_connector_v2);
+  tcase_add_test(tc, test_connector_args);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
