@@ -861,6 +861,85 @@ START_TEST(test_connector_args) {
 }
 END_TEST
 
+/* ---- workers ---- */
+
+/* On a worker's thread: answers the peer as the worker's server sees it. */
+static void on_wk_conn(uvip_server_t *s, uvip_conn_t *c) {
+  struct sockaddr_storage sa;
+  char a[UVIP_ADDRSTRLEN + 1];
+  uv_buf_t b;
+  (void)s;
+  if (uvip_conn_peer(c, &sa) != 0 ||
+      uvip_addr_format((struct sockaddr *)&sa, 1, a, sizeof(a) - 1) != 0)
+    strcpy(a, "?");
+  strcat(a, "\n");
+  b = uv_buf_init(a, (unsigned int)strlen(a));
+  uv_try_write(uvip_conn_stream(c), &b, 1);
+  uvip_conn_close(c, NULL);
+}
+
+static bool wk_closed;
+static void on_wk_closed(uvip_workers_t *ws) {
+  (void)ws;
+  wk_closed = true;
+}
+
+/* REUSEPORT workers run servers of their own with the same options: each
+ * reads the header on its own loop. A hand-off mode is refused. */
+START_TEST(test_workers_reuseport) {
+  uvip_workers_options_t wo;
+  uvip_workers_t *ws;
+  char buf[128];
+  const char *h = "PROXY TCP4 192.0.2.77 192.0.2.1 7777 80\r\n";
+  start(0, 0);
+  /* start() listened already: workers need a server that does not. */
+  ck_assert_int_eq(uvip_server_close(srv, NULL), 0);
+  th_run_until_quiet(&loop, 100);
+  uvip_server_options_t o;
+  uvip_addrs_t *a;
+  uvip_server_options_init(&o);
+  o.flags = UVIP_PROXY_PROTOCOL;
+  ck_assert_int_eq(uvip_addrs_new(&a), 0);
+  ck_assert_int_eq(uvip_addrs_add(a, (struct sockaddr *)&vip_addr), 0);
+  ck_assert_int_eq(uvip_server_new(&loop, a, &o, &srv), 0);
+  uvip_addrs_free(a);
+  uvip_workers_options_init(&wo);
+  wo.nworkers = 1;
+  wo.mode = UVIP_WORKER_THREAD;
+  wo.balance = UVIP_BALANCE_EXACT;
+  ck_assert_int_eq(uvip_workers_new(srv, &wo, &ws), UV_ENOTSUP);
+  wo.balance = UVIP_BALANCE_ROUND_ROBIN;
+  ck_assert_int_eq(uvip_workers_new(srv, &wo, &ws), UV_ENOTSUP);
+  wo.balance = UVIP_BALANCE_REUSEPORT;
+  ck_assert_int_eq(uvip_workers_new(srv, &wo, &ws), 0);
+  ck_assert_int_eq(uvip_workers_listen(ws, on_wk_conn, NULL, 0), 0);
+  for (int i = 0; i < 1000; i++) {
+    uvip_worker_stats_t st;
+    ck_assert_int_eq(uvip_workers_stats(ws, 0, &st), 0);
+    if (st.alive)
+      break;
+    uv_run(&loop, UV_RUN_ONCE);
+  }
+  /* The worker's thread serves it; this thread only waits for the bytes. */
+  int fd = client();
+  send_all(fd, h, strlen(h));
+  struct pollfd p = {fd, POLLIN, 0};
+  size_t len = 0;
+  while (len == 0 || buf[len - 1] != '\n') {
+    ck_assert_int_eq(poll(&p, 1, 10000), 1);
+    ssize_t n = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
+    ck_assert_int_gt(n, 0);
+    len += (size_t)n;
+  }
+  buf[len] = 0;
+  ck_assert_str_eq(buf, "192.0.2.77:7777\n");
+  close(fd);
+  ck_assert_int_eq(uvip_workers_close(ws, on_wk_closed), 0);
+  th_run_until(&loop, &wk_closed, 1000);
+  finish();
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("proxy-server");
   TCase *tc = tcase_create("proxy-server");
@@ -890,6 +969,7 @@ int main(void) {
   tcase_add_test(tc, test_connector_v1);
   tcase_add_test(tc, test_connector_v2);
   tcase_add_test(tc, test_connector_args);
+  tcase_add_test(tc, test_workers_reuseport);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
