@@ -392,6 +392,8 @@ static void usage(FILE *f) {
           "  --balance MODE           exact (default), round-robin or reuseport\n"
           "  --max-conns-per-worker N connections per worker (0 = default: none for\n"
           "                           threads, the descriptor limit for processes)\n"
+          "  --proxy-protocol         require a PROXY header (v1 or v2) first on every\n"
+          "                           connection; it is not echoed\n"
           "With --workers, SIGUSR1 prints the connections each worker holds.\n"
           "SIGUSR2 upgrades: a new generation of this binary takes over the\n"
           "listeners and the idle connections (with workers, each worker hands over\n"
@@ -403,7 +405,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   enum { O_LISTEN = 256, O_PORT, O_MAX, O_MAXVIP, O_BUDGET, O_BACKLOG,
          O_SHUTDOWN, O_ALL, O_HELP, O_PROVISION, O_WORKERS, O_WMODE,
-         O_BALANCE, O_MAXWK, O_PIDFILE, O_HANDOFF, O_PROBATION };
+         O_BALANCE, O_MAXWK, O_PIDFILE, O_HANDOFF, O_PROBATION, O_PROXY };
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, O_LISTEN},
       {"port", required_argument, NULL, O_PORT},
@@ -422,6 +424,7 @@ int main(int argc, char **argv) {
       {"pid-file", required_argument, NULL, O_PIDFILE},
       {"handoff-socket", required_argument, NULL, O_HANDOFF},
       {"upgrade-probation-ms", required_argument, NULL, O_PROBATION},
+      {"proxy-protocol", no_argument, NULL, O_PROXY},
       {NULL, 0, NULL, 0}};
   uvip_server_options_t opts;
   uvip_workers_options_t wopts;
@@ -453,6 +456,7 @@ int main(int argc, char **argv) {
       ex_upgrade_set_probation(
           ex_parse_num("--upgrade-probation-ms", optarg, 0, 86400000));
       break;
+    case O_PROXY: opts.flags |= UVIP_PROXY_PROTOCOL; break;
     case O_MAX: opts.max_conns = ex_parse_num("--max-conns", optarg, 0, UINT64_MAX / 2); break;
     case O_MAXVIP:
       opts.max_conns_per_vip = ex_parse_num("--max-conns-per-vip", optarg, 0, UINT64_MAX / 2);
@@ -504,6 +508,10 @@ int main(int argc, char **argv) {
     specs[nspecs++] = DEFAULT_SPEC;
   if (wopt_given && wopts.nworkers == 0)
     ex_usage_error("%s: needs --workers N", wopt_given);
+  /* A descriptor handed to a worker would arrive before its header. */
+  if ((opts.flags & UVIP_PROXY_PROTOCOL) && wopts.nworkers &&
+      wopts.balance != UVIP_BALANCE_REUSEPORT)
+    ex_usage_error("--proxy-protocol: with --workers, only --balance reuseport");
 
   uvip_addrs_t *addrs;
   if (uvip_addrs_new(&addrs) != 0)

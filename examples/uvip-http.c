@@ -4,6 +4,8 @@
  *   curl http://127.0.0.1:8080/          small fixed body
  *   curl http://127.0.0.1:8080/metrics   Prometheus text
  *   curl http://127.0.0.1:8080/stats.json
+ *   curl http://127.0.0.1:8080/whoami    the client's ADDR:PORT
+ *   curl http://127.0.0.1:8080/health    200, or 503 once draining
  *
  * SPDX-License-Identifier: MIT */
 #include <getopt.h>
@@ -36,6 +38,8 @@ static unsigned int g_reported; /* workers that reported their start */
 static int g_stopping, g_exit;
 static uint64_t g_census_ms;
 static const uvip_addrs_t *g_addrs;
+static uint64_t g_health_grace_ms;
+static uv_timer_t *g_grace;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -78,6 +82,11 @@ static void usage(FILE *f) {
           "  --max-output-bytes N     per connection: kernel send buffer cap, and\n"
           "                           more unsent than this resets it (4194304,\n"
           "                           0 = no limit)\n"
+          "  --proxy-protocol         require a PROXY header (v1 or v2) on every\n"
+          "                           connection; /whoami shows its client\n"
+          "  --health-grace-ms N      on SIGTERM/SIGINT, /health answers 503 for N ms\n"
+          "                           while serving as usual, then the graceful\n"
+          "                           stop (default 0; not with --workers)\n"
           "  --version, --help\n",
           ex_prog);
 }
@@ -102,6 +111,8 @@ enum {
   O_CENSUS,
   O_PIDFILE,
   O_HANDOFF,
+  O_PROXY,
+  O_HEALTH_GRACE,
   O_VERSION,
   O_HELP,
   O_REQ_TIMEOUT,
@@ -132,6 +143,8 @@ static const struct option long_opts[] = {
     {"census-interval-ms", required_argument, NULL, O_CENSUS},
     {"pid-file", required_argument, NULL, O_PIDFILE},
     {"handoff-socket", required_argument, NULL, O_HANDOFF},
+    {"proxy-protocol", no_argument, NULL, O_PROXY},
+    {"health-grace-ms", required_argument, NULL, O_HEALTH_GRACE},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {"request-timeout-ms", required_argument, NULL, O_REQ_TIMEOUT},
@@ -370,7 +383,13 @@ static void upgrade_retire(size_t kept) {
   http_server_shutdown(g_http, on_done);
 }
 
+static void free_handle(uv_handle_t *h) { free(h); }
+
 static void stop(void) {
+  if (g_grace) {
+    uv_close((uv_handle_t *)g_grace, free_handle);
+    g_grace = NULL;
+  }
   if (g_stopping)
     return;
   g_stopping = 1;
@@ -390,7 +409,25 @@ static void stop(void) {
   http_server_shutdown(g_http, on_done);
 }
 
+static void on_grace(uv_timer_t *t) {
+  (void)t;
+  fprintf(stderr, "%s: health grace over, stopping\n", ex_prog);
+  stop();
+}
+
 static void on_signal(int signum) {
+  /* First the balancer is told (/health 503) while everything is served
+   * as usual; the graceful stop follows. A second signal stops at once. */
+  if (g_health_grace_ms && g_http && !g_grace && !g_stopping &&
+      !http_server_ctx(g_http)->health_down &&
+      (g_grace = malloc(sizeof(*g_grace)))) {
+    http_server_ctx(g_http)->health_down = 1;
+    uv_timer_init(uvip_server_loop(g_server), g_grace);
+    uv_timer_start(g_grace, on_grace, g_health_grace_ms, 0);
+    fprintf(stderr, "%s: signal %d, /health answers 503 for %llu ms\n",
+            ex_prog, signum, (unsigned long long)g_health_grace_ms);
+    return;
+  }
   fprintf(stderr, "%s: signal %d, stopping\n", ex_prog, signum);
   stop();
 }
@@ -579,6 +616,13 @@ int main(int argc, char **argv) {
       ex_upgrade_set_probation(
           ex_parse_num("--upgrade-probation-ms", optarg, 0, 86400000));
       break;
+    case O_PROXY:
+      opts.flags |= UVIP_PROXY_PROTOCOL;
+      break;
+    case O_HEALTH_GRACE:
+      g_health_grace_ms =
+          ex_parse_num("--health-grace-ms", optarg, 0, 86400000);
+      break;
     case O_CENSUS:
       census_ms = ex_parse_num("--census-interval-ms", optarg, 0, 86400000);
       if (census_ms > 0 && census_ms < 10)
@@ -604,6 +648,14 @@ int main(int argc, char **argv) {
     ex_usage_error("%s: unexpected argument", argv[optind]);
   if (wopt && wo.nworkers == 0)
     ex_usage_error("%s: needs --workers N", wopt);
+  if (g_health_grace_ms && wo.nworkers)
+    ex_usage_error("--health-grace-ms: not with --workers");
+  /* The library reads the header before the application; a descriptor
+   * handed to a worker would arrive without it. */
+  if ((opts.flags & UVIP_PROXY_PROTOCOL) && wo.nworkers &&
+      wo.balance != UVIP_BALANCE_REUSEPORT)
+    ex_usage_error("--proxy-protocol: with --workers, only --balance "
+                   "reuseport");
 
   if (uvip_addrs_new(&addrs) != 0) {
     fprintf(stderr, "%s: out of memory\n", ex_prog);

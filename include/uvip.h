@@ -172,7 +172,18 @@ enum {
    * sockets passed by LISTEN_FDS/LISTEN_PID (uvip_listen_fds(),
    * uvip_server_adopt() in <uvip/restart.h>) and binds only the VIPs they
    * do not cover. Not activated (no LISTEN_FDS): binds as usual. */
-  UVIP_SOCKET_ACTIVATION = 1u << 6
+  UVIP_SOCKET_ACTIVATION = 1u << 6,
+  /* Require a PROXY protocol header (v1 or v2, <uvip/proxy.h>) at the start
+   * of every accepted connection. The library reads it, without reading a
+   * byte past it, before connection_cb runs; uvip_conn_peer() and
+   * uvip_conn_local() then give the addresses it carries. A connection
+   * whose header is missing, malformed, oversized, or not complete within
+   * proxy_timeout_ms is closed (the application never sees it) and counted
+   * in its VIP's proxy_* counters. Sockets waiting for their header hold a
+   * slot of the caps. Not with workers that hand descriptors over
+   * (uvip_workers_new() returns UV_ENOTSUP); UVIP_BALANCE_REUSEPORT workers
+   * read the header on their own loops. See docs/proxy.md. */
+  UVIP_PROXY_PROTOCOL = 1u << 7
 };
 
 typedef struct uvip_server_options_s {
@@ -185,7 +196,8 @@ typedef struct uvip_server_options_s {
   /* listen() backlog; 0 = the value of net.core.somaxconn. */
   int backlog;
   /* UVIP_REUSEPORT | UVIP_FREEBIND | UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
-   * UVIP_NODELAY | UVIP_ALLOW_EMPTY | UVIP_SOCKET_ACTIVATION */
+   * UVIP_NODELAY | UVIP_ALLOW_EMPTY | UVIP_SOCKET_ACTIVATION |
+   * UVIP_PROXY_PROTOCOL */
   unsigned int flags;
   /* TCP_DEFER_ACCEPT seconds; 0 = off. */
   int defer_accept_secs;
@@ -202,6 +214,9 @@ typedef struct uvip_server_options_s {
    * can free what it hung on the connection. It runs like a close callback
    * given to uvip_conn_close(). */
   void (*conn_close_cb)(uvip_conn_t *conn);
+  /* UVIP_PROXY_PROTOCOL: the time a connection has from its accept to send
+   * a complete header (default 3000 ms; 0 = the default). */
+  unsigned int proxy_timeout_ms;
 } uvip_server_options_t;
 
 /* Fills the options with their defaults. Returns 0 or UV_EINVAL. */
@@ -339,6 +354,24 @@ typedef struct uvip_vip_stats_s {
   uint64_t err_aborted; /* ECONNABORTED, EPROTO, EPERM...: skipped */
   uint64_t err_other;
   uint64_t backoffs; /* times accepting paused for lack of resources */
+  /* UVIP_PROXY_PROTOCOL. A socket waiting for its header is counted in
+   * accepted and active; one closed for a bad or late header is counted in
+   * closed and in one of the proxy_* reasons below, and never reaches the
+   * application. */
+  uint64_t proxy_pending;   /* waiting for their header now */
+  uint64_t proxy_local;     /* headers without a client's addresses (v2
+                               LOCAL or UNSPEC, v1 UNKNOWN): delivered with
+                               the socket's own addresses */
+  uint64_t proxy_missing;   /* the first bytes were not a PROXY header */
+  uint64_t proxy_malformed; /* a PROXY header with a bad field */
+  uint64_t proxy_oversized; /* a v1 line over 107 bytes, a v2 header over
+                               UVIP_PROXY_RECV_MAX */
+  uint64_t proxy_timeout;   /* not complete within proxy_timeout_ms */
+  uint64_t proxy_eof;       /* closed or reset by the peer before the end of
+                               the header */
+  uint64_t proxy_dropped;   /* waiting when its VIP stopped listening
+                               (server stopped or drained, VIP paused or
+                               removed), or out of memory */
 } uvip_vip_stats_t;
 
 int uvip_server_stats(const uvip_server_t *server, uvip_vip_stats_t *out);
@@ -409,6 +442,22 @@ uvip_conn_t *uvip_conn_from_tcp(uv_tcp_t *tcp);
 
 /* The VIP the connection arrived on (valid while the connection is open). */
 uvip_vip_t *uvip_conn_vip(const uvip_conn_t *conn);
+
+/* The connection's peer and local addresses. With UVIP_PROXY_PROTOCOL and
+ * a header that carries addresses, those of the header: the real client
+ * (peer) and the address the client addressed (local), which usually is
+ * the balancer's VIP rather than this socket's. Otherwise the socket's own
+ * (getpeername(), getsockname()). Returns 0, UV_EINVAL, or the error of the
+ * system call. */
+int uvip_conn_peer(const uvip_conn_t *conn, struct sockaddr_storage *out);
+int uvip_conn_local(const uvip_conn_t *conn, struct sockaddr_storage *out);
+
+/* Whether a PROXY header was read for the connection: 0 no (the option is
+ * off, or the connection came from a worker hand-off or a previous
+ * generation, which keep no header), 1 yes with the client's addresses, 2
+ * yes without (v2 LOCAL: the balancer's own health check; v2 UNSPEC, v1
+ * UNKNOWN): uvip_conn_peer() is then the balancer. UV_EINVAL for NULL. */
+int uvip_conn_proxy(const uvip_conn_t *conn);
 
 /* Closes the connection. Its slot is given back to the caps once the handle
  * is closed (the server's and VIP's counters already show it closed when cb

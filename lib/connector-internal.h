@@ -55,6 +55,7 @@ struct uvip_connector_s {
   bool bind_sources; /* false: empty pool, the kernel chooses */
   uint32_t port_lo, port_hi;
   bool set_port_range; /* IP_LOCAL_PORT_RANGE works here */
+  int proxy_version;   /* PROXY header on every connection: 0, 1 or 2 */
   uint64_t range;
 
   uvip__cn_dest_t **buckets;

@@ -28,6 +28,9 @@ struct uvip_outconn_s {
   uvip_connect_cb connect_cb;
   uvip_outconn_close_cb close_cb;
   uvip_outconn_t *prev, *next; /* the connector's open connections */
+  /* The PROXY header's addresses (uvip_outconn_set_proxy()): NULL for the
+   * connection's own, &uvip__proxy_noaddrs for none, else owned. */
+  uvip__conn_proxy_t *proxy;
 };
 
 static void conn_list_remove(uvip_connector_t *c, uvip_outconn_t *oc) {
@@ -55,6 +58,8 @@ static void maybe_finish_close(uvip_connector_t *c) {
 static void on_conn_closed(uv_handle_t *h) {
   uvip_outconn_t *oc = (uvip_outconn_t *)h;
   uvip_connector_t *c = oc->connector;
+  if (oc->proxy != &uvip__proxy_noaddrs)
+    free(oc->proxy);
   if (oc->dest) {
     conn_list_remove(c, oc);
     uvip__cn_give_back(c, oc->dest, oc->src, !oc->no_port);
@@ -66,6 +71,46 @@ static void on_conn_closed(uv_handle_t *h) {
   maybe_finish_close(c);
 }
 
+typedef struct {
+  uv_write_t req;
+  char buf[UVIP_PROXY_V1_MAX + 1]; /* v1 at most 107, v2 here at most 52 */
+} proxy_write_t;
+
+static void on_proxy_written(uv_write_t *req, int status) {
+  /* A failed write shows on the application's next read or write. */
+  (void)status;
+  free(req);
+}
+
+/* Queues the PROXY header first on a connection that just connected. */
+static int send_proxy(uvip_outconn_t *oc) {
+  uvip_connector_t *c = oc->connector;
+  const struct sockaddr *src = NULL, *dst = NULL;
+  struct sockaddr_storage me;
+  int len = sizeof(me), n, r;
+  proxy_write_t *w;
+  uv_buf_t b;
+
+  if (!oc->proxy) {
+    if ((r = uv_tcp_getsockname(&oc->tcp, (struct sockaddr *)&me, &len)) != 0)
+      return r;
+    src = (const struct sockaddr *)&me;
+    dst = &oc->dest->addr.sa;
+  } else if (oc->proxy != &uvip__proxy_noaddrs) {
+    src = &oc->proxy->src.sa;
+    dst = &oc->proxy->dst.sa;
+  }
+  if (!(w = malloc(sizeof(*w))))
+    return UV_ENOMEM;
+  /* Same families (checked, or the socket's own): cannot fail. */
+  n = uvip_proxy_write(c->proxy_version, src, dst, w->buf, sizeof(w->buf));
+  b = uv_buf_init(w->buf, (unsigned int)n);
+  if ((r = uv_write(&w->req, (uv_stream_t *)&oc->tcp, &b, 1,
+                    on_proxy_written)) != 0)
+    free(w);
+  return r;
+}
+
 static void on_connect(uv_connect_t *req, int status) {
   uvip_outconn_t *oc = (uvip_outconn_t *)req->handle;
   uvip_connector_t *c = oc->connector;
@@ -73,6 +118,8 @@ static void on_connect(uv_connect_t *req, int status) {
   const struct sockaddr *src =
       c->bind_sources ? uvip__cn_source_addr(c, oc->src) : NULL;
   free(req);
+  if (status == 0 && c->proxy_version && oc->state == OC_CONNECTING)
+    status = send_proxy(oc);
   if (status == 0) {
     s->stats.connected++;
     if (oc->state == OC_CONNECTING)
@@ -190,6 +237,7 @@ UVIP_EXPORT int uvip_connector_new(uv_loop_t *loop, const uvip_addrs_t *sources,
   UVIP_CHECK_ARG(loop == NULL || out == NULL);
   UVIP_CHECK_ARG(opts && (opts->port_min == 0) != (opts->port_max == 0));
   UVIP_CHECK_ARG(opts && opts->port_min > opts->port_max);
+  UVIP_CHECK_ARG(opts && (opts->proxy_version < 0 || opts->proxy_version > 2));
   UVIP_CHECK_ARG(n > UINT32_MAX);
   for (i = 0; i < n; i++) {
     const struct sockaddr *sa = uvip_addrs_at(sources, i);
@@ -205,6 +253,7 @@ UVIP_EXPORT int uvip_connector_new(uv_loop_t *loop, const uvip_addrs_t *sources,
   if (c == NULL)
     return UV_ENOMEM;
   c->loop = loop;
+  c->proxy_version = opts ? opts->proxy_version : 0;
   c->nsrcs = n ? n : 1;
   c->bind_sources = n > 0;
   c->srcs = calloc(c->nsrcs, sizeof(*c->srcs));
@@ -351,5 +400,26 @@ UVIP_EXPORT int uvip_connector_close(uvip_connector_t *c,
    * a never-started handle is the cheapest way to get there. */
   uv_idle_init(c->loop, &c->closer);
   uv_close((uv_handle_t *)&c->closer, on_closer_closed);
+  return 0;
+}
+
+UVIP_EXPORT int uvip_outconn_set_proxy(uvip_outconn_t *conn,
+                                       const struct sockaddr *src,
+                                       const struct sockaddr *dst) {
+  uvip__conn_proxy_t *p = &uvip__proxy_noaddrs;
+  UVIP_CHECK_ARG(conn == NULL || (src == NULL) != (dst == NULL));
+  UVIP_CHECK_ARG(conn->connector->proxy_version == 0 ||
+                 conn->state != OC_CONNECTING);
+  if (src) {
+    UVIP_CHECK_ARG(src->sa_family != dst->sa_family ||
+                   (src->sa_family != AF_INET && src->sa_family != AF_INET6));
+    if (!(p = malloc(sizeof(*p))))
+      return UV_ENOMEM;
+    memcpy(&p->src, src, uvip__sa_len(src));
+    memcpy(&p->dst, dst, uvip__sa_len(dst));
+  }
+  if (conn->proxy != &uvip__proxy_noaddrs)
+    free(conn->proxy);
+  conn->proxy = p;
   return 0;
 }

@@ -66,12 +66,32 @@ int uvip__somaxconn(void);
 int uvip__listen_socket(const struct sockaddr *sa,
                         const uvip_server_options_t *opts, int *fd_out);
 
+/* The addresses of a PROXY header (proxy-accept.c). */
+typedef union uvip__sa46 {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+} uvip__sa46_t;
+
+typedef struct uvip__conn_proxy {
+  uvip__sa46_t src, dst;
+} uvip__conn_proxy_t;
+
+/* conn->proxy of a connection whose header had no client's addresses. */
+extern uvip__conn_proxy_t uvip__proxy_noaddrs;
+
 struct uvip_conn_s {
   uv_tcp_t tcp; /* first: uvip_conn_from_tcp() relies on it */
   uvip_vip_t *vip;
   uvip_conn_close_cb close_cb;
   uvip_conn_t *prev, *next; /* the VIP's list of open connections */
+  /* NULL without a PROXY header, &uvip__proxy_noaddrs for one without
+   * addresses, else the header's addresses (owned). */
+  uvip__conn_proxy_t *proxy;
 };
+
+/* A socket accepted with UVIP_PROXY_PROTOCOL, waiting for its header. */
+typedef struct uvip__pending uvip__pending_t;
 
 struct uvip_vip_s {
   uvip_server_t *server;
@@ -129,6 +149,15 @@ struct uvip_server_s {
   uvip_vip_t *ring_head, *ring_tail;
 
   uint64_t active; /* open connections over all VIPs */
+
+  /* UVIP_PROXY_PROTOCOL (proxy-accept.c): sockets waiting for their
+   * header, registered in an epoll set of their own (level-triggered, one
+   * uv_poll_t for them all) and kept in accept order, which is also
+   * deadline order, under one timer. */
+  int proxy_epfd;
+  uv_poll_t proxy_watch;
+  uv_timer_t proxy_timer;
+  uvip__pending_t *pend_head, *pend_tail;
 
   /* Hand-off of accepted descriptors to workers (workers.c). When
    * handoff_dispatch is set, the scheduler asks handoff_has_room() before
@@ -219,6 +248,18 @@ void uvip__sched_close(uvip_server_t *server);
 
 /* moved.c: a worker may have room again (moved_waiting). */
 void uvip__moved_room(uvip_server_t *server);
+
+/* proxy-accept.c */
+/* Creates the epoll set and handles (at listen, with the option). */
+int uvip__proxy_init(uvip_server_t *server);
+/* Takes an accepted socket (already counted in accepted and active): reads
+ * its header, then makes the connection and calls connection_cb, or closes
+ * it. May call connection_cb before it returns. */
+void uvip__proxy_accepted(uvip_server_t *server, uvip_vip_t *vip, int fd);
+/* Closes the sockets of vip (all VIPs for NULL) still waiting. */
+void uvip__proxy_drop(uvip_server_t *server, uvip_vip_t *vip);
+/* Closes the handles (from uvip__sched_close()); returns how many. */
+int uvip__proxy_close(uvip_server_t *server, uv_close_cb cb);
 
 /* conn.c */
 /* Wraps an accepted descriptor in a connection on `loop` (the server's loop

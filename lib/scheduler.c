@@ -263,6 +263,21 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
       s->active++;
       continue;
     }
+    if (s->opts.flags & UVIP_PROXY_PROTOCOL) {
+      /* The application sees it once its header is read. */
+      done++;
+      *got_one = true;
+      v->stats.accepted++;
+      v->stats.active++;
+      s->active++;
+      uvip__proxy_accepted(s, v, fd);
+      /* The callback may have run, as below. */
+      if (s->stopped)
+        return ACC_STOP;
+      if (v->state != UVIP_VIP_LISTENING)
+        return ACC_DRAINED;
+      continue;
+    }
     if (uvip__conn_new(s->loop, v, fd, &c) != 0) {
       v->stats.err_enomem++;
       v->stats.backoffs++;
@@ -378,13 +393,17 @@ void uvip__sched_keepalive(uvip_server_t *s, bool on) {
 
 int uvip__sched_init(uvip_server_t *s) {
   int r;
+  if ((s->opts.flags & UVIP_PROXY_PROTOCOL) && (r = uvip__proxy_init(s)) != 0)
+    return r;
   s->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (s->epfd < 0)
-    return -errno;
-  r = uv_poll_init(s->loop, &s->epoll_watch, s->epfd);
+  r = s->epfd < 0 ? -errno : uv_poll_init(s->loop, &s->epoll_watch, s->epfd);
   if (r != 0) {
-    close(s->epfd);
+    if (s->epfd >= 0)
+      close(s->epfd);
     s->epfd = -1;
+    /* Its handles close before anything can free the server: a server
+     * closes from the loop, after them. */
+    uvip__proxy_close(s, NULL);
     return r;
   }
   uv_check_init(s->loop, &s->check);
@@ -435,7 +454,7 @@ void uvip__sched_close(uvip_server_t *s) {
     uv_close((uv_handle_t *)&s->idle, on_handle_closed);
     return;
   }
-  s->handles_open = 6;
+  s->handles_open = 6 + uvip__proxy_close(s, on_handle_closed);
   s->epoll_watch.data = s;
   s->drain_deadline.data = s;
   s->check.data = s;

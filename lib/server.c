@@ -74,7 +74,7 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
                    ~(unsigned)(UVIP_REUSEPORT | UVIP_FREEBIND |
                                UVIP_ALL_OR_NOTHING | UVIP_DUALSTACK |
                                UVIP_NODELAY | UVIP_ALLOW_EMPTY |
-                               UVIP_SOCKET_ACTIVATION));
+                               UVIP_SOCKET_ACTIVATION | UVIP_PROXY_PROTOCOL));
   }
   n = uvip_addrs_count(addrs);
   for (i = 0; i < n; i++)
@@ -85,6 +85,7 @@ UVIP_EXPORT int uvip_server_new(uv_loop_t *loop, const uvip_addrs_t *addrs,
     return UV_ENOMEM;
   s->loop = loop;
   s->epfd = -1;
+  s->proxy_epfd = -1;
   if (opts)
     s->opts = *opts;
   else
@@ -123,6 +124,11 @@ static int vip_bind(uvip_vip_t *v) {
 }
 
 static void vip_unbind(uvip_vip_t *v, uvip_vip_state_t state) {
+  /* Its sockets still waiting for a PROXY header go with the listener, as
+   * the connections queued in the kernel do. First, while the VIP still
+   * listens: giving their slots back must not end a drain now. */
+  if (v->stats.proxy_pending > 0)
+    uvip__proxy_drop(v->server, v);
   if (v->fd >= 0) {
     uvip__sched_remove(v->server, v);
     close(v->fd);
@@ -214,6 +220,8 @@ UVIP_EXPORT int uvip_server_stop(uvip_server_t *s) {
   s->stopped = true;
   if (s->remote_stop)
     s->remote_stop(s);
+  if (s->pend_head)
+    uvip__proxy_drop(s, NULL);
   for (size_t i = 0; i < s->nvips; i++) {
     uvip_vip_t *v = s->vips[i];
     if (v->state == UVIP_VIP_LISTENING)
@@ -452,6 +460,14 @@ UVIP_EXPORT int uvip_server_stats(const uvip_server_t *s,
     out->err_aborted += v->err_aborted;
     out->err_other += v->err_other;
     out->backoffs += v->backoffs;
+    out->proxy_pending += v->proxy_pending;
+    out->proxy_local += v->proxy_local;
+    out->proxy_missing += v->proxy_missing;
+    out->proxy_malformed += v->proxy_malformed;
+    out->proxy_oversized += v->proxy_oversized;
+    out->proxy_timeout += v->proxy_timeout;
+    out->proxy_eof += v->proxy_eof;
+    out->proxy_dropped += v->proxy_dropped;
   }
   return 0;
 }

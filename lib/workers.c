@@ -366,6 +366,12 @@ UVIP_EXPORT int uvip_workers_new(uvip_server_t *server,
   UVIP_CHECK_ARG(o.nkeep_fds > (size_t)INT_MAX);
   for (size_t i = 0; i < o.nkeep_fds; i++)
     UVIP_CHECK_ARG(o.keep_fds[i] < 0);
+  /* A handed-over descriptor would reach the worker before its PROXY
+   * header is read, and its addresses with it: only workers that accept
+   * on their own (REUSEPORT) read the header. */
+  if ((server->opts.flags & UVIP_PROXY_PROTOCOL) &&
+      o.balance != UVIP_BALANCE_REUSEPORT)
+    return UV_ENOTSUP;
   if (o.mode == UVIP_WORKER_PROCESS && o.max_conns_per_worker == 0)
     o.max_conns_per_worker = default_max();
 

@@ -441,7 +441,7 @@ start_http_tier() {
   local h
   for h in 1 2 3; do
     ip netns exec ${H[h - 1]} "$HTTP" --listen 198.18.$((16 + h)).1-198.18.$((16 + h)).4 \
-      --port 8080 --proxy-protocol --shutdown-timeout-ms 3000 \
+      --port 8080 --proxy-protocol --shutdown-timeout-ms 3000 --health-grace-ms 1000 \
       >"$T/http$h.log" 2>&1 &
     eval "HTTP_PID$h=$!"
   done
@@ -500,8 +500,8 @@ proxy_whoami() {
   echo "== PROXY v2 through HAProxy: /whoami reports the real client"
   for i in $(seq 0 11); do
     want=198.18.0.$((10 + i)):$((40000 + i))
-    got=$(nsx $C curl -s --max-time 5 --interface 198.18.0.$((10 + i)) \
-      --local-port $((40000 + i)) http://198.18.0.1:8080/whoami)
+    got=$(nsx $C curl -sS --max-time 5 --interface 198.18.0.$((10 + i)) \
+      --local-port $((40000 + i)) http://198.18.0.1:8080/whoami 2>&1)
     [ "$got" = "$want" ] || { bad=$((bad + 1)); echo "whoami: got '$got', want $want"; }
   done
   [ $bad -eq 0 ] || fail "/whoami wrong for $bad of 12 requests"

@@ -111,7 +111,8 @@ static void on_conn_closed(uvip_conn_t *c) {
   r->open = false;
   /* The slot is given back before the callback runs (uvip.h). */
   ck_assert_int_eq(uvip_server_stats(M.s, &st), 0);
-  ck_assert_msg(st.active == (uint64_t)open_count(),
+  /* Sockets waiting for a PROXY header hold slots too. */
+  ck_assert_msg(st.active == (uint64_t)open_count() + st.proxy_pending,
                 "%s: %llu active in a close callback, %d open", M.desc,
                 (unsigned long long)st.active, open_count());
   if (M.where == AT_CONN_CLOSE && !M.ops_done)
@@ -153,9 +154,19 @@ static void on_going_away(uvip_conn_t *c) {
   r->going_away++;
 }
 
+static bool proxy_mode;
+
 static void run_ops(void) {
   ck_assert(!M.ops_done);
   M.ops_done = true;
+  if (proxy_mode) {
+    /* Removing v0 first (AT_DRAIN) dropped its waiting socket. */
+    uint64_t want = NVIPS - (M.where == AT_DRAIN);
+    uvip_vip_stats_t st;
+    ck_assert_int_eq(uvip_server_stats(M.s, &st), 0);
+    ck_assert_msg(st.proxy_pending == want, "%s: %llu pending", M.desc,
+                  (unsigned long long)st.proxy_pending);
+  }
   for (int i = 0; i < M.nops; i++) {
     int r = 0;
     switch (M.ops[i]) {
@@ -190,9 +201,15 @@ static void on_timer(uv_timer_t *t) {
   run_ops();
 }
 
+/* proxy_mode (above) is set for the PROXY protocol matrix: the server
+ * requires the header, every connection sends one, and one more client per
+ * VIP sends half of one, so that the operations meet sockets still waiting
+ * for their header. */
+
 static void one_case(const enum op *ops, int nops, enum where where, int port) {
   const char *ips[NVIPS] = {"127.0.0.1", "127.0.0.2", "127.0.0.3"};
-  int fds[NCONNS], nfd = 0, turns;
+  const char hdr[] = "PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\n";
+  int fds[NCONNS + NVIPS], nfd = 0, turns;
   uvip_addrs_t *a = th_addrs("127.0.0.1-127.0.0.3", port);
   uvip_server_options_t o;
   char err[256] = "";
@@ -210,6 +227,8 @@ static void one_case(const enum op *ops, int nops, enum where where, int port) {
   ck_assert_int_eq(uv_loop_init(&M.loop), 0);
   uvip_server_options_init(&o);
   o.conn_close_cb = on_conn_closed;
+  if (proxy_mode)
+    o.flags |= UVIP_PROXY_PROTOCOL;
   ck_assert_int_eq(uvip_server_new(&M.loop, a, &o, &M.s), 0);
   uvip_addrs_free(a);
   for (int i = 0; i < NVIPS; i++)
@@ -217,12 +236,22 @@ static void one_case(const enum op *ops, int nops, enum where where, int port) {
   ck_assert_msg(uvip_server_listen(M.s, on_connection, err, sizeof(err)) == 0,
                 "listen: %s", err);
 
-  for (int i = 0; i < NVIPS; i++)
-    for (int j = 0; j < PER_VIP; j++) {
-      struct sockaddr_storage sa;
-      th_addr(ips[i], port, &sa);
-      fds[nfd++] = th_connect((struct sockaddr *)&sa, NULL);
+  for (int i = 0; i < NVIPS; i++) {
+    struct sockaddr_storage sa;
+    th_addr(ips[i], port, &sa);
+    /* Queued first: accepted before the last connection is delivered. */
+    if (proxy_mode) {
+      fds[nfd] = th_connect((struct sockaddr *)&sa, NULL);
+      ck_assert_int_eq(write(fds[nfd++], hdr, 10), 10);
     }
+    for (int j = 0; j < PER_VIP; j++) {
+      fds[nfd] = th_connect((struct sockaddr *)&sa, NULL);
+      if (proxy_mode)
+        ck_assert_int_eq(write(fds[nfd], hdr, strlen(hdr)),
+                         (ssize_t)strlen(hdr));
+      nfd++;
+    }
+  }
   for (turns = 0; M.nrec < NCONNS && turns < 1000; turns++)
     uv_run(&M.loop, UV_RUN_ONCE);
   ck_assert_msg(M.nrec == NCONNS, "%s: %d of %d accepted", M.desc, M.nrec,
@@ -315,6 +344,18 @@ START_TEST(test_matrix_no_close_conns) {
   int n = matrix(some, 4);
   ck_assert_int_eq(n, 24 * NWHERE);
   printf("teardown matrix: %d cases without close_conns\n", n);
+}
+END_TEST
+
+/* The same with headers pending when the operations run (stop, drain,
+ * remove and close drop them). */
+START_TEST(test_matrix_proxy_pending) {
+  const enum op all[] = {OP_REMOVE0, OP_REMOVE_T, OP_CLOSE_CONNS, OP_STOP,
+                         OP_CLOSE};
+  proxy_mode = true;
+  int n = matrix(all, 5);
+  ck_assert_int_eq(n, 120 * NWHERE);
+  printf("teardown matrix: %d cases with PROXY headers pending\n", n);
 }
 END_TEST
 
@@ -435,6 +476,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_matrix_all);
   tcase_add_test(tc, test_matrix_no_close_conns);
+  tcase_add_test(tc, test_matrix_proxy_pending);
   tcase_add_test(tc, test_matrix_drain);
   tcase_add_test(tc, test_drain_going_away_then_deadline);
   tcase_add_test(tc, test_cap_keeps_loop_alive);

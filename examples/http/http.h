@@ -74,6 +74,7 @@ enum {
   HTTP_S413,
   HTTP_S431,
   HTTP_S500,
+  HTTP_S503,
   HTTP_NSTATUS
 };
 
@@ -97,6 +98,10 @@ typedef struct http_ctx_s {
   const char *census_prom; /* latest census renderings, may be NULL */
   const char *census_json;
   int stopping;          /* answer with Connection: close from now on */
+  int health_down;       /* /health answers 503 (so does stopping) */
+  /* Transient, set by the server around http_session_feed(): the
+   * connection being served (for /whoami); NULL in the fuzzer. */
+  uvip_conn_t *conn;
 
   time_t date_sec;
   char date[40]; /* "Sun, 06 Nov 1994 08:49:37 GMT" */

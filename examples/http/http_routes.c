@@ -73,6 +73,7 @@ static const struct {
                    "Request Header Fields Too Large\n"},
     [HTTP_S500] = {"HTTP/1.1 500 Internal Server Error\r\n",
                    "Internal Server Error\n"},
+    [HTTP_S503] = {"HTTP/1.1 503 Service Unavailable\r\n", "draining\n"},
 };
 
 static const char *conn_header(unsigned int rflags) {
@@ -228,6 +229,27 @@ int http_route(http_ctx_t *ctx, http_buf_t *out, int method, const char *url,
                            (rflags & HTTP_RF_HEAD) ? ctx->hello_hdr_len[v]
                                                    : ctx->hello_len[v]);
   }
+  if (!url_long && path_is(url, url_len, "/health")) {
+    /* 503 from the start of a drain: the balancer stops sending here
+     * before the connections close. */
+    if (ctx->stopping || ctx->health_down)
+      return respond(ctx, out, HTTP_S503, "text/plain", "",
+                     statuses[HTTP_S503].body,
+                     strlen(statuses[HTTP_S503].body), rflags);
+    return respond(ctx, out, HTTP_S200, "text/plain", "", "ok\n", 3, rflags);
+  }
+  if (!url_long && path_is(url, url_len, "/whoami")) {
+    /* The client as the server sees it: with the PROXY protocol the real
+     * client, not the balancer. */
+    struct sockaddr_storage sa;
+    char a[UVIP_ADDRSTRLEN + 1];
+    if (!ctx->conn || uvip_conn_peer(ctx->conn, &sa) != 0 ||
+        uvip_addr_format((struct sockaddr *)&sa, 1, a, sizeof(a) - 1) != 0)
+      strcpy(a, "unknown");
+    strcat(a, "\n");
+    return respond(ctx, out, HTTP_S200, "text/plain", "", a, strlen(a),
+                   rflags);
+  }
   if (!url_long && ctx->routes != HTTP_ROUTES_DATA &&
       path_is(url, url_len, "/metrics"))
     return respond_stats(ctx, out, 0, rflags);
@@ -325,7 +347,7 @@ static int vip_get(const http_ctx_t *ctx, size_t i, char *addr,
 }
 
 static const char *const status_codes[HTTP_NSTATUS] = {
-    "200", "400", "404", "405", "408", "413", "431", "500"};
+    "200", "400", "404", "405", "408", "413", "431", "500", "503"};
 
 /* With workers, every worker's counters summed (this one's fresh). */
 static const http_counters_t *counters(const http_ctx_t *ctx,

@@ -452,7 +452,9 @@ static void conn_input(http_conn_t *hc, const char *data, size_t len) {
     int r, after;
     http_blob_t *blob;
     out->len = 0;
+    hs->ctx.conn = hc->conn;
     r = http_session_feed(&hc->s, data, len, out, &used);
+    hs->ctx.conn = NULL;
     blob = hs->ctx.attach;
     hs->ctx.attach = NULL;
     if (r == HTTP_FEED_PAUSED) {

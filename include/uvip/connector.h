@@ -32,6 +32,12 @@ typedef struct uvip_connector_options_s {
    * that share source addresses split the ports between them. */
   uint16_t port_min;
   uint16_t port_max;
+  /* 1 or 2: every connection starts with a PROXY protocol header of that
+   * version (<uvip/proxy.h>), written before the connect callback runs, so
+   * that it precedes anything the application writes. It carries the
+   * addresses given with uvip_outconn_set_proxy(), or else the connection's
+   * own (its source address and port, and dest). 0 (the default): none. */
+  int proxy_version;
 } uvip_connector_options_t;
 
 /* Fills the options with their defaults. Returns 0 or UV_EINVAL. */
@@ -135,6 +141,16 @@ typedef void (*uvip_connect_cb)(uvip_outconn_t *conn, int status,
  * of socket()/bind()/connect(), which is not failed over. */
 int uvip_connect(uvip_connector_t *connector, const struct sockaddr *dest,
                  void *data, uvip_connect_cb cb, uvip_outconn_t **out);
+
+/* With proxy_version set: the addresses the connection's PROXY header
+ * carries, typically those of the client a proxy relays (src) and of the
+ * address that client addressed (dst); both IPv4 or both IPv6. Both NULL
+ * sends a header without addresses (v2 LOCAL, v1 UNKNOWN). Call it after
+ * uvip_connect() and before the connection completes (the header is
+ * written then). UV_EINVAL for bad arguments, a connector without
+ * proxy_version, or a connection that is no longer connecting; UV_ENOMEM. */
+int uvip_outconn_set_proxy(uvip_outconn_t *conn, const struct sockaddr *src,
+                           const struct sockaddr *dst);
 
 typedef void (*uvip_outconn_close_cb)(uvip_outconn_t *conn);
 

@@ -18,6 +18,11 @@ extern "C" {
  * bytes plus a length of up to 65,535. */
 #define UVIP_PROXY_V1_MAX 107
 #define UVIP_PROXY_V2_MAX (16 + 65535)
+/* The longest v2 header a server with UVIP_PROXY_PROTOCOL accepts (TLVs
+ * included): a socket waiting for its header holds at most this much
+ * memory, so that a flood of them stays cheap. Balancers send a few dozen
+ * bytes of TLVs. */
+#define UVIP_PROXY_RECV_MAX 1024
 
 typedef struct uvip_proxy_info_s {
   int version; /* 1 or 2 */
