@@ -137,9 +137,9 @@ static int ipv6_empty(uvip_census_t *c, int nshards) {
 /* How many shards an automatic census uses for this sample: 2 when a CPU
  * is idle right now, else 1. Measured, not assumed (docs/benchmarks.md,
  * "Census vs ss (issue 13)"): when both CPUs are free, 2 shards finish in
- * about 0.6x the time of one dump; when the other CPU is busy (another
+ * about two thirds of one dump's time; when the other CPU is busy (another
  * process, a CPU hog, a build) the second shard waits for it and 2 shards
- * take as long as one or longer, for about 1.35x the CPU time. The
+ * take as long as one or longer, for 1.3-1.4x the CPU time. The
  * system's runnable tasks (the 4th field of /proc/loadavg, this thread
  * included) against the CPUs the census may use tell which case this is;
  * one read of a small file, about as cheap as a syscall. Unreadable: 1. */
