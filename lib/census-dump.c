@@ -134,6 +134,36 @@ static int ipv6_empty(uvip_census_t *c, int nshards) {
   return tw >= 0 && (uint64_t)tw <= tw_seen;
 }
 
+/* How many shards an automatic census uses for this sample: 2 when a CPU
+ * is idle right now, else 1. Measured, not assumed (docs/benchmarks.md,
+ * "Census vs ss (issue 13)"): when both CPUs are free, 2 shards finish in
+ * about two thirds of one dump's time; when the other CPU is busy (another
+ * process, a CPU hog, a build) the second shard waits for it and 2 shards
+ * take as long as one or longer, for 1.3-1.4x the CPU time. The
+ * system's runnable tasks (the 4th field of /proc/loadavg, this thread
+ * included) against the CPUs the census may use tell which case this is;
+ * one read of a small file, about as cheap as a syscall. Unreadable: 1. */
+static int shards_for_sample(const uvip_census_t *c) {
+  char buf[128], *p = buf;
+  long running;
+  ssize_t n;
+  int fd;
+  if (!c->auto_shards || c->nshards < 2)
+    return c->nshards;
+  fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+  if (fd >= 0)
+    close(fd);
+  if (n <= 0)
+    return 1;
+  buf[n] = 0;
+  for (int f = 0; f < 3 && p; f++) /* "0.52 0.58 0.59 RUNNING/TOTAL ..." */
+    if ((p = strchr(p, ' ')) != NULL)
+      p++;
+  running = p ? strtol(p, NULL, 10) : 0;
+  return running >= 1 && running < c->cpus ? 2 : 1;
+}
+
 static void *shard_thread(void *arg) {
   uvip__cshard_t *s = arg;
   s->rc = dump_family(s, s->fam, s->states, s->c->info.shards, s->seq);
@@ -179,10 +209,10 @@ static int dump_parallel(uvip_census_t *c, int nshards, int fam,
  * per family, the listeners alone (shard 0: every shard needs them to tell
  * inbound from outbound), then the rest in parallel. */
 int uvip__census_sample_netlink(uvip_census_t *c) {
-  int n = 0, rc = 0;
+  int n = 0, rc = 0, want = shards_for_sample(c);
   unsigned int rest = c->kstates & ~KSTATE_LISTEN_BIT;
 
-  for (; n < c->nshards; n++) {
+  for (; n < want; n++) {
     struct mnl_socket *nl = mnl_socket_open2(NETLINK_SOCK_DIAG, SOCK_CLOEXEC);
     int err = nl ? 0 : errno;
     if (nl && mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {

@@ -71,10 +71,17 @@ struct uvip_census_s {
   akey_t *filter;       /* in list order */
   int nfilter4;         /* of them IPv4 */
   int nshards;          /* shards allocated (opts.shards resolved) */
+  int auto_shards;      /* opts.shards was 0: each sample picks 1..nshards */
+  int cpus;             /* CPUs the process could use at creation */
   int split_lo, split_hi; /* the port range this sample splits */
   uvip__cshard_t *shards;
   /* Merged results; listeners are recorded here directly. */
   tbl_t vips, lst, tup;
+  /* Bit p set: some listener in lst has port p. Most sockets that are not
+   * inbound (a client's ephemeral ports) are told apart with one bit test
+   * instead of three listener lookups. Written with lst (shard 0, before
+   * the other shards start), read by every shard. */
+  uint64_t lports[65536 / 64];
   uvip_census_vip_t *vip_rows;
   uvip_census_listener_t *lst_rows;
   uvip_census_tuple_t *tup_rows;

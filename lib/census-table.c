@@ -9,14 +9,44 @@
 
 #include "census-state.h"
 
-static uint32_t hash_words(const uint32_t *w, size_t n) {
-  uint64_t h = 0x9e3779b97f4a7c15ull;
-  for (size_t i = 0; i < n; i++) {
-    h ^= w[i];
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
+/* Keys are 20 (akey_t) or 40 (tkey_t) bytes, multiples of 4. Hashing them
+ * eight bytes at a time and comparing them with word loads (the size is a
+ * constant once tbl_get_k() is inlined) keeps the per-socket lookups, two to
+ * five per socket, a small part of the census next to the kernel's dump. */
+static inline uint32_t hash_key(const void *key, size_t ksize) {
+  const char *p = key;
+  uint64_t h = 0x9e3779b97f4a7c15ull, w;
+  size_t i = 0;
+  for (; i + 8 <= ksize; i += 8) {
+    memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
   }
+  if (i < ksize) {
+    uint32_t t;
+    memcpy(&t, p + i, 4);
+    h = (h ^ t) * 0xff51afd7ed558ccdull;
+  }
+  h ^= h >> 32;
   return (uint32_t)h;
+}
+
+static inline int key_eq(const void *a, const void *b, size_t ksize) {
+  const char *x = a, *y = b;
+  uint64_t d = 0, u, v;
+  size_t i = 0;
+  for (; i + 8 <= ksize; i += 8) {
+    memcpy(&u, x + i, 8);
+    memcpy(&v, y + i, 8);
+    d |= u ^ v;
+  }
+  if (i < ksize) {
+    uint32_t s, t;
+    memcpy(&s, x + i, 4);
+    memcpy(&t, y + i, 4);
+    d |= s ^ t;
+  }
+  return d == 0;
 }
 
 static int tbl_init(tbl_t *t, size_t ksize, size_t cap, int ordered) {
@@ -58,24 +88,35 @@ static void tbl_reset(tbl_t *t) {
 }
 
 /* Returns the dense index of key, inserting it when insert is set and there
- * is room; -1 when absent or full. *added tells a fresh insert. */
-static long tbl_get(tbl_t *t, const void *key, int insert, int *added) {
-  uint32_t i = hash_words(key, t->ksize / 4) & t->mask;
+ * is room; -1 when absent or full. *added tells a fresh insert. Inlined
+ * with ksize a constant: see hash_key(). */
+static inline __attribute__((always_inline)) long
+tbl_get_k(tbl_t *t, const void *key, int insert, int *added, size_t ksize) {
+  uint32_t i = hash_key(key, ksize) & t->mask;
   for (;;) {
     if (t->sgen[i] != t->gen) {
       if (!insert || t->n == t->cap)
         return -1;
       t->sgen[i] = t->gen;
       t->slot[i] = (uint32_t)t->n;
-      memcpy(t->keys + t->n * t->ksize, key, t->ksize);
+      memcpy(t->keys + t->n * ksize, key, ksize);
       if (added)
         *added = 1;
       return (long)t->n++;
     }
-    if (memcmp(t->keys + (size_t)t->slot[i] * t->ksize, key, t->ksize) == 0)
+    if (key_eq(t->keys + (size_t)t->slot[i] * ksize, key, ksize))
       return t->slot[i];
     i = (i + 1) & t->mask;
   }
+}
+
+/* An address table (akey_t keys) or the tuple table (tkey_t keys). */
+static long aget(tbl_t *t, const akey_t *key, int insert, int *added) {
+  return tbl_get_k(t, key, insert, added, sizeof(akey_t));
+}
+
+static long tget(tbl_t *t, const tkey_t *key, int insert, int *added) {
+  return tbl_get_k(t, key, insert, added, sizeof(tkey_t));
 }
 
 static void akey_from_raw(akey_t *k, int fam, const uint32_t *a, int port) {
@@ -136,18 +177,18 @@ static int akey_cmp(const akey_t *a, const akey_t *b) {
 static int is_listening(const uvip_census_t *c, const akey_t *l) {
   akey_t w;
   tbl_t *lst = (tbl_t *)&c->lst; /* lookups only: safe from every shard */
-  if (lst->n == 0)
-    return 0;
-  if (tbl_get(lst, l, 0, NULL) >= 0)
+  if (!(c->lports[l->port / 64] >> (l->port % 64) & 1))
+    return 0; /* no listener on this port, whatever the address */
+  if (aget(lst, l, 0, NULL) >= 0)
     return 1;
   memset(&w, 0, sizeof(w));
   w.port = l->port;
   w.fam = l->fam;
-  if (tbl_get(lst, &w, 0, NULL) >= 0)
+  if (aget(lst, &w, 0, NULL) >= 0)
     return 1;
   /* An IPv4 connection accepted by a dual-stack "::" listener. */
   w.fam = AF_INET6;
-  return l->fam == AF_INET && tbl_get(lst, &w, 0, NULL) >= 0;
+  return l->fam == AF_INET && aget(lst, &w, 0, NULL) >= 0;
 }
 
 static int is_wildcard(const akey_t *k) {
@@ -174,7 +215,7 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
   state = kstate - 1;
   akey_from_raw(&lk, fam, src, 0);
 
-  v = tbl_get(&s->vips, &lk, c->nfilter == 0, &added);
+  v = aget(&s->vips, &lk, c->nfilter == 0, &added);
   if (added) /* rows are cleared on insert: a reset is O(1) */
     memset(&s->vcnt[v], 0, sizeof(s->vcnt[v]));
 
@@ -183,7 +224,7 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
     if (v < 0 && c->nfilter && !is_wildcard(&lk))
       return; /* another address's listener: not needed to classify ours */
     added = 0;
-    li = tbl_get(&c->lst, &lk, 1, &added);
+    li = aget(&c->lst, &lk, 1, &added);
     if (li < 0) {
       s->listeners_overflow++;
     } else {
@@ -191,6 +232,7 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
       if (added) {
         memset(L, 0, sizeof(*L));
         akey_to_sa(&lk, &L->addr);
+        c->lports[lk.port / 64] |= 1ull << (lk.port % 64);
       }
       /* A SO_REUSEPORT group shows as one listener: its queues add up. */
       L->sockets++;
@@ -207,16 +249,16 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
       return;
     inbound = is_listening(c, &lk);
     if (inbound && state == UVIP_TCP_SYN_RECV) {
-      li = tbl_get(&c->lst, &lk, 0, NULL);
+      li = aget(&c->lst, &lk, 0, NULL);
       if (li < 0) {
         akey_t w = lk;
         memset(w.a, 0, sizeof(w.a));
-        li = tbl_get(&c->lst, &w, 0, NULL);
+        li = aget(&c->lst, &w, 0, NULL);
         /* An IPv4 handshake on a dual-stack "::" listener is an IPv4
          * request socket: the same listeners as is_listening(). */
         if (li < 0 && lk.fam == AF_INET) {
           w.fam = AF_INET6;
-          li = tbl_get(&c->lst, &w, 0, NULL);
+          li = aget(&c->lst, &w, 0, NULL);
         }
       }
       if (li >= 0)
@@ -245,7 +287,7 @@ static void count_socket(uvip__cshard_t *s, int fam, int kstate,
   tk.l = lk;
   akey_from_raw(&tk.r, fam, dst, dport);
   added = 0;
-  long ti = tbl_get(&s->tup, &tk, 1, &added);
+  long ti = tget(&s->tup, &tk, 1, &added);
   if (ti < 0) {
     s->tuples_overflow++;
     return;
@@ -308,7 +350,7 @@ static void shard_reset(uvip__cshard_t *s) {
   s->tuples_overflow = s->reads = s->bytes = s->tw_seen = 0;
   s->rc = 0;
   for (size_t i = 0; i < c->nfilter; i++) {
-    long v = tbl_get(&s->vips, &c->filter[i], 1, NULL);
+    long v = aget(&s->vips, &c->filter[i], 1, NULL);
     memset(&s->vcnt[v], 0, sizeof(s->vcnt[v]));
   }
   memset(s->lsyn, 0, c->opts.max_listeners * sizeof(*s->lsyn));
@@ -334,7 +376,7 @@ static void shard_merge(uvip_census_t *c, const uvip__cshard_t *s) {
     const akey_t *k = (const akey_t *)(s->vips.keys + i * s->vips.ksize);
     const uvip_census_counts_t *n = &s->vcnt[i];
     int added = 0;
-    long v = tbl_get(&c->vips, k, c->nfilter == 0, &added);
+    long v = aget(&c->vips, k, c->nfilter == 0, &added);
     if (v < 0) {
       for (int st = 0; st < UVIP_TCP_STATE_COUNT; st++)
         c->info.vips_overflow += n->in[st] + n->out[st];
@@ -353,7 +395,7 @@ static void shard_merge(uvip_census_t *c, const uvip__cshard_t *s) {
   for (size_t i = 0; i < s->tup.n; i++) {
     const tkey_t *k = (const tkey_t *)(s->tup.keys + i * s->tup.ksize);
     int added = 0;
-    long t = tbl_get(&c->tup, k, 1, &added);
+    long t = tget(&c->tup, k, 1, &added);
     if (t < 0) {
       c->info.tuples_overflow += s->tcnt[i].in_use;
       continue;
@@ -402,7 +444,7 @@ int uvip__census_filter_init(uvip_census_t *c, const uvip_addrs_t *vips) {
     akey_t k;
     int added = 0;
     akey_from_sa(&k, uvip_addrs_at(vips, i), 0);
-    if (tbl_get(&c->vips, &k, 1, &added) < 0)
+    if (aget(&c->vips, &k, 1, &added) < 0)
       return UV_E2BIG;
     if (added) {
       c->filter[c->nfilter++] = k;
@@ -443,12 +485,13 @@ static void make_order(tbl_t *t, int sort,
 void uvip__census_clear(uvip_census_t *c) {
   tbl_reset(&c->vips);
   tbl_reset(&c->lst);
+  memset(c->lports, 0, sizeof(c->lports));
   tbl_reset(&c->tup);
   memset(&c->totals, 0, sizeof(c->totals));
   memset(&c->info, 0, sizeof(c->info));
   /* The filter's rows exist (with zero counts) in every sample. */
   for (size_t i = 0; i < c->nfilter; i++) {
-    long v = tbl_get(&c->vips, &c->filter[i], 1, NULL);
+    long v = aget(&c->vips, &c->filter[i], 1, NULL);
     memset(&c->vip_rows[v], 0, sizeof(c->vip_rows[v]));
     akey_to_sa(&c->filter[i], &c->vip_rows[v].addr);
   }
@@ -475,7 +518,7 @@ long uvip__census_find_tuple(const uvip_census_t *c,
   tkey_t k;
   akey_from_sa(&k.l, (const struct sockaddr *)&t->local, 0);
   akey_from_sa(&k.r, (const struct sockaddr *)&t->remote, 1);
-  long d = tbl_get((tbl_t *)&c->tup, &k, 0, NULL);
+  long d = tget((tbl_t *)&c->tup, &k, 0, NULL);
   return d < 0 ? -1 : (long)c->tup.rank[d];
 }
 
@@ -483,6 +526,6 @@ long uvip__census_find_listener(const uvip_census_t *c,
                                 const uvip_census_listener_t *l) {
   akey_t k;
   akey_from_sa(&k, (const struct sockaddr *)&l->addr, 1);
-  long d = tbl_get((tbl_t *)&c->lst, &k, 0, NULL);
+  long d = aget((tbl_t *)&c->lst, &k, 0, NULL);
   return d < 0 ? -1 : (long)c->lst.rank[d];
 }

@@ -11,14 +11,15 @@
 
 #include "census-state.h"
 
-static int default_shards(void) {
+/* CPUs this process may run on. */
+static int usable_cpus(void) {
   cpu_set_t set;
   long n = 0;
   if (sched_getaffinity(0, sizeof(set), &set) == 0)
     n = CPU_COUNT(&set);
   if (n < 1)
     n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n >= 2 ? 2 : 1;
+  return n < 1 ? 1 : (int)n;
 }
 
 static const char *const state_names[UVIP_TCP_STATE_COUNT] = {
@@ -39,7 +40,7 @@ UVIP_EXPORT int uvip_census_options_init(uvip_census_options_t *opts) {
   opts->max_listeners = 4096;
   opts->max_tuples = 16384;
   opts->rcvbuf = 65536;
-  opts->shards = 0; /* min(2, CPUs), resolved by uvip_census_new() */
+  opts->shards = 0; /* automatic: 1 or 2, chosen by each sample */
   return 0;
 }
 
@@ -82,8 +83,11 @@ UVIP_EXPORT int uvip_census_new(const uvip_addrs_t *vips,
     o.rcvbuf = RCVBUF_MIN;
   if (o.states == 0)
     o.states = (1u << UVIP_TCP_STATE_COUNT) - 1;
-  if (o.shards == 0)
-    o.shards = (unsigned int)default_shards();
+  /* Automatic: up to 2 shards when the process may use 2 CPUs; each
+   * sample picks 1 or 2 from the CPUs idle at its start (census-dump.c). */
+  int auto_shards = o.shards == 0, cpus = usable_cpus();
+  if (auto_shards)
+    o.shards = cpus >= 2 ? 2 : 1;
 
   c = calloc(1, sizeof(*c));
   if (!c)
@@ -96,6 +100,8 @@ UVIP_EXPORT int uvip_census_new(const uvip_addrs_t *vips,
     c->kstates |= 1u << KSTATE_NEW_SYN_RECV;
   c->kstates &= KSTATES_ALL;
   c->nshards = (int)o.shards;
+  c->auto_shards = auto_shards;
+  c->cpus = cpus;
   c->shards = calloc(o.shards, sizeof(*c->shards));
   c->filter = calloc(nv ? nv : 1, sizeof(akey_t));
   c->vip_rows = calloc(o.max_vips, sizeof(*c->vip_rows));

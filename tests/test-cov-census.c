@@ -548,14 +548,46 @@ START_TEST(merge_overflow_across_shards) {
 }
 END_TEST
 
-/* shards 0 means min(2, CPUs this process may run on). */
-START_TEST(default_shards_follow_affinity) {
+/* shards 0 (automatic): per sample, 2 when the system's runnable tasks
+ * (4th field of /proc/loadavg, the sampling thread included) leave one of
+ * the process's CPUs idle, else 1; 1 when the file cannot be read or
+ * parsed, and always 1 when the process may use one CPU only. An explicit
+ * shards is kept whatever the load. */
+START_TEST(default_shards_follow_idle_cpus) {
   cpu_set_t all, one;
   cs_fresh_netns();
   ck_assert_int_eq(sched_getaffinity(0, sizeof(all), &all), 0);
-  uvip_census_t *c = sampled(0, 0);
-  ck_assert_int_eq(uvip_census_info(c)->shards, CPU_COUNT(&all) >= 2 ? 2 : 1);
+  int cpus = CPU_COUNT(&all);
+  struct {
+    const char *loadavg;
+    int want;
+  } cases[] = {
+      {"0.10 0.20 0.30 1/300 4242\n", cpus >= 2 ? 2 : 1},
+      {"0.10 0.20 0.30 2/300 4242\n", cpus >= 3 ? 2 : 1},
+      {"9.99 9.99 9.99 25/300 4242\n", 1},
+      {"0.10 0.20 0.30 0/300 4242\n", 1}, /* nonsense: not even us */
+      {"0.10 0.20\n", 1},                 /* truncated */
+      {"", 1},
+      {NULL, 1}, /* missing */
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    fake("/proc/loadavg", cases[i].loadavg);
+    uvip_census_t *c = sampled(0, 0);
+    ck_assert_msg(uvip_census_info(c)->shards == cases[i].want,
+                  "case %zu: %d shards", i, uvip_census_info(c)->shards);
+    /* Each sample measures again: the same census follows the load. */
+    fake("/proc/loadavg", "0.10 0.20 0.30 1/300 4242\n");
+    ck_assert_int_eq(uvip_census_sample(c), 0);
+    ck_assert_int_eq(uvip_census_info(c)->shards, cpus >= 2 ? 2 : 1);
+    uvip_census_free(c);
+  }
+  /* Explicit shard counts ignore the load. */
+  fake("/proc/loadavg", "9.99 9.99 9.99 25/300 4242\n");
+  uvip_census_t *c = sampled(0, 2);
+  ck_assert_int_eq(uvip_census_info(c)->shards, 2);
   uvip_census_free(c);
+  /* One CPU allowed: one shard even on an idle machine. */
+  fake("/proc/loadavg", "0.00 0.00 0.00 1/300 4242\n");
   CPU_ZERO(&one);
   for (int i = 0; i < CPU_SETSIZE; i++)
     if (CPU_ISSET(i, &all)) {
@@ -567,6 +599,7 @@ START_TEST(default_shards_follow_affinity) {
   ck_assert_int_eq(uvip_census_info(c)->shards, 1);
   uvip_census_free(c);
   ck_assert_int_eq(sched_setaffinity(0, sizeof(all), &all), 0);
+  fake_end();
 }
 END_TEST
 
@@ -2100,7 +2133,7 @@ int main(void) {
   tcase_add_test(tc, closed_listener_leaves_outbound);
   tcase_add_test(tc, families);
   tcase_add_test(tc, merge_overflow_across_shards);
-  tcase_add_test(tc, default_shards_follow_affinity);
+  tcase_add_test(tc, default_shards_follow_idle_cpus);
   tcase_add_test(tc, census_for_server);
   tcase_add_test(tc, census_and_tracker_allocation_failures);
   tcase_add_test(tc, netlink_faults);

@@ -5,8 +5,8 @@
  * listen queues, ephemeral port use per (local, remote:port) tuple, the
  * kernel limits that bound all of it, and a capacity report with advice.
  * It uses sock_diag netlink (one dump per family, aggregated while
- * streaming, split into parallel shards on machines with more than one
- * CPU); /proc/net/tcp{,6} is read only when netlink is unavailable.
+ * streaming, split into parallel shards when a second CPU is idle);
+ * /proc/net/tcp{,6} is read only when netlink is unavailable.
  *
  * A census does not need a server: uvip-stat runs it standalone. Memory is
  * allocated once when the census is created and is bounded by the table
@@ -150,9 +150,13 @@ typedef struct uvip_census_options_s {
    * skips the other states. Listeners are always fetched (they tell
    * inbound from outbound) but only counted when LISTEN is in the mask. */
   unsigned int states;
-  /* Parallel dumps (netlink only): 0 (the default) = min(2, CPUs this
-   * process may run on), 1 = one dump per family on the calling thread,
-   * at most UVIP_CENSUS_SHARDS_MAX. With N > 1, each family's listeners
+  /* Parallel dumps (netlink only): 0 (the default) = automatic: each
+   * sample uses 2 when the process may run on 2 or more CPUs and one of
+   * them is idle when the sample starts (fewer runnable tasks in
+   * /proc/loadavg than such CPUs), else 1 (2 shards cost about 1.3x the
+   * CPU of one dump and are slower than it when the other CPU is busy);
+   * 1 = one dump per family on the calling thread, at most
+   * UVIP_CENSUS_SHARDS_MAX. With N > 1, each family's listeners
    * are dumped first, then N netlink sockets dump the other sockets at
    * once, shard 0 on the calling thread and the others on threads of their
    * own, each keeping the sockets a kernel bytecode filter gives it (a
