@@ -190,12 +190,12 @@ start_hosts() {
     # host 1 with 20,000 descriptors each.
     ip netns exec ${H[h - 1]} "$ECHO" --listen 198.18.$((16 + h)).1-198.18.$((16 + h)).16 \
       --listen 198.19.0.1-198.19.0.16 --port 7000 \
-      --workers 5 --worker-mode process --shutdown-timeout 1000 \
-      >>"$T/echo$h.log" 2>&1 &
+      --workers 5 --worker-mode process --balance reuseport --proxy-protocol \
+      --shutdown-timeout 1000 >>"$T/echo$h.log" 2>&1 &
     ECHO_PID[h]=$!
   done
   for h in 1 2 3; do
-    wait_for 20 "uvip-echo on host $h" at_least 32 listeners ${H[h - 1]} 7000
+    wait_for 20 "uvip-echo on host $h" at_least 160 listeners ${H[h - 1]} 7000
   done
 }
 # Stops uvip-echo on every host (SIGTERM: it closes what it holds and
@@ -211,6 +211,9 @@ listeners() { nsx "$1" ss -Hltn "( sport = :$2 )" | wc -l; }
 # ------------------------------------------------------------------------
 # HAProxy in front of uvip-echo
 
+# Every connection to a host starts with a PROXY v2 header (uvip-echo
+# --proxy-protocol requires it), health checks included (check-send-proxy).
+SRV_OPTS="send-proxy-v2 check check-send-proxy inter 2s"
 haproxy_config() { # FILE: frontends spread (:8000, 3 hosts) and one (:8001, host 1)
   local h v
   {
@@ -239,12 +242,12 @@ EOF
     # (source, VIP, port) tuple has the whole ephemeral range, so the
     # balancer is limited by neither one range per host nor per process.
     for h in 1 2 3; do for v in $(seq 1 16); do
-      echo "    server h${h}v$v 198.18.$((16 + h)).$v:7000 source 198.18.2.$(((h - 1) * 16 + v))"
+      echo "    server h${h}v$v 198.18.$((16 + h)).$v:7000 source 198.18.2.$(((h - 1) * 16 + v)) $SRV_OPTS"
     done; done
     echo "backend host1"
     echo "    balance leastconn"
     for v in $(seq 1 16); do
-      echo "    server h1v$v 198.18.17.$v:7000 source 198.18.2.$v"
+      echo "    server h1v$v 198.18.17.$v:7000 source 198.18.2.$v $SRV_OPTS"
     done
   } >"$1"
 }
