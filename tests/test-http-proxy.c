@@ -171,6 +171,23 @@ START_TEST(test_whoami_proxy_raw) {
   get_close(fd, "/whoami", resp, sizeof(resp));
   ck_assert_str_eq(resp, "");
   close(fd);
+
+  /* /metrics counts them by outcome, per VIP: the LOCAL header above and
+   * the connection without one. */
+  static char metrics[1 << 16];
+  char want[160];
+  fd = conn_from("127.0.0.1", srv_port);
+  send_all(fd, hdr, strlen(hdr));
+  get_close(fd, "/metrics", metrics, sizeof(metrics));
+  snprintf(want, sizeof(want),
+           "uvip_vip_proxy_headers_total{vip=\"127.0.0.1:%d\",outcome=\"local\"} 1\n",
+           srv_port);
+  ck_assert_msg(strstr(metrics, want) != NULL, "no '%s' in %s", want, metrics);
+  snprintf(want, sizeof(want),
+           "uvip_vip_proxy_headers_total{vip=\"127.0.0.1:%d\",outcome=\"missing\"} 1\n",
+           srv_port);
+  ck_assert_msg(strstr(metrics, want) != NULL, "no '%s' in %s", want, metrics);
+  close(fd);
   srv_stop();
 }
 END_TEST

@@ -310,6 +310,20 @@ static uint64_t vip_err(const uvip_vip_stats_t *st, int k) {
   return v[k];
 }
 
+/* PROXY protocol outcomes ([0] unused: pending is a gauge of its own). */
+static const char *const proxy_kinds[] = {"pending", "local",   "missing",
+                                          "malformed", "oversized", "timeout",
+                                          "eof",     "dropped"};
+
+/* k = 0..6: local, missing, malformed, oversized, timeout, eof, dropped. */
+static uint64_t vip_proxy(const uvip_vip_stats_t *st, int k) {
+  const uint64_t v[] = {st->proxy_local,     st->proxy_missing,
+                        st->proxy_malformed, st->proxy_oversized,
+                        st->proxy_timeout,   st->proxy_eof,
+                        st->proxy_dropped};
+  return v[k];
+}
+
 /* The context whose server, workers mapping, census and counters the
  * statistics come from: the data plane's for the admin listener. */
 static const http_ctx_t *src_of(const http_ctx_t *ctx) {
@@ -443,6 +457,32 @@ static int render_metrics_vips(const http_ctx_t *ctx, http_buf_t *b) {
         r = http_buf_printf(
             b, "uvip_vip_accept_errors_total{vip=\"%s\",kind=\"%s\"} %llu\n",
             addr, err_kinds[k], (unsigned long long)vip_err(&st, k));
+  /* PROXY protocol: once any VIP has seen a header (or a connection
+   * without one while it was required), every VIP gets its series. */
+  int proxied = 0;
+  for (i = 0; i < n && !proxied; i++)
+    if (vip_get(ctx, i, addr, &st, &state) == 0)
+      for (k = 0, proxied = st.proxy_pending != 0; k < 7; k++)
+        proxied |= vip_proxy(&st, k) != 0;
+  if (r == 0 && proxied)
+    r = http_buf_printf(b, "# HELP uvip_vip_proxy_pending Connections waiting "
+                           "for their PROXY header.\n"
+                           "# TYPE uvip_vip_proxy_pending gauge\n");
+  for (i = 0; i < n && r == 0 && proxied; i++)
+    if (vip_get(ctx, i, addr, &st, &state) == 0)
+      r = http_buf_printf(b, "uvip_vip_proxy_pending{vip=\"%s\"} %llu\n", addr,
+                          (unsigned long long)st.proxy_pending);
+  if (r == 0 && proxied)
+    r = http_buf_printf(b, "# HELP uvip_vip_proxy_headers_total PROXY headers "
+                           "by outcome (local: no client address; the others "
+                           "closed the connection).\n"
+                           "# TYPE uvip_vip_proxy_headers_total counter\n");
+  for (i = 0; i < n && r == 0 && proxied; i++)
+    if (vip_get(ctx, i, addr, &st, &state) == 0)
+      for (k = 1; k < 8 && r == 0; k++)
+        r = http_buf_printf(
+            b, "uvip_vip_proxy_headers_total{vip=\"%s\",outcome=\"%s\"} %llu\n",
+            addr, proxy_kinds[k], (unsigned long long)vip_proxy(&st, k - 1));
   if (r == 0)
     r = http_buf_printf(b, "# HELP uvip_vip_state The VIP's listener state "
                            "(1 for the current one).\n"
