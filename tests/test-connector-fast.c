@@ -127,6 +127,21 @@ static void on_connect(uvip_outconn_t *oc, int status,
     ck_assert_int_eq(uvip_connector_close(conn_c, on_connector_closed), 0);
 }
 
+static char read_buf[16];
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(read_buf, sizeof(read_buf));
+}
+
+/* The listener never accepts, so never writes: nothing to read. */
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  (void)s;
+  (void)buf;
+  ck_assert_int_eq(n, 0);
+}
+
 static void on_closed(uvip_outconn_t *oc) {
   record(id_of(oc), 1);
   closed_flag = true;
@@ -298,6 +313,10 @@ START_TEST(test_wait_path) {
   th_run_until(&loop, &cb_flag, 1000);
   ck_assert_int_eq(seq_status[0], 0);
   ck_assert_int_eq(n_so_error, 1);
+  /* The poll handle let go of the descriptor: libuv can watch it now. */
+  ck_assert_int_eq(uv_read_start(uvip_outconn_stream(conns[0]), on_alloc,
+                                 on_read), 0);
+  th_run_until_quiet(&loop, 10);
 
   force_wait = 1;
   so_error = ETIMEDOUT;
