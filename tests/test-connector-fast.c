@@ -167,8 +167,15 @@ static void setup(void) {
   ck_assert_int_eq(bind(listen_fd, (struct sockaddr *)&dest,
                         sizeof(struct sockaddr_in)), 0);
   ck_assert_int_eq(listen(listen_fd, 1024), 0);
-  for (i = 0; i < MAXC; i++)
+  /* Fresh state per test, also when check does not fork (valgrind). */
+  for (i = 0; i < MAXC; i++) {
     ids[i] = i;
+    conns[i] = NULL;
+  }
+  n_connect = n_so_error = nseq = 0;
+  force_wait = fail_first = so_error = poll_init_err = poll_start_err = 0;
+  cb_flag = closed_flag = connector_closed = false;
+  closer_of_other = close_other = closer_of_connector = -1;
 }
 
 static uvip_connector_t *new_connector(const char *sources) {
