@@ -24,6 +24,50 @@ void lg_add_err(lg_report_t *r, int code, uint64_t n) {
   r->errs[i].count += n;
 }
 
+static size_t lat_bucket(uint64_t us) {
+  unsigned e = 63 - (unsigned)__builtin_clzll(us | 1);
+  if (us < 16)
+    return (size_t)us;
+  if (e > 31)
+    return LG_LAT_BUCKETS - 1;
+  return 16 + (e - 4) * 8 + (size_t)((us >> (e - 3)) & 7);
+}
+
+/* The largest value of bucket b. */
+static uint64_t lat_bucket_top(size_t b) {
+  size_t e, sub;
+  if (b < 16)
+    return b;
+  e = (b - 16) / 8 + 4;
+  sub = (b - 16) % 8;
+  return ((8 + (uint64_t)sub + 1) << (e - 3)) - 1;
+}
+
+void lg_add_latency(lg_report_t *r, uint64_t us) {
+  r->lat[lat_bucket(us)]++;
+  if (us > r->lat_max_us)
+    r->lat_max_us = us;
+}
+
+uint64_t lg_latency_quantile(const lg_report_t *r, double q) {
+  uint64_t n = 0, want, seen = 0, top;
+  size_t b;
+  for (b = 0; b < LG_LAT_BUCKETS; b++)
+    n += r->lat[b];
+  if (n == 0)
+    return 0;
+  want = (uint64_t)(q * (double)n + 0.999999);
+  if (want == 0)
+    want = 1;
+  for (b = 0; b < LG_LAT_BUCKETS; b++) {
+    seen += r->lat[b];
+    if (seen >= want)
+      break;
+  }
+  top = lat_bucket_top(b < LG_LAT_BUCKETS ? b : LG_LAT_BUCKETS - 1);
+  return top < r->lat_max_us ? top : r->lat_max_us;
+}
+
 static const char *err_name(int code) {
   return code == 0 ? "OTHER" : uv_err_name(code);
 }
@@ -49,6 +93,10 @@ static void sum_reports(const lg_tally_t *tally, lg_report_t *s) {
       s->settle_ms = r->settle_ms;
     for (t = 0; t < LG_MAX_TGT; t++)
       s->in_use[t] += r->in_use[t];
+    for (t = 0; t < LG_LAT_BUCKETS; t++)
+      s->lat[t] += r->lat[t];
+    if (r->lat_max_us > s->lat_max_us)
+      s->lat_max_us = r->lat_max_us;
     for (e = 0; e < r->nerrs; e++)
       lg_add_err(s, r->errs[e].code, r->errs[e].count);
   }
@@ -205,6 +253,14 @@ int lg_print_summary(const lg_tally_t *tally, const lg_opts_t *o,
             ex_prog, w.src, w.dst, (unsigned long long)w.in_use,
             (unsigned long long)w.ports);
   }
+  if (s.established > 0)
+    fprintf(out,
+            "%s: connect latency p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, "
+            "max %.3f ms\n",
+            ex_prog, (double)lg_latency_quantile(&s, 0.5) / 1000.0,
+            (double)lg_latency_quantile(&s, 0.9) / 1000.0,
+            (double)lg_latency_quantile(&s, 0.99) / 1000.0,
+            (double)s.lat_max_us / 1000.0);
   if (!tally->got_final_all)
     fprintf(out, "%s: a worker process ended without its final report\n",
             ex_prog);
@@ -249,7 +305,13 @@ int lg_print_summary(const lg_tally_t *tally, const lg_opts_t *o,
              (unsigned long long)w.ports);
       first = 0;
     }
-    printf("]}\n");
+    /* Of the connects that succeeded; 0 when none did. */
+    printf("],\"connect_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
+           "\"max\":%.3f}}\n",
+           (double)lg_latency_quantile(&s, 0.5) / 1000.0,
+           (double)lg_latency_quantile(&s, 0.9) / 1000.0,
+           (double)lg_latency_quantile(&s, 0.99) / 1000.0,
+           (double)s.lat_max_us / 1000.0);
   }
   fflush(stdout);
   return ok ? 0 : 1;

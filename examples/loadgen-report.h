@@ -10,6 +10,9 @@
 
 #define LG_MAX_ERRS 16
 #define LG_MAX_TGT 64 /* targets whose counts a report carries */
+/* Connect latencies: a log-linear histogram of microseconds, exact below
+ * 16 us, then 8 buckets per power of two (12.5 % wide) up to 2^32 us. */
+#define LG_LAT_BUCKETS (16 + 28 * 8)
 
 typedef struct {
   int32_t code;
@@ -33,8 +36,10 @@ typedef struct {
   uint64_t range;      /* usable ports per (source, target) pair */
   uint64_t exhausted;  /* bit t: target t ran out of ports */
   uint64_t src_addrs;  /* prefix pool: distinct source addresses in use */
+  uint64_t lat_max_us; /* slowest connect */
   uint32_t in_use[LG_MAX_TGT];
   lg_err_count_t errs[LG_MAX_ERRS];
+  uint32_t lat[LG_LAT_BUCKETS]; /* connects that succeeded, by latency */
 } lg_report_t;
 
 _Static_assert(sizeof(lg_report_t) <= 4096, "report must fit in PIPE_BUF");
@@ -60,6 +65,14 @@ typedef struct {
 } lg_tally_t;
 
 void lg_add_err(lg_report_t *r, int code, uint64_t n);
+
+/* Counts one connect that took us microseconds. */
+void lg_add_latency(lg_report_t *r, uint64_t us);
+
+/* The latency under which a fraction q (0..1) of the counted connects
+ * fall (the upper edge of its bucket, at most the maximum); 0 when none
+ * were counted. */
+uint64_t lg_latency_quantile(const lg_report_t *r, double q);
 
 /* The progress line on stderr, `ms` into the run. */
 void lg_print_progress(lg_tally_t *tally, uint64_t ms);

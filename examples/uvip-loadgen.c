@@ -8,7 +8,10 @@
  * Connections go to the targets round-robin. With --procs N the work is
  * split over N forked processes (one descriptor limit each); they send a
  * fixed-size report over a pipe every half second and the parent prints
- * the sums. A held connection costs the connector's uvip_outconn_t and
+ * the sums. A worker that is done keeps its connections until every worker
+ * is (the parent closes the release pipe then): tearing down thousands of
+ * connections costs as much CPU as opening them, and would slow the
+ * workers still connecting. A held connection costs the connector's uvip_outconn_t and
  * nothing else: its state lives in the handle's data field, reads land in
  * one shared buffer and the echo byte goes out with uv_try_write.
  * SPDX-License-Identifier: MIT */
@@ -41,8 +44,11 @@ typedef union {
   struct sockaddr_in6 in6;
 } lg_sa_t;
 
-/* Connection state, kept in the uv_tcp_t's data field. */
-enum { C_SETTLED = 1, C_ESTABLISHED = 2, C_DROPPED = 4 };
+/* Connection state, kept in the uv_tcp_t's data field: these flags in the
+ * low bits, and above them when the connect started (microseconds, modulo
+ * the bits left: only differences are used). */
+enum { C_SETTLED = 1, C_ESTABLISHED = 2, C_DROPPED = 4, C_FLAGS = 7 };
+#define C_TIME_SHIFT 3
 
 /* Options. */
 static lg_opts_t opts = {.conns = 1000, .procs = 1};
@@ -59,6 +65,9 @@ static double churn_rate;     /* this worker's replacements per second */
 static uint64_t churn_t0;     /* when replacing started; 0 = not yet */
 static uint64_t t0;           /* uv_now() at start */
 static int report_fd = -1;    /* -1: single process, report in-process */
+static int release_fd = -1;   /* workers: EOF once every worker is done */
+static uv_pipe_t release_pipe;
+static int awaiting_release;
 static int finishing;
 static int draining; /* churn over: waiting for connects in flight */
 static lg_report_t rep;
@@ -77,11 +86,23 @@ static void count_failure(int code) {
 }
 
 static uintptr_t cstate(uvip_outconn_t *oc) {
-  return (uintptr_t)uvip_outconn_tcp(oc)->data;
+  return (uintptr_t)uvip_outconn_tcp(oc)->data & C_FLAGS;
 }
 
 static void set_cstate(uvip_outconn_t *oc, uintptr_t s) {
-  uvip_outconn_tcp(oc)->data = (void *)s;
+  uintptr_t *d = (uintptr_t *)&uvip_outconn_tcp(oc)->data;
+  *d = (*d & ~(uintptr_t)C_FLAGS) | s;
+}
+
+static uintptr_t now_us(void) {
+  return (uintptr_t)(uv_hrtime() / 1000);
+}
+
+/* Microseconds since the connection's connect started. */
+static uint64_t connect_us(uvip_outconn_t *oc) {
+  uintptr_t start = (uintptr_t)uvip_outconn_tcp(oc)->data >> C_TIME_SHIFT;
+  return (uint64_t)((now_us() - start) &
+                    (UINTPTR_MAX >> C_TIME_SHIFT));
 }
 
 static void pump(void);
@@ -156,6 +177,7 @@ static void on_connect(uvip_outconn_t *oc, int status,
     pump();
     return;
   }
+  lg_add_latency(&rep, connect_us(oc));
   rep.established++;
   rep.open++;
   if (rep.open > rep.peak_open)
@@ -190,7 +212,8 @@ static int start_one(uint64_t index) {
       uvip_addrs_at(opts.targets, index % opts.ntargets);
   int r;
   rep.attempted++;
-  r = uvip_connect(connector, dst, NULL, on_connect, NULL);
+  r = uvip_connect(connector, dst, (void *)(now_us() << C_TIME_SHIFT),
+                   on_connect, NULL);
   if (r == 0) {
     rep.pending++;
     return 0;
@@ -317,6 +340,23 @@ static void on_connector_closed(uvip_connector_t *c) {
   ex_signals_close();
 }
 
+/* The parent closed the release pipe (or died, or a signal came): every
+ * worker is done, the connections can go. */
+static void release(void) {
+  if (!awaiting_release)
+    return;
+  awaiting_release = 0;
+  uv_close((uv_handle_t *)&release_pipe, NULL);
+  uvip_connector_close(connector, on_connector_closed);
+}
+
+static void on_release(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  (void)s;
+  (void)buf;
+  if (n < 0)
+    release();
+}
+
 /* Ends the run: what has not settled by now counts as failed with `code`
  * (ETIMEDOUT for the deadline, ECANCELED for a signal). */
 static void finish(int code) {
@@ -338,6 +378,17 @@ static void finish(int code) {
   uv_timer_stop(&report_timer);
   uv_timer_stop(&deadline_timer);
   uv_timer_stop(&churn_timer);
+  if (release_fd >= 0 && uv_pipe_init(loop, &release_pipe, 0) == 0) {
+    if (uv_pipe_open(&release_pipe, release_fd) == 0 &&
+        uv_read_start((uv_stream_t *)&release_pipe, on_alloc,
+                      on_release) == 0) {
+      release_fd = -1;
+      awaiting_release = 1;
+      return;
+    }
+    uv_close((uv_handle_t *)&release_pipe, NULL); /* closes release_fd */
+    release_fd = -1;
+  }
   uvip_connector_close(connector, on_connector_closed);
 }
 
@@ -358,6 +409,7 @@ static void on_deadline(uv_timer_t *t) {
 static void on_worker_signal(int signum) {
   (void)signum;
   finish(UV_ECANCELED);
+  release();
 }
 
 /* Runs worker k of n. Returns 0, or 1 on a setup error. */
@@ -420,12 +472,26 @@ typedef struct {
   size_t idx;
   size_t have;
   int final;
+  int gone; /* its report pipe closed */
   char buf[sizeof(lg_report_t)];
 } child_t;
 
 static child_t *children;
 static size_t children_open;
 static uv_timer_t progress_timer;
+static int release_w = -1; /* closed once every worker is done */
+
+/* Every worker sent its final report or is gone: let them all close. */
+static void maybe_release(void) {
+  size_t i;
+  if (release_w < 0)
+    return;
+  for (i = 0; i < tally.nreps; i++)
+    if (!children[i].final && !children[i].gone)
+      return;
+  close(release_w);
+  release_w = -1;
+}
 
 static void on_child_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   child_t *ch = (child_t *)h;
@@ -434,7 +500,8 @@ static void on_child_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 }
 
 static void on_child_closed(uv_handle_t *h) {
-  (void)h;
+  ((child_t *)h)->gone = 1;
+  maybe_release();
   if (--children_open == 0) {
     size_t i;
     uv_close((uv_handle_t *)&progress_timer, NULL);
@@ -457,6 +524,7 @@ static void on_child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     memcpy(&tally.reps[ch->idx], ch->buf, sizeof(lg_report_t));
     ch->final |= tally.reps[ch->idx].done != 0;
     ch->have = 0;
+    maybe_release();
   }
 }
 
@@ -475,9 +543,15 @@ static int run_parent(void) {
   size_t i;
   int status, rc;
   pid_t parent = getpid();
+  int rel[2];
   children = calloc(opts.procs, sizeof(*children));
   if (children == NULL)
     return 1;
+  if (pipe2(rel, O_CLOEXEC) != 0) {
+    fprintf(stderr, "%s: pipe: %s\n", ex_prog, strerror(errno));
+    return 1;
+  }
+  release_w = rel[1];
   fflush(stdout);
   fflush(stderr);
   for (i = 0; i < opts.procs; i++) {
@@ -502,6 +576,8 @@ static int run_parent(void) {
       if (getppid() != parent)
         exit(1);
       close(fds[0]);
+      close(rel[1]);
+      release_fd = rel[0];
       for (j = 0; j < i; j++)
         close((int)(intptr_t)children[j].pipe.data);
       /* A full pipe must not stall the worker: see emit_report(). */
@@ -515,6 +591,7 @@ static int run_parent(void) {
     children[i].idx = i;
     children[i].pipe.data = (void *)(intptr_t)fds[0];
   }
+  close(rel[0]);
   loop = uv_default_loop();
   t0 = uv_now(loop);
   for (i = 0; i < opts.procs; i++) {

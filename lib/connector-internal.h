@@ -64,6 +64,16 @@ struct uvip_connector_s {
   uvip_outconn_t *conns;
   size_t handles; /* uv_tcp_t handles not yet closed */
 
+  /* Connects that completed inside uvip_connect() (connector.c): their
+   * callbacks are due, from the loop, in this order. `due_idle` runs them
+   * (initialised on first use); `slow` scores how often our own connect()
+   * had to wait, to fall back on libuv's connect where most do. */
+  uvip_outconn_t *due_head, *due_tail;
+  uv_idle_t due_idle;
+  bool due_idle_init;
+  uint8_t slow;
+  uint32_t probe;
+
   bool closing;
   bool closer_done;
   uv_idle_t closer; /* only ever closed: defers the close callback */

@@ -6,6 +6,18 @@
  * the loop, so this file also owns the close order: a connection's port is
  * given back when its handle has closed, and the connector is freed only
  * after the last handle.
+ *
+ * The connect itself is ours, not uv_tcp_connect()'s, while it pays: on
+ * loopback and fast LANs the handshake has usually completed by the time
+ * connect() returns EINPROGRESS (the SYN-ACK is processed when connect()
+ * releases the socket), which a second connect() returning 0 tells. Such a
+ * connection skips libuv's epoll round trip (a watcher added, a wakeup, a
+ * getsockopt(SO_ERROR), a failing EPOLL_CTL_ADD and a MOD when reading
+ * starts); its callback is still deferred, to an idle handle that runs
+ * every callback due in one loop turn. A connect still in progress waits
+ * on a uv_poll_t instead, which costs more than libuv's own wait, so a
+ * connector whose connects mostly wait goes back to uv_tcp_connect() and
+ * tries its own again once in a while.
  * SPDX-License-Identifier: MIT */
 #include "connector-internal.h"
 
@@ -20,11 +32,15 @@ struct uvip_outconn_s {
   uv_tcp_t tcp; /* first: uvip_outconn_from_tcp() relies on it */
   uvip_connector_t *connector;
   uvip__cn_dest_t *dest; /* NULL for an attempt that never reached connect() */
+  uv_poll_t *poll;       /* our own connect() still in progress waits here */
   uint32_t src;
+  int due_status;        /* what the deferred callback will say */
   uint8_t state;
   /* The kernel found no port for this attempt: it holds none, so closing
    * it must not clear the pair's exhausted mark it set. */
   bool no_port;
+  bool due;     /* on the connector's due list (not conns): callback pending */
+  bool cb_done; /* the connect callback has run */
   uvip_connect_cb connect_cb;
   uvip_outconn_close_cb close_cb;
   uvip_outconn_t *prev, *next; /* the connector's open connections */
@@ -33,14 +49,28 @@ struct uvip_outconn_s {
   uvip__conn_proxy_t *proxy;
 };
 
+/* A connection is on one of two lists: due (its callback is pending, in
+ * order) or conns (the others), so that closing the connector finds all. */
 static void conn_list_remove(uvip_connector_t *c, uvip_outconn_t *oc) {
+  uvip_outconn_t **head = oc->due ? &c->due_head : &c->conns;
   if (oc->prev)
     oc->prev->next = oc->next;
-  else if (c->conns == oc)
-    c->conns = oc->next;
+  else if (*head == oc)
+    *head = oc->next;
   if (oc->next)
     oc->next->prev = oc->prev;
+  else if (oc->due && c->due_tail == oc)
+    c->due_tail = oc->prev;
   oc->prev = oc->next = NULL;
+  oc->due = false;
+}
+
+static void conn_list_push(uvip_connector_t *c, uvip_outconn_t *oc) {
+  oc->prev = NULL;
+  oc->next = c->conns;
+  if (c->conns)
+    c->conns->prev = oc;
+  c->conns = oc;
 }
 
 static void maybe_finish_close(uvip_connector_t *c) {
@@ -55,6 +85,11 @@ static void maybe_finish_close(uvip_connector_t *c) {
   free(c);
 }
 
+static const struct sockaddr *cb_source(const uvip_outconn_t *oc) {
+  const uvip_connector_t *c = oc->connector;
+  return c->bind_sources ? uvip__cn_source_addr(c, oc->src) : NULL;
+}
+
 static void on_conn_closed(uv_handle_t *h) {
   uvip_outconn_t *oc = (uvip_outconn_t *)h;
   uvip_connector_t *c = oc->connector;
@@ -62,6 +97,12 @@ static void on_conn_closed(uv_handle_t *h) {
     free(oc->proxy);
   if (oc->dest) {
     conn_list_remove(c, oc);
+    /* Our own connect closed before its callback: cancelled, just before
+     * the close callback, as libuv does for a uv_connect_t. */
+    if (!oc->cb_done) {
+      oc->cb_done = true;
+      oc->connect_cb(oc, UV_ECANCELED, cb_source(oc));
+    }
     uvip__cn_give_back(c, oc->dest, oc->src, !oc->no_port);
     if (oc->close_cb)
       oc->close_cb(oc);
@@ -111,13 +152,13 @@ static int send_proxy(uvip_outconn_t *oc) {
   return r;
 }
 
-static void on_connect(uv_connect_t *req, int status) {
-  uvip_outconn_t *oc = (uvip_outconn_t *)req->handle;
+/* The connect's outcome, from the loop: counted, reported, and a failed
+ * connection closed. */
+static void complete(uvip_outconn_t *oc, int status) {
   uvip_connector_t *c = oc->connector;
   uvip__cn_source_t *s = uvip__cn_src(c, oc->src);
-  const struct sockaddr *src =
-      c->bind_sources ? uvip__cn_source_addr(c, oc->src) : NULL;
-  free(req);
+  const struct sockaddr *src = cb_source(oc);
+  oc->cb_done = true;
   if (status == 0 && c->proxy_version && oc->state == OC_CONNECTING)
     status = send_proxy(oc);
   if (status == 0) {
@@ -144,22 +185,155 @@ static void on_connect(uv_connect_t *req, int status) {
   }
 }
 
+static void on_connect(uv_connect_t *req, int status) {
+  uvip_outconn_t *oc = (uvip_outconn_t *)req->handle;
+  free(req);
+  complete(oc, status);
+}
+
+/* Runs the callbacks due when this turn began; those that come due while
+ * they run wait for the next turn, so the loop keeps turning. */
+static void on_due(uv_idle_t *h) {
+  uvip_connector_t *c = UVIP_CONTAINER_OF(h, uvip_connector_t, due_idle);
+  uvip_outconn_t *last = c->due_tail, *oc;
+  bool end = false;
+  while (!end && (oc = c->due_head) != NULL) {
+    end = oc == last;
+    conn_list_remove(c, oc);
+    conn_list_push(c, oc);
+    /* Closed meanwhile: on_conn_closed() says UV_ECANCELED. */
+    if (oc->state != OC_CLOSING)
+      complete(oc, oc->due_status);
+  }
+  if (c->due_head == NULL)
+    uv_idle_stop(h);
+}
+
+static void on_due_closed(uv_handle_t *h) {
+  uvip_connector_t *c = UVIP_CONTAINER_OF(h, uvip_connector_t, due_idle);
+  c->handles--;
+  maybe_finish_close(c);
+}
+
+/* oc's callback comes from the loop with status. */
+static void defer(uvip_connector_t *c, uvip_outconn_t *oc, int status) {
+  if (!c->due_idle_init) {
+    uv_idle_init(c->loop, &c->due_idle); /* cannot fail on Unix */
+    c->due_idle_init = true;
+    c->handles++;
+  }
+  oc->due_status = status;
+  oc->due = true;
+  oc->next = NULL;
+  oc->prev = c->due_tail;
+  if (c->due_tail)
+    c->due_tail->next = oc;
+  else
+    c->due_head = oc;
+  c->due_tail = oc;
+  uv_idle_start(&c->due_idle, on_due);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  uvip_connector_t *c = h->data;
+  free(h);
+  c->handles--;
+  maybe_finish_close(c);
+}
+
+/* Before the connection's handle: the poll's EPOLL_CTL_DEL needs the
+ * descriptor still open. */
+static void poll_close(uvip_outconn_t *oc) {
+  oc->poll->data = oc->connector;
+  uv_close((uv_handle_t *)oc->poll, on_poll_closed);
+  oc->poll = NULL;
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  uvip_outconn_t *oc = p->data;
+  int err = 0;
+  socklen_t len = sizeof(err);
+  uv_os_fd_t fd = -1;
+  (void)events;
+  /* Writable, or an error (which uv_poll_t reports as UV_EBADF): the
+   * socket's own error says which. */
+  uv_fileno((uv_handle_t *)&oc->tcp, &fd);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+    err = errno;
+  if (err != 0)
+    status = uv_translate_sys_error(err);
+  poll_close(oc);
+  complete(oc, status);
+}
+
+/* Scores of our own connects that had to wait (+4) or not (-1): at
+ * SLOW_OFF and above, connects go through libuv, except one in PROBE. */
+#define SLOW_MAX 16
+#define SLOW_OFF 8
+#define PROBE 32
+
+static bool own_connect_pays(uvip_connector_t *c) {
+  return c->slow < SLOW_OFF || ++c->probe % PROBE == 0;
+}
+
+static void own_connect_waited(uvip_connector_t *c, bool waited) {
+  if (waited)
+    c->slow = c->slow + 4 > SLOW_MAX ? SLOW_MAX : (uint8_t)(c->slow + 4);
+  else if (c->slow > 0)
+    c->slow--;
+}
+
+/* connect() on the opened handle's socket: 0 with the callback deferred or
+ * a wait started, or connect()'s error (nothing deferred or started). */
+static int own_connect(uvip_connector_t *c, uvip_outconn_t *oc, int fd,
+                       const struct sockaddr *dest) {
+  socklen_t len = uvip__sa_len(dest);
+  int r;
+  if (connect(fd, dest, len) == 0) {
+    defer(c, oc, 0);
+    return 0;
+  }
+  if (errno == ECONNREFUSED) { /* reported later, as libuv does */
+    defer(c, oc, UV_ECONNREFUSED);
+    return 0;
+  }
+  if (errno != EINPROGRESS)
+    return uv_translate_sys_error(errno);
+  /* Done already? 0 once established, EALREADY while in progress, the
+   * connect's error if it failed. */
+  r = connect(fd, dest, len) == 0 || errno == EISCONN ? 0 : errno;
+  if (r != EALREADY && r != EINPROGRESS) {
+    own_connect_waited(c, false);
+    defer(c, oc, r ? uv_translate_sys_error(r) : 0);
+    return 0;
+  }
+  own_connect_waited(c, true);
+  oc->poll = malloc(sizeof(*oc->poll));
+  if (oc->poll == NULL)
+    return UV_ENOMEM;
+  r = uv_poll_init(c->loop, oc->poll, fd);
+  if (r != 0) {
+    free(oc->poll);
+    oc->poll = NULL;
+    return r;
+  }
+  c->handles++;
+  oc->poll->data = oc;
+  return uv_poll_start(oc->poll, UV_WRITABLE, on_poll);
+}
+
 /* One attempt from source i. Returns 0 with the connect started, or the
  * error of socket(), bind() or connect(). */
 static int attempt(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
                    const struct sockaddr *dest, uvip_outconn_t **out) {
   const struct sockaddr *src = uvip__cn_source_addr(c, i);
   uvip_outconn_t *oc;
-  uv_connect_t *req;
+  uv_connect_t *req = NULL;
   int fd, r, one = 1;
 
   oc = calloc(1, sizeof(*oc));
-  req = malloc(sizeof(*req));
-  if (oc == NULL || req == NULL) {
-    free(oc);
-    free(req);
+  if (oc == NULL)
     return UV_ENOMEM;
-  }
   fd = socket(dest->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     r = uv_translate_sys_error(errno);
@@ -195,6 +369,10 @@ static int attempt(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
   r = uv_tcp_open(&oc->tcp, fd);
   if (r != 0) {
     close(fd);
+  } else if (own_connect_pays(c)) {
+    r = own_connect(c, oc, fd, dest);
+  } else if ((req = malloc(sizeof(*req))) == NULL) {
+    r = UV_ENOMEM;
   } else {
     r = uv_tcp_connect(req, &oc->tcp, dest, on_connect);
   }
@@ -202,6 +380,8 @@ static int attempt(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
     /* The handle exists now and can only go away through the loop; the
      * close callback sees dest == NULL and just frees it. */
     free(req);
+    if (oc->poll)
+      poll_close(oc);
     uv_close((uv_handle_t *)&oc->tcp, on_conn_closed);
     return r;
   }
@@ -209,16 +389,13 @@ static int attempt(uvip_connector_t *c, uvip__cn_dest_t *d, size_t i,
   oc->dest = d;
   oc->state = OC_CONNECTING;
   uvip__cn_take(c, d, i);
-  oc->next = c->conns;
-  if (c->conns)
-    c->conns->prev = oc;
-  c->conns = oc;
+  if (!oc->due)
+    conn_list_push(c, oc);
   *out = oc;
   return 0;
 
 fail_fd:
   free(oc);
-  free(req);
   return r;
 }
 
@@ -330,6 +507,8 @@ UVIP_EXPORT int uvip_outconn_close(uvip_outconn_t *oc,
     return UV_EALREADY;
   oc->state = OC_CLOSING;
   oc->close_cb = cb;
+  if (oc->poll)
+    poll_close(oc);
   uv_close((uv_handle_t *)&oc->tcp, on_conn_closed);
   return 0;
 }
@@ -396,6 +575,13 @@ UVIP_EXPORT int uvip_connector_close(uvip_connector_t *c,
     if (oc->state != OC_CLOSING)
       uvip_outconn_close(oc, NULL);
   }
+  for (oc = c->due_head; oc; oc = next) {
+    next = oc->next;
+    if (oc->state != OC_CLOSING)
+      uvip_outconn_close(oc, NULL);
+  }
+  if (c->due_idle_init)
+    uv_close((uv_handle_t *)&c->due_idle, on_due_closed);
   /* The callback must come from the loop even with nothing open; closing
    * a never-started handle is the cheapest way to get there. */
   uv_idle_init(c->loop, &c->closer);

@@ -106,6 +106,7 @@ START_TEST(loadgen_echo) {
   HAS(out, "uvip-loadgen: 200 connections to 4 targets, 0 sources, 1 process: "
            "established 200, verified 200, peak open 200, failed 0 in ");
   HAS(out, "uvip-loadgen: ok: every connection succeeded\n");
+  HAS(out, "uvip-loadgen: connect latency p50 ");
   free(out);
 
   /* A soft descriptor limit below what the run needs is raised to the
@@ -236,7 +237,17 @@ START_TEST(loadgen_exhausted) {
   HAS(out, ",\"establish_seconds\":null,\"procs\":1,\"targets\":1,\"sources\":0,"
            "\"echo\":false,\"hold\":false,\"churn\":0,\"exhausted\":[{\"source\":"
            "\"127.0.0.1\",\"target\":\"127.0.0.1:7000\",\"in_use\":10,\"ports\":"
-           "10}]}\n");
+           "10}],\"connect_ms\":{\"p50\":");
+  {
+    /* The connect latencies of the 10 that connected, in order. */
+    double p50, p90, p99, max;
+    const char *lat = strstr(out, "\"connect_ms\":{");
+    ck_assert_int_eq(sscanf(lat, "\"connect_ms\":{\"p50\":%lf,\"p90\":%lf,"
+                                 "\"p99\":%lf,\"max\":%lf}}\n",
+                            &p50, &p90, &p99, &max), 4);
+    ck_assert(p50 <= p90 && p90 <= p99 && p99 <= max);
+    ck_assert(max > 0);
+  }
   free(out);
   echo_down(&e);
 }
@@ -253,6 +264,8 @@ START_TEST(loadgen_refused) {
            "established 0, verified 0, peak open 0, failed 5 (ECONNREFUSED 5) "
            "in ");
   HAS(out, "uvip-loadgen: FAILED\n");
+  /* No latencies without a connection. */
+  ck_assert_ptr_null(strstr(out, "connect latency"));
   free(out);
 
   out = loadgen("--conns 2 --sources ::1", &rc);
@@ -403,6 +416,56 @@ START_TEST(loadgen_procs_worker_killed) {
   HAS(rest, "uvip-loadgen: FAILED\n");
   snprintf(want, sizeof(want), "(pid %d) killed by signal 9\n", (int)kids[0]);
   HAS(err, want);
+  echo_down(&e);
+}
+END_TEST
+
+/* Established client sockets connected to rem ("0100007F:1B58" is
+ * 127.0.0.1:7000), from the namespace's /proc/net/tcp. */
+static int established_to(const char *rem) {
+  FILE *f = fopen("/proc/self/net/tcp", "r");
+  char line[512], r[64];
+  unsigned st;
+  int n = 0;
+  ck_assert_ptr_nonnull(f);
+  while (fgets(line, sizeof(line), f))
+    if (sscanf(line, " %*s %*s %63s %x", r, &st) == 2 && st == 1 &&
+        strcmp(r, rem) == 0)
+      n++;
+  fclose(f);
+  return n;
+}
+
+/* --procs: a worker that is done keeps its connections until every worker
+ * is, so that their teardown does not slow the workers still connecting.
+ * Worker 0's connections go to an echo server, worker 1's to a listener
+ * that never answers: once worker 0 is done (its 8 verified), its
+ * connections stay open while worker 1 still waits. */
+START_TEST(loadgen_procs_hold_until_all_done) {
+  tx_proc_t e, g;
+  char err[8192] = "", rest[4096] = "";
+  struct sockaddr_storage sa;
+  int lfd;
+  th_enter_netns();
+  echo_up(&e, "127.0.0.1", 1);
+  lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(lfd, 0);
+  th_addr("127.0.0.2", PORT, &sa);
+  ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in)), 0);
+  ck_assert_int_eq(listen(lfd, 64), 0);
+  const char *args[] = {"--procs", "2", "--echo", "--conns", "16",
+                        "--target", "127.0.0.1,127.0.0.2", "--seconds", "60",
+                        NULL};
+  loadgen_spawn(&g, args);
+  tx_expect_line(g.err, "open 16, verified 8, pending 8, failed 0", err,
+                 sizeof(err));
+  ck_assert_int_eq(established_to("0100007F:1B58"), 8);
+  ck_assert_int_eq(kill(g.pid, SIGTERM), 0);
+  tx_read_rest(g.out, rest, sizeof(rest));
+  tx_read_rest(g.err, err, sizeof(err));
+  ck_assert_int_eq(tx_wait_exit(&g), 1);
+  HAS(rest, "verified 8, peak open 16, failed 8 (ECANCELED 8)");
+  close(lfd);
   echo_down(&e);
 }
 END_TEST
@@ -587,6 +650,7 @@ int main(void) {
   tcase_add_test(tc, loadgen_hold_drop);
   tcase_add_test(tc, loadgen_procs);
   tcase_add_test(tc, loadgen_procs_worker_killed);
+  tcase_add_test(tc, loadgen_procs_hold_until_all_done);
   tcase_add_test(tc, loadgen_churn);
   tcase_add_test(tc, loadgen_bad_arguments);
   tcase_add_test(tc, stat_listen_queue_event);
