@@ -39,12 +39,12 @@ static void predict(uvip_forecast_t *f, int tw_reuse) {
   double tw = (double)f->time_wait, other = (double)(f->in_use - f->time_wait);
   double inflow, usable = (double)f->usable;
 
-  /* New TIME_WAITs per second: what the count grew by plus what left it.
-   * Without the leaving count, Little's law (TIME_WAIT = inflow x 60 s in
-   * a steady state) bounds the inflow from below once it has lasted a
-   * minute; growth bounds it during the first minute. */
-  if (f->have_ended)
-    inflow = f->g_tw + f->ended_rate;
+  /* New TIME_WAITs per second: counted by the kernel when known. Else
+   * Little's law (TIME_WAIT = inflow x 60 s in a steady state) bounds it
+   * from below once it has lasted a minute, and the growth of the count
+   * during the first minute. */
+  if (f->have_started)
+    inflow = f->started_rate;
   else
     inflow = dmax(f->g_tw, tw / UVIP_TIME_WAIT_SECONDS);
   if (inflow < 0)
@@ -81,7 +81,7 @@ static void predict(uvip_forecast_t *f, int tw_reuse) {
 
 UVIP_EXPORT int uvip_forecast_update(uvip_forecast_t *f,
                                      const uvip_forecast_sample_t *s) {
-  UVIP_CHECK_ARG(f == NULL || s == NULL || isnan(s->t) || isnan(s->tw_ended));
+  UVIP_CHECK_ARG(f == NULL || s == NULL || isnan(s->t) || isnan(s->tw_started));
   UVIP_CHECK_ARG(s->time_wait > s->in_use || !(f->tau > 0));
   UVIP_CHECK_ARG(f->samples > 0 && !(s->t > f->t));
   if (f->samples > 0) {
@@ -95,12 +95,12 @@ UVIP_EXPORT int uvip_forecast_update(uvip_forecast_t *f,
                      (double)(f->in_use - f->time_wait)) / dt;
     ewma(&f->g_tw, dtw, alpha);
     ewma(&f->g_other, dother, alpha);
-    if (s->tw_ended >= 0) {
-      ewma(&f->ended_rate, s->tw_ended / dt, f->have_ended ? alpha : 1);
-      f->have_ended = 1;
+    if (s->tw_started >= 0) {
+      ewma(&f->started_rate, s->tw_started / dt, f->have_started ? alpha : 1);
+      f->have_started = 1;
     } else {
-      f->have_ended = 0;
-      f->ended_rate = 0;
+      f->have_started = 0;
+      f->started_rate = 0;
     }
   }
   f->t = s->t;

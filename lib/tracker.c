@@ -298,23 +298,23 @@ static void update_forecasts(uvip_tracker_t *t, uvip_census_t *N,
   double now = ((double)info->sampled_at_ms - (double)info->duration_ns / 2e6) / 1e3;
   double tau = t->opts.forecast_tau_ms ? (double)t->opts.forecast_tau_ms / 1e3
                                        : 3 * (double)t->opts.interval_ms / 1e3;
-  double ended = -1, tw_prev = P ? tw_total(P) : 0;
+  double started = -1, tw_now = tw_total(N);
 
   t->fc_n[b] = 0;
   if (fc_reserve(t, b, n) != 0)
     return;
-  /* TIME_WAITs that ended in the namespace since P, shared out over the
-   * pairs in proportion to their TIME_WAITs in P (they end in the order
-   * they began). */
+  /* Sockets that entered TIME_WAIT in the namespace since P (the kernel
+   * counts TW and TWKilled when it arms the timer), shared out over the
+   * pairs in proportion to their TIME_WAITs now: in a steady state each
+   * pair's count is its inflow x 60 s. */
   if (P && info->has_netstat_delta) {
     const uvip_netstat_t *d = &info->netstat_delta;
-    ended = (double)(d->tw + d->tw_killed + d->tw_recycled);
+    started = (double)(d->tw + d->tw_killed);
   }
   for (size_t i = 0; i < n; i++) {
     const uvip_census_tuple_t *tu = uvip_census_tuple(N, i);
     uvip_forecast_t *f = &t->fc[b][i];
     long pi = P ? uvip__census_find_tuple(P, tu) : -1;
-    const uvip_census_tuple_t *pt = pi >= 0 ? uvip_census_tuple(P, (size_t)pi) : NULL;
     uvip_forecast_sample_t smp;
     if (pi >= 0 && (size_t)pi < t->fc_n[pb]) {
       *f = t->fc[pb][pi];
@@ -328,9 +328,9 @@ static void update_forecasts(uvip_tracker_t *t, uvip_census_t *N,
     smp.in_use = tu->in_use;
     smp.time_wait = tu->time_wait;
     smp.usable = tu->usable;
-    smp.tw_ended = ended < 0 ? -1
-                   : tw_prev > 0 && pt ? ended * (double)pt->time_wait / tw_prev
-                                       : 0;
+    smp.tw_started = started < 0  ? -1
+                     : tw_now > 0 ? started * (double)tu->time_wait / tw_now
+                                  : 0;
     smp.tw_reuse = pair_reuse(L, tu);
     /* A clock that did not move keeps the previous forecast. */
     (void)uvip_forecast_update(f, &smp);

@@ -58,8 +58,10 @@ typedef struct uvip_netstat_s {
   uint64_t listen_drops;      /* any SYN or ACK dropped on a listener */
   uint64_t tw_overflow;       /* TCPTimeWaitOverflow: tw_buckets reached */
   uint64_t tw_recycled;       /* TWRecycled: TIME_WAIT reused (tw_reuse) */
-  uint64_t tw;                /* TW: TIME_WAITs ended by their timer */
-  uint64_t tw_killed;         /* TWKilled */
+  uint64_t tw;                /* TW: sockets put in TIME_WAIT (counted
+                                 when the timer is armed, Linux >= 4.1) */
+  uint64_t tw_killed;         /* TWKilled: the same, with a timer of 4 s
+                                 or less */
   uint64_t syncookies_sent;   /* SYN queue full: cookies used */
 } uvip_netstat_t;
 
@@ -395,10 +397,12 @@ typedef struct uvip_forecast_sample_s {
   uint64_t in_use;    /* local ports the pair holds, TIME_WAIT included */
   uint64_t time_wait; /* of those, in TIME_WAIT (at most in_use) */
   int64_t usable;     /* ports the pair may use; <= 0 when unknown */
-  /* TIME_WAITs of the pair that ended (timer, killed or reused) since the
-   * previous sample; < 0 when unknown (the model then falls back on
-   * Little's law, see the docs). */
-  double tw_ended;
+  /* Connections of the pair that entered TIME_WAIT (or an orphaned
+   * FIN_WAIT2, which becomes one) since the previous sample; < 0 when
+   * unknown (the model then bounds the inflow from the TIME_WAIT count,
+   * see the docs). The tracker shares the namespace's TcpExt TW and
+   * TWKilled increases out over the pairs. */
+  double tw_started;
   /* 1 when connect() may reuse a TIME_WAIT port older than a second
    * (net.ipv4.tcp_tw_reuse 1, or 2 on a loopback pair): TIME_WAIT then
    * blocks a port for about a second instead of 60. */
@@ -426,8 +430,8 @@ typedef struct uvip_forecast_s {
   double t;        /* time of the last sample */
   uint64_t samples;
   uint64_t in_use, time_wait;
-  double g_tw, g_other, ended_rate;
-  int have_ended;
+  double g_tw, g_other, started_rate;
+  int have_started;
 } uvip_forecast_t;
 
 /* Starts a forecast with smoothing time constant tau seconds (> 0): each
