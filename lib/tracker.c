@@ -301,6 +301,7 @@ static void update_forecasts(uvip_tracker_t *t, uvip_census_t *N,
   double started = -1, tw_now = tw_total(N);
 
   t->fc_n[b] = 0;
+  t->vfc_n = 0; /* N becomes the shown census: no VIP rows of P's */
   if (fc_reserve(t, b, n) != 0)
     return;
   /* Sockets that entered TIME_WAIT in the namespace since P (the kernel
