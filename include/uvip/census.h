@@ -505,8 +505,9 @@ typedef enum {
   UVIP_EVENT_OVERFLOW,
   /* A pair's forecast says its ports run out within exhaustion_seconds
    * (value: the seconds left, 0 when exhausted; detail: the tuple and its
-   * forecast). Ends when the forecast is above exhaustion_seconds / rearm,
-   * steady, or the pair is gone. */
+   * forecast). Ends when the forecast is above exhaustion_seconds / rearm
+   * (value: the seconds left), or levels off, is unknown or the pair is
+   * gone (value -1). */
   UVIP_EVENT_EXHAUSTION
 } uvip_event_kind_t;
 
