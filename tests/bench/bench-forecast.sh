@@ -9,15 +9,16 @@
 # closed connection's port in TIME_WAIT for 60 s, so the pair's ports in
 # use grow by RATE a second and run out after (RANGE - CONNS) / RATE
 # seconds when CONNS + RATE x 60 > RANGE. uvip-stat --watch INTERVAL --json
-# samples the pair; every line is stamped on arrival. The observed
-# exhaustion is when the last usable port went, interpolated between the
-# last sample below the range and the first at it (uvip-loadgen's first
-# EADDRNOTAVAIL progress line, 1 s resolution, is shown for reference). For every sample
+# samples the pair and forecasts; every line is stamped on arrival. The
+# observed exhaustion is the first sample of a second uvip-stat, --watch
+# OBSERVE (0.1 s) and stamped the same way, that sees every usable port in
+# use (uvip-loadgen's first EADDRNOTAVAIL progress line, 1 s resolution, is
+# shown for reference). For every sample
 # that forecast exhaustion, the predicted time left (eta) is compared with
 # the time that was actually left: error = (eta - left) / left.
 #
 # Environment (defaults): RANGE=2000 CONNS=100 RATE=40 INTERVAL=1
-#   SECONDS_MAX=90 OUT=bench-forecast.txt
+#   OBSERVE=0.1 SECONDS_MAX=90 OUT=bench-forecast.txt
 # tcp_tw_reuse is 0 in the namespace (its default 2 reuses TIME_WAIT ports
 # on loopback, which would never exhaust). Exit 0 when the median error of
 # the forecasts made after the first 5 s of churn is within 20 %, 1
@@ -38,6 +39,7 @@ RANGE=${RANGE:-2000}
 CONNS=${CONNS:-100}
 RATE=${RATE:-40}
 INTERVAL=${INTERVAL:-1}
+OBSERVE=${OBSERVE:-0.1}
 SECONDS_MAX=${SECONDS_MAX:-90}
 OUT=${OUT:-bench-forecast.txt}
 LO=40000
@@ -49,10 +51,10 @@ for f in "$ECHO" "$STAT" "$LOADGEN"; do
   [ -x "$f" ] || { echo "bench-forecast: $f not built" >&2; exit 1; }
 done
 LOGDIR=$(mktemp -d /tmp/bench-forecast.XXXXXX)
-echo_pid= stat_pid= lg_pid=
+echo_pid= stat_pid= obs_pid= lg_pid=
 cleanup() {
   trap - EXIT INT TERM
-  for p in $lg_pid $stat_pid $echo_pid; do kill -TERM "$p" 2>/dev/null; done
+  for p in $lg_pid $stat_pid $obs_pid $echo_pid; do kill -TERM "$p" 2>/dev/null; done
   wait 2>/dev/null
   [ "${KEEP:-0}" = 1 ] || rm -rf "$LOGDIR"
 }
@@ -71,6 +73,9 @@ for _ in $(seq 100); do grep -q "serving 1 of 1" "$LOGDIR/echo.log" && break; sl
 "$STAT" --vips 127.0.0.1 --watch "$INTERVAL" --json --top 1 \
   --exhaustion "$SECONDS_MAX" 2> "$LOGDIR/stat.err" | stamp > "$LOGDIR/stat.log" &
 stat_pid=$!
+"$STAT" --vips 127.0.0.1 --watch "$OBSERVE" --json --top 1 --exhaustion 0 \
+  2> /dev/null | stamp > "$LOGDIR/observe.log" &
+obs_pid=$!
 t_start=$(date +%s.%N)
 timeout $((SECONDS_MAX + 10)) "$LOADGEN" --target 127.0.0.1 --conns "$CONNS" \
   --churn "$RATE" --seconds "$SECONDS_MAX" --echo 2>&1 | stamp > "$LOGDIR/loadgen.log" &
@@ -84,40 +89,38 @@ done
 sleep $((INTERVAL * 2 + 1))
 
 python3 - "$LOGDIR/stat.log" "$LOGDIR/loadgen.log" "$t_start" "$RANGE" \
-  "$CONNS" "$RATE" > "$OUT" <<'PY'
+  "$CONNS" "$RATE" "$LOGDIR/observe.log" "$OBSERVE" > "$OUT" <<'PY'
 import json, sys
 stat, lg, t0, rng, conns, rate = sys.argv[1], sys.argv[2], float(sys.argv[3]), \
     int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-samples = []
-for line in open(stat):
-    ts, _, js = line.partition(' ')
-    try:
-        d = json.loads(js)
-    except ValueError:
-        continue
-    tu = [t for t in d['tuples'] if t['remote'] == '127.0.0.1:7000']
-    if tu:
-        samples.append((float(ts) - t0, tu[0]))
+def load(path):
+    out = []
+    for line in open(path):
+        ts, _, js = line.partition(' ')
+        try:
+            d = json.loads(js)
+        except ValueError:
+            continue
+        tu = [t for t in d['tuples'] if t['remote'] == '127.0.0.1:7000']
+        if tu:
+            out.append((float(ts) - t0, tu[0]))
+    return out
+samples = load(stat)
+observed = load(sys.argv[7])
 lg_fail = None
 for line in open(lg):
     if 'EADDRNOTAVAIL' in line:
         lg_fail = float(line.split(' ', 1)[0]) - t0
         break
-# The census samples every INTERVAL: the instant the last port went is
-# interpolated between the last sample below the range and the first at it.
-obs = None
-for (ta, a), (tb, b) in zip(samples, samples[1:]):
-    if b['in_use'] >= b['usable'] > a['in_use']:
-        obs = ta + (tb - ta) * (a['usable'] - a['in_use']) / (b['in_use'] - a['in_use'])
-        break
+obs = next((t for t, tu in observed if tu['in_use'] >= tu['usable']), None)
 churn0 = next((t for t, tu in samples if tu['time_wait'] > 0), None)
 print(f"range {rng} ports, {conns} connections, churn {rate}/s: model "
       f"({rng} - {conns}) / {rate} = {(rng - conns) / rate:.1f} s")
 if obs is None:
     print("not exhausted: no comparison")
     sys.exit(1)
-print(f"churn seen from {churn0:.1f} s; observed exhaustion (census, "
-      f"interpolated) at "
+print(f"churn seen from {churn0:.1f} s; observed exhaustion (census every "
+      f"{sys.argv[8]} s) at "
       f"{obs:.1f} s, {obs - churn0:.1f} s after; loadgen's first "
       f"EADDRNOTAVAIL report at {lg_fail if lg_fail is None else round(lg_fail, 1)} s")
 print(f"{'t(s)':>6} {'in_use':>7} {'T-WAIT':>7} {'rate/s':>7} {'eta(s)':>7} "
