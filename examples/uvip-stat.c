@@ -15,6 +15,7 @@ typedef struct opts {
   const char *vips;
   int json, prom, capacity, procfs;
   uint64_t watch_ms;
+  double exhaustion_s;
   uint64_t count;
   size_t top;
   uvip_capacity_input_t in;
@@ -34,6 +35,10 @@ static void usage(FILE *f) {
           "  --watch SECS       sample every SECS seconds (threshold events on\n"
           "                     stderr) until interrupted\n"
           "  --count N          with --watch: stop after N samples\n"
+          "  --exhaustion SECS  with --watch: event when a pair's ports run\n"
+          "                     out within SECS at its current rate (default\n"
+          "                     300, 0 = no event); the forecast lines need\n"
+          "                     two samples, so --watch\n"
           "  --top N            port tuples to list (default 10, 0 = all)\n"
           "  --target N         connections wanted (capacity advice)\n"
           "  --sources N        outbound source VIPs (capacity)\n"
@@ -98,7 +103,55 @@ static void print_capacity(const uvip_capacity_t *cap, int full) {
     printf("advice: %s\n", cap->advice[i]);
 }
 
-static void print_table(const uvip_census_t *c, const uvip_capacity_t *cap) {
+/* 28232 -> "28,232". */
+static const char *grouped(double v, char *b) {
+  char d[32];
+  int n = snprintf(d, sizeof(d), "%.0f", v < 0 ? 0 : v), k = 0;
+  for (int i = 0; i < n; i++) {
+    if (i && (n - i) % 3 == 0)
+      b[k++] = ',';
+    b[k++] = d[i];
+  }
+  b[k] = 0;
+  return b;
+}
+
+/* One line per pair listed: "a -> r: N ports, R new/s, TIME_WAIT 60 s:
+ * exhausted in S s" (or what it levels off at). */
+static void print_forecasts(const uvip_census_t *c, const uvip_tracker_t *t) {
+  char a[UVIP_ADDRSTRLEN], r[UVIP_ADDRSTRLEN], b[3][40];
+  size_t nt = uvip_census_tuple_count(c);
+  if (nt)
+    printf("\nforecast (ports per pair at the current rate):\n");
+  for (size_t i = 0; i < nt && (O.top == 0 || i < O.top); i++) {
+    const uvip_census_tuple_t *tu = uvip_census_tuple(c, i);
+    uvip_forecast_t f;
+    if (uvip_tracker_forecast(t, i, &f) != 0)
+      continue;
+    fmt(&tu->local, 0, a);
+    fmt(&tu->remote, 1, r);
+    printf("%s -> %s: %s ports, %s in use, %s new/s, TIME_WAIT %.0f s: ", a, r,
+           tu->usable > 0 ? grouped(tu->usable, b[0]) : "?",
+           grouped((double)tu->in_use, b[1]), grouped(f.rate, b[2]), f.hold);
+    switch (f.state) {
+    case UVIP_FORECAST_EXHAUSTED:
+      printf("exhausted now\n");
+      break;
+    case UVIP_FORECAST_EXHAUSTING:
+      printf("exhausted in %.0f s\n", f.eta);
+      break;
+    case UVIP_FORECAST_STEADY:
+      printf("levels off at %s (%.1f%%)\n", grouped(f.steady, b[0]),
+             tu->usable > 0 ? 100 * f.steady / tu->usable : 0);
+      break;
+    default:
+      printf("unknown yet\n");
+    }
+  }
+}
+
+static void print_table(const uvip_census_t *c, const uvip_capacity_t *cap,
+                        const uvip_tracker_t *tr) {
   const uvip_census_info_t *info = uvip_census_info(c);
   const uvip_limits_t *L = uvip_census_limits(c);
   char a[UVIP_ADDRSTRLEN], r[UVIP_ADDRSTRLEN];
@@ -152,30 +205,35 @@ static void print_table(const uvip_census_t *c, const uvip_capacity_t *cap) {
            (unsigned long long)info->netstat_delta.listen_drops,
            (unsigned long long)info->netstat_delta.tw_overflow,
            (unsigned long long)info->netstat_delta.tw_recycled);
+  if (tr)
+    print_forecasts(c, tr);
   if (cap)
     print_capacity(cap, O.capacity);
 }
 
-/* Prints one sample in the chosen format. Returns 0 or an error. */
-static int report(const uvip_census_t *c) {
+/* Prints one sample in the chosen format, with the tracker's forecasts
+ * when t is not NULL. Returns 0 or an error. */
+static int report(const uvip_census_t *c, const uvip_tracker_t *t) {
   uvip_capacity_t cap;
   const uvip_capacity_t *capp =
       uvip_capacity_compute(c, &O.in, &cap) == 0 ? &cap : NULL;
   if (O.json || O.prom) {
     size_t len = 0;
     int fmtid = O.json ? UVIP_RENDER_JSON : UVIP_RENDER_PROMETHEUS;
-    int rc = uvip_census_render(c, capp, fmtid, O.top, NULL, &len);
+    int rc = t ? uvip_tracker_render(t, capp, fmtid, O.top, NULL, &len)
+               : uvip_census_render(c, capp, fmtid, O.top, NULL, &len);
     char *buf = rc == UV_ENOBUFS ? malloc(len) : NULL;
     if (!buf)
       return rc == UV_ENOBUFS ? UV_ENOMEM : rc;
-    rc = uvip_census_render(c, capp, fmtid, O.top, buf, &len);
+    rc = t ? uvip_tracker_render(t, capp, fmtid, O.top, buf, &len)
+           : uvip_census_render(c, capp, fmtid, O.top, buf, &len);
     if (rc == 0)
       fwrite(buf, 1, len, stdout);
     free(buf);
     fflush(stdout);
     return rc;
   }
-  print_table(c, capp);
+  print_table(c, capp, t);
   fflush(stdout);
   return 0;
 }
@@ -201,7 +259,7 @@ static void on_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
   }
   if (!O.json && !O.prom && printed)
     printf("\n----\n");
-  if (report(c) != 0)
+  if (report(c, t) != 0)
     watch_rc = 1;
   if (O.count && ++printed >= O.count)
     stop_watch(t);
@@ -237,6 +295,7 @@ static int watch(const uvip_addrs_t *vips, const uvip_census_options_t *co) {
   uvip_tracker_options_init(&to);
   to.census = *co;
   to.interval_ms = O.watch_ms;
+  to.exhaustion_seconds = O.exhaustion_s;
   if (to.interval_ms < 10)
     to.interval_ms = 10;
   int rc = uvip_tracker_new(loop, vips, &to, &t);
@@ -263,10 +322,12 @@ int main(int argc, char **argv) {
       {"sources", required_argument, 0, 'S'},
       {"processes", required_argument, 0, 'P'},
       {"procfs", no_argument, 0, 'f'},       {"help", no_argument, 0, 'h'},
+      {"exhaustion", required_argument, 0, 'X'},
       {0, 0, 0, 0}};
   int ch;
   ex_init(argv[0]);
   O.top = 10;
+  O.exhaustion_s = 300;
   uvip_capacity_input_init(&O.in);
   while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
     switch (ch) {
@@ -278,6 +339,10 @@ int main(int argc, char **argv) {
     case 'w':
       /* A day at most: the interval is milliseconds on a uv timer. */
       O.watch_ms = ex_parse_secs("--watch", optarg, 1, 86400000);
+      break;
+    case 'X':
+      O.exhaustion_s =
+          (double)ex_parse_secs("--exhaustion", optarg, 0, 86400000) / 1000.0;
       break;
     case 'n': O.count = ex_parse_num("--count", optarg, 0, INT64_MAX); break;
     case 't': O.top = (size_t)ex_parse_num("--top", optarg, 0, SIZE_MAX); break;
@@ -329,7 +394,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "uvip-stat: census failed: %s (%s)\n", uv_strerror(r),
               uv_err_name(r));
       rc = 1;
-    } else if (report(c) != 0) {
+    } else if (report(c, NULL) != 0) {
       fprintf(stderr, "uvip-stat: cannot render the census\n");
       rc = 1;
     }

@@ -32,6 +32,16 @@ long uvip__census_find_tuple(const uvip_census_t *census,
                              const uvip_census_tuple_t *t);
 long uvip__census_find_listener(const uvip_census_t *census,
                                 const uvip_census_listener_t *l);
+/* Index of the VIP row of addr (port ignored), or -1. */
+long uvip__census_find_vip(const uvip_census_t *census,
+                           const struct sockaddr_storage *addr);
+
+/* render.c: uvip_census_render() with forecasts (indexed as the tuples and
+ * the VIP rows; either may be NULL). */
+int uvip__census_render(const uvip_census_t *census,
+                        const uvip_capacity_t *cap, int format,
+                        size_t max_tuples, const uvip_forecast_t *pair_fc,
+                        const uvip_forecast_t *vip_fc, char *buf, size_t *len);
 
 /* Between census.c, census-table.c, census-dump.c, census-filter.c and
  * census-proc.c only. */

@@ -529,3 +529,11 @@ long uvip__census_find_listener(const uvip_census_t *c,
   long d = aget((tbl_t *)&c->lst, &k, 0, NULL);
   return d < 0 ? -1 : (long)c->lst.rank[d];
 }
+
+long uvip__census_find_vip(const uvip_census_t *c,
+                           const struct sockaddr_storage *addr) {
+  akey_t k;
+  akey_from_sa(&k, (const struct sockaddr *)addr, 0);
+  long d = aget((tbl_t *)&c->vips, &k, 0, NULL);
+  return d < 0 ? -1 : (long)c->vips.rank[d];
+}

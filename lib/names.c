@@ -18,6 +18,7 @@ static const char *const event_kind_names[] = {
     [UVIP_EVENT_TIME_WAIT] = "time_wait",
     [UVIP_EVENT_LISTEN_QUEUE] = "listen_queue",
     [UVIP_EVENT_OVERFLOW] = "overflow",
+    [UVIP_EVENT_EXHAUSTION] = "exhaustion",
 };
 
 #define NAMES_COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))

@@ -125,8 +125,20 @@ static void json_capacity(out_t *o, const uvip_capacity_t *c) {
   put(o, "]}");
 }
 
+static void json_forecast(out_t *o, const uvip_forecast_t *f) {
+  put(o, ",\"forecast\":{\"state\":\"%s\",\"rate\":%.3f,\"growth\":%.3f,"
+         "\"steady\":%.1f,\"hold\":%.0f,\"blocked\":%.0f,",
+      uvip_forecast_state_name((int)f->state), f->rate, f->growth, f->steady,
+      f->hold, f->blocked);
+  if (f->eta >= 0)
+    put(o, "\"exhaustion_seconds\":%.3f}", f->eta);
+  else
+    put(o, "\"exhaustion_seconds\":null}");
+}
+
 static void render_json(out_t *o, const uvip_census_t *c,
-                        const uvip_capacity_t *cap, size_t max_tuples) {
+                        const uvip_capacity_t *cap, size_t max_tuples,
+                        const uvip_forecast_t *pf, const uvip_forecast_t *vf) {
   const uvip_census_info_t *info = uvip_census_info(c);
   const uvip_limits_t *lim = uvip_census_limits(c);
   char a[UVIP_ADDRSTRLEN], b[UVIP_ADDRSTRLEN];
@@ -140,6 +152,8 @@ static void render_json(out_t *o, const uvip_census_t *c,
     fmt_addr(&v->addr, 0, a);
     put(o, "%s{\"address\":\"%s\",", i ? "," : "", a);
     json_counts(o, &v->counts);
+    if (vf)
+      json_forecast(o, &vf[i]);
     put(o, "}");
   }
   put(o, "],\"listeners\":[");
@@ -158,9 +172,12 @@ static void render_json(out_t *o, const uvip_census_t *c,
     fmt_addr(&t->local, 0, a);
     fmt_addr(&t->remote, 1, b);
     put(o, "%s{\"local\":\"%s\",\"remote\":\"%s\",\"in_use\":%llu,"
-           "\"time_wait\":%llu,\"usable\":%d,\"utilisation\":%.6f}",
+           "\"time_wait\":%llu,\"usable\":%d,\"utilisation\":%.6f",
         i ? "," : "", a, b, U(t->in_use), U(t->time_wait), t->usable,
         t->utilisation);
+    if (pf)
+      json_forecast(o, &pf[i]);
+    put(o, "}");
   }
   put(o, "],\"info\":{\"source\":\"%s\",\"sockets\":%llu,\"seen\":%llu,"
          "\"vips_overflow\":%llu,\"listeners_overflow\":%llu,"
@@ -209,8 +226,65 @@ static void prom_states(out_t *o, const char *metric, const char *vip,
   }
 }
 
+/* The seconds left: +Inf when the pair levels off, nothing when unknown. */
+static void prom_eta(out_t *o, const char *metric, const char *labels,
+                     const uvip_forecast_t *f) {
+  if (f->state == UVIP_FORECAST_STEADY)
+    put(o, "uvip_%s{%s} +Inf\n", metric, labels);
+  else if (f->state != UVIP_FORECAST_UNKNOWN)
+    put(o, "uvip_%s{%s} %.3f\n", metric, labels, f->eta);
+}
+
+static void prom_forecasts(out_t *o, const uvip_census_t *c, size_t max_tuples,
+                           const uvip_forecast_t *pf, const uvip_forecast_t *vf) {
+  char a[UVIP_ADDRSTRLEN], b[UVIP_ADDRSTRLEN];
+  char lab[2 * UVIP_ADDRSTRLEN + 32];
+  size_t nt = uvip_census_tuple_count(c);
+  if (max_tuples && max_tuples < nt)
+    nt = max_tuples;
+  static const char *const pm[3][2] = {
+      {"pair_ports_rate", "Ports taken per second per (vip, remote) pair "
+                          "(smoothed)."},
+      {"pair_ports_steady", "Ports the pair holds once TIME_WAIT levels off "
+                            "at that rate."},
+      {"pair_exhaustion_seconds", "Seconds until the pair has no port left at "
+                                  "that rate (+Inf: levels off below the "
+                                  "range)."}};
+  for (int m = 0; pf && m < 3; m++) {
+    head(o, pm[m][0], "gauge", pm[m][1]);
+    for (size_t i = 0; i < nt; i++) {
+      const uvip_census_tuple_t *t = uvip_census_tuple(c, i);
+      fmt_addr(&t->local, 0, a);
+      fmt_addr(&t->remote, 1, b);
+      snprintf(lab, sizeof(lab), "vip=\"%s\",remote=\"%s\"", a, b);
+      if (m == 2)
+        prom_eta(o, pm[m][0], lab, &pf[i]);
+      else if (pf[i].samples >= 2)
+        put(o, "uvip_%s{%s} %.3f\n", pm[m][0], lab,
+            m == 0 ? pf[i].rate : pf[i].steady);
+    }
+  }
+  if (!vf)
+    return;
+  head(o, "vip_ports_rate", "gauge",
+       "Ports taken per second over the VIP's outbound pairs.");
+  for (size_t i = 0; i < uvip_census_vip_count(c); i++) {
+    fmt_addr(&uvip_census_vip(c, i)->addr, 0, a);
+    if (vf[i].samples >= 2)
+      put(o, "uvip_vip_ports_rate{vip=\"%s\"} %.3f\n", a, vf[i].rate);
+  }
+  head(o, "vip_exhaustion_seconds", "gauge",
+       "Seconds until the VIP's first pair has no port left.");
+  for (size_t i = 0; i < uvip_census_vip_count(c); i++) {
+    fmt_addr(&uvip_census_vip(c, i)->addr, 0, a);
+    snprintf(lab, sizeof(lab), "vip=\"%s\"", a);
+    prom_eta(o, "vip_exhaustion_seconds", lab, &vf[i]);
+  }
+}
+
 static void render_prom(out_t *o, const uvip_census_t *c,
-                        const uvip_capacity_t *cap, size_t max_tuples) {
+                        const uvip_capacity_t *cap, size_t max_tuples,
+                        const uvip_forecast_t *pf, const uvip_forecast_t *vf) {
   const uvip_census_info_t *info = uvip_census_info(c);
   const uvip_limits_t *l = uvip_census_limits(c);
   char a[UVIP_ADDRSTRLEN], b[UVIP_ADDRSTRLEN];
@@ -259,6 +333,7 @@ static void render_prom(out_t *o, const uvip_census_t *c,
         put(o, "%.6f\n", t->utilisation);
     }
   }
+  prom_forecasts(o, c, max_tuples, pf, vf);
   head(o, "census_duration_seconds", "gauge", "Time the last census took.");
   put(o, "uvip_census_duration_seconds %.6f\n", (double)info->duration_ns / 1e9);
   head(o, "census_overflow", "gauge",
@@ -323,6 +398,14 @@ static void render_prom(out_t *o, const uvip_census_t *c,
 UVIP_EXPORT int uvip_census_render(const uvip_census_t *census,
                                    const uvip_capacity_t *cap, int format,
                                    size_t max_tuples, char *buf, size_t *len) {
+  return uvip__census_render(census, cap, format, max_tuples, NULL, NULL, buf,
+                             len);
+}
+
+int uvip__census_render(const uvip_census_t *census,
+                        const uvip_capacity_t *cap, int format,
+                        size_t max_tuples, const uvip_forecast_t *pf,
+                        const uvip_forecast_t *vf, char *buf, size_t *len) {
   out_t o;
   UVIP_CHECK_ARG(census == NULL || len == NULL || (buf == NULL && *len));
   UVIP_CHECK_ARG(format != UVIP_RENDER_JSON && format != UVIP_RENDER_PROMETHEUS);
@@ -330,9 +413,9 @@ UVIP_EXPORT int uvip_census_render(const uvip_census_t *census,
   o.cap = *len;
   o.len = 0;
   if (format == UVIP_RENDER_JSON)
-    render_json(&o, census, cap, max_tuples);
+    render_json(&o, census, cap, max_tuples, pf, vf);
   else
-    render_prom(&o, census, cap, max_tuples);
+    render_prom(&o, census, cap, max_tuples, pf, vf);
   if (o.len + 1 > o.cap) {
     *len = o.len + 1;
     return UV_ENOBUFS;

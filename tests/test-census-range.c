@@ -2,7 +2,9 @@
  * follow the range; limits read back; tracker threshold crossings fire
  * once; renderers.
  * SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,6 +279,7 @@ START_TEST(tracker_fires_once_per_crossing) {
   o.listen_queue_use = 0; /* the queue fills too: not this test's subject */
   o.time_wait_use = 0;
   o.overflow = 0;
+  o.exhaustion_seconds = 0;
   ck_assert_int_eq(uvip_tracker_new(&loop, NULL, &o, &t), 0);
   ck_assert_int_eq(uvip_tracker_start(t, on_sample, on_event), 0);
   ck_assert_int_eq(uvip_tracker_start(t, on_sample, on_event), UV_EALREADY);
@@ -300,7 +303,7 @@ typedef struct gstate {
   int samples;
   int lfd, fds[16], nfds;
   bool done;
-  int ev[5][2];
+  int ev[8][2];
 } gstate_t;
 
 static gstate_t G;
@@ -470,6 +473,222 @@ START_TEST(tracker_arguments) {
 }
 END_TEST
 
+/* ---- port-exhaustion forecast ------------------------------------------- */
+
+/* 100 usable ports, no TIME_WAIT reuse. Pair A (127.77.0.2 -> .1:7950)
+ * gains TIME_WAITs from sample to sample until the range is gone; pair B
+ * (-> .1:7951) gets a few once. The EXHAUSTION event fires once, before the
+ * range is gone, naming A; the forecasts and their renderings follow; with
+ * tcp_tw_reuse turned on, the condition ends. */
+static struct {
+  int step, lfd[2];
+  int raised, cleared;
+  double raised_eta;
+  uint64_t raised_in_use;
+  bool done;
+} FC;
+
+static void fc_tw(int port, int k) {
+  for (int i = 0; i < k; i++) {
+    int a = cs_connect_from("127.77.0.2", "127.77.0.1", port, 0);
+    int b = accept4(FC.lfd[port - 7950], NULL, NULL, SOCK_CLOEXEC);
+    char ch;
+    ck_assert_int_ge(b, 0);
+    close(a); /* the client closes first: its port goes to TIME_WAIT */
+    ck_assert_int_eq(read(b, &ch, 1), 0);
+    close(b);
+  }
+}
+
+static void fc_event(uvip_tracker_t *t, const uvip_tracker_event_t *ev) {
+  char r[UVIP_ADDRSTRLEN];
+  (void)t;
+  ck_assert_int_eq(ev->kind, UVIP_EVENT_EXHAUSTION);
+  ck_assert_ptr_nonnull(ev->tuple);
+  ck_assert_ptr_nonnull(ev->forecast);
+  ck_assert_int_eq(uvip_addr_format((const struct sockaddr *)&ev->tuple->remote,
+                                    1, r, sizeof(r)), 0);
+  ck_assert_str_eq(r, "127.77.0.1:7950");
+  ck_assert(ev->threshold == 1e6);
+  if (ev->raised) {
+    FC.raised++;
+    FC.raised_eta = ev->value;
+    FC.raised_in_use = ev->tuple->in_use;
+    ck_assert_int_eq(ev->forecast->state, UVIP_FORECAST_EXHAUSTING);
+  } else {
+    FC.cleared++;
+    ck_assert_int_eq(ev->forecast->state, UVIP_FORECAST_STEADY);
+  }
+}
+
+static char *fc_render(uvip_tracker_t *t, int format) {
+  size_t len = 0;
+  ck_assert_int_eq(uvip_tracker_render(t, NULL, format, 0, NULL, &len),
+                   UV_ENOBUFS);
+  char *buf = malloc(len);
+  ck_assert_ptr_nonnull(buf);
+  ck_assert_int_eq(uvip_tracker_render(t, NULL, format, 0, buf, &len), 0);
+  return buf;
+}
+
+/* Index of the tuple whose remote port is port, or -1. */
+static long fc_tuple(const uvip_census_t *c, int port) {
+  for (size_t i = 0; i < uvip_census_tuple_count(c); i++) {
+    const struct sockaddr_in *r =
+        (const struct sockaddr_in *)&uvip_census_tuple(c, i)->remote;
+    if (ntohs(r->sin_port) == port)
+      return (long)i;
+  }
+  return -1;
+}
+
+static void fc_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
+  uvip_forecast_t fa, fb, fv;
+  ck_assert_int_eq(status, 0);
+  long a = fc_tuple(c, 7950), b = fc_tuple(c, 7951);
+  switch (FC.step++) {
+  case 0:
+    ck_assert_int_eq(a, -1);
+    ck_assert_int_eq(uvip_tracker_forecast(t, 0, &fa), UV_ENOENT);
+    fc_tw(7950, 20);
+    fc_tw(7951, 5);
+    return;
+  case 1: /* first sight of both pairs: nothing to compare yet */
+    ck_assert_int_ge(a, 0);
+    ck_assert_int_eq(uvip_tracker_forecast(t, (size_t)a, &fa), 0);
+    ck_assert_int_eq(fa.state, UVIP_FORECAST_UNKNOWN);
+    ck_assert_int_eq(FC.raised, 0);
+    fc_tw(7950, 20);
+    return;
+  case 2: {
+    ck_assert_int_eq(FC.raised, 1);
+    ck_assert_uint_eq(FC.raised_in_use, 40);
+    ck_assert_double_gt(FC.raised_eta, 0);
+    ck_assert_int_eq(uvip_tracker_forecast(t, (size_t)a, &fa), 0);
+    ck_assert_int_eq(uvip_tracker_forecast(t, (size_t)b, &fb), 0);
+    ck_assert_int_eq(fa.state, UVIP_FORECAST_EXHAUSTING);
+    ck_assert_double_gt(fa.rate, 0);
+    ck_assert_int_eq(fa.usable, 100);
+    ck_assert_int_eq(fb.state, UVIP_FORECAST_STEADY); /* not growing */
+    ck_assert_int_eq(uvip_tracker_forecast(t, 99, &fa), UV_ENOENT);
+    /* The source VIP: A's state, both pairs' counts. */
+    long v = -1;
+    for (size_t i = 0; i < uvip_census_vip_count(c); i++)
+      if (cs_row(c, "127.77.0.2", UVIP_TCP_TIME_WAIT, 0) > 0 && v < 0) {
+        char x[UVIP_ADDRSTRLEN];
+        uvip_addr_format((const struct sockaddr *)&uvip_census_vip(c, i)->addr,
+                         0, x, sizeof(x));
+        if (strcmp(x, "127.77.0.2") == 0)
+          v = (long)i;
+      }
+    ck_assert_int_ge(v, 0);
+    ck_assert_int_eq(uvip_tracker_vip_forecast(t, (size_t)v, &fv), 0);
+    ck_assert_int_eq(fv.state, UVIP_FORECAST_EXHAUSTING);
+    ck_assert_double_eq_tol(fv.eta, fa.eta, 1e-9);
+    ck_assert_uint_eq(fv.in_use, 45);
+    ck_assert_int_eq(uvip_tracker_vip_forecast(t, 4096, &fv), UV_ENOENT);
+    char *p = fc_render(t, UVIP_RENDER_PROMETHEUS);
+    ck_assert_msg(strstr(p, "uvip_pair_exhaustion_seconds{vip=\"127.77.0.2\","
+                            "remote=\"127.77.0.1:7950\"} ") != NULL, "%s", p);
+    ck_assert_msg(strstr(p, "uvip_pair_exhaustion_seconds{vip=\"127.77.0.2\","
+                            "remote=\"127.77.0.1:7951\"} +Inf\n") != NULL,
+                  "%s", p);
+    ck_assert_msg(strstr(p, "uvip_pair_ports_rate{vip=\"127.77.0.2\",") != NULL,
+                  "%s", p);
+    ck_assert_msg(strstr(p, "uvip_vip_exhaustion_seconds{vip=\"127.77.0.2\"} ")
+                  != NULL, "%s", p);
+    ck_assert_msg(strstr(p, "uvip_vip_ports_rate{vip=\"127.77.0.2\"} ") != NULL,
+                  "%s", p);
+    free(p);
+    p = fc_render(t, UVIP_RENDER_JSON);
+    ck_assert_msg(strstr(p, "\"forecast\":{\"state\":\"exhausting\",") != NULL,
+                  "%s", p);
+    ck_assert_msg(strstr(p, "\"forecast\":{\"state\":\"steady\",") != NULL,
+                  "%s", p);
+    free(p);
+    fc_tw(7950, 60); /* 100: every port of the range is taken */
+    return;
+  }
+  case 3:
+    ck_assert_int_eq(uvip_tracker_forecast(t, (size_t)a, &fa), 0);
+    ck_assert_int_eq(fa.state, UVIP_FORECAST_EXHAUSTED);
+    ck_assert(fa.eta == 0);
+    ck_assert_int_eq(FC.raised, 1); /* once per crossing */
+    /* TIME_WAITs older than a second become reusable: the pair levels
+     * off once the averaged inflow says fewer than its TIME_WAITs are
+     * that young. */
+    cs_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+    return;
+  default:
+    if (FC.cleared == 0)
+      return; /* the averages decay sample by sample */
+    ck_assert_int_eq(FC.cleared, 1);
+    ck_assert_int_eq(uvip_tracker_forecast(t, (size_t)a, &fa), 0);
+    ck_assert_double_eq_tol(fa.hold, 1, 1e-9);
+    FC.done = true;
+    uvip_tracker_stop(t);
+  }
+}
+
+START_TEST(tracker_forecast_exhaustion) {
+  uv_loop_t loop;
+  uvip_tracker_t *t = NULL;
+  uvip_tracker_options_t o;
+  cs_fresh_netns_once();
+  cs_sysctl(RANGE, "40000 40099");
+  cs_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse", "0");
+  memset(&FC, 0, sizeof(FC));
+  FC.lfd[0] = cs_listen("127.77.0.1", 7950, 64);
+  FC.lfd[1] = cs_listen("127.77.0.1", 7951, 64);
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvip_tracker_options_init(&o);
+  o.interval_ms = 10;
+  o.ports_use = o.listen_queue_use = o.time_wait_use = 0;
+  o.overflow = 0;
+  o.exhaustion_seconds = 1e6; /* any finite forecast */
+  ck_assert_int_eq(uvip_tracker_new(&loop, NULL, &o, &t), 0);
+  ck_assert_int_eq(uvip_tracker_render(t, NULL, UVIP_RENDER_JSON, 0, NULL,
+                                       &(size_t){0}), UV_ENOENT);
+  ck_assert_int_eq(uvip_tracker_vip_forecast(t, 0, &(uvip_forecast_t){0}),
+                   UV_ENOENT);
+  ck_assert_int_eq(uvip_tracker_start(t, fc_sample, fc_event), 0);
+  th_run_until(&loop, &FC.done, 100000);
+  ck_assert_int_eq(FC.raised, 1);
+  ck_assert_int_eq(uvip_tracker_close(t, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  close(FC.lfd[0]);
+  close(FC.lfd[1]);
+}
+END_TEST
+
+START_TEST(forecast_arguments) {
+  uv_loop_t loop;
+  uvip_tracker_t *t = NULL;
+  uvip_tracker_options_t o;
+  uvip_forecast_t f;
+  size_t len = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  uvip_tracker_options_init(&o);
+  ck_assert(o.exhaustion_seconds == 300);
+  o.exhaustion_seconds = -1;
+  ck_assert_int_eq(uvip_tracker_new(&loop, NULL, &o, &t), UV_EINVAL);
+  o.exhaustion_seconds = NAN;
+  ck_assert_int_eq(uvip_tracker_new(&loop, NULL, &o, &t), UV_EINVAL);
+  ck_assert_int_eq(uvip_tracker_forecast(NULL, 0, &f), UV_EINVAL);
+  ck_assert_int_eq(uvip_tracker_vip_forecast(NULL, 0, &f), UV_EINVAL);
+  ck_assert_int_eq(uvip_tracker_render(NULL, NULL, UVIP_RENDER_JSON, 0, NULL,
+                                       &len), UV_EINVAL);
+  uvip_tracker_options_init(&o);
+  ck_assert_int_eq(uvip_tracker_new(&loop, NULL, &o, &t), 0);
+  ck_assert_int_eq(uvip_tracker_forecast(t, 0, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_tracker_vip_forecast(t, 0, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvip_tracker_close(t, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
 /* ---- renderers ---------------------------------------------------------- */
 
 START_TEST(render_json_and_prometheus) {
@@ -610,6 +829,8 @@ int main(void) {
   tcase_add_test(tc, tracker_close_in_flight);
   tcase_add_test(tc, tracker_arguments);
   tcase_add_test(tc, render_json_and_prometheus);
+  tcase_add_test(tc, tracker_forecast_exhaustion);
+  tcase_add_test(tc, forecast_arguments);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

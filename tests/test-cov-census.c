@@ -1628,8 +1628,8 @@ END_TEST
 
 typedef struct tstate {
   int step;
-  int ev[5][2];
-  double last_value[5];
+  int ev[8][2];
+  double last_value[8];
   char last_listener[UVIP_ADDRSTRLEN];
   int statuses[16];
   int fds[16], nfds, lfd;
@@ -1641,7 +1641,7 @@ static tstate_t T;
 
 static void t_event(uvip_tracker_t *t, const uvip_tracker_event_t *ev) {
   (void)t;
-  ck_assert(ev->kind >= UVIP_EVENT_PORTS && ev->kind <= UVIP_EVENT_OVERFLOW);
+  ck_assert(ev->kind >= UVIP_EVENT_PORTS && ev->kind <= UVIP_EVENT_EXHAUSTION);
   T.ev[ev->kind][ev->raised]++;
   T.last_value[ev->kind] = ev->value;
   if (ev->listener)
@@ -1682,6 +1682,7 @@ static void only(uvip_tracker_options_t *o, int kind) {
   o->time_wait_use = kind == UVIP_EVENT_TIME_WAIT ? 0.8 : 0;
   o->listen_queue_use = kind == UVIP_EVENT_LISTEN_QUEUE ? 0.5 : 0;
   o->overflow = kind == UVIP_EVENT_OVERFLOW;
+  o->exhaustion_seconds = 0; /* tests/test-census-range.c has its own */
   o->rearm = 0.8;
 }
 
@@ -2124,6 +2125,77 @@ START_TEST(tracker_skips_ticks_while_sampling) {
 }
 END_TEST
 
+/* ---- forecast: allocation failures, a raised pair that goes -------------- */
+
+/* Established connections grow from sample to sample (a pool that keeps
+ * opening runs out whatever TIME_WAIT does): the EXHAUSTION event is
+ * raised; aborted (no TIME_WAIT), the pair goes and the event ends with it.
+ * Meanwhile the forecast arrays fail to grow, one after the other: the
+ * forecasts of that sample are missing (UV_ENOENT), nothing else. */
+static void fg_sample(uvip_tracker_t *t, const uvip_census_t *c, int status) {
+  uvip_forecast_t f;
+  ck_assert_int_eq(status, 0);
+  F.alloc_fail_at = 0;
+  switch (T.step++) {
+  case 0: /* no pair yet */
+    for (int i = 0; i < 3; i++)
+      T.fds[T.nfds++] = cs_connect_from("127.77.0.2", "127.77.0.1", 8600, 0);
+    F.allocs = 0;
+    F.alloc_fail_at = 1; /* the next sample's pair forecasts */
+    return;
+  case 1:
+    ck_assert_uint_eq(uvip_census_tuple_count(c), 1);
+    ck_assert_int_eq(uvip_tracker_forecast(t, 0, &f), UV_ENOENT);
+    ck_assert_int_eq(uvip_tracker_vip_forecast(t, 0, &f), UV_ENOENT);
+    F.allocs = 0;
+    F.alloc_fail_at = 2; /* their raised flags */
+    return;
+  case 2:
+    ck_assert_int_eq(uvip_tracker_forecast(t, 0, &f), UV_ENOENT);
+    for (int i = 0; i < 3; i++)
+      T.fds[T.nfds++] = cs_connect_from("127.77.0.2", "127.77.0.1", 8600, 0);
+    F.allocs = 0;
+    F.alloc_fail_at = 3; /* the VIP forecasts */
+    return;
+  case 3: /* the pair's first forecast: new to the model */
+    ck_assert_int_eq(uvip_tracker_forecast(t, 0, &f), 0);
+    ck_assert_int_eq(f.state, UVIP_FORECAST_UNKNOWN);
+    ck_assert_int_eq(uvip_tracker_vip_forecast(t, 0, &f), UV_ENOENT);
+    for (int i = 0; i < 3; i++)
+      T.fds[T.nfds++] = cs_connect_from("127.77.0.2", "127.77.0.1", 8600, 0);
+    return;
+  case 4:
+    ck_assert_int_eq(T.ev[UVIP_EVENT_EXHAUSTION][1], 1);
+    ck_assert_int_eq(uvip_tracker_forecast(t, 0, &f), 0);
+    ck_assert_int_eq(f.state, UVIP_FORECAST_EXHAUSTING);
+    while (T.nfds > 0)
+      cs_abort(T.fds[--T.nfds]);
+    return;
+  default:
+    if (uvip_census_tuple_count(c) > 0)
+      return; /* the aborted sockets are still going */
+    ck_assert_int_eq(T.ev[UVIP_EVENT_EXHAUSTION][0], 1);
+    ck_assert(T.last_value[UVIP_EVENT_EXHAUSTION] == -1);
+    t_finish(t);
+  }
+}
+
+START_TEST(tracker_forecast_alloc_and_gone) {
+  uv_loop_t loop;
+  uvip_tracker_options_t o;
+  cs_fresh_netns_once();
+  cs_sysctl(RANGE, "40000 40099");
+  only(&o, 0);
+  o.exhaustion_seconds = 1e6;
+  o.census.shards = 1;
+  uvip_tracker_t *t = t_new(&loop, &o);
+  T.lfd = cs_listen("127.77.0.1", 8600, 64);
+  t_run(&loop, t, fg_sample, t_event);
+  t_close(&loop, t);
+  close(T.lfd);
+}
+END_TEST
+
 int main(void) {
   th_enter_netns_or_skip();
   Suite *s = suite_create("cov-census");
@@ -2161,6 +2233,7 @@ int main(void) {
   tcase_add_test(tc, tracker_failed_sample);
   tcase_add_test(tc, tracker_stop_in_flight);
   tcase_add_test(tc, tracker_skips_ticks_while_sampling);
+  tcase_add_test(tc, tracker_forecast_alloc_and_gone);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -573,6 +573,49 @@ START_TEST(stat_listen_queue_event) {
 }
 END_TEST
 
+/* uvip-stat --watch on a churn workload that exhausts its range (100
+ * ports, 10 connections replaced 20 times a second, each replacement
+ * leaving a TIME_WAIT that holds its port 60 s): the forecast line says
+ * when, and the exhaustion event comes before the last port is gone (a
+ * positive number of seconds left; exhausted would be 0). */
+START_TEST(stat_forecast_churn) {
+  tx_proc_t e, st, g;
+  char seen[65536] = "", line[512];
+  th_enter_netns();
+  set_port_range(40000, 40099);
+  FILE *f = fopen("/proc/sys/net/ipv4/tcp_tw_reuse", "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "0\n"); /* 2, loopback reuse, would recycle TIME_WAIT ports */
+  ck_assert_int_eq(fclose(f), 0);
+  echo_up(&e, "127.0.0.1", 1);
+  const char *sargv[] = {tx_bin("uvip-stat"), "--vips", "127.0.0.1", "--watch",
+                         "0.2", "--top", "1", "--exhaustion", "30", NULL};
+  tx_spawn(&st, sargv);
+  const char *gargs[] = {"--target", "127.0.0.1", "--conns", "10", "--churn",
+                         "20", "--seconds", "60", "--echo", NULL};
+  loadgen_spawn(&g, gargs);
+  tx_expect_line(st.out, ": exhausted in ", seen, sizeof(seen));
+  const char *l = strstr(seen, "127.0.0.1 -> 127.0.0.1:7000: 100 ports, ");
+  ck_assert_msg(l != NULL, "%s", seen);
+  ck_assert_msg(strstr(l, " new/s, TIME_WAIT 60 s: exhausted in ") != NULL,
+                "%s", seen);
+  line[0] = 0;
+  tx_expect_line(st.err, "event: exhaustion RAISED value ", line, sizeof(line));
+  double left = atof(strstr(line, "value ") + 6);
+  ck_assert_msg(left > 0 && left <= 30, "%s", line);
+  HAS(line, " threshold 30.000 127.0.0.1 -> 127.0.0.1:7000\n");
+  ck_assert_int_eq(kill(g.pid, SIGTERM), 0);
+  tx_read_rest(g.out, NULL, 0);
+  tx_read_rest(g.err, NULL, 0);
+  tx_wait_exit(&g);
+  ck_assert_int_eq(kill(st.pid, SIGINT), 0);
+  tx_read_rest(st.out, NULL, 0);
+  tx_read_rest(st.err, NULL, 0);
+  ck_assert_int_eq(tx_wait_exit(&st), 0);
+  echo_down(&e);
+}
+END_TEST
+
 /* ---- uvip-echo --provision ------------------------------------------------ */
 
 static char *lo_addrs(void) {
@@ -654,6 +697,7 @@ int main(void) {
   tcase_add_test(tc, loadgen_churn);
   tcase_add_test(tc, loadgen_bad_arguments);
   tcase_add_test(tc, stat_listen_queue_event);
+  tcase_add_test(tc, stat_forecast_churn);
   tcase_add_test(tc, echo_provision);
   suite_add_tcase(s, tc);
   return th_run_suite(s);

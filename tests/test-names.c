@@ -24,9 +24,10 @@ START_TEST(test_event_kind_name) {
   ck_assert_str_eq(uvip_event_kind_name(UVIP_EVENT_TIME_WAIT), "time_wait");
   ck_assert_str_eq(uvip_event_kind_name(UVIP_EVENT_LISTEN_QUEUE), "listen_queue");
   ck_assert_str_eq(uvip_event_kind_name(UVIP_EVENT_OVERFLOW), "overflow");
+  ck_assert_str_eq(uvip_event_kind_name(UVIP_EVENT_EXHAUSTION), "exhaustion");
   ck_assert_ptr_null(uvip_event_kind_name(0));
   ck_assert_ptr_null(uvip_event_kind_name(-1));
-  ck_assert_ptr_null(uvip_event_kind_name(UVIP_EVENT_OVERFLOW + 1));
+  ck_assert_ptr_null(uvip_event_kind_name(UVIP_EVENT_EXHAUSTION + 1));
 }
 END_TEST
 

@@ -58,8 +58,10 @@ typedef struct uvip_netstat_s {
   uint64_t listen_drops;      /* any SYN or ACK dropped on a listener */
   uint64_t tw_overflow;       /* TCPTimeWaitOverflow: tw_buckets reached */
   uint64_t tw_recycled;       /* TWRecycled: TIME_WAIT reused (tw_reuse) */
-  uint64_t tw;                /* TW: TIME_WAITs ended by their timer */
-  uint64_t tw_killed;         /* TWKilled */
+  uint64_t tw;                /* TW: sockets put in TIME_WAIT (counted
+                                 when the timer is armed, Linux >= 4.1) */
+  uint64_t tw_killed;         /* TWKilled: the same, with a timer of 4 s
+                                 or less */
   uint64_t syncookies_sent;   /* SYN queue full: cookies used */
 } uvip_netstat_t;
 
@@ -371,6 +373,80 @@ int uvip_capacity_compute(const uvip_census_t *census,
 const char *uvip_bound_name(int bound);
 
 /* ------------------------------------------------------------------------ */
+/* Port-exhaustion forecast                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* How long a TIME_WAIT socket holds its port on Linux (TCP_TIMEWAIT_LEN,
+ * fixed; tcp_fin_timeout is the FIN_WAIT2 time, not this). */
+#define UVIP_TIME_WAIT_SECONDS 60.0
+
+/* What a pair's port use is heading for (docs/census.md, "Forecast"). */
+typedef enum {
+  UVIP_FORECAST_UNKNOWN = 0, /* fewer than two samples, or range unknown */
+  UVIP_FORECAST_STEADY,      /* levels off below the range at this rate */
+  UVIP_FORECAST_EXHAUSTING,  /* runs out in eta seconds at this rate */
+  UVIP_FORECAST_EXHAUSTED    /* no usable port left now */
+} uvip_forecast_state_t;
+
+/* "unknown", "steady", "exhausting", "exhausted"; NULL out of range. */
+const char *uvip_forecast_state_name(int state);
+
+/* One observation of a (source, destination) pair. */
+typedef struct uvip_forecast_sample_s {
+  double t;           /* seconds on a monotonic clock */
+  uint64_t in_use;    /* local ports the pair holds, TIME_WAIT included */
+  uint64_t time_wait; /* of those, in TIME_WAIT (at most in_use) */
+  int64_t usable;     /* ports the pair may use; <= 0 when unknown */
+  /* Connections of the pair that entered TIME_WAIT (or an orphaned
+   * FIN_WAIT2, which becomes one) since the previous sample; < 0 when
+   * unknown (the model then bounds the inflow from the TIME_WAIT count,
+   * see the docs). The tracker shares the namespace's TcpExt TW and
+   * TWKilled increases out over the pairs. */
+  double tw_started;
+  /* 1 when connect() may reuse a TIME_WAIT port older than a second
+   * (net.ipv4.tcp_tw_reuse 1, or 2 on a loopback pair): TIME_WAIT then
+   * blocks a port for about a second instead of 60. */
+  int tw_reuse;
+} uvip_forecast_sample_t;
+
+/* A pair's forecast and the smoothed state behind it. The results are
+ * valid after uvip_forecast_update(); the rest is the model's. */
+typedef struct uvip_forecast_s {
+  uvip_forecast_state_t state;
+  double rate;     /* ports taken per second: TIME_WAIT inflow plus the
+                      growth of the other states (smoothed) */
+  double growth;   /* blocked ports: change per second (smoothed) */
+  double steady;   /* ports blocked once TIME_WAIT levels off at rate:
+                      other states + rate x hold */
+  double hold;     /* seconds a closed connection blocks its port (60,
+                      or 1 with tw_reuse) */
+  double blocked;  /* ports unavailable now (in_use, or with tw_reuse the
+                      other states plus TIME_WAITs under a second old) */
+  double eta;      /* EXHAUSTING: seconds until no port is left at this
+                      growth; EXHAUSTED: 0; otherwise -1 */
+  int64_t usable;  /* from the last sample */
+  /* Model state. */
+  double tau;      /* smoothing time constant, seconds */
+  double t;        /* time of the last sample */
+  uint64_t samples;
+  uint64_t in_use, time_wait;
+  double g_tw, g_other, started_rate;
+  int have_started;
+} uvip_forecast_t;
+
+/* Starts a forecast with smoothing time constant tau seconds (> 0): each
+ * sample dt seconds after the previous one moves the averaged rates by
+ * dt / (tau + dt) of the way to the rates it measured (the first interval
+ * sets them). Returns 0 or UV_EINVAL. */
+int uvip_forecast_init(uvip_forecast_t *f, double tau);
+
+/* Feeds one sample and recomputes the forecast. Pure computation: tests
+ * and applications with their own counters can drive it. Errors: UV_EINVAL
+ * (NULL argument, time not after the previous sample's, time_wait >
+ * in_use, NaN); the forecast is then unchanged. */
+int uvip_forecast_update(uvip_forecast_t *f, const uvip_forecast_sample_t *s);
+
+/* ------------------------------------------------------------------------ */
 /* Rendering                                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -426,11 +502,17 @@ typedef enum {
    * previous sample (value: the increase of ListenDrops, which includes
    * ListenOverflows, plus that of TCPTimeWaitOverflow). Ends on the first
    * sample where none rose. */
-  UVIP_EVENT_OVERFLOW
+  UVIP_EVENT_OVERFLOW,
+  /* A pair's forecast says its ports run out within exhaustion_seconds
+   * (value: the seconds left, 0 when exhausted; detail: the tuple and its
+   * forecast). Ends when the forecast is above exhaustion_seconds / rearm
+   * (value: the seconds left), or levels off, is unknown or the pair is
+   * gone (value -1). */
+  UVIP_EVENT_EXHAUSTION
 } uvip_event_kind_t;
 
 /* The kind's name, for logs and metrics labels: "ports", "time_wait",
- * "listen_queue", "overflow"; NULL when kind is none of uvip_event_kind_t
+ * "listen_queue", "overflow", "exhaustion"; NULL when kind is none of uvip_event_kind_t
  * (0 included). */
 const char *uvip_event_kind_name(int kind);
 
@@ -443,6 +525,7 @@ typedef struct uvip_tracker_event_s {
   double threshold;
   const uvip_census_tuple_t *tuple;       /* PORTS, else NULL */
   const uvip_census_listener_t *listener; /* LISTEN_QUEUE, else NULL */
+  const uvip_forecast_t *forecast;        /* EXHAUSTION, else NULL */
 } uvip_tracker_event_t;
 
 typedef struct uvip_tracker_options_s {
@@ -456,6 +539,13 @@ typedef struct uvip_tracker_options_s {
    * (default 0.9, in (0, 1]); hysteresis so that a value sitting on the
    * threshold does not fire on every sample. */
   double rearm;
+  /* Port-exhaustion forecast per pair: raise UVIP_EVENT_EXHAUSTION when a
+   * pair runs out within this many seconds at its current rate (default
+   * 300; 0 turns the event off, the forecast is still kept). */
+  double exhaustion_seconds;
+  /* Smoothing time constant of the forecast's rates in milliseconds
+   * (default 0 = 3 x interval_ms). */
+  uint64_t forecast_tau_ms;
   uvip_census_options_t census; /* see uvip_census_options_init() */
 } uvip_tracker_options_t;
 
@@ -502,6 +592,30 @@ int uvip_tracker_close(uvip_tracker_t *tracker, uvip_tracker_close_cb cb);
 /* Samples completed and ticks skipped because a sample was running. */
 int uvip_tracker_counts(const uvip_tracker_t *tracker, uint64_t *samples,
                         uint64_t *skipped);
+
+/* The forecast of tuple i of the census last given to the sample
+ * callback (same index as uvip_census_tuple()). Errors: UV_EINVAL (NULL
+ * argument), UV_ENOENT (no good sample yet, or i out of range). */
+int uvip_tracker_forecast(const uvip_tracker_t *tracker, size_t i,
+                          uvip_forecast_t *out);
+
+/* The forecast of VIP row i of that census (same index as
+ * uvip_census_vip()) over its pairs: rate, in-use and steady ports summed,
+ * the state and eta of the pair that runs out first (UNKNOWN with no
+ * pair). Errors as uvip_tracker_forecast(). */
+int uvip_tracker_vip_forecast(const uvip_tracker_t *tracker, size_t i,
+                              uvip_forecast_t *out);
+
+/* uvip_census_render() of the census last given to the sample callback,
+ * with the forecasts: JSON "forecast" objects in each tuple and VIP,
+ * Prometheus gauges uvip_pair_ports_rate, uvip_pair_exhaustion_seconds,
+ * uvip_pair_ports_steady, uvip_vip_ports_rate and
+ * uvip_vip_exhaustion_seconds (seconds: +Inf when steady, absent when
+ * unknown). Errors as uvip_census_render(), and UV_ENOENT before the first
+ * good sample. */
+int uvip_tracker_render(const uvip_tracker_t *tracker,
+                        const uvip_capacity_t *cap, int format,
+                        size_t max_tuples, char *buf, size_t *len);
 
 void *uvip_tracker_get_data(const uvip_tracker_t *tracker);
 void uvip_tracker_set_data(uvip_tracker_t *tracker, void *data);
