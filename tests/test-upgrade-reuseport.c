@@ -150,6 +150,84 @@ START_TEST(test_echo_process_workers_reuseport_sigusr2) {
 }
 END_TEST
 
+/* One keep-alive GET: the whole response on the same connection. */
+static void http_get(int fd) {
+  const char *req = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+  char buf[2048];
+  size_t got = 0;
+  struct timeval tv = {10, 0}; /* a bound, not a synchronisation */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+  for (;;) {
+    ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
+    char *h;
+    ck_assert_msg(n > 0, "connection ended after %zu bytes", got);
+    got += (size_t)n;
+    buf[got] = 0;
+    if ((h = strstr(buf, "\r\n\r\n")) && strchr(h + 4, '\n'))
+      break;
+  }
+  ck_assert_msg(!strncmp(buf, "HTTP/1.1 200", 12), "%s", buf);
+  ck_assert_msg(!strstr(buf, "Connection: close"), "%s", buf);
+}
+
+/* uvip-http --workers 2 --worker-mode process --balance reuseport:
+ * SIGUSR2 moves the keep-alive connections between requests to the new
+ * generation's workers; they go on answering after the old one exited. */
+START_TEST(test_http_process_workers_reuseport_sigusr2) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char http[512], portstr[16], pidf[64], log[16384] = "";
+  int pfd[2], fds[3], st;
+  struct sockaddr_storage sa;
+  pid_t first, second;
+  FILE *out;
+  ck_assert_ptr_nonnull(bdir);
+  th_enter_netns();
+  set_migrate("1");
+  ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  snprintf(http, sizeof(http), "%s/examples/uvip-http", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", PORT);
+  snprintf(pidf, sizeof(pidf), "/tmp/uvip-test-http-rp-%d.pid", getpid());
+  ck_assert_int_eq(pipe(pfd), 0);
+  first = fork();
+  ck_assert_int_ge(first, 0);
+  if (first == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(http, http, "--listen", "127.0.0.1", "--port", portstr,
+          "--pid-file", pidf, "--census-interval-ms", "0", "--workers", "2",
+          "--worker-mode", "process", "--balance", "reuseport",
+          "--upgrade-probation-ms", "200", (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  out = fdopen(pfd[0], "r");
+  th_read_until(out, "ready", log, sizeof(log));
+  th_addr("127.0.0.1", PORT, &sa);
+  for (int i = 0; i < 3; i++) {
+    fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+    http_get(fds[i]);
+  }
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  th_read_until(out, "moved 3 connections, 0 drain here", log, sizeof(log));
+  ck_assert_int_eq(waitpid(first, &st, 0), first);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  if (!strstr(log, "received 3 connections"))
+    th_read_until(out, "received 3 connections", log, sizeof(log));
+  second = read_pid_file(pidf);
+  ck_assert_int_ne(second, first);
+  for (int i = 0; i < 3; i++) {
+    http_get(fds[i]);
+    close(fds[i]);
+  }
+  ck_assert_int_eq(kill(second, SIGTERM), 0);
+  ck_assert_int_eq(waitpid(second, &st, 0), second);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(pidf);
+}
+END_TEST
+
 /* ---- Queued connections are served before a worker's listener closes -- */
 
 static int entered[2], release_pipe[2];
@@ -257,6 +335,7 @@ int main(void) {
   tcase_add_test(tc, test_stop_listen_serves_queued);
   tcase_add_test(tc, test_echo_thread_workers_reuseport_sigusr2);
   tcase_add_test(tc, test_echo_process_workers_reuseport_sigusr2);
+  tcase_add_test(tc, test_http_process_workers_reuseport_sigusr2);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
