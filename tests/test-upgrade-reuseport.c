@@ -150,6 +150,89 @@ START_TEST(test_echo_process_workers_reuseport_sigusr2) {
 }
 END_TEST
 
+/* The pid in the old generation's "upgrade: started generation N". */
+static pid_t started_pid(const char *log) {
+  const char *p = strstr(log, "upgrade: started generation ");
+  int pid = 0;
+  ck_assert_msg(p != NULL, "%s", log);
+  ck_assert_int_eq(sscanf(p, "upgrade: started generation %d", &pid), 1);
+  return pid;
+}
+
+/* The new generation killed during its probation (long enough that the
+ * kill comes within it): the old one never stopped accepting, serves new
+ * connections and its own on, and can be upgraded again. */
+START_TEST(test_echo_reuseport_probation_crash) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char echo[512], portstr[16], pidf[64], log[16384] = "", want[96];
+  int pfd[2], fd, st;
+  struct sockaddr_storage sa;
+  pid_t first, second;
+  FILE *out;
+
+  ck_assert_ptr_nonnull(bdir);
+  th_enter_netns();
+  set_migrate("1");
+  ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  snprintf(echo, sizeof(echo), "%s/examples/uvip-echo", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", PORT);
+  snprintf(pidf, sizeof(pidf), "/tmp/uvip-test-rp-crash-%d.pid", getpid());
+  ck_assert_int_eq(pipe(pfd), 0);
+  first = fork();
+  ck_assert_int_ge(first, 0);
+  if (first == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    execl(echo, echo, "--listen", "127.0.0.1", "--port", portstr,
+          "--pid-file", pidf, "--workers", "2", "--worker-mode", "process",
+          "--balance", "reuseport", "--upgrade-probation-ms", "600000",
+          (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  out = fdopen(pfd[0], "r");
+  th_read_until(out, "every worker listens on the 1 VIPs", log, sizeof(log));
+  th_addr("127.0.0.1", PORT, &sa);
+  fd = th_connect((struct sockaddr *)&sa, NULL);
+  echo_roundtrip(fd, "one");
+  log[0] = 0;
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  th_read_until(out, "still accepting here (reuseport)", log, sizeof(log));
+  second = started_pid(log);
+  ck_assert_int_eq(kill(second, SIGKILL), 0);
+  snprintf(want, sizeof(want),
+           "generation %d was killed by signal 9 after ready; serving again",
+           (int)second);
+  th_read_until(out, want, log, sizeof(log));
+  /* Only the old generation's sockets are left in the group. */
+  for (int i = 0; i < 4; i++) {
+    int c = th_connect((struct sockaddr *)&sa, NULL);
+    echo_roundtrip(c, "new");
+    close(c);
+  }
+  echo_roundtrip(fd, "two");
+  /* Upgradable again; that generation ends (SIGTERM) on probation too,
+   * then the old one. */
+  log[0] = 0;
+  ck_assert_int_eq(kill(first, SIGUSR2), 0);
+  th_read_until(out, "still accepting here (reuseport)", log, sizeof(log));
+  second = started_pid(log);
+  ck_assert_int_eq(kill(second, SIGTERM), 0);
+  snprintf(want, sizeof(want),
+           "generation %d exited with status 0 after ready; serving again",
+           (int)second);
+  th_read_until(out, want, log, sizeof(log));
+  echo_roundtrip(fd, "three");
+  close(fd);
+  ck_assert_int_eq(kill(first, SIGTERM), 0);
+  th_read_until(out, "bye", log, sizeof(log));
+  ck_assert_int_eq(waitpid(first, &st, 0), first);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(pidf);
+}
+END_TEST
+
 /* One keep-alive GET: the whole response on the same connection. */
 static void http_get(int fd) {
   const char *req = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -336,6 +419,7 @@ int main(void) {
   tcase_add_test(tc, test_echo_thread_workers_reuseport_sigusr2);
   tcase_add_test(tc, test_echo_process_workers_reuseport_sigusr2);
   tcase_add_test(tc, test_http_process_workers_reuseport_sigusr2);
+  tcase_add_test(tc, test_echo_reuseport_probation_crash);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
