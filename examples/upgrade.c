@@ -79,9 +79,12 @@ static void on_handed_over(uvip_upgrade_t *u, size_t moved, size_t kept) {
 }
 
 static void on_probation_began(uvip_upgrade_t *u) {
-  printf("%s: upgrade: generation %d ready; on probation for %llu ms, not "
-         "accepting here\n",
-         ex_prog, uvip_upgrade_pid(u), (unsigned long long)U.probation_ms);
+  /* With reuseport workers the kernel goes on hashing connections to our
+   * sockets: they are served here until the probation passes. */
+  printf("%s: upgrade: generation %d ready; on probation for %llu ms, %s\n",
+         ex_prog, uvip_upgrade_pid(u), (unsigned long long)U.probation_ms,
+         U.hooks.serving ? "still accepting here (reuseport)"
+                         : "not accepting here");
   fflush(stdout);
 }
 
@@ -141,7 +144,8 @@ static void on_usr2(uv_signal_t *h, int signum) {
             "one on probation; try again when it has handed over\n", ex_prog);
     return;
   }
-  if (!uvip_server_is_listening(U.server)) {
+  if (U.hooks.serving ? !U.hooks.serving()
+                      : !uvip_server_is_listening(U.server)) {
     fprintf(stderr, "%s: not listening: nothing to upgrade\n", ex_prog);
     return;
   }

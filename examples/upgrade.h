@@ -13,6 +13,11 @@ typedef struct {
   /* In the old generation once idle connections are moved: drain the
    * rest (--shutdown-timeout) and close the server. */
   void (*retire)(size_t kept);
+  /* With workers that listen on sockets of their own (--balance
+   * reuseport) the server itself never listens: whether this generation
+   * still serves (may be upgraded). NULL: uvip_server_is_listening(). Set,
+   * the workers accept on during the probation (see docs/restart.md). */
+  int (*serving)(void);
 } ex_upgrade_hooks_t;
 
 /* After the server listens: if started by an upgrade, receives the moved

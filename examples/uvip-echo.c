@@ -331,21 +331,27 @@ static void upgrade_retire(size_t kept) {
 static const char *pid_file, *handoff_path;
 static char **args;
 
+/* With reuseport the workers hold the listeners: this generation serves
+ * until it stops. */
+static int workers_serving(void) { return !stopping; }
+
 /* The pid file, readiness to the generation that started us, and SIGUSR2,
  * before "serving": whoever waits for that line may read the one and
  * count on the others. With workers, once every one is ready: moved
- * connections go to them. With reuseport the workers hold the listeners
- * and there is nothing to pass on: no SIGUSR2. */
+ * connections go to them. With reuseport the workers hold the listeners:
+ * nothing is passed on, the next generation's workers bind their own. */
 static void setup_upgrade(void) {
   static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
-                                           upgrade_retire};
+                                           upgrade_retire, NULL};
+  static const ex_upgrade_hooks_t rp_hooks = {upgrade_decide, upgrade_moved,
+                                              upgrade_retire, workers_serving};
+  int rp = workers && wcfg.balance == UVIP_BALANCE_REUSEPORT;
   int r;
-  if (workers && wcfg.balance == UVIP_BALANCE_REUSEPORT) {
-    ex_write_pid_file(pid_file);
-    return;
-  }
-  if ((r = ex_upgrade_setup(loop, server, args, pid_file, handoff_path,
-                            &hooks)) != 0)
+  /* A hand-off passes listening sockets, and reuseport workers have none
+   * to pass from here. */
+  if ((r = ex_upgrade_setup(loop, server, args, pid_file,
+                            rp ? NULL : handoff_path,
+                            rp ? &rp_hooks : &hooks)) != 0)
     fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
 }
 
@@ -398,7 +404,10 @@ static void usage(FILE *f) {
           "SIGUSR2 upgrades: a new generation of this binary takes over the\n"
           "listeners and the idle connections (with workers, each worker hands over\n"
           "its own, to the new generation's workers); this one drains and exits.\n"
-          "Not with --balance reuseport (the workers hold the listeners).\n",
+          "With --balance reuseport nothing is passed: the new generation's workers\n"
+          "bind their own listeners and the old ones close theirs (set\n"
+          "net.ipv4.tcp_migrate_req=1 so that what is queued on them moves);\n"
+          "--handoff-socket is ignored there.\n",
           ex_prog);
 }
 

@@ -434,6 +434,9 @@ static void on_signal(int signum) {
 
 static char **g_argv;
 static const char *g_pid_file;
+static int g_reuseport; /* workers with --balance reuseport */
+
+static int workers_serving(void) { return !g_stopping; }
 
 /* Workers report their start asynchronously: "ready" once all have (a
  * reuseport VIP has no listener before); one that cannot start (a
@@ -454,9 +457,13 @@ static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
    * connections: the moved ones go to them. */
   if (g_argv) {
     static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
-                                             upgrade_retire};
+                                             upgrade_retire, NULL};
+    /* With reuseport the workers hold the listeners: nothing is passed,
+     * the next generation's workers bind their own. */
+    static const ex_upgrade_hooks_t rp_hooks = {
+        upgrade_decide, upgrade_moved, upgrade_retire, workers_serving};
     int r = ex_upgrade_setup(uv_default_loop(), g_server, g_argv, g_pid_file,
-                             NULL, &hooks);
+                             NULL, g_reuseport ? &rp_hooks : &hooks);
     if (r != 0)
       fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
   }
@@ -729,19 +736,17 @@ int main(int argc, char **argv) {
   ex_on_signal(loop, on_signal);
   if (!g_workers) {
     static const ex_upgrade_hooks_t hooks = {upgrade_decide, upgrade_moved,
-                                             upgrade_retire};
+                                             upgrade_retire, NULL};
     if ((r = ex_upgrade_setup(loop, server, argv, pid_file, handoff_path,
                               &hooks)) != 0)
       fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
     printf("%s: ready\n", ex_prog);
     fflush(stdout);
-  } else if (wo.balance == UVIP_BALANCE_REUSEPORT) {
-    /* The workers hold the listeners: nothing to pass on, no SIGUSR2. */
-    ex_write_pid_file(pid_file);
   } else {
     /* SIGUSR2 and readiness once the workers are ready. */
     g_argv = argv;
     g_pid_file = pid_file;
+    g_reuseport = wo.balance == UVIP_BALANCE_REUSEPORT;
   }
 
   g_census_ms = census_ms;

@@ -249,7 +249,10 @@ int uvip_server_listen(uvip_server_t *server, uvip_connection_cb cb,
  * running and stay counted. Queued, not yet accepted connections are reset
  * by the kernel. With workers in UVIP_BALANCE_REUSEPORT mode (which accept
  * on sockets of their own) each worker is told to stop its listeners, on
- * its own loop: asynchronously, after this returns. Idempotent. */
+ * its own loop: asynchronously, after this returns; it first accepts what
+ * is queued on them (within its caps), so that only what arrives in
+ * between is reset (or moved to another socket of the SO_REUSEPORT group
+ * with net.ipv4.tcp_migrate_req=1). Idempotent. */
 int uvip_server_stop(uvip_server_t *server);
 
 /* Stops accepting but keeps every listening socket open, unlike

@@ -241,6 +241,12 @@ void uvip__sched_kick(uvip_server_t *server);
 void uvip__sched_rearm(uvip_server_t *server);
 /* References the keep-alive handle while the server listens. */
 void uvip__sched_keepalive(uvip_server_t *server, bool on);
+/* Accepts everything queued on the listeners now, within the caps (a
+ * REUSEPORT worker about to close its own listeners: what is queued on a
+ * socket that closes is reset unless net.ipv4.tcp_migrate_req=1). Not with
+ * UVIP_PROXY_PROTOCOL (the stop drops sockets still waiting for their
+ * header anyway). */
+void uvip__sched_accept_queued(uvip_server_t *server);
 /* Closes the scheduler's handles; uvip__server_finish() follows from the
  * last close callback. A server that never listened gets one idle handle
  * for that, so that the callback still comes from the loop. */

@@ -21,7 +21,12 @@
 static void hold_all(uvip_upgrade_t *u, bool hold) {
   for (size_t i = 0; i < u->nservers; i++)
     if (hold) {
-      /* A server the application stopped already has nothing to hold. */
+      /* A server the application stopped already has nothing to hold.
+       * Nor has one whose REUSEPORT workers listen (it never listens
+       * itself): their sockets are in the same groups as the new
+       * generation's, so the kernel goes on sending them their share, and
+       * holding them would only let it wait; they accept on until the
+       * application stops the server after the probation. */
       if (uvip_server_is_listening(u->servers[i]))
         uvip_server_hold(u->servers[i]);
     } else {

@@ -19,6 +19,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -378,6 +379,19 @@ void uvip__sched_rearm(uvip_server_t *s) {
   for (size_t i = 0; i < s->nvips; i++)
     mark_ready(s, s->vips[i]);
   kick(s);
+}
+
+void uvip__sched_accept_queued(uvip_server_t *s) {
+  bool got;
+  if (!s->listening || s->stopped || s->held ||
+      (s->opts.flags & UVIP_PROXY_PROTOCOL))
+    return;
+  /* The caps and the errors as in a scheduled pass; a callback that stops
+   * the server ends it. */
+  for (size_t i = 0; i < s->nvips && !s->stopped; i++)
+    if (s->vips[i]->state == UVIP_VIP_LISTENING &&
+        accept_some(s, s->vips[i], UINT_MAX, &got) == ACC_STOP)
+      break;
 }
 
 static void on_keepalive(uv_async_t *handle) { (void)handle; }

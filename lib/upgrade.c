@@ -147,6 +147,16 @@ int uvip__collect_listeners(uvip_server_t *const *servers, size_t n,
   return k ? 0 : UV_ENOENT;
 }
 
+/* A server whose REUSEPORT workers accept on listeners of their own (the
+ * server's remote_stop is set while they do) and that was not stopped. */
+static bool reuseport_workers(uvip_server_t *const *servers, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (servers[i]->remote_stop && !servers[i]->stopped &&
+        !servers[i]->closing)
+      return true;
+  return false;
+}
+
 static bool is_ours(const char *e) {
   return !strncmp(e, "LISTEN_FDS=", 11) || !strncmp(e, "LISTEN_PID=", 11) ||
          !strncmp(e, "LISTEN_FDNAMES=", 15) || !strncmp(e, "UVIP_READY_FD=", 14) ||
@@ -286,7 +296,10 @@ UVIP_EXPORT int uvip_upgrade_start(uv_loop_t *loop,
   for (size_t i = 0; i < n; i++)
     UVIP_CHECK_ARG(servers[i] == NULL || servers[i]->loop != loop);
   UVIP_CHECK_ARG(strlen(path) >= sizeof(u->path));
-  if ((r = uvip__collect_listeners(servers, n, &fds, &nfds)) != 0) {
+  r = uvip__collect_listeners(servers, n, &fds, &nfds);
+  if (r == UV_ENOENT && reuseport_workers(servers, n))
+    r = 0; /* nothing to pass: the new generation's workers bind their own */
+  if (r != 0) {
     free(fds);
     return r;
   }

@@ -390,7 +390,7 @@ static void take_handover(const uvip__msg_t *m) {
     ho_report(0, 0, NULL);
     return;
   }
-  uvip__wk_ho_start(&ch.loop, fd, ch.conns,
+  uvip__wk_ho_start(&ch.loop, fd, ch.conns, ch.own,
                     (uvip_handover_decide_cb)(uintptr_t)m->fn,
                     ch.ws->server->opts.conn_close_cb, ho_report, NULL,
                     &ch.ho);
@@ -483,7 +483,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     else if (m.kind == UVIP__MSG_CLOSE_CONNS)
       close_conns();
     else if (m.kind == UVIP__MSG_STOP_LISTEN && ch.own)
-      uvip_server_stop(ch.own);
+      uvip__wk_own_stop(ch.own);
   }
 }
 

@@ -36,7 +36,7 @@ static void on_ho_done(uvip__mover_t *m) {
 }
 
 void uvip__wk_ho_start(uv_loop_t *loop, int chan, uvip_conn_t *list,
-                       uvip_handover_decide_cb decide,
+                       uvip_server_t *own, uvip_handover_decide_cb decide,
                        uvip_conn_close_cb close_cb,
                        void (*report)(size_t moved, size_t kept, void *arg),
                        void *arg, uvip__wk_ho_t **out) {
@@ -56,6 +56,9 @@ void uvip__wk_ho_start(uv_loop_t *loop, int chan, uvip_conn_t *list,
   ho->mover.close_cb = close_cb;
   ho->mover.done = on_ho_done;
   uvip__mover_collect(&ho->mover, list, decide);
+  /* REUSEPORT: what the worker accepted on its own listeners. */
+  for (size_t i = 0; own && i < own->nvips; i++)
+    uvip__mover_collect(&ho->mover, own->vips[i]->conns, decide);
   uvip__mover_start(&ho->mover, on_ho_writable);
   *out = ho;
 }

@@ -49,11 +49,12 @@ typedef struct uvip__wk_ho {
 } uvip__wk_ho_t;
 
 /* workers-handover.c: starts a worker's hand-over of the connections of
- * list on loop over chan (taken: closed on every path). report runs once,
+ * list and of own's VIPs (REUSEPORT: those it accepted itself; own may be
+ * NULL) on loop over chan (taken: closed on every path). report runs once,
  * on loop, when it ends (possibly from uvip__wk_ho_abort()). *out is NULL
  * when it could not start (report has run then). */
 void uvip__wk_ho_start(uv_loop_t *loop, int chan, uvip_conn_t *list,
-                       uvip_handover_decide_cb decide,
+                       uvip_server_t *own, uvip_handover_decide_cb decide,
                        uvip_conn_close_cb close_cb,
                        void (*report)(size_t moved, size_t kept, void *arg),
                        void *arg, uvip__wk_ho_t **out);
@@ -219,6 +220,10 @@ void uvip__wk_maybe_finish(uvip_workers_t *ws);
  * when listening then fails (the caller closes it). */
 int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
                         uvip_server_t **out, char *errbuf, size_t errlen);
+
+/* REUSEPORT: a worker's order to stop listening (STOP_LISTEN), on its
+ * loop: accepts what is queued on its own listeners, then stops them. */
+void uvip__wk_own_stop(uvip_server_t *own);
 
 /* workers-thread.c */
 int uvip__wk_thread_start(uvip__wk_t *wk, char *errbuf, size_t errlen);

@@ -203,7 +203,7 @@ static void on_wk_async(uv_async_t *a) {
   uv_mutex_unlock(&wk->lock);
 
   if (stop_listen && wk->own)
-    uvip_server_stop(wk->own);
+    uvip__wk_own_stop(wk->own);
   /* In the order they were given, as a worker process reads them. */
   if (close_now) {
     take(wk, items, 0, close_at);
@@ -214,7 +214,7 @@ static void on_wk_async(uv_async_t *a) {
   free(items);
   /* After what was handed over before the order: those may move too. */
   if (ho_chan >= 0)
-    uvip__wk_ho_start(wk->loop, ho_chan, wk->conns, ho_decide,
+    uvip__wk_ho_start(wk->loop, ho_chan, wk->conns, wk->own, ho_decide,
                       wk->ws->server->opts.conn_close_cb, ho_report, wk,
                       &wk->ho);
   if (stop && !uv_is_closing((uv_handle_t *)a))

@@ -510,9 +510,15 @@ UVIP_EXPORT int uvip_workers_listen(uvip_workers_t *ws, uvip_connection_cb cb,
   ws->cb = cb;
   if ((r = init_acceptor_handles(ws)) != 0)
     goto fail;
-  if (ws->opts.balance == UVIP_BALANCE_REUSEPORT)
+  if (ws->opts.balance == UVIP_BALANCE_REUSEPORT) {
     s->remote_stop = stop_listeners;
-  if (ws->opts.balance != UVIP_BALANCE_REUSEPORT) {
+    /* Nothing is accepted here, but connections moved from the old
+     * generation of an upgrade (moved.c) still come through the acceptor
+     * and go to a worker as a hand-off would. */
+    s->handoff_has_room = on_has_room;
+    s->handoff_moved = on_moved;
+    s->remote_closed = uvip__wk_thread_remote_closed;
+  } else {
     s->handoff_has_room = on_has_room;
     s->handoff_dispatch = on_dispatch;
     s->handoff_moved = on_moved;
@@ -583,9 +589,11 @@ UVIP_EXPORT int uvip_workers_stats(const uvip_workers_t *ws, unsigned int i,
                          ? wk->exit_status
                          : -1;
   if (ws->opts.balance == UVIP_BALANCE_REUSEPORT) {
+    /* What it accepted itself, as it last reported, and what it was given
+     * by the acceptor (connections moved from an older generation). */
     uv_mutex_lock(&wk->lock);
-    out->active = wk->rp_active;
-    out->handed = wk->rp_handed;
+    out->active = wk->rp_active + wk->active;
+    out->handed = wk->rp_handed + wk->handed;
     uv_mutex_unlock(&wk->lock);
   }
   return 0;
@@ -722,6 +730,11 @@ int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
   for (size_t i = 0; i < ws->server->nvips && r == 0; i++)
     r = uvip_addrs_add(addrs, &ws->server->vips[i]->addr.sa);
   o.flags |= UVIP_REUSEPORT;
+  /* Inherited listeners (LISTEN_FDS) are the acceptor's business: a
+   * worker binds its own. An upgrade passes none to a REUSEPORT
+   * generation (LISTEN_FDS=0), and in a worker process LISTEN_PID names
+   * the acceptor, which would fail the listen. */
+  o.flags &= ~(unsigned)UVIP_SOCKET_ACTIVATION;
   if (ws->opts.max_conns_per_worker &&
       (o.max_conns == 0 || o.max_conns > ws->opts.max_conns_per_worker))
     o.max_conns = ws->opts.max_conns_per_worker;
@@ -738,4 +751,14 @@ int uvip__wk_own_server(uvip_workers_t *ws, uv_loop_t *loop,
   if (ws->server->stopped)
     uvip_server_stop(*out);
   return 0;
+}
+
+void uvip__wk_own_stop(uvip_server_t *own) {
+  /* What the kernel queued on our sockets is served here rather than
+   * reset with them (with net.ipv4.tcp_migrate_req=1 the kernel would move
+   * it to another socket of the group; without, it resets it). What
+   * arrives between this and the close is still exposed: a few
+   * microseconds instead of a whole queue. */
+  uvip__sched_accept_queued(own);
+  uvip_server_stop(own);
 }

@@ -83,7 +83,9 @@ typedef void (*uvip_upgrade_close_cb)(uvip_upgrade_t *upgrade);
  * not touched; stop them from cb. The child's exit is reaped from a SIGCHLD
  * handle (libuv's uv_signal_t, which coexists with uv_spawn()). Errors:
  * UV_EINVAL, UV_ENOENT (no listening socket to pass), UV_ENOMEM, or fork()'s
- * error; cb then never runs. */
+ * error; cb then never runs. A server whose workers (UVIP_BALANCE_REUSEPORT)
+ * listen on sockets of their own has none to pass and is no UV_ENOENT: the
+ * new generation gets LISTEN_FDS=0 and its workers bind their own. */
 int uvip_upgrade_start(uv_loop_t *loop, uvip_server_t *const *servers,
                        size_t n, const char *path, char *const argv[],
                        uint64_t timeout_ms, uvip_upgrade_cb cb,
@@ -122,7 +124,10 @@ int uvip_upgrade_ready(void);
  * stay open while the upgrade is. 0 turns it off. Errors: UV_EINVAL,
  * UV_EBUSY (the new generation said ready already, or the upgrade closes).
  * began (may be NULL) runs when the probation begins (the servers are held
- * from then on), for logs; it is not a last call. */
+ * from then on), for logs; it is not a last call. A server whose
+ * UVIP_BALANCE_REUSEPORT workers listen is not held: they accept on during
+ * the probation (the kernel goes on hashing connections to their sockets,
+ * and only they read those queues). */
 typedef void (*uvip_upgrade_probation_cb)(uvip_upgrade_t *upgrade);
 int uvip_upgrade_probation(uvip_upgrade_t *upgrade, uint64_t probation_ms,
                            uvip_upgrade_probation_cb began);

@@ -30,9 +30,13 @@
  * Upgrades (<uvip/restart.h>): uvip_upgrade_start() passes the acceptor's
  * listeners; uvip_upgrade_handover() on the server has every worker hand
  * its idle connections to the new generation, and uvip_moved_start() in
- * the new one gives them to its workers. Not with UVIP_BALANCE_REUSEPORT:
- * the workers' own listeners are not passed (uvip_upgrade_start() finds
- * none: UV_ENOENT).
+ * the new one gives them to its workers. With UVIP_BALANCE_REUSEPORT
+ * nothing is passed: the new generation's workers bind listeners of their
+ * own into the same SO_REUSEPORT groups (same user), the old workers go on
+ * accepting until uvip_server_stop() (also during a probation), then accept
+ * what is queued on their sockets and close them, and hand over as above;
+ * moved connections reach the new workers through the new acceptor. See
+ * docs/restart.md for net.ipv4.tcp_migrate_req.
  *
  * Nothing here blocks the server's loop. A worker starts asynchronously:
  * uvip_workers_listen() and uvip_workers_restart() return once it is
@@ -211,7 +215,8 @@ typedef struct uvip_worker_stats_s {
 
 /* Counters of worker i, read on the server's loop. Exact in EXACT and
  * ROUND_ROBIN modes (kept by the acceptor); in REUSEPORT mode `active` and
- * `handed` are the worker's own counts as last reported (every 200 ms). */
+ * `handed` are the worker's own counts as last reported (every 200 ms),
+ * plus the connections moved to it from an older generation (exact). */
 int uvip_workers_stats(const uvip_workers_t *workers, unsigned int i,
                        uvip_worker_stats_t *out);
 
