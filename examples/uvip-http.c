@@ -434,6 +434,7 @@ static void on_signal(int signum) {
 
 static char **g_argv;
 static const char *g_pid_file;
+static const char *g_handoff_path; /* --handoff-socket, with workers */
 static int g_reuseport; /* workers with --balance reuseport */
 
 static int workers_serving(void) { return !g_stopping; }
@@ -462,8 +463,10 @@ static void on_worker_ready(uvip_workers_t *w, unsigned int i, int status) {
      * the next generation's workers bind their own. */
     static const ex_upgrade_hooks_t rp_hooks = {
         upgrade_decide, upgrade_moved, upgrade_retire, workers_serving};
+    /* Reuseport workers hold the listeners: none to hand off from here. */
     int r = ex_upgrade_setup(uv_default_loop(), g_server, g_argv, g_pid_file,
-                             NULL, g_reuseport ? &rp_hooks : &hooks);
+                             g_reuseport ? NULL : g_handoff_path,
+                             g_reuseport ? &rp_hooks : &hooks);
     if (r != 0)
       fprintf(stderr, "%s: upgrade: %s\n", ex_prog, uv_strerror(r));
   }
@@ -699,6 +702,8 @@ int main(int argc, char **argv) {
     r = http_shared_new(uvip_addrs_count(addrs), wo.nworkers, &g_shared);
     if (r == 0)
       r = uvip_workers_new(server, &wo, &g_workers);
+    if (r == 0 && handoff_path && wo.balance != UVIP_BALANCE_REUSEPORT)
+      r = ex_handoff_take(server, handoff_path);
     if (r == 0)
       r = uvip_workers_listen(g_workers, http_on_connection, err,
                               sizeof(err));
@@ -746,6 +751,7 @@ int main(int argc, char **argv) {
     /* SIGUSR2 and readiness once the workers are ready. */
     g_argv = argv;
     g_pid_file = pid_file;
+    g_handoff_path = handoff_path;
     g_reuseport = wo.balance == UVIP_BALANCE_REUSEPORT;
   }
 

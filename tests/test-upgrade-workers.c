@@ -826,6 +826,62 @@ START_TEST(test_http_process_workers_sigusr2) {
 }
 END_TEST
 
+/* uvip-http --workers 2 --worker-mode process --handoff-socket: a second
+ * process takes the listeners from the first over the socket and, after
+ * the probation, the first one's workers move their keep-alive
+ * connections to its workers; they go on answering once the first exited. */
+START_TEST(test_http_workers_handoff_socket) {
+  const char *bdir = getenv("UVIP_BUILD_DIR");
+  char http[512], portstr[16], sock[64], log[16384] = "";
+  int port = th_free_port(), pfd[2], fds[3], st;
+  struct sockaddr_storage sa;
+  pid_t pid[2];
+  FILE *out;
+  ck_assert_ptr_nonnull(bdir);
+  snprintf(http, sizeof(http), "%s/examples/uvip-http", bdir);
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  snprintf(sock, sizeof(sock), "/tmp/uvip-test-http-ho-%d.sock", getpid());
+  unlink(sock);
+  ck_assert_int_eq(pipe(pfd), 0);
+  out = fdopen(pfd[0], "r");
+  th_addr("127.0.0.1", port, &sa);
+  for (int k = 0; k < 2; k++) {
+    pid[k] = fork();
+    ck_assert_int_ge(pid[k], 0);
+    if (pid[k] == 0) {
+      dup2(pfd[1], 1);
+      dup2(pfd[1], 2);
+      execl(http, http, "--listen", "127.0.0.1", "--port", portstr,
+            "--handoff-socket", sock, "--census-interval-ms", "0",
+            "--workers", "2", "--worker-mode", "process", (char *)NULL);
+      _exit(127);
+    }
+    th_read_until(out, "ready", log, sizeof(log));
+    if (k == 1)
+      break;
+    for (int i = 0; i < 3; i++) {
+      fds[i] = th_connect((struct sockaddr *)&sa, NULL);
+      http_get(fds[i]);
+    }
+  }
+  close(pfd[1]);
+  th_read_until(out, "moved 3 connections, 0 drain here", log, sizeof(log));
+  ck_assert_int_eq(waitpid(pid[0], &st, 0), pid[0]);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  if (!strstr(log, "received 3 connections"))
+    th_read_until(out, "received 3 connections", log, sizeof(log));
+  for (int i = 0; i < 3; i++) {
+    http_get(fds[i]);
+    close(fds[i]);
+  }
+  ck_assert_int_eq(kill(pid[1], SIGTERM), 0);
+  ck_assert_int_eq(waitpid(pid[1], &st, 0), pid[1]);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", log);
+  fclose(out);
+  unlink(sock);
+}
+END_TEST
+
 int main(int argc, char **argv) {
   ssize_t n;
   if (argc == 5 && !strcmp(argv[1], "gen2"))
@@ -848,6 +904,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_echo_process_workers_sigusr2);
   tcase_add_test(tc, test_http_process_workers_sigusr2);
   tcase_add_test(tc, test_echo_workers_handoff_socket);
+  tcase_add_test(tc, test_http_workers_handoff_socket);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }
