@@ -262,6 +262,8 @@ static void vip_forecasts(uvip_tracker_t *t, uvip_census_t *N, int b) {
     t->vfc = v;
     t->vfc_cap = nv;
   }
+  if (nv == 0)
+    return; /* vfc may still be NULL: memset(NULL, 0, 0) is undefined */
   memset(t->vfc, 0, nv * sizeof(*t->vfc));
   for (size_t i = 0; i < nv; i++)
     t->vfc[i].eta = -1;
