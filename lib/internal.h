@@ -88,6 +88,8 @@ struct uvip_conn_s {
   /* NULL without a PROXY header, &uvip__proxy_noaddrs for one without
    * addresses, else the header's addresses (owned). */
   uvip__conn_proxy_t *proxy;
+  /* The group of a prefix VIP's connection (server-prefix.c), else NULL. */
+  struct uvip__group *group;
 };
 
 /* A socket accepted with UVIP_PROXY_PROTOCOL, waiting for its header. */
@@ -103,6 +105,8 @@ struct uvip_vip_s {
   void *data;
   uvip_vip_stats_t stats;
   bool adopted; /* fd was inherited (uvip_server_adopt()), not bound here */
+  /* uvip_server_add_prefix(): the prefix, its groups (server-prefix.c). */
+  struct uvip__pfx *pfx;
 
   /* Scheduler state. */
   bool in_ring;     /* queued in the server's ready ring */
@@ -260,6 +264,16 @@ void uvip__proxy_accepted(uvip_server_t *server, uvip_vip_t *vip, int fd);
 void uvip__proxy_drop(uvip_server_t *server, uvip_vip_t *vip);
 /* Closes the handles (from uvip__sched_close()); returns how many. */
 int uvip__proxy_close(uvip_server_t *server, uv_close_cb cb);
+
+/* server-prefix.c */
+/* Checks an accepted socket of a prefix VIP: returns true and, when group
+ * is not NULL, takes a slot of its group in *group; or closes fd, counts
+ * why and returns false. group NULL: filtered only (a worker's). */
+bool uvip__pfx_admit(uvip_vip_t *vip, int fd, struct uvip__group **group);
+/* Gives a group slot back (the connection closed). */
+void uvip__pfx_release(uvip_vip_t *vip, struct uvip__group *group);
+/* Frees a VIP's prefix state (NULL is fine). */
+void uvip__pfx_free(struct uvip__pfx *pfx);
 
 /* conn.c */
 /* Wraps an accepted descriptor in a connection on `loop` (the server's loop

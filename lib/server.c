@@ -47,6 +47,7 @@ static void free_vips(uvip_server_t *s) {
     /* An adopted socket of a server that never listened. */
     if (s->vips[i]->fd >= 0)
       close(s->vips[i]->fd);
+    uvip__pfx_free(s->vips[i]->pfx);
     free(s->vips[i]);
   }
   free(s->vips);
@@ -400,6 +401,7 @@ static void drain_closed(uv_handle_t *h) {
   s->draining_vips--;
   if (v->drain_cb)
     v->drain_cb(v, v->drain_timed_out);
+  uvip__pfx_free(v->pfx);
   free(v);
   uvip__server_try_finish(s);
 }
