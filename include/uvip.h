@@ -435,7 +435,22 @@ typedef enum {
    * any other local address on the port are closed as they are accepted
    * (counted in uvip_prefix_stats_t.outside). Needs no privilege, but
    * takes the port on every address of the host. */
-  UVIP_PREFIX_WILDCARD = 0
+  UVIP_PREFIX_WILDCARD = 0,
+  /* One socket bound (IP_FREEBIND) to the prefix's first address and a
+   * port the kernel picks, and a BPF sk_lookup program attached to the
+   * caller's network namespace that steers the TCP connections to any
+   * address of the prefix on the port to it, before the kernel's own
+   * lookup: the port stays free on the host's other addresses (another
+   * program may even listen on its wildcard: it keeps the rest of the
+   * port's connections). The VIP's address is the prefix's first address
+   * with the port served, not the socket's own port. Needs CAP_BPF and
+   * CAP_NET_ADMIN (Linux 5.9 or later); where the kernel refuses,
+   * uvip_server_add_prefix() fails with its error (UV_EPERM...) and a
+   * message saying which step was refused, with nothing set up. The
+   * program stays attached until the VIP is freed (server closed, VIP
+   * removed); while the VIP is paused or stopped, connections to the prefix
+   * go to the kernel's own lookup. A local route is still needed. */
+  UVIP_PREFIX_SK_LOOKUP = 1
 } uvip_prefix_mode_t;
 
 typedef struct uvip_prefix_listen_s {
@@ -461,7 +476,8 @@ typedef struct uvip_prefix_listen_s {
 int uvip_prefix_listen_init(uvip_prefix_listen_t *opts);
 
 /* Adds a VIP that serves every address of opts->prefix on opts->port; the
- * VIP's address (uvip_vip_addr()) is the socket's, the wildcard address.
+ * VIP's address (uvip_vip_addr()) is the socket's: the wildcard address,
+ * or the prefix's first address (UVIP_PREFIX_SK_LOOKUP).
  * The VIP is otherwise an ordinary one: the server's caps, max_conns_per_vip
  * (for the whole prefix), weights, counters, pause/resume and drains apply.
  * It listens at once if the server listens, else at uvip_server_listen().
@@ -478,6 +494,9 @@ int uvip_prefix_listen_init(uvip_prefix_listen_t *opts);
  *  - UV_ENOTSUP: with UVIP_PROXY_PROTOCOL (the address a client addressed
  *    is then in the header, not the socket), or while workers
  *    (<uvip/workers.h>) are attached;
+ *  - UVIP_PREFIX_SK_LOOKUP: the kernel's error where it refused the BPF
+ *    map, program or link ("BPF sk_lookup refused: bpf(BPF_MAP_CREATE):
+ *    operation not permitted (needs CAP_BPF and CAP_NET_ADMIN)");
  *  - a bind() or listen() error, UV_ENOMEM.
  * Connections reach connection_cb as for any VIP; uvip_conn_local() gives
  * the address the client addressed and uvip_conn_group() its group. Not

@@ -219,6 +219,11 @@ void uvip__server_finish(uvip_server_t *server);
  * creation and unregisters when its own close has finished, before its close
  * callback runs (so that the callback may close the server). */
 void uvip__server_attach(uvip_server_t *server);
+/* uvip_server_add_vip() with arguments checked; a prefix VIP's state
+ * (server-prefix.c) is set before it binds. pfx stays the caller's on
+ * error. */
+int uvip__server_add_vip(uvip_server_t *server, const struct sockaddr *sa,
+                         struct uvip__pfx *pfx, uvip_vip_t **out);
 /* The VIP of sa that is not draining, or NULL. */
 uvip_vip_t *uvip__server_find_vip(uvip_server_t *server,
                                   const struct sockaddr *sa);
@@ -270,6 +275,9 @@ int uvip__proxy_close(uvip_server_t *server, uv_close_cb cb);
  * is not NULL, takes a slot of its group in *group; or closes fd, counts
  * why and returns false. group NULL: filtered only (a worker's). */
 bool uvip__pfx_admit(uvip_vip_t *vip, int fd, struct uvip__group **group);
+/* Binds and listens a prefix VIP's socket into vip->fd, as its mode
+ * wants (for vip_bind()). */
+int uvip__pfx_listen(uvip_vip_t *vip);
 /* Gives a group slot back (the connection closed). */
 void uvip__pfx_release(uvip_vip_t *vip, struct uvip__group *group);
 /* Frees a VIP's prefix state (NULL is fine). */

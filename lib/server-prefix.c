@@ -19,6 +19,7 @@
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 #include "rtnl.h"
+#include "sklookup.h"
 
 #include <arpa/inet.h>
 #include <linux/rtnetlink.h>
@@ -38,6 +39,9 @@ struct uvip__group {
 
 struct uvip__pfx {
   uvip_prefix_t prefix;
+  uvip_prefix_mode_t mode;
+  int port;
+  uvip__sklookup_t sk; /* UVIP_PREFIX_SK_LOOKUP */
   unsigned int group_len;
   uint64_t cap;
   uvip_prefix_stats_t stats;
@@ -159,6 +163,7 @@ void uvip__pfx_free(struct uvip__pfx *p) {
   if (p == NULL)
     return;
   /* Groups outlive no connection, so the chains are empty by now. */
+  uvip__sklookup_free(&p->sk);
   free(p->buckets);
   free(p);
 }
@@ -186,7 +191,7 @@ static int check_opts(const uvip_server_t *s, const uvip_prefix_listen_t *o,
   uvip_prefix_format(&o->prefix, pfx, sizeof(pfx));
   if (o->port < 1 || o->port > 65535)
     return fail(UV_EINVAL, errbuf, errlen, "bad port %d for %s", o->port, pfx);
-  if (o->mode != UVIP_PREFIX_WILDCARD)
+  if (o->mode != UVIP_PREFIX_WILDCARD && o->mode != UVIP_PREFIX_SK_LOOKUP)
     return fail(UV_EINVAL, errbuf, errlen, "unknown prefix mode %d for %s",
                 (int)o->mode, pfx);
   *group_len = o->group_len ? o->group_len : o->prefix.len;
@@ -246,6 +251,32 @@ static int check_route(const uvip_prefix_t *p, char *errbuf, size_t errlen) {
   return r;
 }
 
+int uvip__pfx_listen(uvip_vip_t *v) {
+  struct uvip__pfx *p = v->pfx;
+  uvip_server_options_t o = v->server->opts;
+  uvip__sa_t sa = v->addr;
+  int r;
+  if (p->mode == UVIP_PREFIX_WILDCARD)
+    return uvip__listen_socket(&v->addr.sa, &o, &v->fd);
+  /* The prefix's first address, which is not local (a local route does
+   * not make its addresses bindable), and a port the kernel picks: the
+   * program steers the prefix's port to the socket whatever it is bound
+   * to, and a wildcard socket of another program on that port (which
+   * would refuse our bind) keeps the rest of the port's traffic. */
+  o.flags |= UVIP_FREEBIND;
+  if (sa.sa.sa_family == AF_INET)
+    sa.in.sin_port = 0;
+  else
+    sa.in6.sin6_port = 0;
+  if ((r = uvip__listen_socket(&sa.sa, &o, &v->fd)) != 0)
+    return r;
+  if ((r = uvip__sklookup_set(&p->sk, v->fd)) != 0) {
+    close(v->fd);
+    v->fd = -1;
+  }
+  return r;
+}
+
 UVIP_EXPORT int uvip_prefix_listen_init(uvip_prefix_listen_t *opts) {
   UVIP_CHECK_ARG(opts == NULL);
   memset(opts, 0, sizeof(*opts));
@@ -278,20 +309,33 @@ UVIP_EXPORT int uvip_server_add_prefix(uvip_server_t *s,
   p->nbuckets = MIN_BUCKETS;
   p->prefix = o->prefix;
   uvip__prefix_mask(&p->prefix);
+  p->mode = o->mode;
+  p->port = o->port;
+  uvip__sklookup_init(&p->sk);
+  if (o->mode == UVIP_PREFIX_SK_LOOKUP &&
+      (r = uvip__sklookup_new(&p->sk, &p->prefix, o->port, errbuf,
+                              errlen)) != 0) {
+    uvip__pfx_free(p);
+    return r;
+  }
   p->group_len = group_len;
   p->cap = o->max_conns_per_group;
 
+  /* The wildcard, or for sk_lookup the prefix's first address. */
   memset(&sa, 0, sizeof(sa));
   if (o->prefix.family == AF_INET) {
     sa.in.sin_family = AF_INET;
     sa.in.sin_port = htons((uint16_t)o->port);
+    if (o->mode == UVIP_PREFIX_SK_LOOKUP)
+      sa.in.sin_addr = p->prefix.addr.v4;
   } else {
     sa.in6.sin6_family = AF_INET6;
     sa.in6.sin6_port = htons((uint16_t)o->port);
+    if (o->mode == UVIP_PREFIX_SK_LOOKUP)
+      sa.in6.sin6_addr = p->prefix.addr.v6;
   }
-  /* Binds now if the server listens. Nothing is accepted before the next
-   * scheduling pass, so the VIP has its prefix before its first accept. */
-  if ((r = uvip_server_add_vip(s, &sa.sa, &v)) != 0) {
+  /* Binds now if the server listens, with its prefix state already set. */
+  if ((r = uvip__server_add_vip(s, &sa.sa, p, &v)) != 0) {
     char a[UVIP_ADDRSTRLEN];
     uvip__pfx_free(p);
     uvip_addr_format(&sa.sa, 1, a, sizeof(a));
@@ -299,7 +343,6 @@ UVIP_EXPORT int uvip_server_add_prefix(uvip_server_t *s,
       return fail(r, errbuf, errlen, "%s is already a VIP of the server", a);
     return fail(r, errbuf, errlen, "%s: %s", a, uv_strerror(r));
   }
-  v->pfx = p;
   if (out != NULL)
     *out = v;
   return 0;

@@ -11,11 +11,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/capability.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define PORT 7100
@@ -428,6 +432,144 @@ START_TEST(test_proxy_protocol_refused) {
 }
 END_TEST
 
+/* A program of ours on the port's wildcard, as another service would be. */
+static int other_service(int port) {
+  struct sockaddr_storage sa;
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(fd, 0);
+  th_addr("::", port, &sa);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(struct sockaddr_in6)),
+                   0);
+  ck_assert_int_eq(listen(fd, 16), 0);
+  return fd;
+}
+
+/* The other service gets a connection (waits for it: blocking). */
+static void other_accepts(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  ck_assert_int_eq(poll(&p, 1, 10000), 1);
+  int c = accept(fd, NULL, NULL);
+  ck_assert_int_ge(c, 0);
+  close(c);
+}
+
+/* sk_lookup: the prefix's connections come to our socket although another
+ * service listens on the port's wildcard, which keeps the rest; once the
+ * server is closed the program is gone and the prefix goes to the kernel's
+ * own lookup (the other service) again. */
+START_TEST(test_sk_lookup) {
+  uvip_prefix_listen_t o;
+  uvip_prefix_stats_t ps;
+  char err[256], a[UVIP_ADDRSTRLEN];
+  int other;
+
+  th_enter_netns();
+  sh("ip -6 route add local fd00:1::/64 dev lo");
+  other = other_service(PORT);
+  setup_server(0);
+  uv_timer_init(&loop, &poll_timer);
+  uvip_prefix_listen_init(&o);
+  o.prefix = prefix_of("fd00:1::/64");
+  o.port = PORT;
+  o.mode = UVIP_PREFIX_SK_LOOKUP;
+  o.group_len = 112;
+  o.max_conns_per_group = 2;
+  ck_assert_int_eq(uvip_server_add_prefix(server, &o, err, sizeof(err), &pvip),
+                   0);
+  ck_assert_int_eq(uvip_addr_format(uvip_vip_addr(pvip), 1, a, sizeof(a)), 0);
+  ck_assert_str_eq(a, "[fd00:1::]:7100");
+  ck_assert_int_eq(uvip_server_listen(server, on_conn, NULL, 0), 0);
+  ck_assert_int_eq(uvip_vip_state(pvip), UVIP_VIP_LISTENING);
+  connect_to("fd00:1::5:1");
+  connect_to("fd00:1::5:2");
+  connect_to("fd00:1::6:1");
+  connect_to("fd00:1::5:3");
+  settle(4);
+  ck_assert_int_eq(nconns, 3);
+  assert_reset(client_fds[3]);
+  ck_assert_int_eq(uvip_vip_prefix_stats(pvip, &ps), 0);
+  ck_assert_uint_eq(ps.groups, 2);
+  ck_assert_uint_eq(ps.group_refused, 1);
+  ck_assert_uint_eq(ps.outside, 0);
+  /* Not the prefix: the other service's. */
+  connect_to("::1");
+  other_accepts(other);
+  teardown_server();
+  nclients = 0;
+  connect_to("fd00:1::7:1");
+  other_accepts(other);
+  close(client_fds[0]);
+  close(other);
+}
+END_TEST
+
+/* Without CAP_BPF, CAP_SYS_ADMIN and CAP_NET_ADMIN the kernel refuses the
+ * program: a clear error, no VIP, no descriptor left behind. */
+START_TEST(test_sk_lookup_refused) {
+  struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct d[2];
+  uvip_prefix_listen_t o;
+  char err[256];
+  int fds, r;
+
+  th_enter_netns();
+  sh("ip -6 route add local fd00:1::/64 dev lo");
+  ck_assert_int_eq(syscall(SYS_capget, &h, d), 0);
+  d[0].effective &= ~((1u << CAP_SYS_ADMIN) | (1u << CAP_NET_ADMIN));
+  d[1].effective &= ~(1u << (CAP_BPF - 32));
+  ck_assert_int_eq(syscall(SYS_capset, &h, d), 0);
+  setup_server(0);
+  uvip_prefix_listen_init(&o);
+  o.prefix = prefix_of("fd00:1::/64");
+  o.port = PORT;
+  o.mode = UVIP_PREFIX_SK_LOOKUP;
+  fds = th_count_fds();
+  r = uvip_server_add_prefix(server, &o, err, sizeof(err), NULL);
+  ck_assert_int_eq(r, UV_EPERM);
+  ck_assert_msg(strstr(err, "BPF sk_lookup refused: bpf(") &&
+                    strstr(err, "operation not permitted (needs CAP_BPF and "
+                                "CAP_NET_ADMIN)"),
+                "%s", err);
+  ck_assert_int_eq(th_count_fds(), fds);
+  ck_assert_uint_eq(uvip_server_vip_count(server), 0);
+  /* The wildcard way needs no privilege. */
+  o.mode = UVIP_PREFIX_WILDCARD;
+  ck_assert_int_eq(uvip_server_add_prefix(server, &o, err, sizeof(err), NULL),
+                   0);
+  uv_timer_init(&loop, &poll_timer);
+  teardown_server();
+}
+END_TEST
+
+/* Whether the kernel here lets us attach an sk_lookup program (in a child
+ * and a namespace of its own, before check forks). */
+static bool sk_lookup_works(void) {
+  pid_t pid;
+  int st;
+  fflush(NULL);
+  if ((pid = fork()) == 0) {
+    uvip_prefix_listen_t o;
+    if (unshare(CLONE_NEWNET) != 0 ||
+        system("ip link set lo up && ip -6 route add local fd00:1::/64 dev lo") != 0)
+      _exit(1);
+    uvip_addrs_t *none;
+    if (uv_loop_init(&loop) != 0 || uvip_addrs_new(&none) != 0 ||
+        uvip_server_new(&loop, none, NULL, &server) != 0)
+      _exit(1);
+    uvip_prefix_listen_init(&o);
+    uvip_prefix_parse("fd00:1::/64", &o.prefix, NULL, 0);
+    o.port = PORT;
+    o.mode = UVIP_PREFIX_SK_LOOKUP;
+    char err[256];
+    if (uvip_server_add_prefix(server, &o, err, sizeof(err), NULL) == 0)
+      _exit(0);
+    fprintf(stderr, "%s\n", err);
+    _exit(1);
+  }
+  return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) &&
+         WEXITSTATUS(st) == 0;
+}
+
 int main(void) {
   /* Every test enters a namespace of its own: skip them all here, before
    * check forks, when that is not permitted. */
@@ -438,6 +580,12 @@ int main(void) {
   tcase_add_test(tc, test_ipv4_one_group_drain);
   tcase_add_test(tc, test_bad_input);
   tcase_add_test(tc, test_proxy_protocol_refused);
+  tcase_add_test(tc, test_sk_lookup_refused);
+  if (sk_lookup_works())
+    tcase_add_test(tc, test_sk_lookup);
+  else
+    fprintf(stderr, "test_sk_lookup not run: the kernel refuses BPF "
+                    "sk_lookup here\n");
   suite_add_tcase(s, tc);
   return th_run_suite(s);
 }

@@ -3,6 +3,7 @@
  * own, through one of three mechanisms:
  *   prefix    uvip_server_add_prefix(): one wildcard socket, local route,
  *             connections grouped by /GROUP with CAP per group
+ *   sklookup  the same through a BPF sk_lookup program (needs CAP_BPF)
  *   wildcard  one plain VIP on [::]:PORT with the same local route (no
  *             filter, no groups): what the prefix's bookkeeping costs
  *   vips      ADDRS addresses on lo and one listening socket each (the
@@ -139,11 +140,13 @@ int main(int argc, char **argv) {
     uvip_addrs_parse(addrs, "[::]", PORT, NULL, 0);
   uvip_server_new(loop, addrs, &o, &server);
   uvip_addrs_free(addrs);
-  if (strcmp(mode, "prefix") == 0) {
+  if (strcmp(mode, "prefix") == 0 || strcmp(mode, "sklookup") == 0) {
     uvip_prefix_listen_t po;
     uvip_prefix_listen_init(&po);
     uvip_prefix_parse("fd00:1::/64", &po.prefix, NULL, 0);
     po.port = PORT;
+    if (strcmp(mode, "sklookup") == 0)
+      po.mode = UVIP_PREFIX_SK_LOOKUP;
     po.group_len = group;
     po.max_conns_per_group = cap;
     if ((r = uvip_server_add_prefix(server, &po, err, sizeof(err), &pvip))) {
