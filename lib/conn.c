@@ -4,8 +4,9 @@
  * be neither leaked nor given back twice.
  *
  * Memory matters here (a worker may hold a million of these): a connection
- * is the uv_tcp_t plus five pointers, with no per-connection buffers (the
- * addresses of a PROXY header, 56 bytes, only with one).
+ * is the uv_tcp_t plus six pointers, with no per-connection buffers (the
+ * addresses of a PROXY header, 56 bytes, only with one; the sixth pointer
+ * is the group of a prefix VIP's connection, server-prefix.c).
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 #include "restart-internal.h"
