@@ -68,9 +68,17 @@ static int client(int naddrs, int per) {
     inet_pton(AF_INET6, ip, &sa.sin6_addr);
     for (int k = 0; k < per; k++) {
       int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        perror("client connect");
+      if (fd < 0)
         return 1;
+      if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        /* Refused at its group's cap: reset, maybe before connect()
+         * returned. */
+        if (errno != ECONNRESET) {
+          perror("client connect");
+          return 1;
+        }
+        close(fd);
+        continue;
       }
       fds[n++] = fd;
     }
