@@ -426,6 +426,115 @@ int uvip_vip_resume(uvip_vip_t *vip);
 int uvip_server_is_listening(const uvip_server_t *server);
 
 /* ------------------------------------------------------------------------ */
+/* Inbound on a prefix: one listener for every address of a prefix          */
+/* ------------------------------------------------------------------------ */
+
+/* How the listener of uvip_server_add_prefix() takes the prefix's
+ * connections (docs/prefix-pools.md weighs them). */
+typedef enum {
+  /* One socket on the wildcard address ([::]:PORT, 0.0.0.0:PORT) of the
+   * prefix's family: with a local route for the prefix, the kernel hands
+   * it the connections to every address of the prefix. Those addressed to
+   * any other local address on the port are closed as they are accepted
+   * (counted in uvip_prefix_stats_t.outside). Needs no privilege, but
+   * takes the port on every address of the host. */
+  UVIP_PREFIX_WILDCARD = 0,
+  /* One socket bound (IP_FREEBIND) to the prefix's first address and a
+   * port the kernel picks, and a BPF sk_lookup program attached to the
+   * caller's network namespace that steers the TCP connections to any
+   * address of the prefix on the port to it, before the kernel's own
+   * lookup: the port stays free on the host's other addresses (another
+   * program may even listen on its wildcard: it keeps the rest of the
+   * port's connections). The VIP's address is the prefix's first address
+   * with the port served, not the socket's own port. Needs CAP_BPF and
+   * CAP_NET_ADMIN (Linux 5.9 or later); where the kernel refuses,
+   * uvip_server_add_prefix() fails with its error (UV_EPERM...) and a
+   * message saying which step was refused, with nothing set up. The
+   * program stays attached until the VIP is freed (server closed, VIP
+   * removed); while the VIP is paused or stopped, connections to the prefix
+   * go to the kernel's own lookup. A local route is still needed. */
+  UVIP_PREFIX_SK_LOOKUP = 1
+} uvip_prefix_mode_t;
+
+typedef struct uvip_prefix_listen_s {
+  /* The prefix served; a local route must cover it ("ip -6 route add local
+   * fd00:1::/64 dev lo", uvip_provision_new_local_route()). */
+  uvip_prefix_t prefix;
+  int port; /* 1..65535 */
+  uvip_prefix_mode_t mode;
+  /* Connections are accounted by group: the address they were sent to
+   * with its first group_len bits kept (e.g. 112 on a /64: 2^48 groups of
+   * 65,536 addresses). prefix.len..32 or ..128; 0 = prefix.len (the whole
+   * prefix is one group). */
+  unsigned int group_len;
+  /* Connections open at once in one group; 0 = no cap. A connection to a
+   * group at its cap is closed as soon as it is accepted (the listener has
+   * one queue for all groups, so it cannot wait there without holding up
+   * the others) and counted in group_refused. */
+  uint64_t max_conns_per_group;
+} uvip_prefix_listen_t;
+
+/* Fills the options with their defaults (no prefix: set it). 0 or
+ * UV_EINVAL. */
+int uvip_prefix_listen_init(uvip_prefix_listen_t *opts);
+
+/* Adds a VIP that serves every address of opts->prefix on opts->port; the
+ * VIP's address (uvip_vip_addr()) is the socket's: the wildcard address,
+ * or the prefix's first address (UVIP_PREFIX_SK_LOOKUP).
+ * The VIP is otherwise an ordinary one: the server's caps, max_conns_per_vip
+ * (for the whole prefix), weights, counters, pause/resume and drains apply.
+ * It listens at once if the server listens, else at uvip_server_listen().
+ * Checks first, with nothing set up on any error, and a one-line message in
+ * errbuf (when not NULL):
+ *  - UV_EINVAL: an invalid prefix or port, a group_len shorter than the
+ *    prefix ("group /48 is shorter than the prefix fd00:1::/64") or longer
+ *    than its family's addresses ("group /112 does not fit IPv4"), an
+ *    unknown mode;
+ *  - UV_EADDRNOTAVAIL: no local route covers the prefix (the message names
+ *    the address found not local and the command that adds the route);
+ *  - UV_EEXIST: the port's wildcard address is already a VIP of the server
+ *    (another prefix listener of the family on that port, say);
+ *  - UV_ENOTSUP: with UVIP_PROXY_PROTOCOL (the address a client addressed
+ *    is then in the header, not the socket), or while workers
+ *    (<uvip/workers.h>) are attached;
+ *  - UVIP_PREFIX_SK_LOOKUP: the kernel's error where it refused the BPF
+ *    map, program or link ("BPF sk_lookup refused: bpf(BPF_MAP_CREATE):
+ *    operation not permitted (needs CAP_BPF and CAP_NET_ADMIN)");
+ *  - a bind() or listen() error, UV_ENOMEM.
+ * Connections reach connection_cb as for any VIP; uvip_conn_local() gives
+ * the address the client addressed and uvip_conn_group() its group. Not
+ * meant for servers with workers: hand-off workers attached later receive
+ * the prefix's connections filtered but not grouped (group caps apply on
+ * the server's loop only), and REUSEPORT workers bind the wildcard without
+ * the filter. *out may be NULL. */
+int uvip_server_add_prefix(uvip_server_t *server,
+                           const uvip_prefix_listen_t *opts, char *errbuf,
+                           size_t errlen, uvip_vip_t **out);
+
+/* Counters of a prefix VIP. */
+typedef struct uvip_prefix_stats_s {
+  uint64_t outside;       /* addressed outside the prefix: closed */
+  uint64_t group_refused; /* their group was at max_conns_per_group: closed */
+  uint64_t groups;        /* groups with open connections now */
+  uint64_t groups_peak;   /* the most groups open at once */
+} uvip_prefix_stats_t;
+
+/* UV_EINVAL for NULL or a VIP not made by uvip_server_add_prefix(). */
+int uvip_vip_prefix_stats(const uvip_vip_t *vip, uvip_prefix_stats_t *out);
+
+/* Sets *out to the number of open connections of the group of sa (its
+ * port ignored) on a prefix VIP: 0 for a group without any, or for an
+ * address outside the prefix. UV_EINVAL for NULL or a VIP that is not a
+ * prefix VIP. */
+int uvip_vip_group_active(const uvip_vip_t *vip, const struct sockaddr *sa,
+                          uint64_t *out);
+
+/* The group a connection of a prefix VIP is accounted to, as a prefix of
+ * group_len bits. UV_ENOENT for a connection of another VIP (or one a
+ * worker holds), UV_EINVAL for NULL. */
+int uvip_conn_group(const uvip_conn_t *conn, uvip_prefix_t *out);
+
+/* ------------------------------------------------------------------------ */
 /* Connections                                                              */
 /* ------------------------------------------------------------------------ */
 

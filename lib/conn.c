@@ -4,8 +4,9 @@
  * be neither leaked nor given back twice.
  *
  * Memory matters here (a worker may hold a million of these): a connection
- * is the uv_tcp_t plus five pointers, with no per-connection buffers (the
- * addresses of a PROXY header, 56 bytes, only with one).
+ * is the uv_tcp_t plus six pointers, with no per-connection buffers (the
+ * addresses of a PROXY header, 56 bytes, only with one; the sixth pointer
+ * is the group of a prefix VIP's connection, server-prefix.c).
  * SPDX-License-Identifier: MIT */
 #include "internal.h"
 #include "restart-internal.h"
@@ -55,6 +56,7 @@ int uvip__conn_new(uv_loop_t *loop, uvip_vip_t *vip, int fd,
   c->close_cb = NULL;
   c->prev = c->next = NULL;
   c->proxy = NULL;
+  c->group = NULL;
   if (loop == vip->server->loop)
     uvip__conn_list_add(&vip->conns, c);
   *out = c;
@@ -72,6 +74,8 @@ static void on_closed(uv_handle_t *h) {
     return;
   }
   uvip__conn_list_del(&v->conns, c);
+  if (c->group)
+    uvip__pfx_release(v, c->group);
   /* The slot first, so that the callback sees the server as it now is. What
    * the release may end (a drain, the server) ends from the loop later, so
    * the VIP and the server outlive the callback. */

@@ -88,6 +88,8 @@ struct uvip_conn_s {
   /* NULL without a PROXY header, &uvip__proxy_noaddrs for one without
    * addresses, else the header's addresses (owned). */
   uvip__conn_proxy_t *proxy;
+  /* The group of a prefix VIP's connection (server-prefix.c), else NULL. */
+  struct uvip__group *group;
 };
 
 /* A socket accepted with UVIP_PROXY_PROTOCOL, waiting for its header. */
@@ -103,6 +105,8 @@ struct uvip_vip_s {
   void *data;
   uvip_vip_stats_t stats;
   bool adopted; /* fd was inherited (uvip_server_adopt()), not bound here */
+  /* uvip_server_add_prefix(): the prefix, its groups (server-prefix.c). */
+  struct uvip__pfx *pfx;
 
   /* Scheduler state. */
   bool in_ring;     /* queued in the server's ready ring */
@@ -215,6 +219,11 @@ void uvip__server_finish(uvip_server_t *server);
  * creation and unregisters when its own close has finished, before its close
  * callback runs (so that the callback may close the server). */
 void uvip__server_attach(uvip_server_t *server);
+/* uvip_server_add_vip() with arguments checked; a prefix VIP's state
+ * (server-prefix.c) is set before it binds. pfx stays the caller's on
+ * error. */
+int uvip__server_add_vip(uvip_server_t *server, const struct sockaddr *sa,
+                         struct uvip__pfx *pfx, uvip_vip_t **out);
 /* The VIP of sa that is not draining, or NULL. */
 uvip_vip_t *uvip__server_find_vip(uvip_server_t *server,
                                   const struct sockaddr *sa);
@@ -266,6 +275,19 @@ void uvip__proxy_accepted(uvip_server_t *server, uvip_vip_t *vip, int fd);
 void uvip__proxy_drop(uvip_server_t *server, uvip_vip_t *vip);
 /* Closes the handles (from uvip__sched_close()); returns how many. */
 int uvip__proxy_close(uvip_server_t *server, uv_close_cb cb);
+
+/* server-prefix.c */
+/* Checks an accepted socket of a prefix VIP: returns true and, when group
+ * is not NULL, takes a slot of its group in *group; or closes fd, counts
+ * why and returns false. group NULL: filtered only (a worker's). */
+bool uvip__pfx_admit(uvip_vip_t *vip, int fd, struct uvip__group **group);
+/* Binds and listens a prefix VIP's socket into vip->fd, as its mode
+ * wants (for vip_bind()). */
+int uvip__pfx_listen(uvip_vip_t *vip);
+/* Gives a group slot back (the connection closed). */
+void uvip__pfx_release(uvip_vip_t *vip, struct uvip__group *group);
+/* Frees a VIP's prefix state (NULL is fine). */
+void uvip__pfx_free(struct uvip__pfx *pfx);
 
 /* conn.c */
 /* Wraps an accepted descriptor in a connection on `loop` (the server's loop

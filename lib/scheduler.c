@@ -190,6 +190,7 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
   unsigned done = 0;
   *got_one = false;
   while (done < budget) {
+    struct uvip__group *group = NULL;
     uvip_conn_t *c;
     int fd;
 
@@ -250,6 +251,13 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
       }
     }
     s->backoff_cur_ms = s->opts.backoff_ms;
+    /* A prefix VIP (server-prefix.c): outside the prefix or a full group
+     * is closed here; a worker's connection is filtered, not grouped. */
+    if (v->pfx &&
+        !uvip__pfx_admit(v, fd, s->handoff_dispatch ? NULL : &group)) {
+      done++;
+      continue;
+    }
     if (s->handoff_dispatch) {
       if (s->handoff_dispatch(s, v, fd) != 0) {
         close(fd);
@@ -280,11 +288,14 @@ static enum accept_result accept_some(uvip_server_t *s, uvip_vip_t *v,
       continue;
     }
     if (uvip__conn_new(s->loop, v, fd, &c) != 0) {
+      if (group)
+        uvip__pfx_release(v, group);
       v->stats.err_enomem++;
       v->stats.backoffs++;
       start_backoff(s);
       return ACC_STOP;
     }
+    c->group = group;
     done++;
     *got_one = true;
     v->stats.accepted++;

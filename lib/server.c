@@ -47,6 +47,7 @@ static void free_vips(uvip_server_t *s) {
     /* An adopted socket of a server that never listened. */
     if (s->vips[i]->fd >= 0)
       close(s->vips[i]->fd);
+    uvip__pfx_free(s->vips[i]->pfx);
     free(s->vips[i]);
   }
   free(s->vips);
@@ -115,7 +116,8 @@ static int vip_bind(uvip_vip_t *v) {
     v->state = UVIP_VIP_LISTENING;
     return 0;
   }
-  r = uvip__listen_socket(&v->addr.sa, &v->server->opts, &v->fd);
+  r = v->pfx ? uvip__pfx_listen(v)
+             : uvip__listen_socket(&v->addr.sa, &v->server->opts, &v->fd);
   v->error = r;
   v->state = r == 0 ? UVIP_VIP_LISTENING : UVIP_VIP_FAILED;
   if (r != 0)
@@ -354,13 +356,18 @@ UVIP_EXPORT uvip_vip_t *uvip_server_vip(const uvip_server_t *s, size_t i) {
 
 UVIP_EXPORT int uvip_server_add_vip(uvip_server_t *s, const struct sockaddr *sa,
                                     uvip_vip_t **out) {
-  uvip_vip_t *v;
-  int r;
-
   UVIP_CHECK_ARG(s == NULL || sa == NULL);
   if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)
     return UV_EAFNOSUPPORT;
   UVIP_CHECK_ARG(port_of(sa) == 0);
+  return uvip__server_add_vip(s, sa, NULL, out);
+}
+
+int uvip__server_add_vip(uvip_server_t *s, const struct sockaddr *sa,
+                         struct uvip__pfx *pfx, uvip_vip_t **out) {
+  uvip_vip_t *v;
+  int r;
+
   if (s->closing)
     return UV_ECANCELED;
   for (size_t i = 0; i < s->nvips; i++)
@@ -369,6 +376,8 @@ UVIP_EXPORT int uvip_server_add_vip(uvip_server_t *s, const struct sockaddr *sa,
       return UV_EEXIST;
   if ((r = vip_alloc(s, sa, &v)) != 0)
     return r;
+  /* Before binding: a prefix VIP binds its own way (uvip__pfx_listen()). */
+  v->pfx = pfx;
   if (s->listening && !s->stopped) {
     r = vip_bind(v);
     if (r == 0 && (r = uvip__sched_add(s, v)) != 0)
@@ -400,6 +409,7 @@ static void drain_closed(uv_handle_t *h) {
   s->draining_vips--;
   if (v->drain_cb)
     v->drain_cb(v, v->drain_timed_out);
+  uvip__pfx_free(v->pfx);
   free(v);
   uvip__server_try_finish(s);
 }

@@ -345,6 +345,8 @@ static void take_conn(const uvip__msg_t *m, const void *blob) {
   c->tcp.data = NULL;
   c->vip = v;
   c->close_cb = NULL;
+  c->proxy = NULL; /* no header read here: the socket's own addresses */
+  c->group = NULL;
   uvip__conn_list_add(&ch.conns, c);
   v->stats.accepted++;
   v->stats.active++;
