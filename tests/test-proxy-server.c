@@ -145,6 +145,14 @@ static uv_loop_t loop;
 static uvip_server_t *srv;
 static struct sockaddr_storage vip_addr;
 
+/* Before each test: with CK_FORK=no (valgrind) the tests share one
+ * process, and the records and injections of the last one must not leak
+ * into the next. */
+static void reset_state(void) {
+  memset(&g, 0, sizeof(g));
+  memset(&w, 0, sizeof(w));
+}
+
 static void start(unsigned int timeout_ms, uint64_t max_conns) {
   uvip_server_options_t o;
   uvip_addrs_t *a;
@@ -943,6 +951,7 @@ END_TEST
 int main(void) {
   Suite *s = suite_create("proxy-server");
   TCase *tc = tcase_create("proxy-server");
+  tcase_add_checked_fixture(tc, reset_state, NULL);
   tcase_add_test(tc, test_v1_addresses_and_no_byte_after);
   tcase_add_test(tc, test_v2_ipv6_with_tlvs);
   tcase_add_test(tc, test_local_unspec_unknown);
